@@ -1,0 +1,1 @@
+//! Origin checks for WebSocket handshakes.

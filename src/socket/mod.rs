@@ -1,0 +1,1 @@
+//! Limits enforced on the live, upgraded socket.
