@@ -22,3 +22,7 @@ pub mod client_ip;
 pub mod origin;
 pub mod rate_limit;
 pub mod socket;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

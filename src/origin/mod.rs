@@ -1,1 +1,236 @@
-//! Origin checks for WebSocket handshakes.
+//! Origin checks for WebSocket handshakes: the defence against cross-site WebSocket
+//! hijacking.
+//!
+//! Browsers apply no CORS to a WebSocket upgrade: any page on any site can open a socket to
+//! your server, and the browser attaches the visitor's cookies. What the browser does do is
+//! send the page's origin in the `Origin` header of the handshake, which a page cannot forge.
+//! [`OriginGuardLayer`] checks it before the upgrade and answers `403 Forbidden` to origins
+//! that are not allowed.
+//!
+//! # What is allowed
+//!
+//! - **Same origin** (the default when nothing else is configured): the `Origin` must name
+//!   the request's own host and port (from the `Host` header, or the URI's authority on
+//!   HTTP/2). The scheme is compared when the request carries one (HTTP/2, absolute-form
+//!   URIs); on plain HTTP/1.1 the server cannot know whether a TLS proxy sits in front, so
+//!   `http` and `https` are both accepted there, with the port compared in either case.
+//! - **Exact origins** ([`OriginGuardLayer::allow_origin`]): compared after canonicalisation
+//!   (RFC 6454: lowercase scheme and host, default port elided, no trailing slash, IDN hosts
+//!   in punycode), so `HTTPS://Example.COM:443/` and `https://example.com` are the same.
+//! - **Subdomain wildcards** ([`OriginGuardLayer::allow_origin_pattern`]): `https://*.example.com`
+//!   matches `https://a.example.com` and `https://a.b.example.com`, never `https://example.com`
+//!   itself, `https://evilexample.com` or `https://example.com.evil.net`; scheme and port must
+//!   match exactly. Patterns that would cover a public suffix (`https://*.com`,
+//!   `https://*.co.uk`, `https://*.github.io`) or everything (`*`) are refused when the layer
+//!   is built.
+//! - **A predicate** ([`OriginGuardLayer::allow_if`]): any closure over the parsed [`Origin`]
+//!   and the request parts.
+//! - **Any origin** ([`OriginGuardLayer::dangerously_allow_any_origin`]): turns the check off
+//!   for origins that parse; malformed and `null` origins are still refused.
+//!
+//! The alternatives add up: an origin is allowed when any configured one allows it. Once
+//! anything is configured, same-origin applies only if [`OriginGuardLayer::allow_same_origin`]
+//! is called too.
+//!
+//! # Always refused
+//!
+//! `Origin: null` (sandboxed frames, `file:` pages, some redirects: no site to trust),
+//! malformed values (anything but `scheme://host[:port]` in visible ASCII, which is all a
+//! browser ever sends: whitespace, userinfo, paths, percent escapes and non-ASCII bytes are
+//! refused rather than repaired) and requests with more than one `Origin` header.
+//!
+//! # A missing `Origin`
+//!
+//! Browsers always send `Origin` on a WebSocket handshake, so a handshake without one comes
+//! from a non-browser client (a CLI, a server, a mobile app), which no cross-site page can
+//! control. Such clients are allowed by default, because the origin check defends browsers'
+//! ambient credentials and is no authentication; use [`OriginGuardLayer::require_origin`] to
+//! refuse them.
+//!
+//! # Which requests are checked
+//!
+//! By default only WebSocket handshakes (an `Upgrade: websocket` request, or an HTTP/2
+//! `CONNECT`) are checked and other requests pass through untouched.
+//! [`OriginGuardLayer::check_all_requests`] checks every request that carries an `Origin`
+//! header, for transports such as Socket.IO's long-polling that carry the same session over
+//! plain HTTP.
+//!
+//! # Rejections
+//!
+//! `403 Forbidden` with a short plain-text reason that never echoes the header, the
+//! [`OriginError`] in the response extensions, and one `tracing` event named
+//! `wsguard.origin.rejected` with the fields `reason` and `origin` (canonical, or escaped and
+//! truncated when malformed). [`OriginGuardLayer::on_rejection`] replaces the response.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{Router, body::Body, extract::ws::WebSocketUpgrade, response::Response, routing::get};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use wsguard::origin::OriginGuardLayer;
+//!
+//! async fn ws(upgrade: WebSocketUpgrade) -> Response {
+//!     upgrade.on_upgrade(|_socket| async {})
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let guard = OriginGuardLayer::new()
+//!     .allow_origin("https://app.example.com")?
+//!     .allow_origin_pattern("https://*.example.org")?;
+//! let app = Router::new().route("/ws", get(ws)).layer(guard);
+//!
+//! let handshake = |origin: &'static str| {
+//!     Request::get("/ws")
+//!         .header("host", "api.example.com")
+//!         .header("origin", origin)
+//!         .header("connection", "upgrade")
+//!         .header("upgrade", "websocket")
+//!         .header("sec-websocket-version", "13")
+//!         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+//!         .body(Body::empty())
+//! };
+//!
+//! // A cross-site page is refused before the upgrade.
+//! let res = app.clone().oneshot(handshake("https://evil.example.net")?).await?;
+//! assert_eq!(res.status(), StatusCode::FORBIDDEN);
+//!
+//! // An allowed origin reaches the handler. (`oneshot` has no connection to upgrade, so
+//! // axum answers 426; over a real connection this is a 101.)
+//! let res = app.clone().oneshot(handshake("https://eu.example.org")?).await?;
+//! assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Deployment
+//!
+//! Reverse proxies forward `Origin` unchanged, but many rewrite `Host` (nginx sends
+//! `proxy_pass`'s host unless told `proxy_set_header Host $host`), which breaks same-origin
+//! checks: configure explicit origins behind such a proxy. A TLS-terminating proxy makes the
+//! server see plain HTTP while browsers send `https://` origins; list the `https://` origins.
+
+use std::fmt;
+
+use http::request::Parts;
+
+mod future;
+mod layer;
+mod matcher;
+mod service;
+
+pub use self::{
+    future::ResponseFuture, layer::OriginGuardLayer, matcher::Origin, service::OriginGuard,
+};
+
+/// Why a handshake's `Origin` was refused. Carried in the extensions of the rejection
+/// response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OriginError {
+    /// No `Origin` header, and [`OriginGuardLayer::require_origin`] is on.
+    Missing,
+    /// More than one `Origin` header.
+    Multiple,
+    /// `Origin: null`.
+    Null,
+    /// The value is not `scheme://host[:port]` in visible ASCII.
+    Malformed,
+    /// A well-formed origin that no configured rule allows.
+    NotAllowed,
+}
+
+impl OriginError {
+    /// A stable, lowercase name for logs and metrics, e.g. `not_allowed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Multiple => "multiple",
+            Self::Null => "null",
+            Self::Malformed => "malformed",
+            Self::NotAllowed => "not_allowed",
+        }
+    }
+}
+
+impl fmt::Display for OriginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Missing => "missing Origin header",
+            Self::Multiple => "more than one Origin header",
+            Self::Null => "null origin is not allowed",
+            Self::Malformed => "malformed Origin header",
+            Self::NotAllowed => "origin not allowed",
+        })
+    }
+}
+
+impl std::error::Error for OriginError {}
+
+/// A mistake in the configuration, found when the layer is built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An exact origin that is not `scheme://host[:port]`.
+    InvalidOrigin {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A wildcard pattern that is not `scheme://*.domain[:port]`.
+    InvalidPattern {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A wildcard that would allow a whole public suffix (`https://*.com`,
+    /// `https://*.co.uk`) or everything (`*`): sites that anybody can register.
+    PatternTooBroad {
+        /// The value as configured.
+        value: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidOrigin { value, reason } => {
+                write!(f, "invalid origin {value:?}: {reason}")
+            }
+            Self::InvalidPattern { value, reason } => {
+                write!(f, "invalid origin pattern {value:?}: {reason}")
+            }
+            Self::PatternTooBroad { value } => write!(
+                f,
+                "origin pattern {value:?} covers a public suffix or everything, so anybody could \
+                 register a matching site; use a domain you own, e.g. https://*.example.com \
+                 (or dangerously_allow_any_origin if you really mean any)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A custom rule for [`OriginGuardLayer::allow_if`]: allows the origin when it returns `true`.
+///
+/// Implemented for closures `Fn(&Origin, &Parts) -> bool`.
+pub trait OriginPredicate: Send + Sync + 'static {
+    /// Whether `origin` may open a socket with this request.
+    fn allow(&self, origin: &Origin, parts: &Parts) -> bool;
+}
+
+impl<F> OriginPredicate for F
+where
+    F: Fn(&Origin, &Parts) -> bool + Send + Sync + 'static,
+{
+    fn allow(&self, origin: &Origin, parts: &Parts) -> bool {
+        self(origin, parts)
+    }
+}
+
+#[cfg(test)]
+mod tests;

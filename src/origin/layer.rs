@@ -1,0 +1,252 @@
+use std::{fmt, sync::Arc};
+
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header, request::Parts};
+use tower::Layer;
+
+use super::{
+    ConfigError, OriginError, OriginGuard, OriginPredicate,
+    matcher::{AllowList, Origin, Pattern},
+};
+
+type RejectFn = dyn Fn(OriginError) -> Response + Send + Sync;
+
+/// Builds [`OriginGuard`] services: checks the `Origin` of WebSocket handshakes.
+///
+/// With no configuration it allows same-origin handshakes and clients that send no `Origin`;
+/// see the [module docs](crate::origin) for every rule.
+#[derive(Clone)]
+#[must_use]
+pub struct OriginGuardLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) allow: AllowList,
+    pub(crate) require_origin: bool,
+    pub(crate) check_all_requests: bool,
+    pub(crate) on_rejection: Option<Arc<RejectFn>>,
+}
+
+impl Config {
+    /// Decides one request; `Ok` lets it through.
+    pub(crate) fn check(&self, parts: &Parts) -> Result<(), Rejected> {
+        let mut values = parts.headers.get_all(header::ORIGIN).iter();
+        let (first, second) = (values.next(), values.next());
+        let is_handshake = is_websocket_handshake(parts);
+        if !is_handshake && (!self.check_all_requests || first.is_none()) {
+            return Ok(());
+        }
+        let value = match (first, second) {
+            (None, _) if self.require_origin && is_handshake => {
+                return Err(Rejected::new(OriginError::Missing, None));
+            }
+            (None, _) => return Ok(()),
+            (Some(_), Some(_)) => return Err(Rejected::new(OriginError::Multiple, None)),
+            (Some(value), None) => value,
+        };
+        let origin = Origin::from_header(value.as_bytes())
+            .map_err(|err| Rejected::new(err, Some(sanitise(value.as_bytes()))))?;
+        if self.allow.allows(&origin, parts) {
+            Ok(())
+        } else {
+            Err(Rejected::new(
+                OriginError::NotAllowed,
+                Some(origin.to_string()),
+            ))
+        }
+    }
+
+    pub(crate) fn rejection(&self, error: OriginError) -> Response {
+        let mut response = match &self.on_rejection {
+            Some(f) => f(error),
+            None => (StatusCode::FORBIDDEN, format!("forbidden: {error}\n")).into_response(),
+        };
+        response.extensions_mut().insert(error);
+        response
+    }
+}
+
+pub(crate) struct Rejected {
+    pub(crate) error: OriginError,
+    /// The origin for the log line: canonical, or escaped and truncated when malformed.
+    pub(crate) origin: Option<String>,
+}
+
+impl Rejected {
+    fn new(error: OriginError, origin: Option<String>) -> Self {
+        Self { error, origin }
+    }
+}
+
+/// A WebSocket handshake is an HTTP/1.1 request whose `Upgrade` header lists `websocket`, or
+/// an HTTP/2 extended `CONNECT` (RFC 8441). Every `Upgrade` header is looked at, and any
+/// `CONNECT` is treated as a handshake, so no request that axum would upgrade escapes.
+fn is_websocket_handshake(parts: &Parts) -> bool {
+    parts.method == http::Method::CONNECT
+        || parts.headers.get_all(header::UPGRADE).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+}
+
+/// At most 64 bytes of the raw value, escaped, for a log line.
+fn sanitise(raw: &[u8]) -> String {
+    let mut out: String = raw
+        .iter()
+        .take(64)
+        .flat_map(|b| b.escape_ascii())
+        .map(char::from)
+        .collect();
+    if raw.len() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+impl OriginGuardLayer {
+    /// A guard with nothing configured: same-origin handshakes and handshakes without
+    /// `Origin` are allowed, WebSocket handshakes only are checked.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                allow: AllowList::default(),
+                require_origin: false,
+                check_all_requests: false,
+                on_rejection: None,
+            }),
+        }
+    }
+
+    fn with(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Allows one exact origin such as `https://app.example.com` or `http://127.0.0.1:8000`.
+    /// Repeated calls add origins. Unicode hosts are converted to punycode; a trailing `/` is
+    /// ignored.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidOrigin`] when `origin` is not `scheme://host[:port]` (a path, a
+    /// wildcard, whitespace, `null`, ...).
+    pub fn allow_origin(self, origin: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let origin = Origin::from_config(origin.as_ref())?;
+        Ok(self.with(|c| {
+            if !c.allow.exact.contains(&origin) {
+                c.allow.exact.push(origin);
+            }
+        }))
+    }
+
+    /// Allows every origin in `origins`; see [`allow_origin`](Self::allow_origin).
+    ///
+    /// # Errors
+    ///
+    /// The first invalid origin's [`ConfigError`].
+    pub fn allow_origins<I>(self, origins: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        origins
+            .into_iter()
+            .try_fold(self, |layer, origin| layer.allow_origin(origin))
+    }
+
+    /// Allows the subdomains of a domain: `https://*.example.com` matches
+    /// `https://a.example.com` and `https://a.b.example.com` (whole labels only), not
+    /// `https://example.com` itself (allow it separately). Scheme and port must match exactly.
+    /// Repeated calls add patterns.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::PatternTooBroad`] for `*` or a pattern whose base is a public suffix
+    /// (`https://*.com`, `https://*.co.uk`, `https://*.github.io`);
+    /// [`ConfigError::InvalidPattern`] when the wildcard is not the whole leftmost label or
+    /// the base is not a domain.
+    pub fn allow_origin_pattern(self, pattern: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let pattern = Pattern::parse(pattern.as_ref())?;
+        Ok(self.with(|c| c.allow.patterns.push(pattern)))
+    }
+
+    /// Also allows same-origin handshakes. That is the default only while nothing else is
+    /// configured; call this to keep it next to other rules.
+    pub fn allow_same_origin(self) -> Self {
+        self.with(|c| c.allow.same_origin = true)
+    }
+
+    /// Allows an origin when `predicate` returns `true` for it and the request. Repeated
+    /// calls add predicates. The predicate sees only well-formed origins: `null`, malformed
+    /// and duplicate headers are refused before it runs.
+    pub fn allow_if(self, predicate: impl OriginPredicate) -> Self {
+        let predicate: Arc<dyn OriginPredicate> = Arc::new(predicate);
+        self.with(|c| c.allow.predicates.push(predicate))
+    }
+
+    /// Allows every well-formed origin, so any web page may open sockets with its visitors'
+    /// cookies. Only for public, unauthenticated data or credentials that a browser never
+    /// attaches by itself. `null`, malformed and duplicate origins are still refused.
+    pub fn dangerously_allow_any_origin(self) -> Self {
+        self.with(|c| c.allow.any = true)
+    }
+
+    /// Whether a WebSocket handshake without an `Origin` header is refused
+    /// ([`OriginError::Missing`]). Default `false`: browsers always send `Origin`, so its
+    /// absence means a non-browser client that no cross-site page controls. Replaces the
+    /// previous setting.
+    pub fn require_origin(self, require: bool) -> Self {
+        self.with(|c| c.require_origin = require)
+    }
+
+    /// Whether every request that carries an `Origin` header is checked, not only WebSocket
+    /// handshakes (for Socket.IO's long-polling and similar transports). Requests without
+    /// `Origin` that are not handshakes still pass. Default `false`. Replaces the previous
+    /// setting.
+    pub fn check_all_requests(self, check: bool) -> Self {
+        self.with(|c| c.check_all_requests = check)
+    }
+
+    /// Replaces the `403` rejection response. The [`OriginError`] is still inserted into the
+    /// extensions of whatever `f` returns. Replaces the previous setting.
+    pub fn on_rejection<F, R>(self, f: F) -> Self
+    where
+        F: Fn(OriginError) -> R + Send + Sync + 'static,
+        R: IntoResponse,
+    {
+        let f: Arc<RejectFn> = Arc::new(move |error| f(error).into_response());
+        self.with(|c| c.on_rejection = Some(f))
+    }
+}
+
+impl Default for OriginGuardLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for OriginGuardLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OriginGuardLayer")
+            .field("allow", &self.config.allow)
+            .field("require_origin", &self.config.require_origin)
+            .field("check_all_requests", &self.config.check_all_requests)
+            .field(
+                "on_rejection",
+                &self.config.on_rejection.as_ref().map(|_| "<fn>"),
+            )
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for OriginGuardLayer {
+    type Service = OriginGuard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        OriginGuard::new(inner, self.clone())
+    }
+}

@@ -1,0 +1,827 @@
+use std::convert::Infallible;
+
+use axum::{body::Body, response::Response};
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_test::mock;
+
+use super::{ConfigError, OriginError, OriginGuardLayer};
+
+fn ok_service()
+-> impl tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone
+{
+    service_fn(|_req: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::from("passed")))
+    })
+}
+
+/// A WebSocket handshake to `host` with the given `Origin` header values.
+fn handshake(host: &str, origins: &[&[u8]]) -> Request<Body> {
+    let mut req = Request::get("/ws")
+        .header(header::HOST, host)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .body(Body::empty())
+        .expect("static request");
+    for origin in origins {
+        req.headers_mut().append(
+            header::ORIGIN,
+            HeaderValue::from_bytes(origin).expect("test header value"),
+        );
+    }
+    req
+}
+
+async fn outcome(layer: &OriginGuardLayer, req: Request<Body>) -> Result<(), OriginError> {
+    let res = layer
+        .layer(ok_service())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    match res.status() {
+        StatusCode::OK => Ok(()),
+        StatusCode::FORBIDDEN => Err(*res
+            .extensions()
+            .get::<OriginError>()
+            .expect("typed error in extensions")),
+        other => panic!("unexpected status {other}"),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    origins: &'static [&'static [u8]],
+    host: &'static str,
+    expected: Result<(), OriginError>,
+}
+
+const ALLOWED: Result<(), OriginError> = Ok(());
+const NOT_ALLOWED: Result<(), OriginError> = Err(OriginError::NotAllowed);
+const MALFORMED: Result<(), OriginError> = Err(OriginError::Malformed);
+
+async fn run(layer: &OriginGuardLayer, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let got = outcome(layer, handshake(case.host, case.origins)).await;
+        if got != case.expected {
+            failures.push(format!(
+                "{}: expected {:?}, got {:?}",
+                case.name, case.expected, got
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn configured() -> OriginGuardLayer {
+    OriginGuardLayer::new()
+        .allow_origins([
+            "https://app.example.com",
+            "http://127.0.0.1:8000",
+            "https://bücher.example",
+            "http://[::1]:8080",
+            "https://ports.example.com:8443/",
+        ])
+        .expect("valid origins")
+        .allow_origin_pattern("https://*.example.org")
+        .expect("valid pattern")
+}
+
+#[tokio::test]
+async fn exact_and_wildcard_origins() {
+    let h = "api.example.com";
+    let cases = [
+        Case {
+            name: "exact match",
+            origins: &[b"https://app.example.com"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "uppercase host",
+            origins: &[b"https://APP.Example.COM"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "uppercase scheme",
+            origins: &[b"HTTPS://app.example.com"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "explicit default port",
+            origins: &[b"https://app.example.com:443"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "other port",
+            origins: &[b"https://app.example.com:8443"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "configured non-default port",
+            origins: &[b"https://ports.example.com:8443"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "non-default port omitted",
+            origins: &[b"https://ports.example.com"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "http instead of https",
+            origins: &[b"http://app.example.com"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wss scheme",
+            origins: &[b"wss://app.example.com"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "ws scheme",
+            origins: &[b"ws://127.0.0.1:8000"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "loopback with port",
+            origins: &[b"http://127.0.0.1:8000"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "localhost is not 127.0.0.1",
+            origins: &[b"http://localhost:8000"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "trailing dot is another origin",
+            origins: &[b"https://app.example.com."],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "trailing slash",
+            origins: &[b"https://app.example.com/"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "path",
+            origins: &[b"https://app.example.com/login"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "query",
+            origins: &[b"https://app.example.com?x=1"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "userinfo",
+            origins: &[b"https://evil.net@app.example.com"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "userinfo pointing away",
+            origins: &[b"https://app.example.com@evil.net"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "backslash",
+            origins: &[b"https://app.example.com\\@evil.net"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "percent escape",
+            origins: &[b"https://%61pp.example.com"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "inner whitespace",
+            origins: &[b"https://app.example .com"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "tab",
+            origins: &[b"https://app.\texample.com"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "empty port",
+            origins: &[b"https://app.example.com:"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "port out of range",
+            origins: &[b"https://app.example.com:65536"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "no scheme",
+            origins: &[b"app.example.com"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "empty",
+            origins: &[b""],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "null",
+            origins: &[b"null"],
+            host: h,
+            expected: Err(OriginError::Null),
+        },
+        Case {
+            name: "NULL is malformed, not null",
+            origins: &[b"NULL"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "two headers",
+            origins: &[b"https://app.example.com", b"https://app.example.com"],
+            host: h,
+            expected: Err(OriginError::Multiple),
+        },
+        Case {
+            name: "two origins in one header",
+            origins: &[b"https://app.example.com https://evil.net"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "punycode host",
+            origins: &[b"https://xn--bcher-kva.example"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "raw unicode host",
+            origins: &[b"https://b\xc3\xbccher.example"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "ipv6 literal",
+            origins: &[b"http://[::1]:8080"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "ipv6 literal, long form",
+            origins: &[b"http://[0:0:0:0:0:0:0:1]:8080"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "ipv6 literal, other port",
+            origins: &[b"http://[::1]:8081"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "ipv6 unclosed",
+            origins: &[b"http://[::1:8080"],
+            host: h,
+            expected: MALFORMED,
+        },
+        Case {
+            name: "wildcard: one label",
+            origins: &[b"https://a.example.org"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "wildcard: two labels",
+            origins: &[b"https://a.b.example.org"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "wildcard: base itself",
+            origins: &[b"https://example.org"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: suffix confusion",
+            origins: &[b"https://evilexample.org"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: base as a label",
+            origins: &[b"https://example.org.evil.net"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: empty label",
+            origins: &[b"https://a..example.org"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: leading dot",
+            origins: &[b"https://.example.org"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: other scheme",
+            origins: &[b"http://a.example.org"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: other port",
+            origins: &[b"https://a.example.org:8443"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "wildcard: uppercase",
+            origins: &[b"https://A.EXAMPLE.ORG"],
+            host: h,
+            expected: ALLOWED,
+        },
+        Case {
+            name: "wildcard: trailing dot",
+            origins: &[b"https://a.example.org."],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "same origin is off once configured",
+            origins: &[b"https://api.example.com"],
+            host: h,
+            expected: NOT_ALLOWED,
+        },
+    ];
+    run(&configured(), &cases).await;
+}
+
+#[tokio::test]
+async fn non_ascii_origin_is_malformed() {
+    let layer = configured();
+    let req = handshake("api.example.com", &[b"https://app.example.com\xff"]);
+    assert_eq!(outcome(&layer, req).await, MALFORMED);
+}
+
+#[tokio::test]
+async fn same_origin_is_the_default() {
+    let layer = OriginGuardLayer::new();
+    let cases = [
+        Case {
+            name: "same host",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "same host over http",
+            origins: &[b"http://chat.example.com"],
+            host: "chat.example.com",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "host with explicit port",
+            origins: &[b"http://127.0.0.1:8000"],
+            host: "127.0.0.1:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "host port differs",
+            origins: &[b"http://127.0.0.1:9000"],
+            host: "127.0.0.1:8000",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "host with default port",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com:443",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "https origin, host on port 80",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com:80",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "host case",
+            origins: &[b"https://chat.example.com"],
+            host: "CHAT.Example.com",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "other site",
+            origins: &[b"https://evil.example.net"],
+            host: "chat.example.com",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "subdomain is another origin",
+            origins: &[b"https://a.chat.example.com"],
+            host: "chat.example.com",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "ws scheme is never same origin",
+            origins: &[b"ws://chat.example.com"],
+            host: "chat.example.com",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "ipv6 host",
+            origins: &[b"http://[::1]:3000"],
+            host: "[::1]:3000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "malformed host header",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com/x",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "no origin",
+            origins: &[],
+            host: "chat.example.com",
+            expected: ALLOWED,
+        },
+    ];
+    run(&layer, &cases).await;
+}
+
+#[tokio::test]
+async fn same_origin_uses_the_uri_scheme_when_known() {
+    let layer = OriginGuardLayer::new();
+    let mut req = handshake("chat.example.com", &[b"http://chat.example.com"]);
+    *req.uri_mut() = "https://chat.example.com/ws".parse().expect("static uri");
+    assert_eq!(outcome(&layer, req).await, NOT_ALLOWED);
+
+    let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
+    *req.uri_mut() = "https://chat.example.com/ws".parse().expect("static uri");
+    assert_eq!(outcome(&layer, req).await, ALLOWED);
+}
+
+#[tokio::test]
+async fn same_origin_needs_exactly_one_host() {
+    let layer = OriginGuardLayer::new();
+    let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
+    req.headers_mut()
+        .append(header::HOST, HeaderValue::from_static("evil.example.net"));
+    assert_eq!(outcome(&layer, req).await, NOT_ALLOWED);
+
+    let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
+    req.headers_mut().remove(header::HOST);
+    assert_eq!(outcome(&layer, req).await, NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn allow_same_origin_adds_to_the_list() {
+    let layer = configured().allow_same_origin();
+    let req = handshake("api.example.com", &[b"https://api.example.com"]);
+    assert_eq!(outcome(&layer, req).await, ALLOWED);
+}
+
+#[tokio::test]
+async fn missing_origin_policy() {
+    let allow = OriginGuardLayer::new();
+    assert_eq!(
+        outcome(&allow, handshake("a.example.com", &[])).await,
+        ALLOWED
+    );
+
+    let require = OriginGuardLayer::new().require_origin(true);
+    assert_eq!(
+        outcome(&require, handshake("a.example.com", &[])).await,
+        Err(OriginError::Missing)
+    );
+    assert_eq!(
+        outcome(
+            &require,
+            handshake("a.example.com", &[b"https://a.example.com"])
+        )
+        .await,
+        ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn only_handshakes_are_checked_by_default() {
+    let layer = configured().require_origin(true);
+    let plain = || {
+        Request::get("/api")
+            .header(header::HOST, "api.example.com")
+            .header(header::ORIGIN, "https://evil.example.net")
+            .body(Body::empty())
+            .expect("static request")
+    };
+    assert_eq!(outcome(&layer, plain()).await, ALLOWED);
+
+    let all = layer.check_all_requests(true);
+    assert_eq!(outcome(&all, plain()).await, NOT_ALLOWED);
+    // Without an Origin, a plain request is not a browser's cross-site request: it passes.
+    let no_origin = Request::get("/api")
+        .header(header::HOST, "api.example.com")
+        .body(Body::empty());
+    assert_eq!(
+        outcome(&all, no_origin.expect("static request")).await,
+        ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn every_kind_of_handshake_is_checked() {
+    let layer = configured();
+    let cases: [(&str, Request<Body>); 3] = [
+        (
+            "upgrade header in another case, in a list",
+            Request::get("/ws")
+                .header(header::UPGRADE, "h2c, WebSocket")
+                .header(header::ORIGIN, "https://evil.example.net")
+                .body(Body::empty())
+                .expect("static request"),
+        ),
+        (
+            "second upgrade header",
+            Request::get("/ws")
+                .header(header::UPGRADE, "h2c")
+                .header(header::UPGRADE, "websocket")
+                .header(header::ORIGIN, "https://evil.example.net")
+                .body(Body::empty())
+                .expect("static request"),
+        ),
+        (
+            "http/2 extended connect",
+            Request::builder()
+                .method(Method::CONNECT)
+                .uri("https://api.example.com/ws")
+                .header(header::ORIGIN, "https://evil.example.net")
+                .body(Body::empty())
+                .expect("static request"),
+        ),
+    ];
+    for (name, req) in cases {
+        assert_eq!(outcome(&layer, req).await, NOT_ALLOWED, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn predicate_and_allow_any() {
+    let layer = OriginGuardLayer::new().allow_if(
+        |origin: &super::Origin, _parts: &http::request::Parts| origin.host().ends_with(".test"),
+    );
+    assert_eq!(
+        outcome(&layer, handshake("x", &[b"http://a.test"])).await,
+        ALLOWED
+    );
+    assert_eq!(
+        outcome(&layer, handshake("x", &[b"http://a.prod"])).await,
+        NOT_ALLOWED
+    );
+    assert_eq!(
+        outcome(&layer, handshake("x", &[b"null"])).await,
+        Err(OriginError::Null)
+    );
+
+    let any = OriginGuardLayer::new().dangerously_allow_any_origin();
+    assert_eq!(
+        outcome(&any, handshake("x", &[b"https://whatever.example"])).await,
+        ALLOWED
+    );
+    assert_eq!(
+        outcome(&any, handshake("x", &[b"null"])).await,
+        Err(OriginError::Null)
+    );
+    assert_eq!(
+        outcome(&any, handshake("x", &[b"https://a b"])).await,
+        MALFORMED
+    );
+}
+
+#[tokio::test]
+async fn rejection_is_403_plain_text_and_never_echoes_the_header() {
+    let layer = configured();
+    let res = layer
+        .layer(ok_service())
+        .oneshot(handshake(
+            "api.example.com",
+            &[b"https://evil.example.net<script>"],
+        ))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        res.headers()[header::CONTENT_TYPE],
+        "text/plain; charset=utf-8"
+    );
+    let body = axum::body::to_bytes(res.into_body(), 1024)
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"forbidden: malformed Origin header\n");
+}
+
+#[tokio::test]
+async fn rejection_can_be_replaced() {
+    let layer = configured().on_rejection(|err: OriginError| {
+        (StatusCode::NOT_FOUND, format!("nope ({})", err.as_str()))
+    });
+    let res = layer
+        .layer(ok_service())
+        .oneshot(handshake("api.example.com", &[b"https://evil.example.net"]))
+        .await
+        .expect("infallible");
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        res.extensions().get::<OriginError>(),
+        Some(&OriginError::NotAllowed)
+    );
+    let body = axum::body::to_bytes(res.into_body(), 1024)
+        .await
+        .expect("body");
+    assert_eq!(&body[..], b"nope (not_allowed)");
+}
+
+#[tokio::test]
+async fn rejected_requests_never_reach_the_inner_service() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response>();
+    let mut guard = configured().layer(service);
+    handle.allow(1);
+    let res = guard
+        .ready()
+        .await
+        .expect("ready")
+        .call(handshake("api.example.com", &[b"https://evil.example.net"]))
+        .await
+        .expect("rejection is a response");
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let allowed = tokio::spawn(
+        guard
+            .ready_oneshot()
+            .await
+            .expect("ready")
+            .oneshot(handshake("api.example.com", &[b"https://app.example.com"])),
+    );
+    let (req, send) = handle
+        .next_request()
+        .await
+        .expect("the allowed request reaches the inner service");
+    assert_eq!(req.headers()[header::ORIGIN], "https://app.example.com");
+    send.send_response(Response::new(Body::empty()));
+    assert_eq!(
+        allowed.await.expect("join").expect("ok").status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn dangerous_patterns_are_refused_at_build_time() {
+    struct Refusal {
+        pattern: &'static str,
+        too_broad: bool,
+    }
+    let cases = [
+        Refusal {
+            pattern: "*",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: " * ",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: "https://*.com",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: "https://*.co.uk",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: "https://*.github.io",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: "https://*.localhost",
+            too_broad: true,
+        },
+        Refusal {
+            pattern: "https://*",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://*example.com",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://a.*.example.com",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://*.*.example.com",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "*.example.com",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://*.127.0.0.1",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://*.example.com/path",
+            too_broad: false,
+        },
+        Refusal {
+            pattern: "https://*.example..com",
+            too_broad: false,
+        },
+    ];
+    for case in cases {
+        match OriginGuardLayer::new().allow_origin_pattern(case.pattern) {
+            Err(ConfigError::PatternTooBroad { .. }) if case.too_broad => {}
+            Err(ConfigError::InvalidPattern { .. }) if !case.too_broad => {}
+            other => panic!("{:?}: unexpected {:?}", case.pattern, other.map(|_| ())),
+        }
+    }
+    assert!(
+        OriginGuardLayer::new()
+            .allow_origin_pattern("https://*.example.co.uk")
+            .is_ok()
+    );
+    assert!(
+        OriginGuardLayer::new()
+            .allow_origin_pattern("https://*.user.github.io")
+            .is_ok()
+    );
+}
+
+#[test]
+fn invalid_exact_origins_are_refused_at_build_time() {
+    let cases = [
+        "*",
+        "null",
+        "example.com",
+        "https://",
+        "https://example.com/path",
+        "https://user@example.com",
+        "https://example.com:",
+        "https://example.com:99999",
+        " https://example.com",
+        "https://*.example.com",
+    ];
+    for value in cases {
+        let err = OriginGuardLayer::new()
+            .allow_origin(value)
+            .expect_err(value);
+        assert!(
+            matches!(err, ConfigError::InvalidOrigin { .. }),
+            "{value}: {err}"
+        );
+    }
+    let err = OriginGuardLayer::new()
+        .allow_origin_pattern("https://*.com")
+        .map(|_| ())
+        .expect_err("too broad");
+    assert!(err.to_string().contains("public suffix"), "{err}");
+}
+
+#[test]
+fn debug_lists_the_rules() {
+    let debug = format!("{:?}", configured().on_rejection(|_| StatusCode::FORBIDDEN));
+    assert!(debug.contains("https://app.example.com"), "{debug}");
+    assert!(debug.contains("https://*.example.org"), "{debug}");
+    assert!(debug.contains("xn--bcher-kva.example"), "{debug}");
+}

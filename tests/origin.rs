@@ -1,0 +1,212 @@
+//! The origin guard over real sockets on loopback: allowed origins upgrade and echo, forged
+//! origins get 403 and no upgrade, clients without Origin follow the configured policy.
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use axum::{
+    Router,
+    extract::ws::{Message as AxumMessage, WebSocketUpgrade},
+    response::Response,
+    routing::get,
+};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, StatusCode, header};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use wsguard::origin::OriginGuardLayer;
+
+async fn ws(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            if let AxumMessage::Text(_) = message
+                && socket.send(message).await.is_err()
+            {
+                break;
+            }
+        }
+    })
+}
+
+async fn serve(guard: OriginGuardLayer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let app = Router::new().route("/ws", get(ws)).layer(guard);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Connects with the given Origin (or none) and returns the HTTP status of the handshake
+/// answer, after checking that an accepted socket echoes.
+async fn connect(addr: SocketAddr, origin: Option<&str>) -> StatusCode {
+    let mut request = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("client request");
+    if let Some(origin) = origin {
+        request.headers_mut().insert(
+            header::ORIGIN,
+            HeaderValue::from_str(origin).expect("origin value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut socket, response)) => {
+            socket.send(Message::text("hello")).await.expect("send");
+            let reply = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+            assert_eq!(
+                reply
+                    .expect("echo in time")
+                    .expect("a message")
+                    .expect("no error"),
+                Message::text("hello")
+            );
+            socket.close(None).await.expect("close");
+            response.status()
+        }
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            assert!(
+                String::from_utf8_lossy(body).starts_with("forbidden: "),
+                "plain-text reason, got {body:?}"
+            );
+            response.status()
+        }
+        Err(other) => panic!("unexpected handshake error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn allowed_origin_upgrades_and_echoes() {
+    let guard = OriginGuardLayer::new()
+        .allow_origin("http://app.test:8000")
+        .expect("valid");
+    let addr = serve(guard).await;
+    assert_eq!(
+        connect(addr, Some("http://app.test:8000")).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+}
+
+#[tokio::test]
+async fn forged_origin_is_refused_before_the_upgrade() {
+    let guard = OriginGuardLayer::new()
+        .allow_origin("http://app.test:8000")
+        .expect("valid");
+    let addr = serve(guard).await;
+    for forged in [
+        "http://evil.test:8000",
+        "https://app.test:8000",
+        "http://app.test:8001",
+        "null",
+    ] {
+        assert_eq!(
+            connect(addr, Some(forged)).await,
+            StatusCode::FORBIDDEN,
+            "{forged}"
+        );
+    }
+    // The server still serves well-behaved clients afterwards.
+    assert_eq!(
+        connect(addr, Some("http://app.test:8000")).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+}
+
+#[tokio::test]
+async fn same_origin_by_default() {
+    let addr = serve(OriginGuardLayer::new()).await;
+    // tungstenite sends `Host: 127.0.0.1:PORT`.
+    let own = format!("http://127.0.0.1:{}", addr.port());
+    assert_eq!(
+        connect(addr, Some(&own)).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert_eq!(
+        connect(addr, Some("http://127.0.0.1:1")).await,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn missing_origin_follows_the_policy() {
+    let lenient = serve(
+        OriginGuardLayer::new()
+            .allow_origin("http://app.test")
+            .expect("valid"),
+    )
+    .await;
+    assert_eq!(
+        connect(lenient, None).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+
+    let strict = serve(
+        OriginGuardLayer::new()
+            .allow_origin("http://app.test")
+            .expect("valid")
+            .require_origin(true),
+    )
+    .await;
+    assert_eq!(connect(strict, None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        connect(strict, Some("http://app.test")).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+}
+
+/// `cargo run --example echo` serves and answers as the README says. `cargo test` builds the
+/// examples next to the test binaries, so the test runs the real program.
+#[tokio::test]
+async fn echo_example_serves_and_guards() {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let echo = profile_dir
+        .join("examples")
+        .join(format!("echo{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        echo.exists(),
+        "{} not built: run through `cargo test`",
+        echo.display()
+    );
+
+    let mut child = tokio::process::Command::new(echo)
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the echo example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|word| word.starts_with("http://"))
+            {
+                return url.to_owned();
+            }
+        }
+        panic!("the example exited without naming its address");
+    })
+    .await
+    .expect("banner in time");
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("socket address");
+
+    let own = format!("http://localhost:{}", addr.port());
+    assert_eq!(
+        connect(addr, Some(&own)).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert_eq!(
+        connect(addr, Some("http://evil.test")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(connect(addr, None).await, StatusCode::SWITCHING_PROTOCOLS);
+    child.kill().await.expect("stop the example");
+}
