@@ -1,7 +1,9 @@
 //! The origin guard over real sockets on loopback: allowed origins upgrade and echo, forged
 //! origins get 403 and no upgrade, clients without Origin follow the configured policy.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
@@ -11,7 +13,6 @@ use axum::{
 };
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 use wsguard::origin::OriginGuardLayer;
 
@@ -154,59 +155,13 @@ async fn missing_origin_follows_the_policy() {
     );
 }
 
-/// `cargo run --example echo` serves and answers as the README says. `cargo test` builds the
-/// examples next to the test binaries, so the test runs the real program.
+/// `cargo run --example echo` serves and answers as the README says.
 #[tokio::test]
 async fn echo_example_serves_and_guards() {
-    let exe = std::env::current_exe().expect("test exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let echo = profile_dir
-        .join("examples")
-        .join(format!("echo{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        echo.exists(),
-        "{} not built: run through `cargo test`",
-        echo.display()
-    );
-
-    let mut child = tokio::process::Command::new(echo)
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the echo example");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line
-                .split_whitespace()
-                .find(|word| word.starts_with("http://"))
-            {
-                return url.to_owned();
-            }
-        }
-        panic!("the example exited without naming its address");
-    })
-    .await
-    .expect("banner in time");
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("socket address");
-
+    let example = common::start_example("echo", &["--addr", "127.0.0.1:0"]).await;
+    let addr = example.addr;
     let own = format!("http://localhost:{}", addr.port());
-    assert_eq!(
-        connect(addr, Some(&own)).await,
-        StatusCode::SWITCHING_PROTOCOLS
-    );
-    assert_eq!(
-        connect(addr, Some("http://evil.test")).await,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(connect(addr, Some(&own)).await, StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(connect(addr, Some("http://evil.test")).await, StatusCode::FORBIDDEN);
     assert_eq!(connect(addr, None).await, StatusCode::SWITCHING_PROTOCOLS);
-    child.kill().await.expect("stop the example");
 }
