@@ -120,8 +120,7 @@ where
                             kind.set(Kind::Future { fut });
                         }
                         Err(err) => {
-                            let response =
-                                reject(config, err, Some(*source), request.extensions());
+                            let response = reject(config, err, Some(*source), request.extensions());
                             kind.set(Kind::Rejected { response: None });
                             return Poll::Ready(Ok(response));
                         }

@@ -114,17 +114,16 @@ where
 
     /// Checks `token`; returns the claims and the principal.
     pub fn verify(&self, token: &str) -> Result<Verified<C>, AuthError> {
-        let data =
-            jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::InvalidToken
-                    | ErrorKind::Base64(_)
-                    | ErrorKind::Json(_)
-                    | ErrorKind::Utf8(_) => AuthError::Malformed,
-                    _ => AuthError::Invalid,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidToken
+                | ErrorKind::Base64(_)
+                | ErrorKind::Json(_)
+                | ErrorKind::Utf8(_) => AuthError::Malformed,
+                _ => AuthError::Invalid,
+            },
+        )?;
         let claims = data.claims;
         let subject = claims
             .get("sub")

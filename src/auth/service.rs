@@ -80,12 +80,9 @@ where
             &self.config.sources,
             self.config.max_credential_len,
         ) {
-            Err((err, source)) => ResponseFuture::rejected(reject(
-                &self.config,
-                err,
-                source,
-                &parts.extensions,
-            )),
+            Err((err, source)) => {
+                ResponseFuture::rejected(reject(&self.config, err, source, &parts.extensions))
+            }
             Ok(credential) => {
                 let source = credential.source();
                 let fut = self.authenticator.authenticate(&parts, credential);

@@ -39,7 +39,12 @@ impl<I: Clone + Send + Sync + 'static> StaticTokens<I> {
     /// Accepts `token` as `subject` with `identity`. Adds to the set; a token configured twice
     /// is matched by its first entry.
     #[must_use]
-    pub fn token(mut self, token: impl AsRef<str>, subject: impl Into<Arc<str>>, identity: I) -> Self {
+    pub fn token(
+        mut self,
+        token: impl AsRef<str>,
+        subject: impl Into<Arc<str>>,
+        identity: I,
+    ) -> Self {
         Arc::make_mut(&mut self.entries).push(Entry {
             digest: digest(token.as_ref().as_bytes()),
             subject: subject.into(),
@@ -93,7 +98,10 @@ impl<I: Clone + Send + Sync + 'static> Authenticator for StaticTokens<I> {
 impl<I> fmt::Debug for StaticTokens<I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StaticTokens")
-            .field("subjects", &self.entries.iter().map(|e| &*e.subject).collect::<Vec<_>>())
+            .field(
+                "subjects",
+                &self.entries.iter().map(|e| &*e.subject).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

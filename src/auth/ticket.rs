@@ -221,7 +221,11 @@ impl TicketIssuer {
 
     /// A ticket for `subject` carrying `claims` (readable by anyone holding the ticket, but
     /// not changeable).
-    pub fn issue_with_claims(&self, subject: impl AsRef<str>, claims: Map<String, Value>) -> String {
+    pub fn issue_with_claims(
+        &self,
+        subject: impl AsRef<str>,
+        claims: Map<String, Value>,
+    ) -> String {
         let now = self.clock.now();
         let payload = Payload {
             sub: subject.as_ref().to_owned(),
