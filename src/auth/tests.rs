@@ -629,7 +629,7 @@ fn tickets_verify_expire_and_resist_tampering() {
         },
         Case {
             name: "two segments",
-            token: ticket.rsplitn(2, '.').nth(1).unwrap().to_owned(),
+            token: ticket.rsplit_once('.').unwrap().0.to_owned(),
             verifier: verifier.clone(),
             expect: Err(AuthError::Malformed),
         },
