@@ -123,7 +123,9 @@ impl CredentialSource {
     }
 
     /// The query parameter `name`, e.g. `"access_token"`. The parameter is removed from the
-    /// URI before the request goes on.
+    /// URI before the request goes on. The value is form-decoded (`%XX` escapes, `+` as a
+    /// space), so a token containing `+` must be sent percent-encoded (`%2B`); URL-safe
+    /// tokens (tickets, JWTs) need no encoding. A repeated parameter is malformed.
     ///
     /// Fails unless `name` is a non-empty HTTP token.
     pub fn query(name: impl AsRef<str>) -> Result<Self, ConfigError> {
