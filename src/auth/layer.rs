@@ -1,0 +1,119 @@
+use std::{fmt, sync::Arc};
+
+use axum::response::Response;
+use tower::Layer;
+
+use super::{
+    AuthError, Authenticator, ConfigError, CredentialSource, HandshakeAuth, rejection::OnRejection,
+};
+
+/// Default for [`HandshakeAuthLayer::max_credential_len`]: 8 KiB.
+const DEFAULT_MAX_CREDENTIAL_LEN: usize = 8 * 1024;
+
+/// Authenticates WebSocket handshakes with an [`Authenticator`]; makes [`HandshakeAuth`]. See
+/// the [module docs](super).
+#[derive(Clone)]
+pub struct HandshakeAuthLayer<A> {
+    authenticator: A,
+    config: Config,
+}
+
+/// The settings shared by every service the layer makes.
+#[derive(Clone)]
+pub(super) struct Config {
+    pub(super) sources: Vec<CredentialSource>,
+    pub(super) max_credential_len: usize,
+    pub(super) on_rejection: Option<OnRejection>,
+}
+
+impl<A: Authenticator> HandshakeAuthLayer<A> {
+    /// A layer that asks `authenticator` about the credential found in the
+    /// `Authorization: Bearer` header (see [`sources`](Self::sources)).
+    pub fn new(authenticator: A) -> Self {
+        Self {
+            authenticator,
+            config: Config {
+                sources: vec![CredentialSource::authorization()],
+                max_credential_len: DEFAULT_MAX_CREDENTIAL_LEN,
+                on_rejection: None,
+            },
+        }
+    }
+
+    /// Where to look for the credential, in order; the first source that carries one decides.
+    /// Replaces the previous list. Default: [`CredentialSource::authorization`] only.
+    ///
+    /// An empty list accepts no handshake.
+    #[must_use]
+    pub fn sources(mut self, sources: impl IntoIterator<Item = CredentialSource>) -> Self {
+        self.config.sources = sources.into_iter().collect();
+        self
+    }
+
+    /// The longest credential accepted, in bytes; longer ones are refused as malformed before
+    /// the authenticator sees them. Replaces the previous value. Default: 8192.
+    ///
+    /// Fails if `len` is zero.
+    pub fn max_credential_len(mut self, len: usize) -> Result<Self, ConfigError> {
+        if len == 0 {
+            return Err(ConfigError::Zero {
+                setting: "max_credential_len",
+            });
+        }
+        self.config.max_credential_len = len;
+        Ok(self)
+    }
+
+    /// Builds the rejection response from the [`AuthError`] instead of the default
+    /// (`401`/`400`, `WWW-Authenticate`, plain-text body). The error is still added to the
+    /// response's extensions afterwards. Replaces the previous function. Default: none.
+    #[must_use]
+    pub fn on_rejection<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&AuthError) -> Response + Send + Sync + 'static,
+    {
+        self.config.on_rejection = Some(Arc::new(f));
+        self
+    }
+
+    /// The authenticator.
+    pub fn authenticator(&self) -> &A {
+        &self.authenticator
+    }
+}
+
+impl<S, A: Authenticator> Layer<S> for HandshakeAuthLayer<A> {
+    type Service = HandshakeAuth<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HandshakeAuth::from_parts(
+            inner,
+            self.authenticator.clone(),
+            Arc::new(self.config.clone()),
+        )
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("sources", &self.sources)
+            .field("max_credential_len", &self.max_credential_len)
+            .field("on_rejection", &self.on_rejection.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
+
+impl<A> fmt::Debug for HandshakeAuthLayer<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandshakeAuthLayer")
+            .field("authenticator", &std::any::type_name::<A>())
+            .field("sources", &self.config.sources)
+            .field("max_credential_len", &self.config.max_credential_len)
+            .field(
+                "on_rejection",
+                &self.config.on_rejection.as_ref().map(|_| "<fn>"),
+            )
+            .finish()
+    }
+}

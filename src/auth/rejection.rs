@@ -1,0 +1,69 @@
+use std::sync::Arc;
+
+use axum::{body::Body, response::Response};
+use http::{HeaderValue, StatusCode, header};
+
+use super::{AuthError, SourceKind, layer::Config};
+use crate::client_ip::ClientIp;
+
+pub(super) type OnRejection = Arc<dyn Fn(&AuthError) -> Response + Send + Sync>;
+
+/// The default rejection: status, `WWW-Authenticate` (RFC 6750) and a short body.
+fn default_response(err: &AuthError) -> Response {
+    let (status, challenge, body) = match err {
+        AuthError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "Bearer",
+            "authentication required\n",
+        ),
+        AuthError::Malformed => (
+            StatusCode::BAD_REQUEST,
+            r#"Bearer error="invalid_request", error_description="the credential is malformed""#,
+            "malformed credential\n",
+        ),
+        AuthError::Expired => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer error="invalid_token", error_description="the credential has expired""#,
+            "expired credential\n",
+        ),
+        AuthError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer error="invalid_token", error_description="the credential is not valid""#,
+            "invalid credential\n",
+        ),
+    };
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// Logs the rejection and builds the response, with the error in its extensions.
+pub(super) fn reject(
+    config: &Config,
+    err: AuthError,
+    source: Option<SourceKind>,
+    extensions: &http::Extensions,
+) -> Response {
+    let client_ip = extensions.get::<ClientIp>().map(|ip| ip.0);
+    tracing::info!(
+        name: "wsguard.auth.rejected",
+        cause = err.as_str(),
+        source = source.map_or("none", |s| s.as_str()),
+        client_ip = client_ip.map(tracing::field::display),
+        "handshake authentication failed"
+    );
+    let mut res = match &config.on_rejection {
+        Some(f) => f(&err),
+        None => default_response(&err),
+    };
+    res.extensions_mut().insert(err);
+    res
+}

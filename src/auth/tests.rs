@@ -1,0 +1,1298 @@
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router, body::Body, response::Response, routing::get};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use http::{HeaderValue, Request, StatusCode, header, request::Parts};
+use tower::{Layer, ServiceExt};
+use tower_test::mock;
+
+use super::*;
+
+const TOKEN: &str = "tok-alice";
+
+fn static_tokens() -> StaticTokens<String> {
+    StaticTokens::new()
+        .token(TOKEN, "alice", "alice-identity".to_owned())
+        .token("tok-bob", "bob", "bob-identity".to_owned())
+}
+
+fn all_sources() -> Vec<CredentialSource> {
+    vec![
+        CredentialSource::authorization(),
+        CredentialSource::subprotocol("bearer.").unwrap(),
+        CredentialSource::query("access_token").unwrap(),
+        CredentialSource::cookie("session").unwrap(),
+    ]
+}
+
+fn handshake(uri: &str) -> http::request::Builder {
+    Request::get(uri)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+}
+
+/// What came out of the layer, and what the inner service saw (if it was reached).
+struct Outcome {
+    response: Response,
+    inner: Option<Request<Body>>,
+}
+
+/// Sends `req` through `layer` in front of a `tower_test` mock that answers 200 and echoes
+/// the `Sec-WebSocket-Protocol` it received, as a naive server that selects the first offered
+/// protocol would.
+async fn run<A: Authenticator>(layer: HandshakeAuthLayer<A>, req: Request<Body>) -> Outcome {
+    let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+    let svc = layer.layer(mock);
+    let inner = async move {
+        let (req, send) = handle.next_request().await?;
+        let mut res = Response::new(Body::from("inner"));
+        if let Some(protocol) = req.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
+            res.headers_mut()
+                .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+        }
+        send.send_response(res);
+        Some(req)
+    };
+    let (response, inner) = tokio::join!(svc.oneshot(req), inner);
+    Outcome {
+        response: response.expect("the mock never fails"),
+        inner,
+    }
+}
+
+/// Asserts the response of a rejected request: status, challenge and the error extension.
+fn assert_rejected(name: &str, outcome: &Outcome, err: &AuthError) {
+    let res = &outcome.response;
+    let (status, challenge) = match err {
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, "Bearer"),
+        AuthError::Malformed => (
+            StatusCode::BAD_REQUEST,
+            r#"Bearer error="invalid_request", error_description="the credential is malformed""#,
+        ),
+        AuthError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer error="invalid_token", error_description="the credential is not valid""#,
+        ),
+        AuthError::Expired => (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer error="invalid_token", error_description="the credential has expired""#,
+        ),
+    };
+    assert_eq!(res.status(), status, "{name}: status");
+    assert_eq!(
+        res.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+        challenge,
+        "{name}: challenge"
+    );
+    assert_eq!(
+        res.extensions().get::<AuthError>(),
+        Some(err),
+        "{name}: error extension"
+    );
+    assert!(
+        outcome.inner.is_none(),
+        "{name}: the inner service must not be reached"
+    );
+}
+
+struct Case {
+    name: &'static str,
+    sources: Vec<CredentialSource>,
+    request: http::request::Builder,
+    /// `Ok((subject, uri, subprotocol header the inner service sees))` or the rejection.
+    expect: Result<(&'static str, &'static str, Option<&'static str>), AuthError>,
+}
+
+async fn check(cases: Vec<Case>) {
+    for case in cases {
+        let layer = HandshakeAuthLayer::new(static_tokens()).sources(case.sources);
+        let outcome = run(layer, case.request.body(Body::empty()).unwrap()).await;
+        let name = case.name;
+        match case.expect {
+            Ok((subject, uri, protocol)) => {
+                assert_eq!(outcome.response.status(), StatusCode::OK, "{name}: status");
+                let inner = outcome.inner.as_ref().expect("inner reached");
+                let principal = inner.extensions().get::<Principal>().expect("principal");
+                assert_eq!(principal.subject(), subject, "{name}: subject");
+                assert_eq!(principal.expires_at(), None, "{name}: expiry");
+                let identity = inner.extensions().get::<String>().expect("identity");
+                assert_eq!(identity, &format!("{subject}-identity"), "{name}: identity");
+                assert_eq!(inner.uri(), uri, "{name}: uri");
+                assert_eq!(
+                    inner.headers().get(header::SEC_WEBSOCKET_PROTOCOL),
+                    protocol.map(HeaderValue::from_static).as_ref(),
+                    "{name}: subprotocol header"
+                );
+                assert_eq!(
+                    inner
+                        .headers()
+                        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+                        .iter()
+                        .count(),
+                    usize::from(protocol.is_some()),
+                    "{name}: one subprotocol header at most"
+                );
+                let echoed = outcome
+                    .response
+                    .headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL);
+                assert!(
+                    echoed.is_none_or(|v| !v.to_str().unwrap().contains("tok-")),
+                    "{name}: the token must never be echoed"
+                );
+                assert!(outcome.response.extensions().get::<AuthError>().is_none());
+            }
+            Err(err) => assert_rejected(name, &outcome, &err),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_source() {
+    let all = all_sources;
+    let only = |s: CredentialSource| vec![s];
+    check(vec![
+        Case {
+            name: "authorization header",
+            sources: all(),
+            request: handshake("/ws").header(header::AUTHORIZATION, "Bearer tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "authorization scheme is case-insensitive",
+            sources: all(),
+            request: handshake("/ws").header(header::AUTHORIZATION, "bEaReR   tok-bob"),
+            expect: Ok(("bob", "/ws", None)),
+        },
+        Case {
+            name: "authorization with another scheme is not ours",
+            sources: only(CredentialSource::authorization()),
+            request: handshake("/ws").header(header::AUTHORIZATION, "Basic YWxpY2U6cHc="),
+            expect: Err(AuthError::Missing),
+        },
+        Case {
+            name: "authorization without a token",
+            sources: all(),
+            request: handshake("/ws").header(header::AUTHORIZATION, "Bearer"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "authorization twice",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::AUTHORIZATION, "Bearer tok-alice")
+                .header(header::AUTHORIZATION, "Bearer tok-bob"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "authorization with a wrong token",
+            sources: all(),
+            request: handshake("/ws").header(header::AUTHORIZATION, "Bearer tok-mallory"),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "nothing anywhere",
+            sources: all(),
+            request: handshake("/ws").header(header::SEC_WEBSOCKET_PROTOCOL, "chat"),
+            expect: Err(AuthError::Missing),
+        },
+        Case {
+            name: "subprotocol before the app protocol",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-alice, chat"),
+            expect: Ok(("alice", "/ws", Some("chat"))),
+        },
+        Case {
+            name: "subprotocol between app protocols",
+            sources: all(),
+            request: handshake("/ws").header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                "chat.v2,bearer.tok-alice , chat.v1",
+            ),
+            expect: Ok(("alice", "/ws", Some("chat.v2, chat.v1"))),
+        },
+        Case {
+            name: "subprotocol alone: the header goes",
+            sources: all(),
+            request: handshake("/ws").header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "subprotocol across two headers",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "chat")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-bob"),
+            expect: Ok(("bob", "/ws", Some("chat"))),
+        },
+        Case {
+            name: "subprotocol token twice",
+            sources: all(),
+            request: handshake("/ws").header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                "bearer.tok-alice, bearer.tok-bob, chat",
+            ),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "subprotocol prefix without a token",
+            sources: all(),
+            request: handshake("/ws").header(header::SEC_WEBSOCKET_PROTOCOL, "bearer., chat"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "subprotocol prefix is case-sensitive",
+            sources: only(CredentialSource::subprotocol("bearer.").unwrap()),
+            request: handshake("/ws").header(header::SEC_WEBSOCKET_PROTOCOL, "Bearer.tok-alice"),
+            expect: Err(AuthError::Missing),
+        },
+        Case {
+            name: "subprotocol with a wrong token",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-eve, chat"),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "query parameter among others",
+            sources: all(),
+            request: handshake("/ws?room=1&access_token=tok-alice&x=%20y"),
+            expect: Ok(("alice", "/ws?room=1&x=%20y", None)),
+        },
+        Case {
+            name: "query parameter alone: the query goes",
+            sources: all(),
+            request: handshake("/ws?access_token=tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "query parameter percent-encoded",
+            sources: all(),
+            request: handshake("/ws?%61ccess_token=%74ok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "query parameter twice",
+            sources: all(),
+            request: handshake("/ws?access_token=tok-alice&access_token=tok-bob"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "query parameter with a broken escape",
+            sources: all(),
+            request: handshake("/ws?access_token=tok%2"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "query parameter empty",
+            sources: all(),
+            request: handshake("/ws?access_token="),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "query parameter with a space",
+            sources: all(),
+            request: handshake("/ws?access_token=tok+alice"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "other query parameters only",
+            sources: all(),
+            request: handshake("/ws?token=tok-alice"),
+            expect: Err(AuthError::Missing),
+        },
+        Case {
+            name: "cookie among others",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::COOKIE, "theme=dark; session=tok-alice; lang=en"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "cookie quoted, odd spacing",
+            sources: all(),
+            request: handshake("/ws").header(header::COOKIE, "theme=dark;session = \"tok-bob\" ;"),
+            expect: Ok(("bob", "/ws", None)),
+        },
+        Case {
+            name: "cookie in the second Cookie header",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::COOKIE, "theme=dark")
+                .header(header::COOKIE, "session=tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "cookie twice with the same value",
+            sources: all(),
+            request: handshake("/ws")
+                .header(header::COOKIE, "session=tok-alice; session=tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "cookie twice with different values (cookie tossing)",
+            sources: all(),
+            request: handshake("/ws").header(header::COOKIE, "session=tok-evil; session=tok-alice"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "cookie next to garbage",
+            sources: all(),
+            request: handshake("/ws").header(
+                header::COOKIE,
+                HeaderValue::from_bytes(b"junk; =x; \xff\xfe=\xff; session=tok-alice").unwrap(),
+            ),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "cookie with a non-UTF-8 value",
+            sources: all(),
+            request: handshake("/ws").header(
+                header::COOKIE,
+                HeaderValue::from_bytes(b"session=tok-\xff").unwrap(),
+            ),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "cookie named like a suffix",
+            sources: all(),
+            request: handshake("/ws").header(header::COOKIE, "xsession=tok-alice"),
+            expect: Err(AuthError::Missing),
+        },
+        Case {
+            name: "a source that is not configured is not read",
+            sources: only(CredentialSource::authorization()),
+            request: handshake("/ws?access_token=tok-alice")
+                .header(header::COOKIE, "session=tok-alice"),
+            expect: Err(AuthError::Missing),
+        },
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn sources_are_tried_in_order_and_all_stripped() {
+    let sub = || CredentialSource::subprotocol("bearer.").unwrap();
+    let query = || CredentialSource::query("access_token").unwrap();
+    let cookie = || CredentialSource::cookie("session").unwrap();
+    check(vec![
+        Case {
+            name: "first source decides (good before bad)",
+            sources: vec![sub(), query()],
+            request: handshake("/ws?access_token=tok-eve&a=b")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-alice, chat"),
+            expect: Ok(("alice", "/ws?a=b", Some("chat"))),
+        },
+        Case {
+            name: "first source decides (bad before good)",
+            sources: vec![query(), sub()],
+            request: handshake("/ws?access_token=tok-eve")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-alice, chat"),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "the other order, and the subprotocol token is stripped anyway",
+            sources: vec![query(), sub()],
+            request: handshake("/ws?access_token=tok-bob")
+                .header(header::SEC_WEBSOCKET_PROTOCOL, "bearer.tok-eve, chat"),
+            expect: Ok(("bob", "/ws", Some("chat"))),
+        },
+        Case {
+            name: "a malformed first source decides",
+            sources: vec![cookie(), query()],
+            request: handshake("/ws?access_token=tok-alice").header(header::COOKIE, "session=a b"),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "an empty first source is skipped",
+            sources: vec![cookie(), sub(), query()],
+            request: handshake("/ws?access_token=tok-alice"),
+            expect: Ok(("alice", "/ws", None)),
+        },
+        Case {
+            name: "no sources accept nothing",
+            sources: vec![],
+            request: handshake("/ws").header(header::AUTHORIZATION, "Bearer tok-alice"),
+            expect: Err(AuthError::Missing),
+        },
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn long_credentials_are_refused_before_the_authenticator() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = calls.clone();
+    let auth = move |_: &Parts, c: Credential| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(Verified::new((), Principal::new(c.token(), None))))
+    };
+    let layer = HandshakeAuthLayer::new(auth)
+        .max_credential_len(16)
+        .unwrap();
+    let outcome = run(
+        layer.clone(),
+        handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {}", "a".repeat(17)))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_rejected("too long", &outcome, &AuthError::Malformed);
+    let outcome = run(
+        layer,
+        handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {}", "a".repeat(16)))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(outcome.response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(matches!(
+        HandshakeAuthLayer::new(static_tokens()).max_credential_len(0),
+        Err(ConfigError::Zero { .. })
+    ));
+}
+
+#[test]
+fn bad_source_names_are_config_errors() {
+    for bad in ["", "bearer token", "a,b", "ü", "x;y", "t=1"] {
+        assert!(CredentialSource::subprotocol(bad).is_err(), "{bad:?}");
+        assert!(CredentialSource::query(bad).is_err(), "{bad:?}");
+        assert!(CredentialSource::cookie(bad).is_err(), "{bad:?}");
+    }
+    assert!(CredentialSource::subprotocol("bearer.").is_ok());
+    assert!(CredentialSource::query("access_token").is_ok());
+}
+
+#[tokio::test]
+async fn closure_authenticators_see_the_request_and_can_fail() {
+    // An async lookup that only admits tokens for the path they were issued for.
+    let auth = |parts: &Parts, credential: Credential| {
+        let path = parts.uri.path().to_owned();
+        async move {
+            tokio::task::yield_now().await;
+            match (credential.token(), path.as_str(), credential.source()) {
+                ("room-1", "/rooms/1", SourceKind::Query) => Ok(Verified::new(
+                    7u32,
+                    Principal::new("user-7", Some(UNIX_EPOCH + Duration::from_secs(100))),
+                )),
+                ("expired", _, _) => Err(AuthError::Expired),
+                _ => Err(AuthError::Invalid),
+            }
+        }
+    };
+    let layer = HandshakeAuthLayer::new(auth).sources([CredentialSource::query("t").unwrap()]);
+    let req = |uri: &str| handshake(uri).body(Body::empty()).unwrap();
+
+    let ok = run(layer.clone(), req("/rooms/1?t=room-1")).await;
+    assert_eq!(ok.response.status(), StatusCode::OK);
+    let inner = ok.inner.unwrap();
+    assert_eq!(inner.extensions().get::<u32>(), Some(&7));
+    assert_eq!(
+        inner.extensions().get::<Principal>(),
+        Some(&Principal::new(
+            "user-7",
+            Some(UNIX_EPOCH + Duration::from_secs(100))
+        ))
+    );
+    assert_eq!(inner.uri(), "/rooms/1");
+
+    let wrong_room = run(layer.clone(), req("/rooms/2?t=room-1")).await;
+    assert_rejected("wrong room", &wrong_room, &AuthError::Invalid);
+    let expired = run(layer, req("/rooms/1?t=expired")).await;
+    assert_rejected("expired", &expired, &AuthError::Expired);
+}
+
+#[tokio::test]
+async fn custom_rejections_still_carry_the_error() {
+    let layer = HandshakeAuthLayer::new(static_tokens()).on_rejection(|err: &AuthError| {
+        let mut res = Response::new(Body::from(format!("nope: {err}")));
+        *res.status_mut() = StatusCode::IM_A_TEAPOT;
+        res
+    });
+    for (header_value, err) in [
+        (None, AuthError::Missing),
+        (Some(&b"Bearer tok-eve"[..]), AuthError::Invalid),
+        (Some(&b"Bearer tok-\xff"[..]), AuthError::Malformed),
+    ] {
+        let mut req = handshake("/ws");
+        if let Some(v) = header_value {
+            req = req.header(header::AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        }
+        let outcome = run(layer.clone(), req.body(Body::empty()).unwrap()).await;
+        assert_eq!(outcome.response.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(outcome.response.extensions().get::<AuthError>(), Some(&err));
+        assert!(outcome.inner.is_none());
+    }
+}
+
+/// A clock the test moves by hand.
+#[derive(Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    fn new() -> Self {
+        Self(Arc::new(AtomicU64::new(1_700_000_000)))
+    }
+    fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+    fn clock(&self) -> impl Fn() -> SystemTime + Send + Sync + 'static {
+        let now = self.0.clone();
+        move || UNIX_EPOCH + Duration::from_secs(now.load(Ordering::SeqCst))
+    }
+}
+
+fn key(id: &str, fill: u8) -> TicketKey {
+    TicketKey::new(id, [fill; 32]).unwrap()
+}
+
+fn flip(token: &str, segment: usize, byte: usize, bit: u8) -> String {
+    let mut segments: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut bytes = URL_SAFE_NO_PAD.decode(&segments[segment]).unwrap();
+    bytes[byte] ^= 1 << bit;
+    segments[segment] = URL_SAFE_NO_PAD.encode(bytes);
+    segments.join(".")
+}
+
+#[test]
+fn tickets_verify_expire_and_resist_tampering() {
+    let time = ManualClock::new();
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .ttl(Duration::from_secs(30))
+        .clock(time.clock());
+    let verifier = TicketVerifier::new(key("k1", 1)).clock(time.clock());
+    let ticket = issuer.issue("alice");
+
+    struct Case {
+        name: &'static str,
+        token: String,
+        verifier: TicketVerifier,
+        expect: Result<&'static str, AuthError>,
+    }
+    let other_secret = TicketVerifier::new(key("k1", 2)).clock(time.clock());
+    let other_id = TicketVerifier::new(key("k2", 1)).clock(time.clock());
+    let cases = vec![
+        Case {
+            name: "valid",
+            token: ticket.clone(),
+            verifier: verifier.clone(),
+            expect: Ok("alice"),
+        },
+        Case {
+            name: "bit flipped in the payload",
+            token: flip(&ticket, 1, 3, 0),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "bit flipped in the tag",
+            token: flip(&ticket, 2, 31, 7),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "key id changed",
+            token: ticket.replacen("k1.", "k2.", 1),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "same key id, wrong secret",
+            token: ticket.clone(),
+            verifier: other_secret,
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "unknown key id",
+            token: ticket.clone(),
+            verifier: other_id,
+            expect: Err(AuthError::Invalid),
+        },
+        Case {
+            name: "truncated tag",
+            token: ticket[..ticket.len() - 2].to_owned(),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "two segments",
+            token: ticket.rsplit_once('.').unwrap().0.to_owned(),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "four segments",
+            token: format!("{ticket}.x"),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Malformed),
+        },
+        Case {
+            name: "garbage",
+            token: "not a ticket".into(),
+            verifier: verifier.clone(),
+            expect: Err(AuthError::Malformed),
+        },
+    ];
+    for case in cases {
+        let got = case.verifier.verify(&case.token);
+        match case.expect {
+            Ok(subject) => assert_eq!(got.unwrap().subject(), subject, "{}", case.name),
+            Err(err) => assert_eq!(got.unwrap_err(), err, "{}", case.name),
+        }
+    }
+
+    // Every single-bit change of the ticket text is refused.
+    let bytes = ticket.as_bytes();
+    for i in 0..bytes.len() {
+        for bit in 0..7 {
+            let mut changed = bytes.to_vec();
+            changed[i] ^= 1 << bit;
+            let Ok(changed) = String::from_utf8(changed) else {
+                continue;
+            };
+            assert!(verifier.verify(&changed).is_err(), "byte {i} bit {bit}");
+        }
+    }
+
+    // Expiry, by the fake clock.
+    time.advance(29);
+    let t = verifier.verify(&ticket).unwrap();
+    assert_eq!(
+        t.expires_at(),
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 30)
+    );
+    time.advance(1);
+    assert_eq!(verifier.verify(&ticket), Err(AuthError::Expired));
+}
+
+#[test]
+fn tickets_carry_claims() {
+    let issuer = TicketIssuer::new(key("k1", 1));
+    let mut claims = serde_json::Map::new();
+    claims.insert("room".into(), serde_json::json!("lobby"));
+    claims.insert("admin".into(), serde_json::json!(false));
+    let ticket = issuer.issue_with_claims("bob", claims.clone());
+    let verified = TicketVerifier::new(key("k1", 1)).verify(&ticket).unwrap();
+    assert_eq!(verified.subject(), "bob");
+    assert_eq!(verified.claims(), &claims);
+    assert_eq!(verified.claim("room"), Some(&serde_json::json!("lobby")));
+    assert_eq!(verified.key_id(), "k1");
+    // Two tickets for the same subject differ (nonce).
+    assert_ne!(issuer.issue("bob"), issuer.issue("bob"));
+}
+
+#[test]
+fn ticket_keys_rotate() {
+    let old = key("2024-05", 1);
+    let new = key("2024-06", 2);
+    let old_ticket = TicketIssuer::new(old.clone()).issue("alice");
+    let new_ticket = TicketIssuer::new(new.clone()).issue("alice");
+
+    let during = TicketVerifier::new(old.clone()).key(new.clone());
+    assert_eq!(during.verify(&old_ticket).unwrap().key_id(), "2024-05");
+    assert_eq!(during.verify(&new_ticket).unwrap().key_id(), "2024-06");
+
+    let after = TicketVerifier::new(new.clone());
+    assert_eq!(after.verify(&old_ticket), Err(AuthError::Invalid));
+    assert!(after.verify(&new_ticket).is_ok());
+
+    // Re-adding a key id replaces that key.
+    let replaced = TicketVerifier::new(old).key(key("2024-05", 9));
+    assert_eq!(replaced.verify(&old_ticket), Err(AuthError::Invalid));
+}
+
+#[test]
+fn ticket_key_validation() {
+    assert_eq!(
+        TicketKey::new("k", [0; 31]).unwrap_err(),
+        ConfigError::WeakKey { len: 31 }
+    );
+    for id in ["", "has space", "dot.ted", &"x".repeat(33)] {
+        assert!(matches!(
+            TicketKey::new(id, [0; 32]),
+            Err(ConfigError::InvalidKeyId { .. })
+        ));
+    }
+    let generated = TicketKey::generate("gen").unwrap();
+    assert!(!format!("{generated:?}").contains("mac"));
+    assert!(format!("{generated:?}").contains("<redacted>"));
+    assert!(TicketVerifier::new(generated).one_time(0).is_err());
+}
+
+#[test]
+fn one_time_tickets_cannot_be_replayed_and_the_cache_stays_bounded() {
+    let time = ManualClock::new();
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .ttl(Duration::from_secs(10))
+        .clock(time.clock());
+    let verifier = TicketVerifier::new(key("k1", 1))
+        .clock(time.clock())
+        .one_time(2)
+        .unwrap();
+
+    let first = issuer.issue("alice");
+    assert!(verifier.verify(&first).is_ok());
+    assert_eq!(verifier.verify(&first), Err(AuthError::Invalid), "replay");
+    // Clones share the cache.
+    assert_eq!(verifier.clone().verify(&first), Err(AuthError::Invalid));
+
+    // A forged ticket never takes a slot.
+    assert!(verifier.verify(&flip(&issuer.issue("x"), 2, 0, 0)).is_err());
+    assert_eq!(verifier.replay_len(), Some(1));
+
+    time.advance(5);
+    let second = issuer.issue("bob");
+    assert!(verifier.verify(&second).is_ok());
+    // Full of unexpired tickets: fail closed.
+    let third = issuer.issue("carol");
+    assert_eq!(verifier.verify(&third), Err(AuthError::Invalid));
+    assert_eq!(verifier.replay_len(), Some(2));
+
+    // The first ticket expires and is evicted, making room.
+    time.advance(5);
+    assert_eq!(verifier.verify(&third), Ok(verifier_ticket(&third)));
+    assert_eq!(verifier.replay_len(), Some(2));
+    // Expired tickets stay refused once evicted, as expired.
+    assert_eq!(verifier.verify(&first), Err(AuthError::Expired));
+    time.advance(10);
+    let fourth = issuer.issue("dave");
+    assert!(verifier.verify(&fourth).is_ok());
+    assert_eq!(verifier.replay_len(), Some(1));
+
+    fn verifier_ticket(token: &str) -> Ticket {
+        // What a verifier without replay protection says about the same ticket.
+        TicketVerifier::new(key("k1", 1))
+            .clock(|| UNIX_EPOCH + Duration::from_secs(1_700_000_010))
+            .verify(token)
+            .unwrap()
+    }
+}
+
+#[test]
+fn the_replay_cache_is_safe_under_concurrent_use() {
+    const THREADS: usize = 8;
+    const TICKETS: usize = 50;
+    let issuer = TicketIssuer::new(key("k1", 1));
+    let verifier = TicketVerifier::new(key("k1", 1))
+        .one_time(THREADS * TICKETS)
+        .unwrap();
+    let tickets: Arc<Vec<String>> = Arc::new(
+        (0..TICKETS)
+            .map(|i| issuer.issue(format!("u{i}")))
+            .collect(),
+    );
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let tickets = tickets.clone();
+            let verifier = verifier.clone();
+            let accepted = accepted.clone();
+            scope.spawn(move || {
+                // Every thread tries every ticket: each must be accepted exactly once.
+                for ticket in tickets.iter() {
+                    if let Ok(t) = verifier.verify(ticket) {
+                        accepted.lock().unwrap().push(t.subject().to_owned());
+                    }
+                }
+            });
+        }
+    });
+    let mut accepted = accepted.lock().unwrap().clone();
+    accepted.sort();
+    let mut expected: Vec<String> = (0..TICKETS).map(|i| format!("u{i}")).collect();
+    expected.sort();
+    assert_eq!(accepted, expected);
+    assert_eq!(verifier.replay_len(), Some(TICKETS));
+}
+
+#[tokio::test]
+async fn tickets_through_the_layer() {
+    let time = ManualClock::new();
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .ttl(Duration::from_secs(60))
+        .clock(time.clock());
+    let verifier = TicketVerifier::new(key("k1", 1))
+        .clock(time.clock())
+        .one_time(100)
+        .unwrap();
+    let layer = HandshakeAuthLayer::new(verifier)
+        .sources([CredentialSource::subprotocol("ticket.").unwrap()]);
+    let req = |ticket: &str| {
+        handshake("/ws")
+            .header(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                format!("ticket.{ticket}, chat.v1"),
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let ticket = issuer.issue("alice");
+    let ok = run(layer.clone(), req(&ticket)).await;
+    assert_eq!(ok.response.status(), StatusCode::OK);
+    assert_eq!(
+        ok.response.headers()[header::SEC_WEBSOCKET_PROTOCOL],
+        "chat.v1"
+    );
+    let inner = ok.inner.unwrap();
+    let principal = inner.extensions().get::<Principal>().unwrap();
+    assert_eq!(principal.subject(), "alice");
+    assert_eq!(
+        principal.expires_at(),
+        Some(UNIX_EPOCH + Duration::from_secs(1_700_000_060))
+    );
+    assert_eq!(
+        inner.extensions().get::<Ticket>().unwrap().subject(),
+        "alice"
+    );
+
+    assert_rejected(
+        "replayed",
+        &run(layer.clone(), req(&ticket)).await,
+        &AuthError::Invalid,
+    );
+    assert_rejected(
+        "tampered",
+        &run(layer.clone(), req(&flip(&issuer.issue("alice"), 1, 0, 1))).await,
+        &AuthError::Invalid,
+    );
+    assert_rejected(
+        "malformed",
+        &run(layer.clone(), req("x.y")).await,
+        &AuthError::Malformed,
+    );
+    let late = issuer.issue("alice");
+    time.advance(60);
+    assert_rejected(
+        "expired",
+        &run(layer, req(&late)).await,
+        &AuthError::Expired,
+    );
+}
+
+#[test]
+fn static_tokens_match_exactly() {
+    let tokens = static_tokens();
+    assert_eq!(tokens.len(), 2);
+    assert_eq!(
+        tokens.verify("tok-alice").unwrap().principal().subject(),
+        "alice"
+    );
+    assert_eq!(tokens.verify("tok-bob").unwrap().identity(), "bob-identity");
+    for wrong in ["", "tok-alic", "tok-alicee", "TOK-ALICE", "tok-bob "] {
+        assert_eq!(
+            tokens.verify(wrong).unwrap_err(),
+            AuthError::Invalid,
+            "{wrong:?}"
+        );
+    }
+    assert!(StaticTokens::<()>::new().verify("anything").is_err());
+    assert!(!format!("{tokens:?}").contains("tok-"));
+}
+
+async fn whoami(Identity(who): Identity<String>) -> String {
+    who
+}
+
+async fn maybe(who: Option<Identity<String>>) -> String {
+    who.map_or_else(|| "anonymous".to_owned(), |Identity(w)| w)
+}
+
+#[tokio::test]
+async fn the_extractor_fails_closed_without_the_layer() {
+    let plain = Router::new()
+        .route("/", get(whoami))
+        .route("/maybe", get(maybe));
+    let guarded = Router::new()
+        .route("/", get(whoami))
+        .layer(HandshakeAuthLayer::new(static_tokens()));
+    let wrong_type = Router::new()
+        .route(
+            "/",
+            get(|Identity(n): Identity<u64>| async move { n.to_string() }),
+        )
+        .layer(HandshakeAuthLayer::new(static_tokens()));
+
+    let get_with = |token: Option<&str>, uri: &str| {
+        let mut req = Request::get(uri);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    async fn body(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    let res = plain
+        .clone()
+        .oneshot(get_with(Some(TOKEN), "/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.extensions().get::<AuthError>().is_none());
+    assert!(body(res).await.contains("not configured"));
+
+    let res = plain.oneshot(get_with(None, "/maybe")).await.unwrap();
+    assert_eq!(body(res).await, "anonymous");
+
+    let res = wrong_type
+        .oneshot(get_with(Some(TOKEN), "/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let res = guarded
+        .clone()
+        .oneshot(get_with(Some(TOKEN), "/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(body(res).await, "alice-identity");
+    let res = guarded.oneshot(get_with(Some("nope"), "/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Collects what `tracing` writes.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn with_logs<F: Future>(f: impl FnOnce() -> F) -> (F::Output, String) {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let out = tracing::subscriber::with_default(subscriber, || rt.block_on(f()));
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
+#[test]
+fn failures_are_logged_without_the_token() {
+    let secret_ish = "tok-mallory-guess-123";
+    let (outcome, logs) = with_logs(|| async {
+        let mut req = handshake("/ws?access_token=x")
+            .header(header::COOKIE, format!("session={secret_ish}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(crate::client_ip::ClientIp("192.0.2.7".parse().unwrap()));
+        let layer = HandshakeAuthLayer::new(static_tokens()).sources([
+            CredentialSource::cookie("session").unwrap(),
+            CredentialSource::query("access_token").unwrap(),
+        ]);
+        run(layer, req).await
+    });
+    assert_rejected("logged", &outcome, &AuthError::Invalid);
+    assert!(
+        logs.contains("wsguard.auth.rejected") || logs.contains("handshake authentication failed"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("cause=\"invalid\"") || logs.contains("cause=invalid"),
+        "{logs}"
+    );
+    assert!(logs.contains("192.0.2.7"), "{logs}");
+    assert!(logs.contains("cookie"), "{logs}");
+    assert!(!logs.contains(secret_ish), "{logs}");
+}
+
+#[cfg(feature = "jwt")]
+mod jwt {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/keys/rsa_private_pkcs1.der");
+    const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/keys/rsa_public_pkcs1.der");
+    const EC_PRIVATE: &[u8] = include_bytes!("../../tests/keys/ec_private_pkcs8.der");
+    const EC_PUBLIC: &[u8] = include_bytes!("../../tests/keys/ec_public_sec1.bin");
+    const HS_SECRET: &[u8] = b"a shared secret of at least 32 bytes!!";
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn sign(alg: Algorithm, claims: &serde_json::Value) -> String {
+        let key = match alg {
+            Algorithm::HS256 => EncodingKey::from_secret(HS_SECRET),
+            Algorithm::RS256 => EncodingKey::from_rsa_der(RSA_PRIVATE),
+            Algorithm::ES256 => EncodingKey::from_ec_der(EC_PRIVATE),
+            _ => unreachable!(),
+        };
+        jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
+    }
+
+    fn hs() -> JwtAuthenticator {
+        JwtAuthenticator::hs256(HS_SECRET)
+    }
+    fn rs() -> JwtAuthenticator {
+        JwtAuthenticator::rs256(DecodingKey::from_rsa_der(RSA_PUBLIC))
+    }
+    fn es() -> JwtAuthenticator {
+        JwtAuthenticator::es256(DecodingKey::from_ec_der(EC_PUBLIC))
+    }
+
+    #[test]
+    fn jwt_validation() {
+        let t = now();
+        struct Case {
+            name: &'static str,
+            auth: JwtAuthenticator,
+            token: String,
+            expect: Result<(), AuthError>,
+        }
+        let valid = json!({"sub": "alice", "exp": t + 300});
+        let cases = vec![
+            Case {
+                name: "HS256",
+                auth: hs(),
+                token: sign(Algorithm::HS256, &valid),
+                expect: Ok(()),
+            },
+            Case {
+                name: "RS256",
+                auth: rs(),
+                token: sign(Algorithm::RS256, &valid),
+                expect: Ok(()),
+            },
+            Case {
+                name: "ES256",
+                auth: es(),
+                token: sign(Algorithm::ES256, &valid),
+                expect: Ok(()),
+            },
+            Case {
+                name: "wrong HS256 secret",
+                auth: JwtAuthenticator::hs256(b"another secret, also 32 bytes long.."),
+                token: sign(Algorithm::HS256, &valid),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "algorithm confusion: HS256 token for an RS256 verifier",
+                auth: rs(),
+                token: sign(Algorithm::HS256, &valid),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "ES256 token for an RS256 verifier",
+                auth: rs(),
+                token: sign(Algorithm::ES256, &valid),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "expired beyond the leeway",
+                auth: hs(),
+                token: sign(Algorithm::HS256, &json!({"sub": "alice", "exp": t - 120})),
+                expect: Err(AuthError::Expired),
+            },
+            Case {
+                name: "expired within the default leeway",
+                auth: hs(),
+                token: sign(Algorithm::HS256, &json!({"sub": "alice", "exp": t - 10})),
+                expect: Ok(()),
+            },
+            Case {
+                name: "expired with no leeway",
+                auth: hs().leeway(Duration::ZERO),
+                token: sign(Algorithm::HS256, &json!({"sub": "alice", "exp": t - 10})),
+                expect: Err(AuthError::Expired),
+            },
+            Case {
+                name: "not yet valid (nbf)",
+                auth: hs(),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "alice", "exp": t + 900, "nbf": t + 600}),
+                ),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "nbf within the leeway",
+                auth: hs(),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "alice", "exp": t + 900, "nbf": t + 30}),
+                ),
+                expect: Ok(()),
+            },
+            Case {
+                name: "no exp",
+                auth: hs(),
+                token: sign(Algorithm::HS256, &json!({"sub": "alice"})),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "no sub",
+                auth: hs(),
+                token: sign(Algorithm::HS256, &json!({"exp": t + 300})),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "audience matches",
+                auth: hs().audience(["chat", "api"]),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "a", "exp": t + 300, "aud": "api"}),
+                ),
+                expect: Ok(()),
+            },
+            Case {
+                name: "audience differs",
+                auth: hs().audience(["chat"]),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "a", "exp": t + 300, "aud": "billing"}),
+                ),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "audience missing",
+                auth: hs().audience(["chat"]),
+                token: sign(Algorithm::HS256, &valid),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "issuer matches",
+                auth: hs().issuer(["https://id.example.com"]),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "a", "exp": t + 300, "iss": "https://id.example.com"}),
+                ),
+                expect: Ok(()),
+            },
+            Case {
+                name: "issuer differs",
+                auth: hs().issuer(["https://id.example.com"]),
+                token: sign(
+                    Algorithm::HS256,
+                    &json!({"sub": "a", "exp": t + 300, "iss": "https://evil.example.com"}),
+                ),
+                expect: Err(AuthError::Invalid),
+            },
+            Case {
+                name: "not a JWT",
+                auth: hs(),
+                token: "abc".into(),
+                expect: Err(AuthError::Malformed),
+            },
+        ];
+        for case in cases {
+            let got = case.auth.verify(&case.token).map(|_| ());
+            assert_eq!(got, case.expect, "{}", case.name);
+        }
+
+        // A flipped bit in the signature of each algorithm.
+        for (auth, alg) in [
+            (hs(), Algorithm::HS256),
+            (rs(), Algorithm::RS256),
+            (es(), Algorithm::ES256),
+        ] {
+            let token = sign(alg, &valid);
+            let (head, sig) = token.rsplit_once('.').unwrap();
+            let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+            sig[0] ^= 1;
+            let tampered = format!("{head}.{}", URL_SAFE_NO_PAD.encode(sig));
+            assert_eq!(
+                auth.verify(&tampered).map(|_| ()),
+                Err(AuthError::Invalid),
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[derive(Clone, Debug, serde::Deserialize, PartialEq)]
+    struct Claims {
+        sub: String,
+        role: String,
+    }
+
+    #[tokio::test]
+    async fn jwt_through_the_layer() {
+        let exp = now() + 300;
+        let auth =
+            JwtAuthenticator::<Claims>::new(Algorithm::ES256, DecodingKey::from_ec_der(EC_PUBLIC));
+        let layer = HandshakeAuthLayer::new(auth);
+        let token = sign(
+            Algorithm::ES256,
+            &json!({"sub": "alice", "exp": exp, "role": "admin"}),
+        );
+        let req = handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let outcome = run(layer.clone(), req).await;
+        assert_eq!(outcome.response.status(), StatusCode::OK);
+        let inner = outcome.inner.unwrap();
+        assert_eq!(
+            inner.extensions().get::<Claims>(),
+            Some(&Claims {
+                sub: "alice".into(),
+                role: "admin".into()
+            })
+        );
+        assert_eq!(
+            inner.extensions().get::<Principal>(),
+            Some(&Principal::new(
+                "alice",
+                Some(UNIX_EPOCH + Duration::from_secs(exp as u64))
+            ))
+        );
+
+        // Claims that do not fit the identity type are invalid.
+        let token = sign(Algorithm::ES256, &json!({"sub": "alice", "exp": exp}));
+        let req = handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_rejected(
+            "no role",
+            &run(layer.clone(), req).await,
+            &AuthError::Invalid,
+        );
+
+        let token = sign(
+            Algorithm::ES256,
+            &json!({"sub": "alice", "exp": now() - 3600, "role": "x"}),
+        );
+        let req = handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_rejected("expired", &run(layer, req).await, &AuthError::Expired);
+    }
+}

@@ -1,0 +1,473 @@
+//! Signed short-lived tickets.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    fmt,
+    future::Ready,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use hmac::{Hmac, KeyInit, Mac};
+use http::request::Parts;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use super::{AuthError, Authenticator, ConfigError, Credential, Principal, Verified};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Domain separation: a MAC made for tickets can never be confused with one made for
+/// something else with the same key.
+const DOMAIN: &[u8] = b"wsguard-ticket-v1\n";
+/// Shortest accepted secret, in bytes.
+const MIN_SECRET_LEN: usize = 32;
+/// Longest key id, in characters.
+const MAX_KEY_ID_LEN: usize = 32;
+/// Default for [`TicketIssuer::ttl`].
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+/// The time source of [`TicketIssuer`] and [`TicketVerifier`]. [`SystemClock`] by default;
+/// closures `Fn() -> SystemTime` implement it too, which is how tests move time without
+/// sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+impl<F> Clock for F
+where
+    F: Fn() -> SystemTime + Send + Sync + 'static,
+{
+    fn now(&self) -> SystemTime {
+        self()
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// An HMAC-SHA256 key with an id, for [`TicketIssuer`] and [`TicketVerifier`]. The id travels
+/// in every ticket so a verifier holding several keys (during a rotation) knows which one to
+/// check.
+///
+/// `Debug` shows the id only.
+#[derive(Clone)]
+pub struct TicketKey {
+    id: Arc<str>,
+    mac: HmacSha256,
+}
+
+impl TicketKey {
+    /// A key named `id` (1 to 32 characters of `A-Z a-z 0-9 _ -`) with `secret`, which must
+    /// be at least 32 bytes of random data (share it between the servers that issue and
+    /// verify).
+    pub fn new(id: impl AsRef<str>, secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        let id = id.as_ref();
+        let valid_id = !id.is_empty()
+            && id.len() <= MAX_KEY_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_id {
+            return Err(ConfigError::InvalidKeyId { value: id.into() });
+        }
+        let secret = secret.as_ref();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::WeakKey { len: secret.len() });
+        }
+        let mac = HmacSha256::new_from_slice(secret)
+            .map_err(|_| ConfigError::WeakKey { len: secret.len() })?;
+        Ok(Self { id: id.into(), mac })
+    }
+
+    /// A key named `id` with 32 fresh random bytes from the operating system. Suits a single
+    /// server whose tickets need not survive a restart.
+    pub fn generate(id: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let mut secret = [0u8; MIN_SECRET_LEN];
+        getrandom::fill(&mut secret).map_err(|_| ConfigError::Random)?;
+        Self::new(id, secret)
+    }
+
+    /// The key id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn tag(&self, payload_b64: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(DOMAIN);
+        mac.update(self.id.as_bytes());
+        mac.update(b".");
+        mac.update(payload_b64.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Payload {
+    sub: String,
+    exp: u64,
+    nonce: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    claims: Map<String, Value>,
+}
+
+/// A verified ticket: the identity that [`TicketVerifier`] stores in the request extensions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ticket {
+    subject: Arc<str>,
+    expires_at: SystemTime,
+    key_id: Arc<str>,
+    claims: Arc<Map<String, Value>>,
+}
+
+impl Ticket {
+    /// The subject the ticket was issued to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// When the ticket expires.
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    /// The id of the key that signed it.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The claim `name`, if the issuer added it.
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.claims.get(name)
+    }
+
+    /// All the claims the issuer added.
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+}
+
+/// Issues tickets, typically in a login route after checking a password: the client presents
+/// the ticket in the WebSocket handshake and a [`TicketVerifier`] checks it.
+///
+/// A ticket is `<key id>.<base64url payload>.<base64url HMAC-SHA256 tag>`: URL-safe, so it fits
+/// a query parameter, a cookie or a `Sec-WebSocket-Protocol` entry. The payload (subject,
+/// expiry, a random nonce and optional claims) is signed, not encrypted: do not put secrets in
+/// it.
+#[derive(Clone)]
+pub struct TicketIssuer {
+    key: TicketKey,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl TicketIssuer {
+    /// An issuer signing with `key`.
+    pub fn new(key: TicketKey) -> Self {
+        Self {
+            key,
+            ttl: DEFAULT_TTL,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// How long tickets stay valid (rounded down to whole seconds). Keep it short: a ticket
+    /// only has to reach the handshake. Replaces the previous value. Default: 60 seconds.
+    #[must_use]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The time source. Replaces the previous one. Default: [`SystemClock`].
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// A ticket for `subject`.
+    pub fn issue(&self, subject: impl AsRef<str>) -> String {
+        self.issue_with_claims(subject, Map::new())
+    }
+
+    /// A ticket for `subject` carrying `claims` (readable by anyone holding the ticket, but
+    /// not changeable).
+    pub fn issue_with_claims(
+        &self,
+        subject: impl AsRef<str>,
+        claims: Map<String, Value>,
+    ) -> String {
+        let now = self.clock.now();
+        let payload = Payload {
+            sub: subject.as_ref().to_owned(),
+            exp: unix_secs(now).saturating_add(self.ttl.as_secs()),
+            nonce: URL_SAFE_NO_PAD.encode(self.nonce(now)),
+            claims,
+        };
+        // Serialising strings, integers and a JSON map cannot fail.
+        let json = serde_json::to_vec(&payload).unwrap_or_default();
+        let payload_b64 = URL_SAFE_NO_PAD.encode(json);
+        let tag = URL_SAFE_NO_PAD.encode(self.key.tag(&payload_b64));
+        format!("{}.{payload_b64}.{tag}", self.key.id)
+    }
+
+    /// 16 unique bytes: random from the operating system, or (should that ever fail) a keyed
+    /// hash of the time and a process-wide counter, which is unique all the same.
+    fn nonce(&self, now: SystemTime) -> [u8; 16] {
+        let mut nonce = [0u8; 16];
+        if getrandom::fill(&mut nonce).is_err() {
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let seed = format!("nonce:{nanos}:{count}");
+            nonce.copy_from_slice(&self.key.tag(&seed)[..16]);
+        }
+        nonce
+    }
+}
+
+impl fmt::Debug for TicketIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketIssuer")
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verifies tickets made by [`TicketIssuer`]: an [`Authenticator`] whose identity is the
+/// [`Ticket`], and whose principal expires with the ticket.
+///
+/// Holds several keys for rotation: add the new key to every verifier, then switch the
+/// issuers to it, then drop the old key once its last tickets have expired. Tags are
+/// compared in constant time. A ticket signed by an unknown key, or with a wrong tag, is
+/// [`AuthError::Invalid`]; a ticket past its expiry is [`AuthError::Expired`].
+#[derive(Clone)]
+pub struct TicketVerifier {
+    keys: Arc<Vec<TicketKey>>,
+    clock: Arc<dyn Clock>,
+    replay: Option<Arc<ReplayCache>>,
+}
+
+impl TicketVerifier {
+    /// A verifier accepting tickets signed with `key`.
+    pub fn new(key: TicketKey) -> Self {
+        Self {
+            keys: Arc::new(vec![key]),
+            clock: Arc::new(SystemClock),
+            replay: None,
+        }
+    }
+
+    /// Also accepts tickets signed with `key`. Adds to the keys; a key whose id is already
+    /// present replaces that key.
+    #[must_use]
+    pub fn key(mut self, key: TicketKey) -> Self {
+        let keys = Arc::make_mut(&mut self.keys);
+        keys.retain(|k| k.id != key.id);
+        keys.push(key);
+        self
+    }
+
+    /// Makes every ticket single-use: the nonce of each accepted ticket is remembered until
+    /// the ticket expires, and a second use is [`AuthError::Invalid`]. At most `capacity`
+    /// nonces are remembered; expired ones are evicted first, and when the cache is full of
+    /// unexpired nonces new tickets are refused (fail closed) and a
+    /// `wsguard.auth.replay_cache_full` warning is logged, so size it above the number of
+    /// tickets issued per TTL. The cache is shared by clones of this verifier (one process;
+    /// several servers need sticky routing or a shared store). Replaces an earlier cache.
+    /// Default: tickets may be used until they expire.
+    ///
+    /// Fails if `capacity` is zero.
+    pub fn one_time(mut self, capacity: usize) -> Result<Self, ConfigError> {
+        if capacity == 0 {
+            return Err(ConfigError::Zero {
+                setting: "replay cache capacity",
+            });
+        }
+        self.replay = Some(Arc::new(ReplayCache::new(capacity)));
+        Ok(self)
+    }
+
+    /// The time source. Replaces the previous one. Default: [`SystemClock`].
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Checks `token` and, for one-time tickets, uses it up.
+    pub fn verify(&self, token: &str) -> Result<Ticket, AuthError> {
+        let mut segments = token.split('.');
+        let (Some(key_id), Some(payload_b64), Some(tag_b64), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(AuthError::Malformed);
+        };
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag_b64)
+            .map_err(|_| AuthError::Malformed)?;
+        if tag.len() != 32 || key_id.is_empty() || payload_b64.is_empty() {
+            return Err(AuthError::Malformed);
+        }
+        // The key id is public: finding the key needs no constant time.
+        let key = self
+            .keys
+            .iter()
+            .find(|k| &*k.id == key_id)
+            .ok_or(AuthError::Invalid)?;
+        let expected = key.tag(payload_b64);
+        if !bool::from(expected.as_slice().ct_eq(&tag)) {
+            return Err(AuthError::Invalid);
+        }
+        // Authentic from here on: parse failures mean an incompatible issuer.
+        let json = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .map_err(|_| AuthError::Malformed)?;
+        let payload: Payload = serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)?;
+        let now = unix_secs(self.clock.now());
+        if now >= payload.exp {
+            return Err(AuthError::Expired);
+        }
+        if let Some(replay) = &self.replay {
+            replay.use_once(&payload.nonce, payload.exp, now)?;
+        }
+        Ok(Ticket {
+            subject: payload.sub.into(),
+            expires_at: UNIX_EPOCH + Duration::from_secs(payload.exp),
+            key_id: key.id.clone(),
+            claims: Arc::new(payload.claims),
+        })
+    }
+}
+
+impl Authenticator for TicketVerifier {
+    type Identity = Ticket;
+    type Future = Ready<Result<Verified<Ticket>, AuthError>>;
+
+    fn authenticate(&self, _parts: &Parts, credential: Credential) -> Self::Future {
+        std::future::ready(self.verify(credential.token()).map(|ticket| {
+            let principal = Principal::new(ticket.subject.clone(), Some(ticket.expires_at));
+            Verified::new(ticket, principal)
+        }))
+    }
+}
+
+impl fmt::Debug for TicketVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketVerifier")
+            .field("keys", &self.keys)
+            .field("one_time", &self.replay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The nonces of used one-time tickets, until they expire. Bounded by `capacity`.
+struct ReplayCache {
+    capacity: usize,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Default)]
+struct ReplayState {
+    /// The nonces remembered.
+    seen: HashSet<String>,
+    /// (expiry, nonce), oldest first, for eviction.
+    by_expiry: BTreeSet<(u64, String)>,
+}
+
+impl ReplayCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            state: Mutex::new(ReplayState::default()),
+        }
+    }
+
+    fn use_once(&self, nonce: &str, exp: u64, now: u64) -> Result<(), AuthError> {
+        // A panic elsewhere while holding the lock leaves the maps consistent (every mutation
+        // below is completed before the next), so a poisoned lock is still usable.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some((first_exp, _)) = state.by_expiry.first() {
+            if *first_exp > now {
+                break;
+            }
+            if let Some((_, old)) = state.by_expiry.pop_first() {
+                state.seen.remove(&old);
+            }
+        }
+        if state.seen.contains(nonce) {
+            return Err(AuthError::Invalid);
+        }
+        if state.seen.len() >= self.capacity {
+            tracing::warn!(
+                name: "wsguard.auth.replay_cache_full",
+                capacity = self.capacity,
+                "one-time ticket refused: the replay cache is full of unexpired tickets"
+            );
+            return Err(AuthError::Invalid);
+        }
+        state.seen.insert(nonce.to_owned());
+        state.by_expiry.insert((exp, nonce.to_owned()));
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .seen
+            .len()
+    }
+}
+
+impl fmt::Debug for ReplayCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+impl TicketVerifier {
+    pub(super) fn replay_len(&self) -> Option<usize> {
+        self.replay.as_ref().map(|r| r.len())
+    }
+}
