@@ -219,7 +219,10 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::PrefixTooLong { len, max } => {
-                write!(f, "prefix length /{len} is longer than the address (/{max})")
+                write!(
+                    f,
+                    "prefix length /{len} is longer than the address (/{max})"
+                )
             }
             Self::InvalidProxy(s) => write!(f, "trusted proxy {s:?} is not an address or a CIDR"),
         }

@@ -3,11 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum::{
-    body::Body,
-    extract::ConnectInfo,
-    response::Response,
-};
+use axum::{body::Body, extract::ConnectInfo, response::Response};
 use http::{HeaderMap, Request, StatusCode, header};
 use tower::Service;
 

@@ -192,12 +192,21 @@ fn key_prefix() {
         p.key(ip("2001:db8:1:2:3:4:5:6")),
         "2001:db8:1:2::/64".parse::<IpNet>().unwrap()
     );
-    assert_eq!(p.key(ip("2001:db8:1:2:ffff::1")), p.key(ip("2001:db8:1:2::9")));
+    assert_eq!(
+        p.key(ip("2001:db8:1:2:ffff::1")),
+        p.key(ip("2001:db8:1:2::9"))
+    );
     assert_ne!(p.key(ip("2001:db8:1:3::1")), p.key(ip("2001:db8:1:2::1")));
-    assert_eq!(p.key(ip("192.0.2.7")), "192.0.2.7/32".parse::<IpNet>().unwrap());
+    assert_eq!(
+        p.key(ip("192.0.2.7")),
+        "192.0.2.7/32".parse::<IpNet>().unwrap()
+    );
     assert_eq!(p.key(ip("::ffff:192.0.2.7")), p.key(ip("192.0.2.7")));
     let p = KeyPrefix::new(24, 48).unwrap();
-    assert_eq!(p.key(ip("192.0.2.7")), "192.0.2.0/24".parse::<IpNet>().unwrap());
+    assert_eq!(
+        p.key(ip("192.0.2.7")),
+        "192.0.2.0/24".parse::<IpNet>().unwrap()
+    );
     assert_eq!(
         ClientIp(ip("2001:db8:1:2::1")).key(p),
         "2001:db8:1::/48".parse::<IpNet>().unwrap()
@@ -207,7 +216,11 @@ fn key_prefix() {
         Err(ConfigError::PrefixTooLong { len: 33, max: 32 })
     );
     assert!(KeyPrefix::new(32, 129).is_err());
-    assert!(ClientIpLayer::new().trusted_proxy_str("10.0.0.0/33").is_err());
+    assert!(
+        ClientIpLayer::new()
+            .trusted_proxy_str("10.0.0.0/33")
+            .is_err()
+    );
     assert!(ClientIpLayer::new().trusted_proxy_str("nope").is_err());
 }
 
