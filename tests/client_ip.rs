@@ -63,7 +63,9 @@ async fn get_ip(addr: SocketAddr, headers: &[&[u8]]) -> (u16, String) {
 #[tokio::test]
 async fn untrusted_peer_cannot_forge_its_address() {
     // The loopback peer is not a trusted proxy here.
-    let layer = ClientIpLayer::new().trusted_proxy_str("10.0.0.0/8").unwrap();
+    let layer = ClientIpLayer::new()
+        .trusted_proxy_str("10.0.0.0/8")
+        .unwrap();
     let addr = serve(layer, true).await;
     for headers in [
         &[&b"X-Forwarded-For: 1.2.3.4"[..]][..],
@@ -156,7 +158,12 @@ async fn malformed_headers_fall_back_to_the_peer_and_never_panic() {
             line.extend_from_slice(value);
             let (status, body) = get_ip(addr, &[&line]).await;
             assert_eq!(status, 200, "{name}: {:?}", String::from_utf8_lossy(value));
-            assert_eq!(body, "127.0.0.1", "{name}: {:?}", String::from_utf8_lossy(value));
+            assert_eq!(
+                body,
+                "127.0.0.1",
+                "{name}: {:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 }

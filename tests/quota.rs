@@ -64,11 +64,7 @@ async fn run(mut socket: WebSocket) {
     while let Some(Ok(msg)) = socket.recv().await {
         match msg {
             Message::Close(_) => break,
-            Message::Text(t) => {
-                if socket.send(Message::Text(t)).await.is_err() {
-                    break;
-                }
-            }
+            Message::Text(t) if socket.send(Message::Text(t.clone())).await.is_err() => break,
             _ => {}
         }
     }
@@ -141,7 +137,10 @@ async fn per_ip_quota_is_held_for_the_socket_life_and_released_however_it_ends()
     }
     assert_eq!(quota.active(), QUOTA);
     // quota + 1: refused before the upgrade.
-    assert_eq!(refused_status(open(addr, "").await), (429, Some("1".into())));
+    assert_eq!(
+        refused_status(open(addr, "").await),
+        (429, Some("1".into()))
+    );
     assert_eq!(quota.active(), QUOTA);
 
     // Normal close: the slot comes back and a new socket is accepted.
@@ -187,7 +186,10 @@ async fn global_quota_answers_503() {
     let (addr, mut ended_rx) = serve(quota.clone()).await;
     let a = open(addr, "").await.unwrap();
     let _b = open(addr, "").await.unwrap();
-    assert_eq!(refused_status(open(addr, "").await), (503, Some("1".into())));
+    assert_eq!(
+        refused_status(open(addr, "").await),
+        (503, Some("1".into()))
+    );
     drop(a);
     ended(&mut ended_rx).await;
     let _c = open(addr, "").await.unwrap();

@@ -108,7 +108,7 @@ where
             .requests
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        if layer.prune_every != 0 && seen % layer.prune_every == 0 {
+        if layer.prune_every != 0 && seen.is_multiple_of(layer.prune_every) {
             prune(shared);
         }
 

@@ -374,7 +374,7 @@ where
             .requests
             .fetch_add(1, Ordering::Relaxed)
             .wrapping_add(1);
-        if layer.prune_every != 0 && seen % layer.prune_every == 0 {
+        if layer.prune_every != 0 && seen.is_multiple_of(layer.prune_every) {
             shared.prune();
         }
         let key = layer.prefix.key(ip);
