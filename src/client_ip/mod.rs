@@ -1,8 +1,235 @@
 //! The real client address of a request.
+//!
+//! Limits are only as good as their key. [`ClientIpLayer`] works out the address of the
+//! client behind a request once, and stores it as [`ClientIp`] in the request extensions for
+//! every later layer ([`rate_limit`](crate::rate_limit)) and handler
+//! (`Extension<ClientIp>`).
+//!
+//! The address starts from the TCP peer (axum's `ConnectInfo<SocketAddr>`). Only when that
+//! peer is one of your **trusted proxies** is a forwarding header read, and then the chain is
+//! walked from the right: the first address that is not itself a trusted proxy is the client.
+//! Everything left of it was written by the client and is ignored, so a client cannot forge
+//! its address by sending `X-Forwarded-For: 1.2.3.4` (tower_governor's `SmartIpKeyExtractor`
+//! takes the leftmost entry, which any client controls). Headers from untrusted peers are
+//! ignored. A header that cannot be read (garbage, `for=unknown`, an obfuscated identifier
+//! where the client should be) falls back to the peer address; it never panics.
+//!
+//! IPv4-mapped IPv6 peers (`::ffff:192.0.2.1`, what a dual-stack listener reports) are
+//! converted to plain IPv4 first.
+//!
+//! # Keys and IPv6
+//! One IPv6 client usually owns a whole /64, so keying limits by the full address lets it
+//! rotate through 2^64 keys. [`KeyPrefix`] (default /32 for IPv4, /64 for IPv6) masks the
+//! address into the network used as a key; the rate limiter and the quota layer take one in
+//! their builders.
+//!
+//! # Configuration error
+//! The peer address comes from `ConnectInfo`, which axum inserts only when the app is served
+//! with `into_make_service_with_connect_info::<SocketAddr>()`. Without it the layer cannot
+//! work: every request is answered `500 Internal Server Error` with a body that says so, an
+//! error event `wsguard.client_ip.missing_connect_info` is emitted, and the
+//! [`ClientIpError::MissingConnectInfo`] error is in the response extensions. It never
+//! panics.
+//!
+//! # Deployment
+//! Behind a reverse proxy the TCP peer is the proxy. List the proxies' addresses (or
+//! networks) with [`ClientIpLayer::trusted_proxy`], and pick the one header that your
+//! outermost proxy **overwrites or appends to** with [`ClientIpLayer::proxy_header`]
+//! (default `X-Forwarded-For`). Only one header is honoured on purpose: a header that your
+//! proxy passes through untouched is written entirely by the client.
+//!
+//! # Example
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, body::Body, extract::ConnectInfo, http::{Request, StatusCode}, routing::get, Extension};
+//! use tower::ServiceExt;
+//! use wsguard::client_ip::{ClientIp, ClientIpLayer, ProxyHeader};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new()
+//!     .route("/ws", get(|Extension(ClientIp(ip)): Extension<ClientIp>| async move { ip.to_string() }))
+//!     .layer(
+//!         ClientIpLayer::new()
+//!             .trusted_proxy("10.0.0.0/8".parse::<ipnet::IpNet>()?)
+//!             .proxy_header(ProxyHeader::XForwardedFor),
+//!     );
+//!
+//! // A request relayed by a trusted proxy: the rightmost untrusted hop is the client.
+//! let mut req = Request::get("/ws")
+//!     .header("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.1.2.3")
+//!     .body(Body::empty())?;
+//! req.extensions_mut().insert(ConnectInfo("10.0.0.1:40000".parse::<SocketAddr>()?));
+//! let res = app.clone().oneshot(req).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let body = axum::body::to_bytes(res.into_body(), 64).await?;
+//! assert_eq!(&body[..], b"203.0.113.9");
+//!
+//! // Served without `into_make_service_with_connect_info`: a clear 500, not a panic.
+//! let res = app.oneshot(Request::get("/ws").body(Body::empty())?).await?;
+//! assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+//! # Ok(())
+//! # }
+//! ```
 
-use std::net::IpAddr;
+mod future;
+mod layer;
+pub(crate) mod parse;
+mod service;
+
+use std::{fmt, net::IpAddr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+pub use self::{future::ResponseFuture, layer::ClientIpLayer, service::ClientIpService};
 
 /// The client address that every later layer and handler keys on, stored in the request
-/// extensions.
+/// extensions by [`ClientIpLayer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// The network this address is keyed under: the address masked to `prefix`'s length
+    /// (by default the /64 of an IPv6 address and the single IPv4 address).
+    pub fn key(&self, prefix: KeyPrefix) -> IpNet {
+        prefix.key(self.0)
+    }
+}
+
+impl fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The prefix lengths used to turn a client address into a limit key. See the
+/// [module docs](self#keys-and-ipv6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyPrefix {
+    v4: u8,
+    v6: u8,
+}
+
+impl KeyPrefix {
+    /// /32 for IPv4 (one address) and /64 for IPv6 (one subnet, what one client usually has).
+    pub const DEFAULT: Self = Self { v4: 32, v6: 64 };
+
+    /// Key IPv4 addresses by their `/v4` network and IPv6 addresses by their `/v6` network.
+    /// Fails if `v4 > 32` or `v6 > 128`.
+    pub fn new(v4: u8, v6: u8) -> Result<Self, ConfigError> {
+        if v4 > 32 {
+            return Err(ConfigError::PrefixTooLong { len: v4, max: 32 });
+        }
+        if v6 > 128 {
+            return Err(ConfigError::PrefixTooLong { len: v6, max: 128 });
+        }
+        Ok(Self { v4, v6 })
+    }
+
+    /// The IPv4 prefix length.
+    pub fn v4(&self) -> u8 {
+        self.v4
+    }
+
+    /// The IPv6 prefix length.
+    pub fn v6(&self) -> u8 {
+        self.v6
+    }
+
+    /// The network `ip` is keyed under. IPv4-mapped IPv6 addresses are keyed as IPv4.
+    pub fn key(&self, ip: IpAddr) -> IpNet {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Ipv4Net::new(v4, self.v4)
+                .map(|n| IpNet::V4(n.trunc()))
+                .unwrap_or(IpNet::V4(Ipv4Net::from(v4))),
+            IpAddr::V6(v6) => Ipv6Net::new(v6, self.v6)
+                .map(|n| IpNet::V6(n.trunc()))
+                .unwrap_or(IpNet::V6(Ipv6Net::from(v6))),
+        }
+    }
+}
+
+impl Default for KeyPrefix {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which forwarding header a trusted proxy's request is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the de-facto standard).
+    XForwardedFor,
+    /// `Forwarded: for=client, for="[2001:db8::1]:4711"` (RFC 7239).
+    Forwarded,
+    /// `X-Real-IP: client` (nginx's single-address header; the chain has one hop).
+    XRealIp,
+}
+
+impl ProxyHeader {
+    /// The header's name.
+    pub fn name(&self) -> http::HeaderName {
+        match self {
+            Self::XForwardedFor => http::HeaderName::from_static("x-forwarded-for"),
+            Self::Forwarded => http::header::FORWARDED,
+            Self::XRealIp => http::HeaderName::from_static("x-real-ip"),
+        }
+    }
+}
+
+/// Why a request has no client address. Carried in the response extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientIpError {
+    /// The request has no `ConnectInfo<SocketAddr>`: the app was not served with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`. A configuration error.
+    MissingConnectInfo,
+}
+
+impl fmt::Display for ClientIpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingConnectInfo => f.write_str(
+                "wsguard: the peer address is missing; serve the app with \
+                 into_make_service_with_connect_info::<SocketAddr>()",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientIpError {}
+
+/// An invalid setting given to a builder in this module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A prefix length longer than the address.
+    PrefixTooLong {
+        /// The length given.
+        len: u8,
+        /// The address length in bits.
+        max: u8,
+    },
+    /// A trusted proxy that is not an address or a CIDR network.
+    InvalidProxy(String),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PrefixTooLong { len, max } => {
+                write!(
+                    f,
+                    "prefix length /{len} is longer than the address (/{max})"
+                )
+            }
+            Self::InvalidProxy(s) => write!(f, "trusted proxy {s:?} is not an address or a CIDR"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests;

@@ -1,33 +1,337 @@
-//! Handshake rate limits and concurrent-socket quotas.
+//! Handshake rate limits, a brute-force throttle and concurrent-socket quotas.
+//!
+//! Three layers, each keyed by the real client (see [`client_ip`](crate::client_ip)):
+//!
+//! - [`RateLimitLayer`]: "n handshakes per second (or minute) with a burst of b", keyed by
+//!   client IP (default), by identity, or globally. Over the limit: `429 Too Many Requests`
+//!   with `Retry-After` (whole seconds, at least 1) and, optionally, `X-RateLimit-Limit`,
+//!   `X-RateLimit-Remaining` and `X-RateLimit-After`. Built on [`governor`]'s GCRA; idle keys
+//!   are pruned so a spray from a million addresses does not grow the process without bound.
+//! - [`AuthThrottleLayer`]: after n failed authentications from one client within a window,
+//!   that client's further handshakes get `429` **before** the authenticator runs. It counts
+//!   the responses of the inner service that carry [`AuthError`](crate::auth::AuthError) in
+//!   their extensions, which every `wsguard::auth` rejection does.
+//! - [`ConnectionQuotaLayer`]: caps on concurrently open sockets per client IP, per identity
+//!   and in total. A [`ConnectionPermit`] is taken at the handshake and travels in the
+//!   request extensions to the upgraded socket, which holds it until it ends, however it
+//!   ends (close, error, panic: the slot is released when the permit drops). Over a per-key
+//!   cap: `429`; over the global cap: `503 Service Unavailable`.
+//!
+//! Every rejection is a response (the service error type is unchanged) with a short
+//! plain-text body, the [`RateLimitError`] in its extensions, and a `tracing` event:
+//! `wsguard.rate_limit.rejected`, `wsguard.rate_limit.auth_throttled` or
+//! `wsguard.rate_limit.quota_exceeded` at `WARN` with the fields `cause`, `client_ip`,
+//! `identity` (the principal's subject, when known) and `limit`. The response can be
+//! replaced with `on_rejection` on each layer.
+//!
+//! # Order
+//! ```text
+//! request → origin → client IP → rate → auth throttle → auth → quota → socket policy → socket
+//! ```
+//! With axum's `Router::layer`, the layer added last runs first. The rate limiter and the
+//! throttle need [`ClientIpLayer`](crate::client_ip::ClientIpLayer) in front of them: a
+//! request without [`ClientIp`] is a configuration error answered `500` (with
+//! [`RateLimitError::MissingClientIp`] and an error event `wsguard.rate_limit.missing_client_ip`),
+//! never silently keyed by something else. Keying by identity or capping per identity
+//! needs the auth layer in front (it inserts [`Principal`]); a request without a principal
+//! is rate-limited by its client IP and not counted per identity.
+//!
+//! # Memory
+//! The rate limiter keeps one small state per active key. Keys whose state is back to
+//! "fresh" are removed every [`RateLimitLayer::prune_every`] requests (default 1024) and on
+//! [`RateLimitLayer::prune`], which [`RateLimitLayer::spawn_pruner`] calls on a timer. The
+//! throttle does the same with its failure counters. The quota layer removes a key as soon
+//! as its last socket closes.
+//!
+//! # Example
+//! ```
+//! use std::{net::SocketAddr, time::Duration};
+//! use axum::{Router, body::Body, extract::ConnectInfo, http::{Request, StatusCode}, routing::get};
+//! use tower::ServiceExt;
+//! use wsguard::{client_ip::ClientIpLayer, rate_limit::{ConnectionQuotaLayer, RateLimitLayer}};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new()
+//!     .route("/ws", get(|| async { "upgrade here" }))
+//!     .layer(ConnectionQuotaLayer::new().per_ip(8)?.global(10_000)?)
+//!     .layer(RateLimitLayer::new().per_minute(1)?.burst(2)?)
+//!     .layer(ClientIpLayer::new()); // runs first
+//!
+//! let handshake = || -> Result<Request<Body>, http::Error> {
+//!     let mut req = Request::get("/ws").body(Body::empty())?;
+//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 9], 50000))));
+//!     Ok(req)
+//! };
+//! assert_eq!(app.clone().oneshot(handshake()?).await?.status(), StatusCode::OK);
+//! assert_eq!(app.clone().oneshot(handshake()?).await?.status(), StatusCode::OK);
+//! // The burst of 2 is spent: the third handshake within the minute is refused.
+//! let res = app.clone().oneshot(handshake()?).await?;
+//! assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert!(res.headers().contains_key("retry-after"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Deployment
+//! Behind a proxy, configure [`ClientIpLayer`](crate::client_ip::ClientIpLayer)'s trusted
+//! proxies, or every client shares the proxy's key. IPv6 clients are keyed by their /64 by
+//! default ([`KeyPrefix`]). Counters live in this process: with several replicas each
+//! enforces its own limits.
 
-use std::{fmt, sync::Arc};
+mod future;
+mod layer;
+mod permit;
+mod quota;
+mod service;
+mod throttle;
 
-/// Quota slots held for the life of one upgraded socket, stored in the request extensions by
-/// the quota layer. The slots are released when the last clone is dropped, so the socket (or
-/// the handler) must keep it alive: `wsguard::socket::GuardedUpgrade` takes it for you.
-#[derive(Clone, Default)]
-pub struct ConnectionPermit {
-    held: Vec<Arc<dyn Send + Sync>>,
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
+
+use axum::{body::Body, response::Response};
+use http::{HeaderName, HeaderValue, StatusCode, header};
+
+pub use self::{
+    future::ResponseFuture,
+    layer::RateLimitLayer,
+    permit::ConnectionPermit,
+    quota::{ConnectionQuota, ConnectionQuotaLayer},
+    service::RateLimit,
+    throttle::{AuthThrottle, AuthThrottleLayer},
+};
+#[doc(no_inline)]
+pub use crate::client_ip::{ClientIp, KeyPrefix};
+#[doc(no_inline)]
+pub use governor::clock::{Clock, DefaultClock, FakeRelativeClock};
+
+#[cfg(doc)]
+use crate::auth::Principal;
+
+/// `X-RateLimit-Limit`: the burst size of the limit that applies.
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+/// `X-RateLimit-Remaining`: handshakes left in the burst.
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+/// `X-RateLimit-After`: seconds until the next handshake is allowed (on rejections).
+pub const X_RATELIMIT_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-after");
+
+/// What a [`RateLimitLayer`] keys its limit on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyBy {
+    /// The client address ([`ClientIp`], masked by the [`KeyPrefix`]). Needs
+    /// `ClientIpLayer` in front.
+    #[default]
+    ClientIp,
+    /// The authenticated subject ([`Principal::subject`]); requests without a principal are
+    /// keyed by client IP. Needs the auth layer in front.
+    Identity,
+    /// One limit shared by every request through the layer.
+    Global,
 }
 
-impl ConnectionPermit {
-    /// Adds `other`'s slots to this permit (several quota layers may stack).
-    pub fn merge(&mut self, other: ConnectionPermit) {
-        self.held.extend(other.held);
+/// Why a handshake was refused. Carried in the rejection response's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RateLimitError {
+    /// The key's handshake rate is over its limit (`429`).
+    TooManyHandshakes {
+        /// The burst size of the limit.
+        limit: u32,
+        /// When the next handshake would be allowed.
+        retry_after: Duration,
+    },
+    /// The client failed authentication too often and is locked out (`429`).
+    TooManyFailedAuth {
+        /// The number of failures that triggers the lock-out.
+        limit: u32,
+        /// When the lock-out ends.
+        retry_after: Duration,
+    },
+    /// The client address has too many open sockets (`429`).
+    ClientIpQuota {
+        /// The cap.
+        limit: usize,
+        /// The configured retry hint.
+        retry_after: Duration,
+    },
+    /// The identity has too many open sockets (`429`).
+    IdentityQuota {
+        /// The cap.
+        limit: usize,
+        /// The configured retry hint.
+        retry_after: Duration,
+    },
+    /// The server is at its global socket cap (`503`).
+    GlobalQuota {
+        /// The cap.
+        limit: usize,
+        /// The configured retry hint.
+        retry_after: Duration,
+    },
+    /// No [`ClientIp`] in the request extensions: `ClientIpLayer` is missing in front of
+    /// this layer. A configuration error (`500`).
+    MissingClientIp,
+}
+
+impl RateLimitError {
+    /// The status code of the default rejection response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::TooManyHandshakes { .. }
+            | Self::TooManyFailedAuth { .. }
+            | Self::ClientIpQuota { .. }
+            | Self::IdentityQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::GlobalQuota { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MissingClientIp => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 
-    /// A permit holding `slot` until the permit is dropped.
-    pub fn holding(slot: impl Send + Sync + 'static) -> Self {
-        Self {
-            held: vec![Arc::new(slot)],
+    /// When the client may try again, if that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyHandshakes { retry_after, .. }
+            | Self::TooManyFailedAuth { retry_after, .. }
+            | Self::ClientIpQuota { retry_after, .. }
+            | Self::IdentityQuota { retry_after, .. }
+            | Self::GlobalQuota { retry_after, .. } => Some(*retry_after),
+            Self::MissingClientIp => None,
+        }
+    }
+
+    /// A stable snake_case name of the cause, as used in the `cause` field of events.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::TooManyHandshakes { .. } => "too_many_handshakes",
+            Self::TooManyFailedAuth { .. } => "too_many_failed_auth",
+            Self::ClientIpQuota { .. } => "client_ip_quota",
+            Self::IdentityQuota { .. } => "identity_quota",
+            Self::GlobalQuota { .. } => "global_quota",
+            Self::MissingClientIp => "missing_client_ip",
+        }
+    }
+
+    fn limit(&self) -> Option<u64> {
+        match self {
+            Self::TooManyHandshakes { limit, .. } | Self::TooManyFailedAuth { limit, .. } => {
+                Some(u64::from(*limit))
+            }
+            Self::ClientIpQuota { limit, .. }
+            | Self::IdentityQuota { limit, .. }
+            | Self::GlobalQuota { limit, .. } => u64::try_from(*limit).ok(),
+            Self::MissingClientIp => None,
         }
     }
 }
 
-impl fmt::Debug for ConnectionPermit {
+impl fmt::Display for RateLimitError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionPermit")
-            .field("slots", &self.held.len())
-            .finish()
+        match self {
+            Self::TooManyHandshakes { .. } => f.write_str("too many handshakes, retry later"),
+            Self::TooManyFailedAuth { .. } => {
+                f.write_str("too many failed authentications, retry later")
+            }
+            Self::ClientIpQuota { .. } => f.write_str("too many open sockets from this address"),
+            Self::IdentityQuota { .. } => f.write_str("too many open sockets for this user"),
+            Self::GlobalQuota { .. } => f.write_str("server at socket capacity, retry later"),
+            Self::MissingClientIp => f.write_str(
+                "wsguard: no ClientIp in the request; add ClientIpLayer in front of the \
+                 rate limit and quota layers",
+            ),
+        }
     }
 }
+
+impl std::error::Error for RateLimitError {}
+
+/// An invalid setting given to a builder in this module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A count that must be at least 1 was 0.
+    Zero(&'static str),
+    /// A rate so high that the interval between two handshakes rounds to zero.
+    RateTooHigh,
+    /// A duration that must be positive was zero.
+    ZeroDuration(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Zero(what) => write!(f, "{what} must be at least 1"),
+            Self::RateTooHigh => f.write_str("rate too high: less than 1ns between handshakes"),
+            Self::ZeroDuration(what) => write!(f, "{what} must be longer than zero"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub(crate) type RejectFn = Arc<dyn Fn(&RateLimitError) -> Response + Send + Sync>;
+
+/// `Retry-After` in whole seconds: rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The rejection response for `error`: the custom one if configured, else status + plain
+/// text. `Retry-After` is added if missing, and the error goes into the extensions.
+pub(crate) fn reject(custom: Option<&RejectFn>, error: RateLimitError) -> Response {
+    let mut response = match custom {
+        Some(f) => f(&error),
+        None => {
+            let mut r = Response::new(Body::from(format!("{error}\n")));
+            *r.status_mut() = error.status();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        }
+    };
+    if let Some(wait) = error.retry_after()
+        && !response.headers().contains_key(header::RETRY_AFTER)
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
+    }
+    response.extensions_mut().insert(error);
+    response
+}
+
+/// Emits the one event of an enforcement.
+pub(crate) fn emit(error: &RateLimitError, client_ip: Option<IpAddr>, identity: Option<&str>) {
+    let client_ip = client_ip.map(tracing::field::display);
+    let cause = error.cause();
+    let limit = error.limit();
+    let retry_after_secs = error.retry_after().map(retry_after_secs);
+    match error {
+        RateLimitError::TooManyHandshakes { .. } => tracing::warn!(
+            name: "wsguard.rate_limit.rejected",
+            cause, client_ip, identity, limit, retry_after_secs,
+            "handshake rate limit exceeded"
+        ),
+        RateLimitError::TooManyFailedAuth { .. } => tracing::warn!(
+            name: "wsguard.rate_limit.auth_throttled",
+            cause, client_ip, identity, limit, retry_after_secs,
+            "handshake refused: too many failed authentications"
+        ),
+        RateLimitError::ClientIpQuota { .. }
+        | RateLimitError::IdentityQuota { .. }
+        | RateLimitError::GlobalQuota { .. } => tracing::warn!(
+            name: "wsguard.rate_limit.quota_exceeded",
+            cause, client_ip, identity, limit, retry_after_secs,
+            "concurrent socket quota exceeded"
+        ),
+        RateLimitError::MissingClientIp => tracing::error!(
+            name: "wsguard.rate_limit.missing_client_ip",
+            cause,
+            "no ClientIp in the request extensions: add ClientIpLayer in front of this layer"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

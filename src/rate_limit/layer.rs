@@ -1,0 +1,296 @@
+use std::{
+    fmt,
+    hash::Hash,
+    num::NonZeroU32,
+    sync::{Arc, Weak, atomic::AtomicU64},
+    time::Duration,
+};
+
+use axum::response::Response;
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::StateInformationMiddleware,
+    state::keyed::DefaultKeyedStateStore,
+};
+use ipnet::IpNet;
+use tower::Layer;
+
+use super::{ConfigError, KeyBy, KeyPrefix, RateLimit, RateLimitError, RejectFn};
+
+/// The key a handshake is counted under.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum RateKey {
+    Ip(IpNet),
+    Identity(Arc<str>),
+    Global,
+}
+
+pub(crate) type Limiter<C> =
+    RateLimiter<RateKey, DefaultKeyedStateStore<RateKey>, C, StateInformationMiddleware>;
+
+pub(crate) struct RateShared<C: Clock> {
+    pub(crate) limiter: Limiter<C>,
+    pub(crate) requests: AtomicU64,
+}
+
+/// Layer that limits the handshake rate per client IP, per identity or globally. See the
+/// [module docs](super).
+///
+/// Clones share one set of counters. `C` is the clock, [`DefaultClock`] unless replaced with
+/// [`clock`](Self::clock) (tests use [`FakeRelativeClock`](super::FakeRelativeClock)).
+pub struct RateLimitLayer<C: Clock = DefaultClock> {
+    pub(crate) shared: Arc<RateShared<C>>,
+    clock: C,
+    count: NonZeroU32,
+    period: Duration,
+    burst: Option<NonZeroU32>,
+    pub(crate) key_by: KeyBy,
+    pub(crate) prefix: KeyPrefix,
+    pub(crate) headers: bool,
+    pub(crate) prune_every: u64,
+    pub(crate) on_rejection: Option<RejectFn>,
+}
+
+const DEFAULT_PER_SECOND: NonZeroU32 = NonZeroU32::new(10).unwrap();
+
+impl RateLimitLayer<DefaultClock> {
+    /// 10 handshakes per second with a burst of 10, keyed by client IP (/32 for IPv4, /64
+    /// for IPv6), no `X-RateLimit-*` headers, idle keys pruned every 1024 requests.
+    #[must_use]
+    pub fn new() -> Self {
+        let clock = DefaultClock::default();
+        let period = Duration::from_secs(1);
+        let limiter = build(DEFAULT_PER_SECOND, period, None, clock.clone())
+            .unwrap_or_else(|_| unreachable!("the default quota is valid"));
+        Self {
+            shared: Arc::new(RateShared {
+                limiter,
+                requests: AtomicU64::new(0),
+            }),
+            clock,
+            count: DEFAULT_PER_SECOND,
+            period,
+            burst: None,
+            key_by: KeyBy::ClientIp,
+            prefix: KeyPrefix::DEFAULT,
+            headers: false,
+            prune_every: 1024,
+            on_rejection: None,
+        }
+    }
+}
+
+impl Default for RateLimitLayer<DefaultClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn build<C: Clock>(
+    count: NonZeroU32,
+    period: Duration,
+    burst: Option<NonZeroU32>,
+    clock: C,
+) -> Result<Limiter<C>, ConfigError> {
+    let quota = Quota::with_period(period / count.get()).ok_or(ConfigError::RateTooHigh)?;
+    let quota = quota.allow_burst(burst.unwrap_or(count));
+    Ok(RateLimiter::new(
+        quota,
+        DefaultKeyedStateStore::default(),
+        clock,
+    ))
+}
+
+impl<C: Clock + Clone> RateLimitLayer<C> {
+    fn rebuild(mut self) -> Result<Self, ConfigError> {
+        let limiter = build(self.count, self.period, self.burst, self.clock.clone())?;
+        self.shared = Arc::new(RateShared {
+            limiter,
+            requests: AtomicU64::new(0),
+        });
+        Ok(self)
+    }
+
+    fn rate(mut self, n: u32, period: Duration, what: &'static str) -> Result<Self, ConfigError> {
+        self.count = NonZeroU32::new(n).ok_or(ConfigError::Zero(what))?;
+        self.period = period;
+        self.rebuild()
+    }
+
+    /// Allows `n` handshakes per second per key, evenly replenished (one every `1/n` s).
+    /// Replaces the rate; default 10 per second. The burst defaults to `n` unless set with
+    /// [`burst`](Self::burst). Fails if `n` is 0 or too high to represent.
+    pub fn per_second(self, n: u32) -> Result<Self, ConfigError> {
+        self.rate(n, Duration::from_secs(1), "per_second")
+    }
+
+    /// Allows `n` handshakes per minute per key, evenly replenished (one every `60/n` s).
+    /// Replaces the rate. Fails if `n` is 0.
+    pub fn per_minute(self, n: u32) -> Result<Self, ConfigError> {
+        self.rate(n, Duration::from_secs(60), "per_minute")
+    }
+
+    /// How many handshakes a key may make at once before the rate applies. Replaces;
+    /// default: the rate's `n` (10). Fails if `b` is 0.
+    pub fn burst(mut self, b: u32) -> Result<Self, ConfigError> {
+        self.burst = Some(NonZeroU32::new(b).ok_or(ConfigError::Zero("burst"))?);
+        self.rebuild()
+    }
+
+    /// What the limit is keyed on. Replaces; default [`KeyBy::ClientIp`].
+    #[must_use]
+    pub fn key(mut self, key_by: KeyBy) -> Self {
+        self.key_by = key_by;
+        self
+    }
+
+    /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`]
+    /// (/32 for IPv4, /64 for IPv6).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Whether to add `X-RateLimit-Limit` and `X-RateLimit-Remaining` to passed responses
+    /// and those plus `X-RateLimit-After` to rejections. Replaces; default `false`.
+    #[must_use]
+    pub fn rate_limit_headers(mut self, enabled: bool) -> Self {
+        self.headers = enabled;
+        self
+    }
+
+    /// Prunes idle keys every `n` handshakes through the layer (`0` turns this off; use
+    /// [`spawn_pruner`](Self::spawn_pruner) or [`prune`](Self::prune) then). Replaces;
+    /// default 1024.
+    #[must_use]
+    pub fn prune_every(mut self, n: u64) -> Self {
+        self.prune_every = n;
+        self
+    }
+
+    /// Builds the rejection response. Replaces; default: the error's status, a plain-text
+    /// body and `Retry-After`. `Retry-After` is added if the custom response lacks it, and
+    /// the [`RateLimitError`] is always put in the extensions.
+    #[must_use]
+    pub fn on_rejection<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+    {
+        self.on_rejection = Some(Arc::new(f));
+        self
+    }
+
+    /// Replaces the clock, e.g. with a
+    /// [`FakeRelativeClock`](super::FakeRelativeClock) in tests. Resets the counters.
+    #[must_use]
+    pub fn clock<C2: Clock + Clone>(self, clock: C2) -> RateLimitLayer<C2> {
+        let limiter = build(self.count, self.period, self.burst, clock.clone())
+            .unwrap_or_else(|_| unreachable!("the quota was validated by the setters"));
+        RateLimitLayer {
+            shared: Arc::new(RateShared {
+                limiter,
+                requests: AtomicU64::new(0),
+            }),
+            clock,
+            count: self.count,
+            period: self.period,
+            burst: self.burst,
+            key_by: self.key_by,
+            prefix: self.prefix,
+            headers: self.headers,
+            prune_every: self.prune_every,
+            on_rejection: self.on_rejection,
+        }
+    }
+
+    /// Removes the keys whose state is back to fresh (no handshake within the time the
+    /// burst takes to refill) and releases the freed memory.
+    pub fn prune(&self) {
+        prune(&self.shared);
+    }
+
+    /// The number of keys currently held (an estimate while requests are in flight).
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.limiter.len()
+    }
+}
+
+pub(crate) fn prune<C: Clock>(shared: &RateShared<C>) {
+    let before = shared.limiter.len();
+    shared.limiter.retain_recent();
+    shared.limiter.shrink_to_fit();
+    tracing::debug!(
+        name: "wsguard.rate_limit.pruned",
+        before,
+        after = shared.limiter.len(),
+        "pruned idle rate-limit keys"
+    );
+}
+
+impl<C> RateLimitLayer<C>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    /// Spawns a tokio task that calls [`prune`](Self::prune) every `every`. The task ends by
+    /// itself once the layer and every service made from it are dropped (or when the
+    /// returned handle is aborted). Must be called inside a tokio runtime.
+    pub fn spawn_pruner(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<RateShared<C>> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                match weak.upgrade() {
+                    Some(shared) => prune(&shared),
+                    None => break,
+                }
+            }
+        })
+    }
+}
+
+impl<C: Clock + Clone> Clone for RateLimitLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            clock: self.clock.clone(),
+            count: self.count,
+            period: self.period,
+            burst: self.burst,
+            key_by: self.key_by,
+            prefix: self.prefix,
+            headers: self.headers,
+            prune_every: self.prune_every,
+            on_rejection: self.on_rejection.clone(),
+        }
+    }
+}
+
+impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("count", &self.count)
+            .field("period", &self.period)
+            .field("burst", &self.burst.unwrap_or(self.count))
+            .field("key_by", &self.key_by)
+            .field("prefix", &self.prefix)
+            .field("headers", &self.headers)
+            .field("prune_every", &self.prune_every)
+            .field("tracked_keys", &self.shared.limiter.len())
+            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+impl<S, C: Clock + Clone> Layer<S> for RateLimitLayer<C> {
+    type Service = RateLimit<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.clone())
+    }
+}

@@ -1,0 +1,332 @@
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use axum::response::Response;
+use http::Request;
+use ipnet::IpNet;
+use tower::{Layer, Service};
+
+use super::{
+    ClientIp, ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
+    future::After, reject,
+};
+use crate::auth::Principal;
+
+#[derive(Default)]
+struct Counts {
+    by_ip: HashMap<IpNet, usize>,
+    by_identity: HashMap<Arc<str>, usize>,
+    global: usize,
+}
+
+#[derive(Default)]
+struct QuotaShared {
+    counts: Mutex<Counts>,
+}
+
+impl QuotaShared {
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One socket's place in the counts, given back on drop.
+struct Slot {
+    shared: Arc<QuotaShared>,
+    ip: Option<IpNet>,
+    identity: Option<Arc<str>>,
+}
+
+fn decrement<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = map.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.shared.counts();
+        counts.global = counts.global.saturating_sub(1);
+        if let Some(ip) = &self.ip {
+            decrement(&mut counts.by_ip, ip);
+        }
+        if let Some(identity) = &self.identity {
+            decrement(&mut counts.by_identity, identity);
+        }
+    }
+}
+
+/// Layer that caps concurrently open sockets per client IP, per identity and in total. See
+/// the [module docs](super).
+///
+/// Each admitted handshake gets a [`ConnectionPermit`] in its request extensions (merged into
+/// one already there); the slots count until the last clone of the permit drops, so the
+/// upgraded socket must own it (`Extension<ConnectionPermit>` moved into `on_upgrade`, or
+/// `wsguard::socket`'s extractor). A handshake that is not upgraded drops it with the request.
+///
+/// The per-IP cap needs [`ClientIp`] (`ClientIpLayer` in front; a request without it is a
+/// `500` configuration error). The per-identity cap needs the auth layer in front; requests
+/// without a [`Principal`] are not counted per identity. Clones share one set of counters.
+#[derive(Clone)]
+pub struct ConnectionQuotaLayer {
+    shared: Arc<QuotaShared>,
+    per_ip: Option<NonZeroUsize>,
+    per_identity: Option<NonZeroUsize>,
+    global: Option<NonZeroUsize>,
+    prefix: KeyPrefix,
+    retry_after: Duration,
+    on_rejection: Option<RejectFn>,
+}
+
+impl ConnectionQuotaLayer {
+    /// No caps (sockets are counted, nothing is refused), keys /32 for IPv4 and /64 for IPv6,
+    /// `Retry-After: 1`.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::default(),
+            per_ip: None,
+            per_identity: None,
+            global: None,
+            prefix: KeyPrefix::DEFAULT,
+            retry_after: Duration::from_secs(1),
+            on_rejection: None,
+        }
+    }
+
+    /// At most `n` open sockets per client address (per [`KeyPrefix`] network). Over it:
+    /// `429`. Replaces; default: no cap. Fails if `n` is 0.
+    pub fn per_ip(mut self, n: usize) -> Result<Self, ConfigError> {
+        self.per_ip = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("per_ip"))?);
+        Ok(self)
+    }
+
+    /// At most `n` open sockets per authenticated subject. Over it: `429`. Replaces; default:
+    /// no cap. Fails if `n` is 0.
+    pub fn per_identity(mut self, n: usize) -> Result<Self, ConfigError> {
+        self.per_identity = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("per_identity"))?);
+        Ok(self)
+    }
+
+    /// At most `n` open sockets through this layer in total. Over it: `503`. Replaces;
+    /// default: no cap. Fails if `n` is 0.
+    pub fn global(mut self, n: usize) -> Result<Self, ConfigError> {
+        self.global = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("global"))?);
+        Ok(self)
+    }
+
+    /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.prefix = prefix;
+        self
+    }
+
+    /// The `Retry-After` hint of quota rejections (rounded up to whole seconds, at least 1).
+    /// Replaces; default 1 s.
+    #[must_use]
+    pub fn retry_after(mut self, wait: impl Into<Duration>) -> Self {
+        self.retry_after = wait.into();
+        self
+    }
+
+    /// Builds the rejection response. Replaces; default: `429` or `503`, plain text,
+    /// `Retry-After`. `Retry-After` is added if missing and the [`RateLimitError`] is always
+    /// put in the extensions.
+    #[must_use]
+    pub fn on_rejection<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+    {
+        self.on_rejection = Some(Arc::new(f));
+        self
+    }
+
+    /// Sockets currently holding a slot, in total.
+    pub fn active(&self) -> usize {
+        self.shared.counts().global
+    }
+
+    /// Sockets currently holding a slot for `ip`'s key (counted only with a per-IP cap).
+    pub fn active_for_ip(&self, ip: IpAddr) -> usize {
+        let key = self.prefix.key(ip);
+        self.shared.counts().by_ip.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Sockets currently holding a slot for `subject` (counted only with a per-identity cap).
+    pub fn active_for_identity(&self, subject: &str) -> usize {
+        self.shared
+            .counts()
+            .by_identity
+            .get(subject)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The number of per-IP and per-identity entries held (keys with at least one socket).
+    pub fn tracked_keys(&self) -> usize {
+        let counts = self.shared.counts();
+        counts.by_ip.len() + counts.by_identity.len()
+    }
+
+    /// Takes a slot for a socket from `ip` (when known) and `identity`, or says which cap is
+    /// reached.
+    fn acquire(
+        &self,
+        ip: Option<IpAddr>,
+        identity: Option<&str>,
+    ) -> Result<ConnectionPermit, RateLimitError> {
+        let ip_key = match (self.per_ip, ip) {
+            (Some(_), Some(ip)) => Some(self.prefix.key(ip)),
+            (Some(_), None) => return Err(RateLimitError::MissingClientIp),
+            (None, _) => None,
+        };
+        let identity: Option<Arc<str>> = match (self.per_identity, identity) {
+            (Some(_), Some(subject)) => Some(Arc::from(subject)),
+            _ => None,
+        };
+        let retry_after = self.retry_after;
+        let mut counts = self.shared.counts();
+        if let (Some(cap), Some(key)) = (self.per_ip, &ip_key)
+            && counts.by_ip.get(key).copied().unwrap_or(0) >= cap.get()
+        {
+            return Err(RateLimitError::ClientIpQuota {
+                limit: cap.get(),
+                retry_after,
+            });
+        }
+        if let (Some(cap), Some(subject)) = (self.per_identity, &identity)
+            && counts.by_identity.get(subject).copied().unwrap_or(0) >= cap.get()
+        {
+            return Err(RateLimitError::IdentityQuota {
+                limit: cap.get(),
+                retry_after,
+            });
+        }
+        if let Some(cap) = self.global
+            && counts.global >= cap.get()
+        {
+            return Err(RateLimitError::GlobalQuota {
+                limit: cap.get(),
+                retry_after,
+            });
+        }
+        counts.global += 1;
+        if let Some(key) = ip_key {
+            *counts.by_ip.entry(key).or_insert(0) += 1;
+        }
+        if let Some(subject) = &identity {
+            *counts.by_identity.entry(Arc::clone(subject)).or_insert(0) += 1;
+        }
+        drop(counts);
+        Ok(ConnectionPermit::holding(Slot {
+            shared: Arc::clone(&self.shared),
+            ip: ip_key,
+            identity,
+        }))
+    }
+}
+
+impl Default for ConnectionQuotaLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for ConnectionQuotaLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionQuotaLayer")
+            .field("per_ip", &self.per_ip)
+            .field("per_identity", &self.per_identity)
+            .field("global", &self.global)
+            .field("prefix", &self.prefix)
+            .field("retry_after", &self.retry_after)
+            .field("active", &self.active())
+            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for ConnectionQuotaLayer {
+    type Service = ConnectionQuota<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ConnectionQuota {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Middleware that caps concurrently open sockets. Made by [`ConnectionQuotaLayer`]; see
+/// the [module docs](super).
+#[derive(Clone, Debug)]
+pub struct ConnectionQuota<S> {
+    inner: S,
+    layer: ConnectionQuotaLayer,
+}
+
+impl<S> ConnectionQuota<S> {
+    /// A [`ConnectionQuotaLayer`] with default settings.
+    pub fn layer() -> ConnectionQuotaLayer {
+        ConnectionQuotaLayer::new()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for ConnectionQuota<S>
+where
+    S: Service<Request<ReqBody>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
+        let identity = req.extensions().get::<Principal>().map(|p| p.subject());
+        match self.layer.acquire(ip, identity) {
+            Ok(permit) => {
+                match req.extensions_mut().get_mut::<ConnectionPermit>() {
+                    Some(existing) => existing.merge(permit),
+                    None => {
+                        req.extensions_mut().insert(permit);
+                    }
+                }
+                ResponseFuture::future(self.inner.call(req), After::Nothing)
+            }
+            Err(error) => {
+                super::emit(&error, ip, identity);
+                ResponseFuture::rejected(reject(self.layer.on_rejection.as_ref(), error))
+            }
+        }
+    }
+}

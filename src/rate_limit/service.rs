@@ -1,0 +1,146 @@
+use std::{
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+};
+
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use http::{HeaderValue, Request};
+use tower::Service;
+
+use super::{
+    ClientIp, KeyBy, RateLimitError, RateLimitLayer, ResponseFuture, X_RATELIMIT_AFTER,
+    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    future::After,
+    layer::{RateKey, prune},
+    reject, retry_after_secs,
+};
+use crate::auth::Principal;
+
+/// Middleware that limits the handshake rate. Made by [`RateLimitLayer`]; see the
+/// [module docs](super).
+pub struct RateLimit<S, C: Clock = DefaultClock> {
+    inner: S,
+    layer: RateLimitLayer<C>,
+}
+
+impl<S, C: Clock + Clone> RateLimit<S, C> {
+    pub(crate) fn new(inner: S, layer: RateLimitLayer<C>) -> Self {
+        Self { inner, layer }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// A [`RateLimitLayer`] with default settings.
+    pub fn layer() -> RateLimitLayer {
+        RateLimitLayer::new()
+    }
+}
+
+impl<S: Clone, C: Clock + Clone> Clone for RateLimit<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, C: Clock> std::fmt::Debug for RateLimit<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, C, ReqBody> Service<Request<ReqBody>> for RateLimit<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response>,
+    C: Clock + Clone,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let layer = &self.layer;
+        let ip: Option<IpAddr> = req.extensions().get::<ClientIp>().map(|c| c.0);
+        let identity: Option<Arc<str>> = req
+            .extensions()
+            .get::<Principal>()
+            .map(|p| Arc::from(p.subject()));
+        let key = match (layer.key_by, &identity, ip) {
+            (KeyBy::Global, _, _) => Some(RateKey::Global),
+            (KeyBy::Identity, Some(subject), _) => Some(RateKey::Identity(Arc::clone(subject))),
+            (_, _, Some(ip)) => Some(RateKey::Ip(layer.prefix.key(ip))),
+            (_, _, None) => None,
+        };
+        let Some(key) = key else {
+            let error = RateLimitError::MissingClientIp;
+            super::emit(&error, None, identity.as_deref());
+            return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
+        };
+
+        let shared = &layer.shared;
+        let seen = shared
+            .requests
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if layer.prune_every != 0 && seen.is_multiple_of(layer.prune_every) {
+            prune(shared);
+        }
+
+        match shared.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                let after = if layer.headers {
+                    After::RateHeaders {
+                        limit: snapshot.quota().burst_size().get(),
+                        remaining: snapshot.remaining_burst_capacity(),
+                    }
+                } else {
+                    After::Nothing
+                };
+                ResponseFuture::future(self.inner.call(req), after)
+            }
+            Err(not_until) => {
+                let limit = not_until.quota().burst_size().get();
+                let wait = not_until.wait_time_from(shared.limiter.clock().now());
+                let error = RateLimitError::TooManyHandshakes {
+                    limit,
+                    retry_after: wait,
+                };
+                super::emit(&error, ip, identity.as_deref());
+                let mut response = reject(layer.on_rejection.as_ref(), error);
+                if layer.headers {
+                    let headers = response.headers_mut();
+                    headers.insert(X_RATELIMIT_LIMIT, limit.into());
+                    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
+                    headers.insert(X_RATELIMIT_AFTER, retry_after_secs(wait).into());
+                }
+                ResponseFuture::rejected(response)
+            }
+        }
+    }
+}

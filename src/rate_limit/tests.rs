@@ -1,0 +1,576 @@
+use std::{convert::Infallible, net::IpAddr, time::Duration};
+
+use axum::{body::Body, response::Response};
+use futures_util::FutureExt;
+use governor::clock::FakeRelativeClock;
+use http::{Request, StatusCode, header};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_test::mock;
+
+use super::*;
+use crate::auth::{AuthError, Principal};
+
+fn request(ip: Option<&str>, subject: Option<&str>) -> Request<Body> {
+    let mut req = Request::get("/ws").body(Body::empty()).unwrap();
+    if let Some(ip) = ip {
+        req.extensions_mut()
+            .insert(ClientIp(ip.parse::<IpAddr>().unwrap()));
+    }
+    if let Some(subject) = subject {
+        req.extensions_mut().insert(Principal::new(subject, None));
+    }
+    req
+}
+
+/// An inner service that answers 200 and hands the request's permit back in the response
+/// extensions, so a test can hold it like an upgraded socket would.
+async fn ok(mut req: Request<Body>) -> Result<Response, Infallible> {
+    let mut res = Response::new(Body::empty());
+    if let Some(permit) = req.extensions_mut().remove::<ConnectionPermit>() {
+        res.extensions_mut().insert(permit);
+    }
+    Ok(res)
+}
+
+fn header_str<'a>(res: &'a Response, name: &str) -> Option<&'a str> {
+    res.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[test]
+fn retry_after_rounds_up_to_at_least_one_second() {
+    struct Case {
+        name: &'static str,
+        wait: Duration,
+        want: u64,
+    }
+    let cases = [
+        Case {
+            name: "zero",
+            wait: Duration::ZERO,
+            want: 1,
+        },
+        Case {
+            name: "1ns",
+            wait: Duration::from_nanos(1),
+            want: 1,
+        },
+        Case {
+            name: "exact",
+            wait: Duration::from_secs(3),
+            want: 3,
+        },
+        Case {
+            name: "fraction",
+            wait: Duration::from_millis(3001),
+            want: 4,
+        },
+    ];
+    for case in cases {
+        assert_eq!(retry_after_secs(case.wait), case.want, "{}", case.name);
+    }
+}
+
+#[test]
+fn config_errors() {
+    assert_eq!(
+        RateLimitLayer::new().per_second(0).unwrap_err(),
+        ConfigError::Zero("per_second")
+    );
+    assert_eq!(
+        RateLimitLayer::new().per_second(u32::MAX).unwrap_err(),
+        ConfigError::RateTooHigh
+    );
+    assert!(RateLimitLayer::new().burst(0).is_err());
+    assert!(RateLimitLayer::new().per_minute(0).is_err());
+    assert!(AuthThrottleLayer::new().max_failures(0).is_err());
+    assert!(AuthThrottleLayer::new().window(Duration::ZERO).is_err());
+    assert!(AuthThrottleLayer::new().block_for(Duration::ZERO).is_err());
+    assert!(ConnectionQuotaLayer::new().per_ip(0).is_err());
+    assert!(ConnectionQuotaLayer::new().per_identity(0).is_err());
+    assert!(ConnectionQuotaLayer::new().global(0).is_err());
+}
+
+#[tokio::test]
+async fn rate_limit_by_key() {
+    struct Case {
+        name: &'static str,
+        key: KeyBy,
+        // (client ip, subject, expected status) in order, all at the same instant.
+        steps: &'static [(Option<&'static str>, Option<&'static str>, StatusCode)],
+    }
+    const OK: StatusCode = StatusCode::OK;
+    const LIMITED: StatusCode = StatusCode::TOO_MANY_REQUESTS;
+    let cases = [
+        Case {
+            name: "per ip: burst then limited, other ip unaffected",
+            key: KeyBy::ClientIp,
+            steps: &[
+                (Some("192.0.2.1"), None, OK),
+                (Some("192.0.2.1"), None, OK),
+                (Some("192.0.2.1"), None, LIMITED),
+                (Some("192.0.2.2"), None, OK),
+            ],
+        },
+        Case {
+            name: "per ip: an IPv6 /64 is one key",
+            key: KeyBy::ClientIp,
+            steps: &[
+                (Some("2001:db8:1:1::1"), None, OK),
+                (Some("2001:db8:1:1::2"), None, OK),
+                (Some("2001:db8:1:1:ffff::3"), None, LIMITED),
+                (Some("2001:db8:1:2::1"), None, OK),
+            ],
+        },
+        Case {
+            name: "per identity: one user across addresses",
+            key: KeyBy::Identity,
+            steps: &[
+                (Some("192.0.2.1"), Some("alice"), OK),
+                (Some("192.0.2.2"), Some("alice"), OK),
+                (Some("192.0.2.3"), Some("alice"), LIMITED),
+                (Some("192.0.2.3"), Some("bob"), OK),
+                // Anonymous requests fall back to the client address.
+                (Some("192.0.2.3"), None, OK),
+            ],
+        },
+        Case {
+            name: "global: everyone shares",
+            key: KeyBy::Global,
+            steps: &[
+                (Some("192.0.2.1"), None, OK),
+                (None, Some("bob"), OK),
+                (Some("192.0.2.9"), None, LIMITED),
+            ],
+        },
+        Case {
+            name: "missing ClientIp is a configuration error",
+            key: KeyBy::ClientIp,
+            steps: &[(None, Some("alice"), StatusCode::INTERNAL_SERVER_ERROR)],
+        },
+    ];
+    for case in cases {
+        let clock = FakeRelativeClock::default();
+        let layer = RateLimitLayer::new()
+            .per_second(1)
+            .and_then(|l| l.burst(2))
+            .unwrap()
+            .key(case.key)
+            .clock(clock.clone());
+        let svc = layer.layer(service_fn(ok));
+        for (i, (ip, subject, want)) in case.steps.iter().enumerate() {
+            let res = svc.clone().oneshot(request(*ip, *subject)).await.unwrap();
+            assert_eq!(res.status(), *want, "{} step {i}", case.name);
+            if *want == LIMITED {
+                assert_eq!(header_str(&res, "retry-after"), Some("1"), "{}", case.name);
+                assert!(matches!(
+                    res.extensions().get::<RateLimitError>(),
+                    Some(RateLimitError::TooManyHandshakes { limit: 2, .. })
+                ));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_replenishes_with_the_clock_and_sets_headers() {
+    let clock = FakeRelativeClock::default();
+    let svc = RateLimitLayer::new()
+        .per_minute(2)
+        .and_then(|l| l.burst(2))
+        .unwrap()
+        .rate_limit_headers(true)
+        .clock(clock.clone())
+        .layer(service_fn(ok));
+    let call = || svc.clone().oneshot(request(Some("192.0.2.1"), None));
+
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(header_str(&res, "x-ratelimit-limit"), Some("2"));
+    assert_eq!(header_str(&res, "x-ratelimit-remaining"), Some("1"));
+    let res = call().await.unwrap();
+    assert_eq!(header_str(&res, "x-ratelimit-remaining"), Some("0"));
+
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // One handshake every 30 s.
+    assert_eq!(header_str(&res, "retry-after"), Some("30"));
+    assert_eq!(header_str(&res, "x-ratelimit-after"), Some("30"));
+    assert_eq!(header_str(&res, "x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        header_str(&res, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+
+    clock.advance(Duration::from_millis(29_500));
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header_str(&res, "retry-after"), Some("1"));
+
+    clock.advance(Duration::from_millis(500));
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        call().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn custom_rejection_keeps_retry_after_and_error() {
+    let svc = RateLimitLayer::new()
+        .per_minute(1)
+        .unwrap()
+        .on_rejection(|err| {
+            let mut res = Response::new(Body::from(format!("custom: {}", err.cause())));
+            *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            res
+        })
+        .clock(FakeRelativeClock::default())
+        .layer(service_fn(ok));
+    let call = || svc.clone().oneshot(request(Some("192.0.2.1"), None));
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
+    let res = call().await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header_str(&res, "retry-after"), Some("60"));
+    assert!(res.extensions().get::<RateLimitError>().is_some());
+    let body = axum::body::to_bytes(res.into_body(), 100).await.unwrap();
+    assert_eq!(&body[..], b"custom: too_many_handshakes");
+}
+
+#[tokio::test]
+async fn idle_keys_are_pruned() {
+    const KEYS: u32 = 20_000;
+    let clock = FakeRelativeClock::default();
+    let layer = RateLimitLayer::new()
+        .per_second(10)
+        .unwrap()
+        .prune_every(0)
+        .clock(clock.clone());
+    let svc = layer.layer(service_fn(ok));
+    for i in 0..KEYS {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mut req = Request::get("/ws").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(ClientIp(ip));
+        assert_eq!(
+            svc.clone().oneshot(req).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(layer.tracked_keys(), KEYS as usize);
+
+    // Still inside the refill time of the burst: nothing is idle yet.
+    layer.prune();
+    assert_eq!(layer.tracked_keys(), KEYS as usize);
+
+    // One key stays active; the others have been idle longer than the burst takes to refill.
+    clock.advance(Duration::from_secs(2));
+    let res = svc
+        .clone()
+        .oneshot(request(Some("10.0.0.1"), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    layer.prune();
+    assert_eq!(layer.tracked_keys(), 1);
+}
+
+#[tokio::test]
+async fn pruning_runs_every_n_requests() {
+    let clock = FakeRelativeClock::default();
+    let layer = RateLimitLayer::new()
+        .per_second(10)
+        .unwrap()
+        .prune_every(100)
+        .clock(clock.clone());
+    let svc = layer.layer(service_fn(ok));
+    for i in 0..99u32 {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        let mut req = Request::get("/ws").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(ClientIp(ip));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(layer.tracked_keys(), 99);
+    clock.advance(Duration::from_secs(5));
+    // The 100th request triggers the prune before it is counted.
+    svc.clone()
+        .oneshot(request(Some("192.0.2.1"), None))
+        .await
+        .unwrap();
+    assert_eq!(layer.tracked_keys(), 1);
+}
+
+#[tokio::test]
+async fn spawned_pruner_prunes_and_stops_with_the_layer() {
+    tokio::time::pause();
+    let clock = FakeRelativeClock::default();
+    let layer = RateLimitLayer::new().prune_every(0).clock(clock.clone());
+    let svc = layer.clone().layer(service_fn(ok));
+    for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        svc.clone().oneshot(request(Some(ip), None)).await.unwrap();
+    }
+    assert_eq!(layer.tracked_keys(), 3);
+    let task = layer.spawn_pruner(Duration::from_secs(10));
+    clock.advance(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(layer.tracked_keys(), 0);
+    drop(svc);
+    drop(layer);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(task.is_finished());
+}
+
+fn auth_response(error: Option<AuthError>) -> Response {
+    let mut res = Response::new(Body::empty());
+    match error {
+        Some(e) => {
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res.extensions_mut().insert(e);
+        }
+        None => *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS,
+    }
+    res
+}
+
+/// Sends a request through `svc` and, if it reaches the mock, answers with `answer`.
+/// Returns the status and whether the inner service ran.
+async fn through_mock(
+    svc: &AuthThrottle<mock::Mock<Request<Body>, Response>, FakeRelativeClock>,
+    handle: &mut mock::Handle<Request<Body>, Response>,
+    ip: &str,
+    answer: Option<AuthError>,
+) -> (StatusCode, bool) {
+    let mut call = Box::pin(svc.clone().oneshot(request(Some(ip), None)));
+    // A rejected request completes without reaching the mock.
+    if let Some(res) = (&mut call).now_or_never() {
+        assert!(handle.next_request().now_or_never().is_none());
+        return (res.unwrap().status(), false);
+    }
+    let (_req, send) = handle
+        .next_request()
+        .await
+        .expect("request reached the mock");
+    send.send_response(auth_response(answer));
+    (call.await.unwrap().status(), true)
+}
+
+#[tokio::test]
+async fn brute_force_throttle_locks_out_before_auth_runs() {
+    let clock = FakeRelativeClock::default();
+    let layer = AuthThrottleLayer::new()
+        .max_failures(3)
+        .and_then(|l| l.window(Duration::from_secs(60)))
+        .and_then(|l| l.block_for(Duration::from_secs(120)))
+        .unwrap()
+        .clock(clock.clone());
+    let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+    let svc = layer.layer(mock);
+    let bad = Some(AuthError::Invalid);
+    const A: &str = "192.0.2.1";
+
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, bad.clone()).await,
+        (StatusCode::UNAUTHORIZED, true)
+    );
+    // Successes are passed through and not counted.
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, None).await,
+        (StatusCode::SWITCHING_PROTOCOLS, true)
+    );
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, Some(AuthError::Missing)).await,
+        (StatusCode::UNAUTHORIZED, true)
+    );
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, Some(AuthError::Expired)).await,
+        (StatusCode::UNAUTHORIZED, true)
+    );
+    // Third failure: locked out; the authenticator no longer runs.
+    let mut call = Box::pin(svc.clone().oneshot(request(Some(A), None)));
+    let res = (&mut call)
+        .now_or_never()
+        .expect("rejected without the inner service")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header_str(&res, "retry-after"), Some("120"));
+    assert!(matches!(
+        res.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::TooManyFailedAuth { limit: 3, .. })
+    ));
+    assert!(handle.next_request().now_or_never().is_none());
+
+    // Another client is unaffected.
+    assert_eq!(
+        through_mock(&svc, &mut handle, "192.0.2.2", None).await,
+        (StatusCode::SWITCHING_PROTOCOLS, true)
+    );
+
+    clock.advance(Duration::from_secs(119));
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, None).await,
+        (StatusCode::TOO_MANY_REQUESTS, false)
+    );
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, None).await,
+        (StatusCode::SWITCHING_PROTOCOLS, true)
+    );
+}
+
+#[tokio::test]
+async fn brute_force_window_expires_and_counters_are_pruned() {
+    let clock = FakeRelativeClock::default();
+    let layer = AuthThrottleLayer::new()
+        .max_failures(2)
+        .and_then(|l| l.window(Duration::from_secs(10)))
+        .unwrap()
+        .prune_every(0)
+        .clock(clock.clone());
+    let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+    let svc = layer.layer(mock);
+    let bad = || Some(AuthError::Invalid);
+
+    // Two failures 11 s apart fall in different windows: no lock-out.
+    through_mock(&svc, &mut handle, "192.0.2.1", bad()).await;
+    clock.advance(Duration::from_secs(11));
+    through_mock(&svc, &mut handle, "192.0.2.1", bad()).await;
+    assert_eq!(
+        through_mock(&svc, &mut handle, "192.0.2.1", None).await,
+        (StatusCode::SWITCHING_PROTOCOLS, true)
+    );
+    for i in 0..50u8 {
+        let ip = format!("198.51.100.{i}");
+        through_mock(&svc, &mut handle, &ip, bad()).await;
+    }
+    assert_eq!(layer.tracked_keys(), 51);
+    clock.advance(Duration::from_secs(10));
+    layer.prune();
+    assert_eq!(layer.tracked_keys(), 0);
+}
+
+#[tokio::test]
+async fn throttle_without_client_ip_is_a_configuration_error() {
+    let svc = AuthThrottleLayer::new().layer(service_fn(ok));
+    let res = svc.oneshot(request(None, None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        res.extensions().get::<RateLimitError>(),
+        Some(&RateLimitError::MissingClientIp)
+    );
+    assert!(!res.headers().contains_key(header::RETRY_AFTER));
+}
+
+async fn open<S>(svc: &S, ip: Option<&str>, subject: Option<&str>) -> Response
+where
+    S: tower::Service<Request<Body>, Response = Response, Error = Infallible> + Clone,
+{
+    svc.clone().oneshot(request(ip, subject)).await.unwrap()
+}
+
+#[tokio::test]
+async fn quotas_per_ip_identity_and_global() {
+    let layer = ConnectionQuotaLayer::new()
+        .per_ip(2)
+        .and_then(|l| l.per_identity(2))
+        .and_then(|l| l.global(4))
+        .unwrap()
+        .retry_after(Duration::from_millis(2500));
+    let svc = layer.layer(service_fn(ok));
+    let mut held: Vec<ConnectionPermit> = Vec::new();
+    fn take(held: &mut Vec<ConnectionPermit>, res: Response) {
+        assert_eq!(res.status(), StatusCode::OK);
+        let permit = res
+            .extensions()
+            .get::<ConnectionPermit>()
+            .cloned()
+            .expect("a permit");
+        assert_eq!(permit.slots(), 1);
+        held.push(permit);
+    }
+
+    take(&mut held, open(&svc, Some("192.0.2.1"), None).await);
+    take(
+        &mut held,
+        open(&svc, Some("2001:db8::1"), Some("alice")).await,
+    );
+    // Same /64, same key.
+    take(&mut held, open(&svc, Some("2001:db8::2"), None).await);
+    let res = open(&svc, Some("2001:db8::3"), None).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header_str(&res, "retry-after"), Some("3"));
+    assert!(matches!(
+        res.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::ClientIpQuota { limit: 2, .. })
+    ));
+    take(
+        &mut held,
+        open(&svc, Some("192.0.2.2"), Some("alice")).await,
+    );
+    let res = open(&svc, Some("192.0.2.3"), Some("alice")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(matches!(
+        res.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::IdentityQuota { limit: 2, .. })
+    ));
+    assert_eq!(layer.active(), 4);
+    let res = open(&svc, Some("192.0.2.5"), Some("carol")).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    assert!(matches!(
+        res.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::GlobalQuota { limit: 4, .. })
+    ));
+    // Rejections hold nothing.
+    assert_eq!(layer.active(), 4);
+    assert_eq!(layer.active_for_identity("carol"), 0);
+    assert_eq!(layer.active_for_ip("2001:db8::ffff".parse().unwrap()), 2);
+    assert_eq!(layer.active_for_identity("alice"), 2);
+
+    // A slot comes back only when the last clone of the permit drops.
+    let clone = held[0].clone();
+    held.remove(0);
+    assert_eq!(layer.active(), 4);
+    drop(clone);
+    assert_eq!(layer.active(), 3);
+    take(
+        &mut held,
+        open(&svc, Some("192.0.2.5"), Some("carol")).await,
+    );
+
+    held.clear();
+    assert_eq!(layer.active(), 0);
+    assert_eq!(layer.tracked_keys(), 0, "empty keys are removed");
+}
+
+#[tokio::test]
+async fn quota_merges_into_an_existing_permit_and_needs_client_ip_for_per_ip() {
+    let outer = ConnectionQuotaLayer::new().global(10).unwrap();
+    let inner = ConnectionQuotaLayer::new().per_ip(1).unwrap();
+    let svc = outer.layer(inner.layer(service_fn(ok)));
+    let res = svc
+        .clone()
+        .oneshot(request(Some("192.0.2.1"), None))
+        .await
+        .unwrap();
+    let permit = res.extensions().get::<ConnectionPermit>().cloned().unwrap();
+    assert_eq!(permit.slots(), 2);
+    drop(res);
+    assert_eq!((outer.active(), inner.active()), (1, 1));
+    drop(permit);
+    assert_eq!((outer.active(), inner.active()), (0, 0));
+
+    let res = svc.clone().oneshot(request(None, None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        outer.active(),
+        0,
+        "the outer slot is released with the request"
+    );
+
+    // Without a per-IP cap, ClientIp is not needed; without a principal nothing is counted per
+    // identity.
+    let quota = ConnectionQuotaLayer::new().per_identity(1).unwrap();
+    let svc = quota.layer(service_fn(ok));
+    let a = svc.clone().oneshot(request(None, None)).await.unwrap();
+    let b = svc.clone().oneshot(request(None, None)).await.unwrap();
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(quota.tracked_keys(), 0);
+}
