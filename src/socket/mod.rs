@@ -1,1 +1,161 @@
-//! Limits enforced on the live, upgraded socket.
+//! Limits enforced on the live, upgraded socket: size, rate, idle, heartbeat, credential
+//! expiry, lifetime and send backpressure.
+//!
+//! The handshake layers only guard the door. Once upgraded, a client could send a 64 MiB
+//! message (axum's default limit), thousands of messages a second, or stop reading while the
+//! server buffers pushes without bound, and a credential could expire while the socket lives
+//! on for hours. A tower layer cannot wrap axum's upgraded connection, so the policy travels
+//! as a request extension:
+//!
+//! 1. [`SocketPolicyLayer`] puts a [`SocketPolicy`] into the request extensions;
+//! 2. the [`GuardedUpgrade`] extractor (wrapping axum's `WebSocketUpgrade`) applies the size
+//!    and buffer limits to the upgrade, takes the quota [`ConnectionPermit`] and reads the
+//!    [`Principal`] and [`ClientIp`];
+//! 3. the [`GuardedSocket`] handed to the handler (a `Stream` + `Sink` of axum `Message`s)
+//!    enforces the rest, and holds the permit until the socket ends.
+//!
+//! Handlers keep the axum feel: `async fn ws(up: GuardedUpgrade) -> Response {
+//! up.on_upgrade(handle) }`. A route that needs no limits can keep using axum's plain
+//! `WebSocketUpgrade` under the layer.
+//!
+//! # Example
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! use axum::{Router, body::Body, response::Response, routing::{any, post}};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_http::limit::RequestBodyLimitLayer;
+//! use wsguard::socket::{GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer};
+//!
+//! async fn ws(up: GuardedUpgrade) -> Response {
+//!     up.on_upgrade(echo)
+//! }
+//!
+//! async fn echo(mut socket: GuardedSocket) {
+//!     while let Some(Ok(msg)) = socket.recv().await {
+//!         if socket.send(msg).await.is_err() {
+//!             break;
+//!         }
+//!     }
+//! }
+//!
+//! let policy = SocketPolicyLayer::new()
+//!     .max_message_size(16 * 1024)?
+//!     .message_rate(RateLimit::per_second(20)?.with_burst(40)?)
+//!     .idle_timeout(Duration::from_secs(300))?
+//!     .heartbeat(Duration::from_secs(20), Duration::from_secs(10))?
+//!     .send_queue(128, 512 * 1024)?
+//!     .slow_consumer(SlowConsumer::DropOldest);
+//!
+//! let app = Router::new()
+//!     .route("/ws", any(ws))
+//!     .layer(policy)
+//!     // Other routes take HTTP bodies: tower-http limits those (413).
+//!     .merge(
+//!         Router::new()
+//!             .route("/upload", post(|body: String| async move { body.len().to_string() }))
+//!             .layer(RequestBodyLimitLayer::new(1024)),
+//!     );
+//!
+//! // A WebSocket handshake passes the layer; `oneshot` cannot upgrade, so axum answers 426.
+//! let handshake = Request::get("/ws")
+//!     .header("connection", "upgrade")
+//!     .header("upgrade", "websocket")
+//!     .header("sec-websocket-version", "13")
+//!     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+//!     .body(Body::empty())?;
+//! let response = app.clone().oneshot(handshake).await?;
+//! assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+//!
+//! // A body over the limit on the HTTP route is refused with 413.
+//! let upload = Request::post("/upload").body(Body::from(vec![b'x'; 2048]))?;
+//! let response = app.oneshot(upload).await?;
+//! assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+//! # Ok(())
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+//! # }
+//! ```
+//!
+//! # Limits and defaults
+//!
+//! | Limit | Default | On violation |
+//! |---|---|---|
+//! | message / frame size | 64 KiB / 64 KiB | close `1009` |
+//! | read / write buffer | 4 KiB / 4 KiB (tungstenite: 128 KiB each) | — |
+//! | messages per socket | 50/s, burst 100 | drop and count, or close `1008` |
+//! | bytes per socket | 512 KiB/s, burst 1 MiB | same |
+//! | messages per identity (all its sockets) | 200/s, burst 400 | same |
+//! | bytes per identity | 2 MiB/s, burst 4 MiB | same |
+//! | escalation | close `1008` after 20 dropped messages | — |
+//! | idle (no text or binary message) | off | close `1001` |
+//! | heartbeat | ping every 30 s, pong within 15 s | close `1001` |
+//! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
+//! | max lifetime | off; jitter a tenth of it | close `1001` |
+//! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
+//! | receive queue | 16 messages, then TCP backpressure | — |
+//!
+//! The message and byte limits count every frame the peer sends (pongs answering the
+//! heartbeat excepted), so a ping flood is limited like a message flood.
+//!
+//! **Credential refresh**: when the application accepts a fresh credential in-band (say a
+//! `{"type":"refresh","token":..}` message it verified itself), it calls
+//! [`GuardedSocket::refresh_credential`] with the new [`Principal`]; the socket's expiry
+//! moves to the new one. The subject must not change.
+//!
+//! **Backpressure**: sending never waits. Messages go into the socket's bounded send queue
+//! and a driver writes them as fast as the peer reads; when the queue is full the
+//! [`SlowConsumer`] policy decides. With [`SlowConsumer::Conflate`],
+//! [`GuardedSocket::send_keyed`] (or [`Sender::send_keyed`] from another task) keeps only the
+//! latest queued message per key, such as the latest price per symbol. On the receiving side
+//! the driver stops reading when the application has 16 messages waiting, so TCP pushes back
+//! on the peer. Either way a peer cannot grow server memory without bound.
+//!
+//! # Events
+//!
+//! Each enforcement emits one `tracing` event with the fields `cause` (see
+//! [`CloseCause::as_str`]), `client_ip`, `identity`, `limit` and `close_code`, and never
+//! message contents:
+//! - `wsguard.socket.closed` (info) when the policy closes a socket;
+//! - `wsguard.socket.dropped` (warn) when rate-limited received messages or slow-consumer
+//!   queued messages are dropped, on the 1st, 2nd, 4th, 8th… drop of a socket (with a
+//!   `dropped` count), so a flood does not flood the logs.
+//!
+//! # Deployment
+//!
+//! Proxies in front of the server must pass WebSocket upgrades and usually have their own
+//! idle timeout (nginx's `proxy_read_timeout`, 60 s by default): keep the heartbeat interval
+//! below it. The identity and client address come from the auth and client-IP layers, which
+//! must run before this one.
+//!
+//! [`ConnectionPermit`]: crate::rate_limit::ConnectionPermit
+//! [`Principal`]: crate::auth::Principal
+//! [`Principal::expires_at`]: crate::auth::Principal::expires_at
+//! [`ClientIp`]: crate::client_ip::ClientIp
+
+mod driver;
+mod error;
+mod guarded;
+mod layer;
+mod policy;
+mod queue;
+mod rate;
+mod service;
+mod upgrade;
+
+pub use self::{
+    error::{
+        CloseCause, ConfigError, RateAction, RateScope, RefreshError, SendError, SlowConsumer,
+        SocketStats,
+    },
+    guarded::{GuardedSocket, Sender},
+    layer::SocketPolicyLayer,
+    policy::SocketPolicy,
+    rate::RateLimit,
+    service::SocketPolicyService,
+    upgrade::GuardedUpgrade,
+};
