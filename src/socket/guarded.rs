@@ -124,6 +124,7 @@ impl Shared {
                 }
                 Pushed::Overflow => {
                     state.send_closed = true;
+                    state.cause = Some(CloseCause::SlowConsumer);
                     state.close_request = Some(CloseCause::SlowConsumer);
                     let waker = state.driver_waker.take();
                     drop(state);

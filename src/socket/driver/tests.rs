@@ -247,7 +247,7 @@ async fn credential_expiry_closes_with_1008_and_refresh_extends_it() {
     assert!(socket.recv().await.is_none());
     assert_eq!(socket.close_cause(), Some(CloseCause::CredentialExpired));
 
-    let (mut socket, mut peer) = setup(quiet(), Some(Principal::new("bob", Some(expires))));
+    let (mut socket, peer) = setup(quiet(), Some(Principal::new("bob", Some(expires))));
     tokio::time::sleep(Duration::from_secs(50)).await;
     let later = SystemTime::now() + Duration::from_secs(3600);
     socket
@@ -358,6 +358,14 @@ async fn rate_limit_actions() {
     }
 }
 
+async fn count(s: &mut GuardedSocket) -> usize {
+    let mut n = 0;
+    while let Some(Ok(m)) = s.recv().await {
+        n += usize::from(matches!(m, Message::Text(_)));
+    }
+    n
+}
+
 #[tokio::test(start_paused = true)]
 async fn identity_rate_spans_sockets() {
     let layer = quiet()
@@ -365,28 +373,19 @@ async fn identity_rate_spans_sockets() {
         .escalate_after(None)
         .unwrap();
     let principal = || Some(Principal::new("carol", None));
-    let (mut a, pa) = setup(layer.clone(), principal());
-    let (mut b, pb) = setup(layer.clone(), principal());
-    let (mut c, pc) = setup(layer.clone(), Some(Principal::new("dave", None)));
+    let (mut a, mut pa) = setup(layer.clone(), principal());
+    let (mut b, mut pb) = setup(layer.clone(), principal());
+    let (mut c, mut pc) = setup(layer.clone(), Some(Principal::new("dave", None)));
     assert_eq!(layer.policy().tracked_identities(), 2);
     for i in 0..3 {
         pa.text(&format!("a{i}"));
         pb.text(&format!("b{i}"));
         pc.text(&format!("c{i}"));
     }
-    for p in [&pa, &pb, &pc] {
+    for p in [&mut pa, &mut pb, &mut pc] {
         p.send(Message::Close(None));
+        p.send = None;
     }
-    let count = |s: &mut GuardedSocket| {
-        let s = &mut *s;
-        async move {
-            let mut n = 0;
-            while let Some(Ok(m)) = s.recv().await {
-                n += usize::from(matches!(m, Message::Text(_)));
-            }
-            n
-        }
-    };
     let carol = count(&mut a).await + count(&mut b).await;
     assert_eq!(carol, 4, "carol's two sockets share one budget of 4");
     assert_eq!(count(&mut c).await, 3, "dave has his own budget");
@@ -501,7 +500,7 @@ async fn slow_consumer_policies() {
     assert!(seen.len() <= 6, "{seen:?}");
 
     // Conflate: the latest value per key arrives.
-    let (socket, mut peer) = setup(
+    let (socket, peer) = setup(
         quiet()
             .send_queue(4, 1 << 20)
             .unwrap()
