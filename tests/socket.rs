@@ -173,9 +173,15 @@ async fn flood_is_dropped_and_counted() {
         client.feed(Message::text(format!("m{i}"))).await.unwrap();
     }
     client.flush().await.unwrap();
-    client.close(None).await.unwrap();
-    let (seen, _) = until_close(&mut client).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let msg = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+        seen.push(msg.into_text().unwrap().as_str().to_owned());
+    }
     assert_eq!(seen, ["m0", "m1", "m2", "m3", "m4"]);
+    client.close(None).await.unwrap();
+    let (late, _) = until_close(&mut client).await;
+    assert_eq!(late, Vec::<String>::new(), "nothing beyond the burst got through");
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, None, "the socket stayed open");
     assert_eq!(end.stats.dropped_incoming, 45);
@@ -245,12 +251,27 @@ async fn identity_rate_spans_sockets() {
         a.send(Message::text(format!("a{i}"))).await.unwrap();
         b.send(Message::text(format!("b{i}"))).await.unwrap();
     }
+    // Four of the six share the identity's budget; read them from whichever socket.
+    let mut echoed = 0;
+    while echoed < 4 {
+        let msg = timeout(LIMIT, async {
+            tokio::select! {
+                m = a.next() => m,
+                m = b.next() => m,
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(msg, Some(Ok(Message::Text(_)))), "{msg:?}");
+        echoed += 1;
+    }
     a.close(None).await.unwrap();
     b.close(None).await.unwrap();
-    let (seen_a, _) = until_close(&mut a).await;
-    let (seen_b, _) = until_close(&mut b).await;
-    assert_eq!(seen_a.len() + seen_b.len(), 4, "{seen_a:?} {seen_b:?}");
-    let dropped = ended(&mut rx).await.stats.dropped_incoming + ended(&mut rx).await.stats.dropped_incoming;
+    let (late_a, _) = until_close(&mut a).await;
+    let (late_b, _) = until_close(&mut b).await;
+    assert!(late_a.is_empty() && late_b.is_empty(), "{late_a:?} {late_b:?}");
+    let dropped = ended(&mut rx).await.stats.dropped_incoming
+        + ended(&mut rx).await.stats.dropped_incoming;
     assert_eq!(dropped, 2);
 }
 
@@ -559,9 +580,20 @@ async fn non_websocket_requests_pass_and_bodies_are_limited_elsewhere() {
         );
     let cases = [
         Case {
-            name: "plain GET is not an upgrade",
-            request: http::Request::get("/ws").body(Body::empty()).unwrap(),
+            name: "a handshake passes the layer (oneshot cannot upgrade)",
+            request: http::Request::get("/ws")
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .body(Body::empty())
+                .unwrap(),
             status: StatusCode::UPGRADE_REQUIRED,
+        },
+        Case {
+            name: "a plain GET is refused by axum's extractor",
+            request: http::Request::get("/ws").body(Body::empty()).unwrap(),
+            status: StatusCode::BAD_REQUEST,
         },
         Case {
             name: "body within the limit",
