@@ -88,7 +88,9 @@ async fn until_close(client: &mut Client) -> (Vec<String>, Option<u16>) {
         }
         None
     };
-    let code = timeout(LIMIT, read).await.expect("the server closed in time");
+    let code = timeout(LIMIT, read)
+        .await
+        .expect("the server closed in time");
     (seen, code)
 }
 
@@ -110,7 +112,8 @@ fn echo_app(layer: SocketPolicyLayer) -> (Router, mpsc::UnboundedReceiver<Ended>
                 async move {
                     up.on_upgrade(move |mut socket: GuardedSocket| async move {
                         while let Some(Ok(msg)) = socket.recv().await {
-                            if matches!(msg, AxMessage::Text(_)) && socket.send(msg).await.is_err() {
+                            if matches!(msg, AxMessage::Text(_)) && socket.send(msg).await.is_err()
+                            {
                                 break;
                             }
                         }
@@ -175,13 +178,21 @@ async fn flood_is_dropped_and_counted() {
     client.flush().await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..5 {
-        let msg = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+        let msg = timeout(LIMIT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push(msg.into_text().unwrap().as_str().to_owned());
     }
     assert_eq!(seen, ["m0", "m1", "m2", "m3", "m4"]);
     client.close(None).await.unwrap();
     let (late, _) = until_close(&mut client).await;
-    assert_eq!(late, Vec::<String>::new(), "nothing beyond the burst got through");
+    assert_eq!(
+        late,
+        Vec::<String>::new(),
+        "nothing beyond the burst got through"
+    );
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, None, "the socket stayed open");
     assert_eq!(end.stats.dropped_incoming, 45);
@@ -197,7 +208,9 @@ async fn flood_is_closed_with_1008() {
     let cases = [
         Case {
             name: "close at once",
-            layer: quiet().message_rate(rate()).on_rate_exceeded(RateAction::Close),
+            layer: quiet()
+                .message_rate(rate())
+                .on_rate_exceeded(RateAction::Close),
         },
         Case {
             name: "escalate after three drops",
@@ -217,7 +230,11 @@ async fn flood_is_closed_with_1008() {
         let mut client = connect(serve(app).await).await;
         for i in 0..50 {
             // The server may close while we are still sending.
-            if client.feed(Message::text(format!("{i:0>100}"))).await.is_err() {
+            if client
+                .feed(Message::text(format!("{i:0>100}")))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -240,10 +257,12 @@ async fn identity_rate_spans_sockets() {
         .escalate_after(None)
         .unwrap();
     let (app, mut rx) = echo_app(layer);
-    let app = app.layer(middleware::from_fn(|mut req: Request, next: Next| async move {
-        req.extensions_mut().insert(Principal::new("erin", None));
-        next.run(req).await
-    }));
+    let app = app.layer(middleware::from_fn(
+        |mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(Principal::new("erin", None));
+            next.run(req).await
+        },
+    ));
     let addr = serve(app).await;
     let mut a = connect(addr).await;
     let mut b = connect(addr).await;
@@ -269,9 +288,12 @@ async fn identity_rate_spans_sockets() {
     b.close(None).await.unwrap();
     let (late_a, _) = until_close(&mut a).await;
     let (late_b, _) = until_close(&mut b).await;
-    assert!(late_a.is_empty() && late_b.is_empty(), "{late_a:?} {late_b:?}");
-    let dropped = ended(&mut rx).await.stats.dropped_incoming
-        + ended(&mut rx).await.stats.dropped_incoming;
+    assert!(
+        late_a.is_empty() && late_b.is_empty(),
+        "{late_a:?} {late_b:?}"
+    );
+    let dropped =
+        ended(&mut rx).await.stats.dropped_incoming + ended(&mut rx).await.stats.dropped_incoming;
     assert_eq!(dropped, 2);
 }
 
@@ -293,7 +315,10 @@ async fn unanswered_pings_close_the_socket() {
     );
     // The client never polls, so tungstenite never answers the pings.
     let mut client = connect(serve(app).await).await;
-    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::HeartbeatTimeout));
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::HeartbeatTimeout)
+    );
     let (_, code) = until_close(&mut client).await;
     assert_eq!(code, Some(1001));
 }
@@ -322,12 +347,16 @@ async fn answered_pings_keep_the_socket_open() {
 }
 
 fn with_principal(app: Router, expires_in: Duration) -> Router {
-    app.layer(middleware::from_fn(move |mut req: Request, next: Next| async move {
-        req.extensions_mut()
-            .insert(Principal::new("frank", Some(SystemTime::now() + expires_in)));
-        req.extensions_mut().insert(ClientIp([127, 0, 0, 1].into()));
-        next.run(req).await
-    }))
+    app.layer(middleware::from_fn(
+        move |mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(Principal::new(
+                "frank",
+                Some(SystemTime::now() + expires_in),
+            ));
+            req.extensions_mut().insert(ClientIp([127, 0, 0, 1].into()));
+            next.run(req).await
+        },
+    ))
 }
 
 #[tokio::test]
@@ -337,7 +366,10 @@ async fn expired_credential_gets_1008() {
     let mut client = connect(serve(app).await).await;
     let (_, code) = until_close(&mut client).await;
     assert_eq!(code, Some(1008));
-    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::CredentialExpired));
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::CredentialExpired)
+    );
 }
 
 #[tokio::test]
@@ -375,7 +407,11 @@ async fn in_band_refresh_extends_the_credential() {
     let app = with_principal(app, Duration::from_millis(100));
     let mut client = connect(serve(app).await).await;
     client.send(Message::text("refresh")).await.unwrap();
-    let msg = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(msg, Message::text("frank Some(127.0.0.1)"));
     client.close(None).await.unwrap();
     let (_, code) = until_close(&mut client).await;
@@ -463,7 +499,10 @@ async fn slow_consumer_drops_oldest() {
     let (seen, code) = until_close(&mut client).await;
     assert_eq!(code, Some(1000));
     assert_eq!(seen.len() as u64 + end.stats.dropped_outgoing, 3000);
-    assert!(seen.last().unwrap().ends_with("2999"), "the newest message arrives");
+    assert!(
+        seen.last().unwrap().ends_with("2999"),
+        "the newest message arrives"
+    );
 }
 
 #[tokio::test]
@@ -503,7 +542,11 @@ async fn connection_permit_is_held_until_the_socket_ends() {
     }));
     let mut client = connect(serve(app).await).await;
     client.send(Message::text("ping")).await.unwrap();
-    let echo = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo, Message::text("ping"));
     assert!(
         !released.load(Ordering::SeqCst),
@@ -518,7 +561,10 @@ async fn connection_permit_is_held_until_the_socket_ends() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(released.load(Ordering::SeqCst), "the slot is released with the socket");
+    assert!(
+        released.load(Ordering::SeqCst),
+        "the slot is released with the socket"
+    );
 }
 
 #[tokio::test]
@@ -539,7 +585,11 @@ async fn plain_axum_upgrade_still_works_under_the_layer() {
         .layer(SocketPolicyLayer::new());
     let mut client = connect(serve(app).await).await;
     client.send(Message::text("plain")).await.unwrap();
-    let echo = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo, Message::text("plain"));
 }
 
@@ -556,9 +606,16 @@ async fn guarded_upgrade_without_the_layer_uses_defaults() {
         }),
     );
     let mut client = connect(serve(app).await).await;
-    let msg = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(msg, Message::text("65536"));
-    client.send(Message::binary(vec![0u8; 70_000])).await.unwrap();
+    client
+        .send(Message::binary(vec![0u8; 70_000]))
+        .await
+        .unwrap();
     let (_, code) = until_close(&mut client).await;
     assert_eq!(code, Some(1009), "the default 64 KiB limit applies");
 }
@@ -571,11 +628,17 @@ async fn non_websocket_requests_pass_and_bodies_are_limited_elsewhere() {
         status: StatusCode,
     }
     let app = Router::new()
-        .route("/ws", any(|up: GuardedUpgrade| async move { up.on_upgrade(|_| async {}) }))
+        .route(
+            "/ws",
+            any(|up: GuardedUpgrade| async move { up.on_upgrade(|_| async {}) }),
+        )
         .layer(SocketPolicyLayer::new())
         .merge(
             Router::new()
-                .route("/upload", post(|body: String| async move { body.len().to_string() }))
+                .route(
+                    "/upload",
+                    post(|body: String| async move { body.len().to_string() }),
+                )
                 .layer(RequestBodyLimitLayer::new(1024)),
         );
     let cases = [
@@ -597,7 +660,9 @@ async fn non_websocket_requests_pass_and_bodies_are_limited_elsewhere() {
         },
         Case {
             name: "body within the limit",
-            request: http::Request::post("/upload").body(Body::from("hello")).unwrap(),
+            request: http::Request::post("/upload")
+                .body(Body::from("hello"))
+                .unwrap(),
             status: StatusCode::OK,
         },
         Case {

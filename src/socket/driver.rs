@@ -189,17 +189,19 @@ where
             state.inbound.clear();
             if self.phase == Phase::Open && !state.send_closed {
                 state.send_closed = true;
-                state.outbound.push_unbounded(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "".into(),
-                })));
+                state
+                    .outbound
+                    .push_unbounded(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    })));
             }
         }
         drop(state);
-        if let Some(cause) = close {
-            if self.phase == Phase::Open {
-                self.begin_close(cause, now);
-            }
+        if let Some(cause) = close
+            && self.phase == Phase::Open
+        {
+            self.begin_close(cause, now);
         }
     }
 
@@ -219,17 +221,16 @@ where
                 return Some(CloseCause::Idle);
             }
         }
-        if self.pong_due.is_none() && self.next_ping.is_some_and(|t| t <= now) {
-            if let Some(interval) = self.cfg().ping_interval {
-                self.ping_seq = self.ping_seq.wrapping_add(1);
-                self.pending = Some(Message::Ping(
-                    self.ping_seq.to_be_bytes().to_vec().into(),
-                ));
-                // The deadline runs from when the ping is due, not written: a peer that
-                // stops reading cannot postpone it by blocking the write.
-                self.pong_due = now.checked_add(self.cfg().pong_timeout);
-                self.next_ping = now.checked_add(interval);
-            }
+        if self.pong_due.is_none()
+            && self.next_ping.is_some_and(|t| t <= now)
+            && let Some(interval) = self.cfg().ping_interval
+        {
+            self.ping_seq = self.ping_seq.wrapping_add(1);
+            self.pending = Some(Message::Ping(self.ping_seq.to_be_bytes().to_vec().into()));
+            // The deadline runs from when the ping is due, not written: a peer that
+            // stops reading cannot postpone it by blocking the write.
+            self.pong_due = now.checked_add(self.cfg().pong_timeout);
+            self.next_ping = now.checked_add(interval);
         }
         None
     }
@@ -435,41 +436,41 @@ where
             }
             _ => {}
         }
-        if self.rate.is_active() {
-            if let Err(scope) = self.rate.check(message_len(&msg) as u64, now) {
-                let cause = CloseCause::RateLimited(scope);
-                self.violations = self.violations.saturating_add(1);
-                let escalate = self
-                    .cfg()
-                    .escalate_after
-                    .is_some_and(|n| self.violations >= n);
-                if self.cfg().rate_action == RateAction::Close || escalate {
-                    self.begin_close(cause, now);
-                } else {
-                    let mut state = self.shared.lock();
-                    state.stats.dropped_incoming += 1;
-                    let dropped = state.stats.dropped_incoming;
-                    drop(state);
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(
-                            name: "wsguard.socket.dropped",
-                            target: "wsguard::socket",
-                            cause = cause.as_str(),
-                            client_ip = self.shared.info.ip_field(),
-                            identity = self.shared.info.identity_field(),
-                            limit = %cause.limit(self.cfg()),
-                            dropped,
-                            "dropped messages over the socket's rate limit"
-                        );
-                    }
+        if self.rate.is_active()
+            && let Err(scope) = self.rate.check(message_len(&msg) as u64, now)
+        {
+            let cause = CloseCause::RateLimited(scope);
+            self.violations = self.violations.saturating_add(1);
+            let escalate = self
+                .cfg()
+                .escalate_after
+                .is_some_and(|n| self.violations >= n);
+            if self.cfg().rate_action == RateAction::Close || escalate {
+                self.begin_close(cause, now);
+            } else {
+                let mut state = self.shared.lock();
+                state.stats.dropped_incoming += 1;
+                let dropped = state.stats.dropped_incoming;
+                drop(state);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        name: "wsguard.socket.dropped",
+                        target: "wsguard::socket",
+                        cause = cause.as_str(),
+                        client_ip = self.shared.info.ip_field(),
+                        identity = self.shared.info.identity_field(),
+                        limit = %cause.limit(self.cfg()),
+                        dropped,
+                        "dropped messages over the socket's rate limit"
+                    );
                 }
-                return;
             }
+            return;
         }
-        if matches!(msg, Message::Text(_) | Message::Binary(_)) {
-            if let Some(idle) = self.cfg().idle_timeout {
-                self.idle_at = now.checked_add(idle);
-            }
+        if matches!(msg, Message::Text(_) | Message::Binary(_))
+            && let Some(idle) = self.cfg().idle_timeout
+        {
+            self.idle_at = now.checked_add(idle);
         }
         self.deliver(Ok(msg));
     }

@@ -136,7 +136,10 @@ impl SocketPolicyLayer {
 
     /// Close with `1008` once a socket has had this many messages dropped by rate limits.
     /// Default 20; `None` never escalates. Fails on `Some(0)`.
-    pub fn escalate_after(mut self, violations: impl Into<Option<u32>>) -> Result<Self, ConfigError> {
+    pub fn escalate_after(
+        mut self,
+        violations: impl Into<Option<u32>>,
+    ) -> Result<Self, ConfigError> {
         let violations = violations.into();
         if violations == Some(0) {
             return Err(ConfigError::Zero {
@@ -150,7 +153,10 @@ impl SocketPolicyLayer {
     /// Close with `1001` when no text or binary message arrived for this long (pings and
     /// pongs do not count: the heartbeat covers liveness). Default `None`: push-only feeds
     /// are common and the heartbeat already closes dead peers. Fails on zero.
-    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Result<Self, ConfigError> {
+    pub fn idle_timeout(
+        mut self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Self, ConfigError> {
         self.config.idle_timeout = timeout
             .into()
             .map(|d| non_zero_duration(d, "idle timeout"))
@@ -175,7 +181,10 @@ impl SocketPolicyLayer {
     /// Close with `1001` after at most this long, minus a random jitter (see
     /// [`lifetime_jitter`](Self::lifetime_jitter)) so a fleet's clients do not reconnect
     /// at once. Default `None`. Fails on zero.
-    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Result<Self, ConfigError> {
+    pub fn max_lifetime(
+        mut self,
+        lifetime: impl Into<Option<Duration>>,
+    ) -> Result<Self, ConfigError> {
         self.config.max_lifetime = lifetime
             .into()
             .map(|d| non_zero_duration(d, "max lifetime"))

@@ -89,17 +89,16 @@ impl OutQueue {
     /// matters under [`SlowConsumer::Conflate`].
     pub(crate) fn push(&mut self, key: Option<Arc<str>>, msg: Message) -> Pushed {
         let len = message_len(&msg);
-        if self.policy == SlowConsumer::Conflate {
-            if let Some(key) = &key {
-                if let Some(&seq) = self.keys.get(key) {
-                    // `seq` is always within the queue: keys are removed with their entries.
-                    if let Some(entry) = self.items.get_mut((seq - self.head) as usize) {
-                        self.bytes = self.bytes - entry.len + len;
-                        entry.len = len;
-                        entry.msg = msg;
-                        return Pushed::Conflated;
-                    }
-                }
+        if self.policy == SlowConsumer::Conflate
+            && let Some(key) = &key
+            && let Some(&seq) = self.keys.get(key)
+        {
+            // `seq` is always within the queue: keys are removed with their entries.
+            if let Some(entry) = self.items.get_mut((seq - self.head) as usize) {
+                self.bytes = self.bytes - entry.len + len;
+                entry.len = len;
+                entry.msg = msg;
+                return Pushed::Conflated;
             }
         }
         let mut dropped = 0;
@@ -146,10 +145,10 @@ impl OutQueue {
         let seq = self.head;
         self.head += 1;
         self.bytes -= entry.len;
-        if let Some(key) = entry.key {
-            if self.keys.get(&key) == Some(&seq) {
-                self.keys.remove(&key);
-            }
+        if let Some(key) = entry.key
+            && self.keys.get(&key) == Some(&seq)
+        {
+            self.keys.remove(&key);
         }
         Some(entry.msg)
     }
@@ -207,7 +206,13 @@ mod tests {
             Case {
                 name: "drop oldest keeps the newest three",
                 policy: SlowConsumer::DropOldest,
-                pushes: &[(None, "a"), (None, "b"), (None, "c"), (None, "d"), (None, "e")],
+                pushes: &[
+                    (None, "a"),
+                    (None, "b"),
+                    (None, "c"),
+                    (None, "d"),
+                    (None, "e"),
+                ],
                 outcomes: &[Queued, Queued, Queued, DroppedOldest(1), DroppedOldest(1)],
                 left: &["c", "d", "e"],
             },
@@ -228,7 +233,12 @@ mod tests {
             Case {
                 name: "conflate closes when a new key finds the queue full",
                 policy: SlowConsumer::Conflate,
-                pushes: &[(Some("a"), "a"), (Some("b"), "b"), (Some("c"), "c"), (Some("d"), "d")],
+                pushes: &[
+                    (Some("a"), "a"),
+                    (Some("b"), "b"),
+                    (Some("c"), "c"),
+                    (Some("d"), "d"),
+                ],
                 outcomes: &[Queued, Queued, Queued, Overflow],
                 left: &["a", "b", "c"],
             },

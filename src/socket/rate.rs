@@ -29,7 +29,9 @@ impl RateLimit {
     /// Fails when `count` is zero or `period` is zero.
     pub fn new(count: u64, period: Duration) -> Result<Self, ConfigError> {
         if count == 0 {
-            return Err(ConfigError::Zero { setting: "rate count" });
+            return Err(ConfigError::Zero {
+                setting: "rate count",
+            });
         }
         if period.is_zero() {
             return Err(ConfigError::Zero {
@@ -145,25 +147,28 @@ impl Buckets {
     /// `Ok` if one message of `len` bytes fits both buckets; `Err(true)` when the message
     /// bucket refused, `Err(false)` when the byte bucket did.
     fn check(&mut self, len: u64, now: Instant) -> Result<(), bool> {
-        if let Some(m) = &mut self.messages {
-            if !m.try_take(1, now) {
-                return Err(true);
-            }
+        if let Some(m) = &mut self.messages
+            && !m.try_take(1, now)
+        {
+            return Err(true);
         }
-        if let Some(b) = &mut self.bytes {
-            if !b.try_take(len, now) {
-                return Err(false);
-            }
+        if let Some(b) = &mut self.bytes
+            && !b.try_take(len, now)
+        {
+            return Err(false);
         }
         Ok(())
     }
 }
 
+/// How many live sockets an identity has, and their shared buckets.
+type IdentityEntry = (usize, Arc<Mutex<Buckets>>);
+
 /// The per-identity buckets shared by every socket of one subject, removed from the map when
 /// the last such socket ends, so the map holds one entry per identity with a live socket.
 #[derive(Default)]
 pub(crate) struct IdentityRegistry {
-    map: Mutex<HashMap<Arc<str>, (usize, Arc<Mutex<Buckets>>)>>,
+    map: Mutex<HashMap<Arc<str>, IdentityEntry>>,
 }
 
 impl fmt::Debug for IdentityRegistry {
@@ -195,7 +200,10 @@ impl IdentityRegistry {
 
     /// How many identities currently have a live socket.
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -317,20 +325,69 @@ mod tests {
             allowed: bool,
         }
         let steps = [
-            Step { name: "burst 1", at: Duration::ZERO, allowed: true },
-            Step { name: "burst 2", at: Duration::ZERO, allowed: true },
-            Step { name: "burst 3", at: Duration::ZERO, allowed: true },
-            Step { name: "burst exhausted", at: Duration::ZERO, allowed: false },
-            Step { name: "too early for a token", at: 50 * MS, allowed: false },
-            Step { name: "one token after 100ms", at: 100 * MS, allowed: true },
-            Step { name: "spent again", at: 100 * MS, allowed: false },
-            Step { name: "a long pause refills only the burst", at: 100 * SEC, allowed: true },
-            Step { name: "second of burst", at: 100 * SEC, allowed: true },
-            Step { name: "third of burst", at: 100 * SEC, allowed: true },
-            Step { name: "burst cap holds", at: 100 * SEC, allowed: false },
+            Step {
+                name: "burst 1",
+                at: Duration::ZERO,
+                allowed: true,
+            },
+            Step {
+                name: "burst 2",
+                at: Duration::ZERO,
+                allowed: true,
+            },
+            Step {
+                name: "burst 3",
+                at: Duration::ZERO,
+                allowed: true,
+            },
+            Step {
+                name: "burst exhausted",
+                at: Duration::ZERO,
+                allowed: false,
+            },
+            Step {
+                name: "too early for a token",
+                at: 50 * MS,
+                allowed: false,
+            },
+            Step {
+                name: "one token after 100ms",
+                at: 100 * MS,
+                allowed: true,
+            },
+            Step {
+                name: "spent again",
+                at: 100 * MS,
+                allowed: false,
+            },
+            Step {
+                name: "a long pause refills only the burst",
+                at: 100 * SEC,
+                allowed: true,
+            },
+            Step {
+                name: "second of burst",
+                at: 100 * SEC,
+                allowed: true,
+            },
+            Step {
+                name: "third of burst",
+                at: 100 * SEC,
+                allowed: true,
+            },
+            Step {
+                name: "burst cap holds",
+                at: 100 * SEC,
+                allowed: false,
+            },
         ];
         for step in steps {
-            assert_eq!(bucket.try_take(1, t0 + step.at), step.allowed, "{}", step.name);
+            assert_eq!(
+                bucket.try_take(1, t0 + step.at),
+                step.allowed,
+                "{}",
+                step.name
+            );
         }
     }
 
@@ -350,7 +407,10 @@ mod tests {
         let mut small = TokenBucket::new(limit, 1, t0);
         assert!(!small.try_take(100, t0), "100 bytes exceed a 10 byte burst");
         let mut raised = TokenBucket::new(limit, 100, t0);
-        assert!(raised.try_take(100, t0), "burst raised to the max message size");
+        assert!(
+            raised.try_take(100, t0),
+            "burst raised to the max message size"
+        );
         assert!(!raised.try_take(1, t0));
     }
 
@@ -386,18 +446,28 @@ mod tests {
         let make = || Buckets::new(Some(limit), None, 1, t0);
         let mut a = RateGate::new(Buckets::default(), Some(registry.join("bob".into(), make)));
         let mut b = RateGate::new(Buckets::default(), Some(registry.join("bob".into(), make)));
-        let mut other =
-            RateGate::new(Buckets::default(), Some(registry.join("carol".into(), make)));
+        let mut other = RateGate::new(
+            Buckets::default(),
+            Some(registry.join("carol".into(), make)),
+        );
         assert_eq!(registry.len(), 2);
         assert_eq!(a.check(1, t0), Ok(()));
         assert_eq!(b.check(1, t0), Ok(()));
         assert_eq!(a.check(1, t0), Ok(()));
         assert_eq!(b.check(1, t0), Err(RateScope::IdentityMessages));
-        assert_eq!(other.check(1, t0), Ok(()), "another identity has its own budget");
+        assert_eq!(
+            other.check(1, t0),
+            Ok(()),
+            "another identity has its own budget"
+        );
         drop(a);
         assert_eq!(registry.len(), 2, "bob still has a socket");
         drop(b);
-        assert_eq!(registry.len(), 1, "bob's entry is gone with his last socket");
+        assert_eq!(
+            registry.len(),
+            1,
+            "bob's entry is gone with his last socket"
+        );
         drop(other);
         assert_eq!(registry.len(), 0);
         let mut fresh = RateGate::new(Buckets::default(), Some(registry.join("bob".into(), make)));

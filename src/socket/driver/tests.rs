@@ -33,10 +33,8 @@ struct Gate {
 impl Gate {
     fn set_blocked(&self, blocked: bool) {
         self.blocked.store(blocked, Ordering::SeqCst);
-        if !blocked {
-            if let Some(w) = self.waker.lock().unwrap().take() {
-                w.wake();
-            }
+        if !blocked && let Some(w) = self.waker.lock().unwrap().take() {
+            w.wake();
         }
     }
 
@@ -163,7 +161,10 @@ async fn echo_and_peer_close() {
     socket.send(msg).await.unwrap();
     assert_eq!(text_of(&peer.recv.recv().await.unwrap()), "hello");
     peer.send(Message::Close(None));
-    assert!(matches!(socket.recv().await, Some(Ok(Message::Close(None)))));
+    assert!(matches!(
+        socket.recv().await,
+        Some(Ok(Message::Close(None)))
+    ));
     peer.send = None;
     assert!(socket.recv().await.is_none());
     assert_eq!(socket.close_cause(), None);
@@ -193,7 +194,10 @@ async fn heartbeat_closes_a_silent_peer_and_spares_a_live_one() {
     let (mut socket, mut peer) = setup(layer(), None);
     let (seen, code) = peer.until_close(false).await;
     assert_eq!(code, Some(1001));
-    assert!(matches!(seen.as_slice(), [Message::Ping(_)]), "one ping, then the close");
+    assert!(
+        matches!(seen.as_slice(), [Message::Ping(_)]),
+        "one ping, then the close"
+    );
     assert!(socket.recv().await.is_none());
     assert_eq!(socket.close_cause(), Some(CloseCause::HeartbeatTimeout));
 }
@@ -217,17 +221,19 @@ async fn heartbeat_pongs_are_not_delivered() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_counts_only_data_messages() {
-    let (mut socket, mut peer) = setup(
-        quiet().idle_timeout(Duration::from_secs(30)).unwrap(),
-        None,
-    );
+    let (mut socket, mut peer) =
+        setup(quiet().idle_timeout(Duration::from_secs(30)).unwrap(), None);
     tokio::time::sleep(Duration::from_secs(20)).await;
     peer.text("still here");
     assert!(socket.recv().await.is_some());
     tokio::time::sleep(Duration::from_secs(20)).await;
     peer.send(Message::Ping(Vec::new().into()));
     assert!(matches!(socket.recv().await, Some(Ok(Message::Ping(_)))));
-    assert_eq!(socket.close_cause(), None, "40s in, 20s since the last message");
+    assert_eq!(
+        socket.close_cause(),
+        None,
+        "40s in, 20s since the last message"
+    );
     let (_, code) = peer.until_close(false).await;
     assert_eq!(code, Some(1001));
     assert!(socket.recv().await.is_none());
@@ -253,7 +259,10 @@ async fn credential_expiry_closes_with_1008_and_refresh_extends_it() {
     socket
         .refresh_credential(Principal::new("bob", Some(later)))
         .unwrap();
-    assert_eq!(socket.principal().and_then(Principal::expires_at), Some(later));
+    assert_eq!(
+        socket.principal().and_then(Principal::expires_at),
+        Some(later)
+    );
     tokio::time::sleep(Duration::from_secs(120)).await;
     peer.text("after the first expiry");
     assert_eq!(
@@ -283,7 +292,10 @@ async fn max_lifetime_closes_with_1001() {
     let (_, code) = peer.until_close(false).await;
     assert_eq!(code, Some(1001));
     let lived = start.elapsed();
-    assert!(lived >= Duration::from_secs(50) && lived <= Duration::from_secs(60), "{lived:?}");
+    assert!(
+        lived >= Duration::from_secs(50) && lived <= Duration::from_secs(60),
+        "{lived:?}"
+    );
     assert!(socket.recv().await.is_none());
     assert_eq!(socket.close_cause(), Some(CloseCause::LifetimeElapsed));
 }
@@ -399,22 +411,28 @@ async fn identity_rate_spans_sockets() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(layer.policy().tracked_identities(), 0, "entries go with the sockets");
+    assert_eq!(
+        layer.policy().tracked_identities(),
+        0,
+        "entries go with the sockets"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn oversized_message_closes_with_1009() {
     let (mut socket, mut peer) = setup(quiet(), None);
-    let too_long = tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-        size: 100_000,
-        max_size: 65_536,
-    });
+    let too_long =
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size: 100_000,
+            max_size: 65_536,
+        });
     assert!(is_too_big(&Error::new(too_long)));
     assert!(!is_too_big(&Error::new(std::io::Error::other("other"))));
-    let too_long = tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
-        size: 100_000,
-        max_size: 65_536,
-    });
+    let too_long =
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size: 100_000,
+            max_size: 65_536,
+        });
     if let Some(tx) = &peer.send {
         let _ = tx.send(Err(Error::new(too_long)));
     }
@@ -518,8 +536,14 @@ async fn slow_consumer_policies() {
         assert!(socket.stats().queued <= 4);
     }
     assert!(socket.stats().conflated >= 290);
-    assert!(socket.send_keyed("ada", Message::text("ada 0")).is_ok(), "4th key fits");
-    assert!(socket.send_keyed("xrp", Message::text("xrp 0")).is_err(), "5th overflows");
+    assert!(
+        socket.send_keyed("ada", Message::text("ada 0")).is_ok(),
+        "4th key fits"
+    );
+    assert!(
+        socket.send_keyed("xrp", Message::text("xrp 0")).is_err(),
+        "5th overflows"
+    );
     assert_eq!(socket.close_cause(), Some(CloseCause::SlowConsumer));
 }
 
