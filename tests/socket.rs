@@ -678,3 +678,45 @@ async fn non_websocket_requests_pass_and_bodies_are_limited_elsewhere() {
         assert_eq!(response.status(), case.status, "{}", case.name);
     }
 }
+
+#[tokio::test]
+async fn subprotocols_are_negotiated() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|up: GuardedUpgrade| async move {
+                up.protocols(["graphql-ws", "chat"]).on_upgrade(
+                    |mut socket: GuardedSocket| async move {
+                        let chosen = socket
+                            .protocol()
+                            .and_then(|p| p.to_str().ok())
+                            .unwrap_or("none")
+                            .to_owned();
+                        let _ = socket.send(AxMessage::text(chosen)).await;
+                        while socket.recv().await.is_some() {}
+                    },
+                )
+            }),
+        )
+        .layer(quiet());
+    let addr = serve(app).await;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "chat".parse().unwrap());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg, Message::text("chat"));
+}

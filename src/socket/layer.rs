@@ -134,8 +134,9 @@ impl SocketPolicyLayer {
         self
     }
 
-    /// Close with `1008` once a socket has had this many messages dropped by rate limits.
-    /// Default 20; `None` never escalates. Fails on `Some(0)`.
+    /// Under [`RateAction::Drop`], close with `1008` at the `violations`-th message over a
+    /// rate limit on one socket (the earlier ones are dropped and counted). Default 20;
+    /// `None` never escalates. Fails on `Some(0)`.
     pub fn escalate_after(
         mut self,
         violations: impl Into<Option<u32>>,

@@ -91,7 +91,7 @@
 //! | bytes per socket | 512 KiB/s, burst 1 MiB | same |
 //! | messages per identity (all its sockets) | 200/s, burst 400 | same |
 //! | bytes per identity | 2 MiB/s, burst 4 MiB | same |
-//! | escalation | close `1008` after 20 dropped messages | — |
+//! | escalation | close `1008` at the 20th message over a limit | — |
 //! | idle (no text or binary message) | off | close `1001` |
 //! | heartbeat | ping every 30 s, pong within 15 s | close `1001` |
 //! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
