@@ -69,6 +69,8 @@ pub(crate) struct Driver<W> {
     /// Reading stopped because the application is not receiving.
     paused: bool,
     app_close_queued: bool,
+    /// The socket's stream has ended (closing phase).
+    read_ended: bool,
     _permit: Option<ConnectionPermit>,
 }
 
@@ -131,6 +133,7 @@ pub(crate) fn start<W>(
         room: cfg.recv_queue_len.max(1),
         paused: false,
         app_close_queued: false,
+        read_ended: false,
         _permit: permit,
         policy,
     };
@@ -552,11 +555,10 @@ where
                     // connection is not reset with unread bytes while our close frame is in
                     // flight.
                     let mut budget = BUDGET;
-                    loop {
+                    while !this.read_ended {
                         match Pin::new(&mut this.ws).poll_next(cx) {
                             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                                this.finish();
-                                break;
+                                this.read_ended = true;
                             }
                             Poll::Ready(Some(Ok(_))) => {
                                 budget -= 1;
@@ -568,7 +570,10 @@ where
                             Poll::Pending => break,
                         }
                     }
-                    if this.phase == Phase::Done {
+                    // Done once nothing comes in and our close frame is out (a stream
+                    // ended by an oversized message still gets its 1009).
+                    if this.read_ended && this.pending.is_none() && !this.unflushed {
+                        this.finish();
                         continue;
                     }
                     if !this.arm(cx) {
