@@ -159,3 +159,196 @@ pub use self::{
     service::SocketPolicyService,
     upgrade::GuardedUpgrade,
 };
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use http::{Request, Response};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn setters_refuse_zero() {
+        struct Case {
+            name: &'static str,
+            result: Result<SocketPolicyLayer, ConfigError>,
+        }
+        let l = SocketPolicyLayer::new;
+        let cases = [
+            Case {
+                name: "max message size",
+                result: l().max_message_size(0),
+            },
+            Case {
+                name: "max frame size",
+                result: l().max_frame_size(0),
+            },
+            Case {
+                name: "read buffer",
+                result: l().read_buffer_size(0),
+            },
+            Case {
+                name: "escalation",
+                result: l().escalate_after(0),
+            },
+            Case {
+                name: "idle",
+                result: l().idle_timeout(Duration::ZERO),
+            },
+            Case {
+                name: "ping interval",
+                result: l().heartbeat(Duration::ZERO, Duration::from_secs(1)),
+            },
+            Case {
+                name: "pong timeout",
+                result: l().heartbeat(Duration::from_secs(1), Duration::ZERO),
+            },
+            Case {
+                name: "lifetime",
+                result: l().max_lifetime(Duration::ZERO),
+            },
+            Case {
+                name: "send queue length",
+                result: l().send_queue(0, 1),
+            },
+            Case {
+                name: "send queue bytes",
+                result: l().send_queue(1, 0),
+            },
+            Case {
+                name: "receive queue",
+                result: l().recv_queue(0),
+            },
+            Case {
+                name: "close timeout",
+                result: l().close_timeout(Duration::ZERO),
+            },
+        ];
+        for case in cases {
+            let err = case.result.expect_err(case.name);
+            assert!(matches!(err, ConfigError::Zero { .. }), "{}", case.name);
+            assert!(
+                err.to_string().ends_with("must not be zero"),
+                "{}",
+                case.name
+            );
+        }
+        assert!(l().escalate_after(None).is_ok());
+        assert!(l().idle_timeout(None).is_ok());
+    }
+
+    #[test]
+    fn close_causes_have_fixed_codes() {
+        struct Case {
+            cause: CloseCause,
+            code: u16,
+            name: &'static str,
+        }
+        let cases = [
+            Case {
+                cause: CloseCause::MessageTooBig,
+                code: 1009,
+                name: "message_too_big",
+            },
+            Case {
+                cause: CloseCause::RateLimited(RateScope::IdentityBytes),
+                code: 1008,
+                name: "identity_byte_rate",
+            },
+            Case {
+                cause: CloseCause::Idle,
+                code: 1001,
+                name: "idle",
+            },
+            Case {
+                cause: CloseCause::HeartbeatTimeout,
+                code: 1001,
+                name: "heartbeat_timeout",
+            },
+            Case {
+                cause: CloseCause::CredentialExpired,
+                code: 1008,
+                name: "credential_expired",
+            },
+            Case {
+                cause: CloseCause::LifetimeElapsed,
+                code: 1001,
+                name: "lifetime",
+            },
+            Case {
+                cause: CloseCause::SlowConsumer,
+                code: 1013,
+                name: "slow_consumer",
+            },
+        ];
+        for case in cases {
+            assert_eq!(case.cause.close_code(), case.code, "{}", case.name);
+            assert_eq!(case.cause.as_str(), case.name);
+            assert!(!case.cause.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn lifetime_jitter_stays_within_bounds() {
+        let mut cfg = policy::Config {
+            max_lifetime: Some(Duration::from_secs(100)),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            let d = cfg.lifetime().unwrap();
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(100),
+                "{d:?}"
+            );
+        }
+        cfg.lifetime_jitter = Some(Duration::ZERO);
+        assert_eq!(cfg.lifetime(), Some(Duration::from_secs(100)));
+        cfg.lifetime_jitter = Some(Duration::from_secs(1000));
+        assert!(
+            cfg.lifetime().is_some(),
+            "jitter larger than the lifetime is capped"
+        );
+        cfg.max_lifetime = None;
+        assert_eq!(cfg.lifetime(), None);
+    }
+
+    #[tokio::test]
+    async fn the_layer_inserts_one_shared_policy() {
+        let layer = SocketPolicyLayer::new().max_message_size(1234).unwrap();
+        let svc = layer.layer(service_fn(|req: Request<()>| async move {
+            let size = req
+                .extensions()
+                .get::<SocketPolicy>()
+                .map(|p| p.max_message_size());
+            Ok::<_, Infallible>(Response::new(size))
+        }));
+        assert_eq!(svc.policy().max_message_size(), 1234);
+        let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(*response.body(), Some(1234));
+        assert!(format!("{layer:?}").contains("1234"));
+        let other_route = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        assert!(
+            Arc::ptr_eq(
+                &svc.policy().inner.identities,
+                &other_route.policy().inner.identities
+            ),
+            "routes of one layer share the per-identity state"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_service_passes_through_to_a_mock() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<()>>();
+        let svc = SocketPolicyLayer::new().layer(mock);
+        let call = tokio::spawn(svc.oneshot(Request::new(())));
+        let (req, respond) = handle.next_request().await.unwrap();
+        assert!(req.extensions().get::<SocketPolicy>().is_some());
+        respond.send_response(Response::new(()));
+        assert!(call.await.unwrap().is_ok());
+    }
+}
