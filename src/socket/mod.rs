@@ -1,1 +1,354 @@
-//! Limits enforced on the live, upgraded socket.
+//! Limits enforced on the live, upgraded socket: size, rate, idle, heartbeat, credential
+//! expiry, lifetime and send backpressure.
+//!
+//! The handshake layers only guard the door. Once upgraded, a client could send a 64 MiB
+//! message (axum's default limit), thousands of messages a second, or stop reading while the
+//! server buffers pushes without bound, and a credential could expire while the socket lives
+//! on for hours. A tower layer cannot wrap axum's upgraded connection, so the policy travels
+//! as a request extension:
+//!
+//! 1. [`SocketPolicyLayer`] puts a [`SocketPolicy`] into the request extensions;
+//! 2. the [`GuardedUpgrade`] extractor (wrapping axum's `WebSocketUpgrade`) applies the size
+//!    and buffer limits to the upgrade, takes the quota [`ConnectionPermit`] and reads the
+//!    [`Principal`] and [`ClientIp`];
+//! 3. the [`GuardedSocket`] handed to the handler (a `Stream` + `Sink` of axum `Message`s)
+//!    enforces the rest, and holds the permit until the socket ends.
+//!
+//! Handlers keep the axum feel: `async fn ws(up: GuardedUpgrade) -> Response {
+//! up.on_upgrade(handle) }`. A route that needs no limits can keep using axum's plain
+//! `WebSocketUpgrade` under the layer.
+//!
+//! # Example
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//!
+//! use axum::{Router, body::Body, response::Response, routing::{any, post}};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use tower_http::limit::RequestBodyLimitLayer;
+//! use wsguard::socket::{GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer};
+//!
+//! async fn ws(up: GuardedUpgrade) -> Response {
+//!     up.on_upgrade(echo)
+//! }
+//!
+//! async fn echo(mut socket: GuardedSocket) {
+//!     while let Some(Ok(msg)) = socket.recv().await {
+//!         if socket.send(msg).await.is_err() {
+//!             break;
+//!         }
+//!     }
+//! }
+//!
+//! let policy = SocketPolicyLayer::new()
+//!     .max_message_size(16 * 1024)?
+//!     .message_rate(RateLimit::per_second(20)?.with_burst(40)?)
+//!     .idle_timeout(Duration::from_secs(300))?
+//!     .heartbeat(Duration::from_secs(20), Duration::from_secs(10))?
+//!     .send_queue(128, 512 * 1024)?
+//!     .slow_consumer(SlowConsumer::DropOldest);
+//!
+//! let app = Router::new()
+//!     .route("/ws", any(ws))
+//!     .layer(policy)
+//!     // Other routes take HTTP bodies: tower-http limits those (413).
+//!     .merge(
+//!         Router::new()
+//!             .route("/upload", post(|body: String| async move { body.len().to_string() }))
+//!             .layer(RequestBodyLimitLayer::new(1024)),
+//!     );
+//!
+//! // A WebSocket handshake passes the layer; `oneshot` cannot upgrade, so axum answers 426.
+//! let handshake = Request::get("/ws")
+//!     .header("connection", "upgrade")
+//!     .header("upgrade", "websocket")
+//!     .header("sec-websocket-version", "13")
+//!     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+//!     .body(Body::empty())?;
+//! let response = app.clone().oneshot(handshake).await?;
+//! assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+//!
+//! // A body over the limit on the HTTP route is refused with 413.
+//! let upload = Request::post("/upload").body(Body::from(vec![b'x'; 2048]))?;
+//! let response = app.oneshot(upload).await?;
+//! assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+//! # Ok(())
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+//! # }
+//! ```
+//!
+//! # Limits and defaults
+//!
+//! | Limit | Default | On violation |
+//! |---|---|---|
+//! | message / frame size | 64 KiB / 64 KiB | close `1009` |
+//! | read / write buffer | 4 KiB / 4 KiB (tungstenite: 128 KiB each) | — |
+//! | messages per socket | 50/s, burst 100 | drop and count, or close `1008` |
+//! | bytes per socket | 512 KiB/s, burst 1 MiB | same |
+//! | messages per identity (all its sockets) | 200/s, burst 400 | same |
+//! | bytes per identity | 2 MiB/s, burst 4 MiB | same |
+//! | escalation | close `1008` at the 20th message over a limit | — |
+//! | idle (no text or binary message) | off | close `1001` |
+//! | heartbeat | ping every 30 s, pong within 15 s | close `1001` |
+//! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
+//! | max lifetime | off; jitter a tenth of it | close `1001` |
+//! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
+//! | receive queue | 16 messages, then TCP backpressure | — |
+//!
+//! The message and byte limits count every frame the peer sends (pongs answering the
+//! heartbeat excepted), so a ping flood is limited like a message flood.
+//!
+//! **Credential refresh**: when the application accepts a fresh credential in-band (say a
+//! `{"type":"refresh","token":..}` message it verified itself), it calls
+//! [`GuardedSocket::refresh_credential`] with the new [`Principal`]; the socket's expiry
+//! moves to the new one. The subject must not change.
+//!
+//! **Backpressure**: sending never waits. Messages go into the socket's bounded send queue
+//! and a driver writes them as fast as the peer reads; when the queue is full the
+//! [`SlowConsumer`] policy decides. With [`SlowConsumer::Conflate`],
+//! [`GuardedSocket::send_keyed`] (or [`Sender::send_keyed`] from another task) keeps only the
+//! latest queued message per key, such as the latest price per symbol. On the receiving side
+//! the driver stops reading when the application has 16 messages waiting, so TCP pushes back
+//! on the peer. Either way a peer cannot grow server memory without bound.
+//!
+//! # Events
+//!
+//! Each enforcement emits one `tracing` event with the fields `cause` (see
+//! [`CloseCause::as_str`]), `client_ip`, `identity`, `limit` and `close_code`, and never
+//! message contents:
+//! - `wsguard.socket.closed` (info) when the policy closes a socket;
+//! - `wsguard.socket.dropped` (warn) when rate-limited received messages or slow-consumer
+//!   queued messages are dropped, on the 1st, 2nd, 4th, 8th… drop of a socket (with a
+//!   `dropped` count), so a flood does not flood the logs.
+//!
+//! # Deployment
+//!
+//! Proxies in front of the server must pass WebSocket upgrades and usually have their own
+//! idle timeout (nginx's `proxy_read_timeout`, 60 s by default): keep the heartbeat interval
+//! below it. The identity and client address come from the auth and client-IP layers, which
+//! must run before this one.
+//!
+//! [`ConnectionPermit`]: crate::rate_limit::ConnectionPermit
+//! [`Principal`]: crate::auth::Principal
+//! [`Principal::expires_at`]: crate::auth::Principal::expires_at
+//! [`ClientIp`]: crate::client_ip::ClientIp
+
+mod driver;
+mod error;
+mod guarded;
+mod layer;
+mod policy;
+mod queue;
+mod rate;
+mod service;
+mod upgrade;
+
+pub use self::{
+    error::{
+        CloseCause, ConfigError, RateAction, RateScope, RefreshError, SendError, SlowConsumer,
+        SocketStats,
+    },
+    guarded::{GuardedSocket, Sender},
+    layer::SocketPolicyLayer,
+    policy::SocketPolicy,
+    rate::RateLimit,
+    service::SocketPolicyService,
+    upgrade::GuardedUpgrade,
+};
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use http::{Request, Response};
+    use tower::{Layer, ServiceExt, service_fn};
+
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn setters_refuse_zero() {
+        struct Case {
+            name: &'static str,
+            result: Result<SocketPolicyLayer, ConfigError>,
+        }
+        let l = SocketPolicyLayer::new;
+        let cases = [
+            Case {
+                name: "max message size",
+                result: l().max_message_size(0),
+            },
+            Case {
+                name: "max frame size",
+                result: l().max_frame_size(0),
+            },
+            Case {
+                name: "read buffer",
+                result: l().read_buffer_size(0),
+            },
+            Case {
+                name: "escalation",
+                result: l().escalate_after(0),
+            },
+            Case {
+                name: "idle",
+                result: l().idle_timeout(Duration::ZERO),
+            },
+            Case {
+                name: "ping interval",
+                result: l().heartbeat(Duration::ZERO, Duration::from_secs(1)),
+            },
+            Case {
+                name: "pong timeout",
+                result: l().heartbeat(Duration::from_secs(1), Duration::ZERO),
+            },
+            Case {
+                name: "lifetime",
+                result: l().max_lifetime(Duration::ZERO),
+            },
+            Case {
+                name: "send queue length",
+                result: l().send_queue(0, 1),
+            },
+            Case {
+                name: "send queue bytes",
+                result: l().send_queue(1, 0),
+            },
+            Case {
+                name: "receive queue",
+                result: l().recv_queue(0),
+            },
+            Case {
+                name: "close timeout",
+                result: l().close_timeout(Duration::ZERO),
+            },
+        ];
+        for case in cases {
+            let err = case.result.expect_err(case.name);
+            assert!(matches!(err, ConfigError::Zero { .. }), "{}", case.name);
+            assert!(
+                err.to_string().ends_with("must not be zero"),
+                "{}",
+                case.name
+            );
+        }
+        assert!(l().escalate_after(None).is_ok());
+        assert!(l().idle_timeout(None).is_ok());
+    }
+
+    #[test]
+    fn close_causes_have_fixed_codes() {
+        struct Case {
+            cause: CloseCause,
+            code: u16,
+            name: &'static str,
+        }
+        let cases = [
+            Case {
+                cause: CloseCause::MessageTooBig,
+                code: 1009,
+                name: "message_too_big",
+            },
+            Case {
+                cause: CloseCause::RateLimited(RateScope::IdentityBytes),
+                code: 1008,
+                name: "identity_byte_rate",
+            },
+            Case {
+                cause: CloseCause::Idle,
+                code: 1001,
+                name: "idle",
+            },
+            Case {
+                cause: CloseCause::HeartbeatTimeout,
+                code: 1001,
+                name: "heartbeat_timeout",
+            },
+            Case {
+                cause: CloseCause::CredentialExpired,
+                code: 1008,
+                name: "credential_expired",
+            },
+            Case {
+                cause: CloseCause::LifetimeElapsed,
+                code: 1001,
+                name: "lifetime",
+            },
+            Case {
+                cause: CloseCause::SlowConsumer,
+                code: 1013,
+                name: "slow_consumer",
+            },
+        ];
+        for case in cases {
+            assert_eq!(case.cause.close_code(), case.code, "{}", case.name);
+            assert_eq!(case.cause.as_str(), case.name);
+            assert!(!case.cause.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn lifetime_jitter_stays_within_bounds() {
+        let mut cfg = policy::Config {
+            max_lifetime: Some(Duration::from_secs(100)),
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            let d = cfg.lifetime().unwrap();
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(100),
+                "{d:?}"
+            );
+        }
+        cfg.lifetime_jitter = Some(Duration::ZERO);
+        assert_eq!(cfg.lifetime(), Some(Duration::from_secs(100)));
+        cfg.lifetime_jitter = Some(Duration::from_secs(1000));
+        assert!(
+            cfg.lifetime().is_some(),
+            "jitter larger than the lifetime is capped"
+        );
+        cfg.max_lifetime = None;
+        assert_eq!(cfg.lifetime(), None);
+    }
+
+    #[tokio::test]
+    async fn the_layer_inserts_one_shared_policy() {
+        let layer = SocketPolicyLayer::new().max_message_size(1234).unwrap();
+        let svc = layer.layer(service_fn(|req: Request<()>| async move {
+            let size = req
+                .extensions()
+                .get::<SocketPolicy>()
+                .map(|p| p.max_message_size());
+            Ok::<_, Infallible>(Response::new(size))
+        }));
+        assert_eq!(svc.policy().max_message_size(), 1234);
+        let response = svc.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(*response.body(), Some(1234));
+        assert!(format!("{layer:?}").contains("1234"));
+        let other_route = layer.layer(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+        assert!(
+            Arc::ptr_eq(
+                &svc.policy().inner.identities,
+                &other_route.policy().inner.identities
+            ),
+            "routes of one layer share the per-identity state"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_service_passes_through_to_a_mock() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<()>, Response<()>>();
+        let svc = SocketPolicyLayer::new().layer(mock);
+        let call = tokio::spawn(svc.oneshot(Request::new(())));
+        let (req, respond) = handle.next_request().await.unwrap();
+        assert!(req.extensions().get::<SocketPolicy>().is_some());
+        respond.send_response(Response::new(()));
+        assert!(call.await.unwrap().is_ok());
+    }
+}

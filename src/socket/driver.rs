@@ -1,0 +1,591 @@
+//! The per-socket driver: owns the real socket and multiplexes reads, the send queue and
+//! the timers, enforcing the policy. It runs in the upgrade task next to the handler.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Error,
+    extract::ws::{CloseFrame, Message},
+};
+use futures_util::{Sink, Stream};
+use http::HeaderValue;
+use tokio::time::{Instant, Sleep};
+
+use super::{
+    CloseCause, RateAction,
+    guarded::{GuardedSocket, Shared, SocketInfo},
+    policy::{Config, SocketPolicy},
+    queue::{OutQueue, message_len},
+    rate::{Buckets, RateGate},
+};
+use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
+
+/// How many messages one poll handles in each direction before yielding to the runtime.
+const BUDGET: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    Closing,
+    Done,
+}
+
+/// What a read pass ended on.
+enum Flow {
+    /// Nothing more to read now; a waker is registered.
+    Wait,
+    /// The budget ran out with more to read.
+    Yield,
+    /// The phase changed.
+    Changed,
+}
+
+pub(crate) struct Driver<W> {
+    ws: W,
+    shared: Arc<Shared>,
+    policy: SocketPolicy,
+    phase: Phase,
+    sleep: Pin<Box<Sleep>>,
+    rate: RateGate,
+    violations: u32,
+    idle_at: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_due: Option<Instant>,
+    ping_seq: u64,
+    expiry_at: Option<Instant>,
+    lifetime_at: Option<Instant>,
+    close_deadline: Option<Instant>,
+    /// A control frame (heartbeat ping or policy close) that goes before the queue.
+    pending: Option<Message>,
+    unflushed: bool,
+    /// Free slots in the inbound queue known without locking.
+    room: usize,
+    /// Reading stopped because the application is not receiving.
+    paused: bool,
+    app_close_queued: bool,
+    /// The socket's stream has ended (closing phase).
+    read_ended: bool,
+    _permit: Option<ConnectionPermit>,
+}
+
+/// Builds the application's socket and the driver that serves it.
+pub(crate) fn start<W>(
+    ws: W,
+    protocol: Option<HeaderValue>,
+    policy: SocketPolicy,
+    permit: Option<ConnectionPermit>,
+    principal: Option<Principal>,
+    client_ip: Option<ClientIp>,
+) -> (GuardedSocket, Driver<W>) {
+    let now = Instant::now();
+    let cfg = policy.config();
+    let min_byte_burst = cfg.max_message_size as u64;
+    let identity = match &principal {
+        Some(p) if cfg.identity_message_rate.is_some() || cfg.identity_byte_rate.is_some() => {
+            Some(policy.inner.identities.join(Arc::from(p.subject()), || {
+                Buckets::new(
+                    cfg.identity_message_rate,
+                    cfg.identity_byte_rate,
+                    min_byte_burst,
+                    now,
+                )
+            }))
+        }
+        _ => None,
+    };
+    let rate = RateGate::new(
+        Buckets::new(cfg.message_rate, cfg.byte_rate, min_byte_burst, now),
+        identity,
+    );
+    let expiry_at = principal
+        .as_ref()
+        .and_then(Principal::expires_at)
+        .and_then(instant_for);
+    let shared = Arc::new(Shared::new(
+        SocketInfo {
+            client_ip,
+            principal,
+        },
+        OutQueue::new(cfg.send_queue_len, cfg.send_queue_bytes, cfg.slow_consumer),
+    ));
+    let driver = Driver {
+        ws,
+        shared: shared.clone(),
+        phase: Phase::Open,
+        sleep: Box::pin(tokio::time::sleep_until(far_future(now))),
+        rate,
+        violations: 0,
+        idle_at: cfg.idle_timeout.and_then(|d| now.checked_add(d)),
+        next_ping: cfg.ping_interval.and_then(|d| now.checked_add(d)),
+        pong_due: None,
+        ping_seq: 0,
+        expiry_at,
+        lifetime_at: cfg.lifetime().and_then(|d| now.checked_add(d)),
+        close_deadline: None,
+        pending: None,
+        unflushed: false,
+        room: cfg.recv_queue_len.max(1),
+        paused: false,
+        app_close_queued: false,
+        read_ended: false,
+        _permit: permit,
+        policy,
+    };
+    (GuardedSocket::new(shared, protocol), driver)
+}
+
+fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(86_400 * 365)
+}
+
+/// The monotonic deadline for a wall-clock time; `None` if unrepresentably far.
+fn instant_for(at: SystemTime) -> Option<Instant> {
+    let now = Instant::now();
+    match at.duration_since(SystemTime::now()) {
+        Ok(left) => now.checked_add(left),
+        Err(_) => Some(now),
+    }
+}
+
+/// Whether a read error is tungstenite's size limit (message or frame too long).
+pub(crate) fn is_too_big(err: &Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl<W> Driver<W>
+where
+    W: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
+{
+    fn cfg(&self) -> &Config {
+        self.policy.config()
+    }
+
+    /// Registers the waker and takes the application's requests.
+    fn sync_commands(&mut self, cx: &mut Context<'_>, now: Instant) {
+        let mut state = self.shared.lock();
+        match &state.driver_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.driver_waker = Some(cx.waker().clone()),
+        }
+        if let Some(expiry) = state.refresh.take() {
+            self.expiry_at = expiry.and_then(instant_for);
+        }
+        let close = state.close_request.take();
+        if state.app_gone && !self.app_close_queued {
+            self.app_close_queued = true;
+            state.inbound.clear();
+            if self.phase == Phase::Open && !state.send_closed {
+                state.send_closed = true;
+                state
+                    .outbound
+                    .push_unbounded(Message::Close(Some(CloseFrame {
+                        code: 1000,
+                        reason: "".into(),
+                    })));
+            }
+        }
+        drop(state);
+        if let Some(cause) = close
+            && self.phase == Phase::Open
+        {
+            self.begin_close(cause, now);
+        }
+    }
+
+    /// The policy close due at `now`, if any; schedules a heartbeat ping when one is due.
+    fn due(&mut self, now: Instant) -> Option<CloseCause> {
+        if self.expiry_at.is_some_and(|t| t <= now) {
+            return Some(CloseCause::CredentialExpired);
+        }
+        if self.lifetime_at.is_some_and(|t| t <= now) {
+            return Some(CloseCause::LifetimeElapsed);
+        }
+        if !self.paused {
+            if self.pong_due.is_some_and(|t| t <= now) {
+                return Some(CloseCause::HeartbeatTimeout);
+            }
+            if self.idle_at.is_some_and(|t| t <= now) {
+                return Some(CloseCause::Idle);
+            }
+        }
+        if self.pong_due.is_none()
+            && self.next_ping.is_some_and(|t| t <= now)
+            && let Some(interval) = self.cfg().ping_interval
+        {
+            self.ping_seq = self.ping_seq.wrapping_add(1);
+            self.pending = Some(Message::Ping(self.ping_seq.to_be_bytes().to_vec().into()));
+            // The deadline runs from when the ping is due, not written: a peer that
+            // stops reading cannot postpone it by blocking the write.
+            self.pong_due = now.checked_add(self.cfg().pong_timeout);
+            self.next_ping = now.checked_add(interval);
+        }
+        None
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = min_opt(self.expiry_at, self.lifetime_at);
+        if self.pong_due.is_none() {
+            next = min_opt(next, self.next_ping);
+        }
+        if !self.paused {
+            next = min_opt(next, self.pong_due);
+            next = min_opt(next, self.idle_at);
+        }
+        if self.phase == Phase::Closing {
+            next = self.close_deadline;
+        }
+        next
+    }
+
+    /// Arms the timer for the next deadline; `true` if it has already passed.
+    fn arm(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(next) = self.next_deadline() else {
+            return false;
+        };
+        // Lazy re-arming: a deadline that moved later (the idle timer on every message)
+        // does not touch the timer wheel; the early wake-up re-arms it.
+        if next < self.sleep.deadline() || self.sleep.is_elapsed() {
+            self.sleep.as_mut().reset(next);
+        }
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+
+    fn begin_close(&mut self, cause: CloseCause, now: Instant) {
+        let code = cause.close_code();
+        tracing::info!(
+            name: "wsguard.socket.closed",
+            target: "wsguard::socket",
+            cause = cause.as_str(),
+            client_ip = self.shared.info.ip_field(),
+            identity = self.shared.info.identity_field(),
+            limit = %cause.limit(self.cfg()),
+            close_code = code,
+            "closed a socket that broke the socket policy"
+        );
+        let mut state = self.shared.lock();
+        state.cause = Some(cause);
+        state.send_closed = true;
+        state.recv_closed = true;
+        state.outbound.clear();
+        let waker = state.app_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        self.pending = Some(Message::Close(Some(CloseFrame {
+            code,
+            reason: cause.reason().into(),
+        })));
+        self.enter_closing(now);
+    }
+
+    fn enter_closing(&mut self, now: Instant) {
+        self.phase = Phase::Closing;
+        self.close_deadline = Some(now.checked_add(self.cfg().close_timeout).unwrap_or(now));
+        let mut state = self.shared.lock();
+        state.send_closed = true;
+        state.recv_closed = true;
+        let waker = state.app_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.phase = Phase::Done;
+        let mut state = self.shared.lock();
+        state.send_closed = true;
+        state.recv_closed = true;
+        state.outbound.clear();
+        let waker = state.app_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Writes the pending control frame, then (while open) the send queue, and flushes.
+    fn write(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<bool, Error> {
+        let mut budget = BUDGET;
+        let mut more = false;
+        loop {
+            if self.pending.is_none() && self.phase != Phase::Open {
+                break;
+            }
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {}
+            }
+            let msg = match self.pending.take() {
+                Some(msg) => msg,
+                None => {
+                    let mut state = self.shared.lock();
+                    match state.outbound.pop() {
+                        Some(msg) => {
+                            state.stats.sent += 1;
+                            msg
+                        }
+                        None => break,
+                    }
+                }
+            };
+            let is_close = matches!(msg, Message::Close(_));
+            Pin::new(&mut self.ws).start_send(msg)?;
+            self.unflushed = true;
+            budget -= 1;
+            if is_close && self.phase == Phase::Open {
+                self.enter_closing(now);
+            }
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(more)
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>, now: Instant) -> Flow {
+        let mut budget = BUDGET;
+        loop {
+            if budget == 0 {
+                return Flow::Yield;
+            }
+            if self.room == 0 {
+                let cap = self.cfg().recv_queue_len.max(1);
+                let mut state = self.shared.lock();
+                let room = cap.saturating_sub(state.inbound.len());
+                if room == 0 {
+                    state.driver_wants_room = true;
+                    self.paused = true;
+                    return Flow::Wait;
+                }
+                drop(state);
+                self.room = room;
+                if self.paused {
+                    // The application was slow, not the peer: restart the peer's clocks.
+                    self.paused = false;
+                    if self.pong_due.is_some() {
+                        self.pong_due = now.checked_add(self.cfg().pong_timeout);
+                    }
+                    if let Some(idle) = self.cfg().idle_timeout {
+                        self.idle_at = now.checked_add(idle);
+                    }
+                }
+            }
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Pending => return Flow::Wait,
+                Poll::Ready(None) => {
+                    self.finish();
+                    return Flow::Changed;
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    if is_too_big(&err) {
+                        self.begin_close(CloseCause::MessageTooBig, now);
+                    } else {
+                        self.deliver(Err(err));
+                        self.finish();
+                    }
+                    return Flow::Changed;
+                }
+                Poll::Ready(Some(Ok(msg))) => {
+                    budget -= 1;
+                    self.on_message(msg, now);
+                    if self.phase != Phase::Open {
+                        return Flow::Changed;
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Message, now: Instant) {
+        match &msg {
+            Message::Pong(payload)
+                if self.pong_due.is_some() && payload[..] == self.ping_seq.to_be_bytes() =>
+            {
+                self.pong_due = None;
+                return;
+            }
+            Message::Close(_) => {
+                // The peer is closing; tungstenite answers. Deliver it as axum does.
+                self.shared.lock().send_closed = true;
+                self.deliver(Ok(msg));
+                return;
+            }
+            _ => {}
+        }
+        if self.rate.is_active()
+            && let Err(scope) = self.rate.check(message_len(&msg) as u64, now)
+        {
+            let cause = CloseCause::RateLimited(scope);
+            self.violations = self.violations.saturating_add(1);
+            let escalate = self
+                .cfg()
+                .escalate_after
+                .is_some_and(|n| self.violations >= n);
+            if self.cfg().rate_action == RateAction::Close || escalate {
+                self.begin_close(cause, now);
+            } else {
+                let mut state = self.shared.lock();
+                state.stats.dropped_incoming += 1;
+                let dropped = state.stats.dropped_incoming;
+                drop(state);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        name: "wsguard.socket.dropped",
+                        target: "wsguard::socket",
+                        cause = cause.as_str(),
+                        client_ip = self.shared.info.ip_field(),
+                        identity = self.shared.info.identity_field(),
+                        limit = %cause.limit(self.cfg()),
+                        dropped,
+                        "dropped messages over the socket's rate limit"
+                    );
+                }
+            }
+            return;
+        }
+        if matches!(msg, Message::Text(_) | Message::Binary(_))
+            && let Some(idle) = self.cfg().idle_timeout
+        {
+            self.idle_at = now.checked_add(idle);
+        }
+        self.deliver(Ok(msg));
+    }
+
+    fn deliver(&mut self, item: Result<Message, Error>) {
+        let mut state = self.shared.lock();
+        if state.app_gone {
+            return;
+        }
+        state.inbound.push_back(item);
+        state.stats.received += 1;
+        self.room = self.room.saturating_sub(1);
+        let waker = state.app_waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<W> Future for Driver<W>
+where
+    W: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
+{
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.phase == Phase::Done {
+            return Poll::Ready(());
+        }
+        this.sync_commands(cx, Instant::now());
+        // Bounded: every turn either changes the phase or sees an elapsed timer.
+        for _ in 0..8 {
+            let now = Instant::now();
+            match this.phase {
+                Phase::Done => return Poll::Ready(()),
+                Phase::Open => {
+                    if let Some(cause) = this.due(now) {
+                        this.begin_close(cause, now);
+                        continue;
+                    }
+                    let more_to_write = match this.write(cx, now) {
+                        Ok(more) => more,
+                        Err(_) => {
+                            this.finish();
+                            continue;
+                        }
+                    };
+                    if this.phase != Phase::Open {
+                        continue;
+                    }
+                    match this.read(cx, now) {
+                        Flow::Changed => continue,
+                        Flow::Yield => {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        Flow::Wait => {}
+                    }
+                    if more_to_write {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    if !this.arm(cx) {
+                        return Poll::Pending;
+                    }
+                }
+                Phase::Closing => {
+                    if this.close_deadline.is_some_and(|t| t <= now) {
+                        this.finish();
+                        continue;
+                    }
+                    if this.write(cx, now).is_err() {
+                        this.finish();
+                        continue;
+                    }
+                    // Read until the peer's close (or end of stream), discarding data, so the
+                    // connection is not reset with unread bytes while our close frame is in
+                    // flight.
+                    let mut budget = BUDGET;
+                    while !this.read_ended {
+                        match Pin::new(&mut this.ws).poll_next(cx) {
+                            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                                this.read_ended = true;
+                            }
+                            Poll::Ready(Some(Ok(_))) => {
+                                budget -= 1;
+                                if budget == 0 {
+                                    cx.waker().wake_by_ref();
+                                    return Poll::Pending;
+                                }
+                            }
+                            Poll::Pending => break,
+                        }
+                    }
+                    // Done once nothing comes in and our close frame is out (a stream
+                    // ended by an oversized message still gets its 1009).
+                    if this.read_ended && this.pending.is_none() && !this.unflushed {
+                        this.finish();
+                        continue;
+                    }
+                    if !this.arm(cx) {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;

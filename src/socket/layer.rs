@@ -1,0 +1,245 @@
+use std::{fmt, sync::Arc, time::Duration};
+
+use tower::Layer;
+
+use super::{
+    ConfigError, RateAction, RateLimit, SlowConsumer, SocketPolicyService,
+    policy::{Config, SocketPolicy},
+    rate::IdentityRegistry,
+};
+
+/// Puts a [`SocketPolicy`] into the request extensions, for
+/// [`GuardedUpgrade`](super::GuardedUpgrade) to apply to the upgraded socket.
+///
+/// Every setter replaces the previous value and documents its default; the defaults are
+/// meant to be safe on the internet. See the [module docs](crate::socket).
+///
+/// The per-identity rate state is created with the layer and shared by every service it
+/// makes and by its clones, so an identity's rate spans all the routes of one layer.
+#[derive(Clone)]
+#[must_use]
+pub struct SocketPolicyLayer {
+    config: Config,
+    identities: Arc<IdentityRegistry>,
+}
+
+impl Default for SocketPolicyLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SocketPolicyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketPolicyLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_zero(value: usize, setting: &'static str) -> Result<usize, ConfigError> {
+    if value == 0 {
+        Err(ConfigError::Zero { setting })
+    } else {
+        Ok(value)
+    }
+}
+
+fn non_zero_duration(value: Duration, setting: &'static str) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::Zero { setting })
+    } else {
+        Ok(value)
+    }
+}
+
+impl SocketPolicyLayer {
+    /// A layer with the documented defaults.
+    pub fn new() -> Self {
+        Self {
+            config: Config::default(),
+            identities: Arc::default(),
+        }
+    }
+
+    /// The largest message a peer may send, in bytes; a bigger one closes the socket with
+    /// `1009`. Default 64 KiB (axum's is 64 MiB). Fails on zero.
+    pub fn max_message_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.config.max_message_size = non_zero(bytes, "max message size")?;
+        Ok(self)
+    }
+
+    /// The largest frame a peer may send, in bytes; a bigger one closes the socket with
+    /// `1009`. Default 64 KiB (browsers send a message as one frame). Fails on zero.
+    pub fn max_frame_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.config.max_frame_size = non_zero(bytes, "max frame size")?;
+        Ok(self)
+    }
+
+    /// The read buffer of each socket, in bytes. Default 4 KiB (tungstenite's is 128 KiB),
+    /// so an idle socket costs little memory. Fails on zero.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
+        self.config.read_buffer_size = non_zero(bytes, "read buffer size")?;
+        Ok(self)
+    }
+
+    /// How many bytes the socket buffers before writing to the connection. Default 4 KiB
+    /// (tungstenite's is 128 KiB); `0` writes every message at once.
+    pub fn write_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.write_buffer_size = bytes;
+        self
+    }
+
+    /// tungstenite's hard cap on its write buffer (see axum's
+    /// `WebSocketUpgrade::max_write_buffer_size`). Default: unchanged (unlimited), which is
+    /// safe because the driver waits for the buffer to drain before writing more; memory is
+    /// bounded by the send queue.
+    pub fn max_write_buffer_size(mut self, bytes: impl Into<Option<usize>>) -> Self {
+        self.config.max_write_buffer_size = bytes.into();
+        self
+    }
+
+    /// Messages per socket (every frame counts, pings included). Default 50 a second with a
+    /// burst of 100; `None` disables.
+    pub fn message_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.config.message_rate = limit.into();
+        self
+    }
+
+    /// Payload bytes per socket. Default 512 KiB a second with a burst of 1 MiB; `None`
+    /// disables. The burst is raised to at least the max message size.
+    pub fn byte_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.config.byte_rate = limit.into();
+        self
+    }
+
+    /// Messages per identity ([`Principal::subject`](crate::auth::Principal::subject)) across
+    /// all its sockets. Default 200 a second with a burst of 400; `None` disables. Sockets
+    /// without a principal are limited per socket only.
+    pub fn identity_message_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.config.identity_message_rate = limit.into();
+        self
+    }
+
+    /// Payload bytes per identity across all its sockets. Default 2 MiB a second with a
+    /// burst of 4 MiB; `None` disables.
+    pub fn identity_byte_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+        self.config.identity_byte_rate = limit.into();
+        self
+    }
+
+    /// What happens to a message over a rate limit. Default [`RateAction::Drop`].
+    pub fn on_rate_exceeded(mut self, action: RateAction) -> Self {
+        self.config.rate_action = action;
+        self
+    }
+
+    /// Under [`RateAction::Drop`], close with `1008` at the `violations`-th message over a
+    /// rate limit on one socket (the earlier ones are dropped and counted). Default 20;
+    /// `None` never escalates. Fails on `Some(0)`.
+    pub fn escalate_after(
+        mut self,
+        violations: impl Into<Option<u32>>,
+    ) -> Result<Self, ConfigError> {
+        let violations = violations.into();
+        if violations == Some(0) {
+            return Err(ConfigError::Zero {
+                setting: "escalation threshold",
+            });
+        }
+        self.config.escalate_after = violations;
+        Ok(self)
+    }
+
+    /// Close with `1001` when no text or binary message arrived for this long (pings and
+    /// pongs do not count: the heartbeat covers liveness). Default `None`: push-only feeds
+    /// are common and the heartbeat already closes dead peers. Fails on zero.
+    pub fn idle_timeout(
+        mut self,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Result<Self, ConfigError> {
+        self.config.idle_timeout = timeout
+            .into()
+            .map(|d| non_zero_duration(d, "idle timeout"))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// Send a ping every `interval`, and close with `1001` if no pong answers within
+    /// `timeout`. Default every 30 s, within 15 s. Fails on zero durations.
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Result<Self, ConfigError> {
+        self.config.ping_interval = Some(non_zero_duration(interval, "ping interval")?);
+        self.config.pong_timeout = non_zero_duration(timeout, "pong timeout")?;
+        Ok(self)
+    }
+
+    /// Sends no heartbeat pings.
+    pub fn without_heartbeat(mut self) -> Self {
+        self.config.ping_interval = None;
+        self
+    }
+
+    /// Close with `1001` after at most this long, minus a random jitter (see
+    /// [`lifetime_jitter`](Self::lifetime_jitter)) so a fleet's clients do not reconnect
+    /// at once. Default `None`. Fails on zero.
+    pub fn max_lifetime(
+        mut self,
+        lifetime: impl Into<Option<Duration>>,
+    ) -> Result<Self, ConfigError> {
+        self.config.max_lifetime = lifetime
+            .into()
+            .map(|d| non_zero_duration(d, "max lifetime"))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// The random part taken off [`max_lifetime`](Self::max_lifetime), uniformly between
+    /// zero and `jitter`. Default a tenth of the lifetime.
+    pub fn lifetime_jitter(mut self, jitter: Duration) -> Self {
+        self.config.lifetime_jitter = Some(jitter);
+        self
+    }
+
+    /// The send queue of each socket: at most `messages` messages and `bytes` payload bytes
+    /// (one message is always accepted into an empty queue). Default 64 messages, 1 MiB.
+    /// Fails on zero.
+    pub fn send_queue(mut self, messages: usize, bytes: usize) -> Result<Self, ConfigError> {
+        self.config.send_queue_len = non_zero(messages, "send queue length")?;
+        self.config.send_queue_bytes = non_zero(bytes, "send queue bytes")?;
+        Ok(self)
+    }
+
+    /// What happens when the send queue is full. Default [`SlowConsumer::Close`].
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// How many received messages wait for the application before the socket stops reading
+    /// (and TCP pushes back on the peer). Default 16. Fails on zero.
+    pub fn recv_queue(mut self, messages: usize) -> Result<Self, ConfigError> {
+        self.config.recv_queue_len = non_zero(messages, "receive queue length")?;
+        Ok(self)
+    }
+
+    /// How long a closing socket waits for the peer's close frame before dropping the
+    /// connection. Default 2 s. Fails on zero.
+    pub fn close_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        self.config.close_timeout = non_zero_duration(timeout, "close timeout")?;
+        Ok(self)
+    }
+
+    /// The policy this layer inserts, for use without the layer (for example in a
+    /// `axum::Extension`).
+    pub fn policy(&self) -> SocketPolicy {
+        SocketPolicy::new(self.config.clone(), self.identities.clone())
+    }
+}
+
+impl<S> Layer<S> for SocketPolicyLayer {
+    type Service = SocketPolicyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SocketPolicyService::new(inner, self.policy())
+    }
+}

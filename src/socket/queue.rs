@@ -1,0 +1,312 @@
+//! The bounded per-socket send queue and its slow-consumer policy. Pure logic.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
+
+use axum::extract::ws::Message;
+
+use super::SlowConsumer;
+
+/// Payload length of a message, the unit of the byte limits.
+pub(crate) fn message_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.as_str().len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(Some(frame)) => 2 + frame.reason.as_str().len(),
+        Message::Close(None) => 0,
+    }
+}
+
+struct Entry {
+    key: Option<Arc<str>>,
+    len: usize,
+    msg: Message,
+}
+
+/// What happened to a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Appended to the queue.
+    Queued,
+    /// Replaced the queued message with the same key.
+    Conflated,
+    /// Appended after dropping this many of the oldest queued messages.
+    DroppedOldest(usize),
+    /// The queue is full and the policy is to close the socket: nothing was queued.
+    Overflow,
+}
+
+/// A FIFO bounded by message count and total payload bytes.
+///
+/// Positions are sequence numbers: entries are removed only from the front and replaced in
+/// place, so the entry with sequence `s` sits at index `s - head`.
+pub(crate) struct OutQueue {
+    items: VecDeque<Entry>,
+    keys: HashMap<Arc<str>, u64>,
+    head: u64,
+    bytes: usize,
+    max_len: usize,
+    max_bytes: usize,
+    policy: SlowConsumer,
+}
+
+impl OutQueue {
+    pub(crate) fn new(max_len: usize, max_bytes: usize, policy: SlowConsumer) -> Self {
+        Self {
+            items: VecDeque::new(),
+            keys: HashMap::new(),
+            head: 0,
+            bytes: 0,
+            max_len: max_len.max(1),
+            max_bytes,
+            policy,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        // An empty queue always takes one message, however large, or it could never be sent.
+        self.items.is_empty()
+            || (self.items.len() < self.max_len && self.bytes.saturating_add(len) <= self.max_bytes)
+    }
+
+    /// Queues `msg`, applying the slow-consumer policy when the queue is full. `key` only
+    /// matters under [`SlowConsumer::Conflate`].
+    pub(crate) fn push(&mut self, key: Option<Arc<str>>, msg: Message) -> Pushed {
+        let len = message_len(&msg);
+        if self.policy == SlowConsumer::Conflate
+            && let Some(key) = &key
+            && let Some(&seq) = self.keys.get(key)
+        {
+            // `seq` is always within the queue: keys are removed with their entries.
+            if let Some(entry) = self.items.get_mut((seq - self.head) as usize) {
+                self.bytes = self.bytes - entry.len + len;
+                entry.len = len;
+                entry.msg = msg;
+                return Pushed::Conflated;
+            }
+        }
+        let mut dropped = 0;
+        if !self.fits(len) {
+            match self.policy {
+                SlowConsumer::Close | SlowConsumer::Conflate => return Pushed::Overflow,
+                SlowConsumer::DropOldest => {
+                    while !self.fits(len) {
+                        self.pop();
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        self.append(key, len, msg);
+        if dropped > 0 {
+            Pushed::DroppedOldest(dropped)
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Queues `msg` whatever the limits (a close frame, so the socket can always end).
+    pub(crate) fn push_unbounded(&mut self, msg: Message) {
+        let len = message_len(&msg);
+        self.append(None, len, msg);
+    }
+
+    fn append(&mut self, key: Option<Arc<str>>, len: usize, msg: Message) {
+        let seq = self.head + self.items.len() as u64;
+        let key = match key {
+            Some(key) if self.policy == SlowConsumer::Conflate => {
+                self.keys.insert(key.clone(), seq);
+                Some(key)
+            }
+            _ => None,
+        };
+        self.bytes += len;
+        self.items.push_back(Entry { key, len, msg });
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<Message> {
+        let entry = self.items.pop_front()?;
+        let seq = self.head;
+        self.head += 1;
+        self.bytes -= entry.len;
+        if let Some(key) = entry.key
+            && self.keys.get(&key) == Some(&seq)
+        {
+            self.keys.remove(&key);
+        }
+        Some(entry.msg)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.head += self.items.len() as u64;
+        self.items.clear();
+        self.keys.clear();
+        self.bytes = 0;
+        // Give the memory back: the socket is ending.
+        self.items.shrink_to_fit();
+        self.keys.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::text(s.to_owned())
+    }
+
+    fn drain(q: &mut OutQueue) -> Vec<String> {
+        std::iter::from_fn(|| q.pop())
+            .map(|m| m.to_text().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn policies_when_full() {
+        struct Case {
+            name: &'static str,
+            policy: SlowConsumer,
+            pushes: &'static [(Option<&'static str>, &'static str)],
+            outcomes: &'static [Pushed],
+            left: &'static [&'static str],
+        }
+        use Pushed::*;
+        let cases = [
+            Case {
+                name: "close refuses the fourth message",
+                policy: SlowConsumer::Close,
+                pushes: &[(None, "a"), (None, "b"), (None, "c"), (None, "d")],
+                outcomes: &[Queued, Queued, Queued, Overflow],
+                left: &["a", "b", "c"],
+            },
+            Case {
+                name: "close ignores keys",
+                policy: SlowConsumer::Close,
+                pushes: &[(Some("k"), "a"), (Some("k"), "b")],
+                outcomes: &[Queued, Queued],
+                left: &["a", "b"],
+            },
+            Case {
+                name: "drop oldest keeps the newest three",
+                policy: SlowConsumer::DropOldest,
+                pushes: &[
+                    (None, "a"),
+                    (None, "b"),
+                    (None, "c"),
+                    (None, "d"),
+                    (None, "e"),
+                ],
+                outcomes: &[Queued, Queued, Queued, DroppedOldest(1), DroppedOldest(1)],
+                left: &["c", "d", "e"],
+            },
+            Case {
+                name: "conflate keeps the latest per key in its first position",
+                policy: SlowConsumer::Conflate,
+                pushes: &[
+                    (Some("btc"), "btc 1"),
+                    (Some("eth"), "eth 1"),
+                    (Some("btc"), "btc 2"),
+                    (None, "news"),
+                    (Some("eth"), "eth 2"),
+                    (Some("btc"), "btc 3"),
+                ],
+                outcomes: &[Queued, Queued, Conflated, Queued, Conflated, Conflated],
+                left: &["btc 3", "eth 2", "news"],
+            },
+            Case {
+                name: "conflate closes when a new key finds the queue full",
+                policy: SlowConsumer::Conflate,
+                pushes: &[
+                    (Some("a"), "a"),
+                    (Some("b"), "b"),
+                    (Some("c"), "c"),
+                    (Some("d"), "d"),
+                ],
+                outcomes: &[Queued, Queued, Queued, Overflow],
+                left: &["a", "b", "c"],
+            },
+        ];
+        for case in cases {
+            let mut q = OutQueue::new(3, 1 << 20, case.policy);
+            let outcomes: Vec<_> = case
+                .pushes
+                .iter()
+                .map(|(k, m)| q.push(k.map(Arc::from), text(m)))
+                .collect();
+            assert_eq!(outcomes, case.outcomes, "{}", case.name);
+            assert!(q.len() <= 3, "{}", case.name);
+            assert_eq!(drain(&mut q), case.left, "{}", case.name);
+            assert_eq!(q.bytes(), 0, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn conflation_after_pops_finds_the_right_entry() {
+        let mut q = OutQueue::new(4, 1 << 20, SlowConsumer::Conflate);
+        for i in 0..10 {
+            q.push(Some("x".into()), text(&format!("x {i}")));
+            q.push(Some("y".into()), text(&format!("y {i}")));
+            if i % 3 == 0 {
+                q.pop();
+            }
+            assert!(q.len() <= 2);
+        }
+        // i = 9: [y 9, x 9] after conflation, then the pop takes y 9.
+        assert_eq!(drain(&mut q), ["x 9"]);
+        // A key popped from the queue is queued afresh, not "replaced" into nothing.
+        assert_eq!(q.push(Some("x".into()), text("x 10")), Pushed::Queued);
+        assert_eq!(drain(&mut q), ["x 10"]);
+    }
+
+    #[test]
+    fn byte_bound() {
+        let mut q = OutQueue::new(100, 10, SlowConsumer::DropOldest);
+        assert_eq!(q.push(None, text("aaaa")), Pushed::Queued);
+        assert_eq!(q.push(None, text("bbbb")), Pushed::Queued);
+        assert_eq!(q.push(None, text("cccc")), Pushed::DroppedOldest(1));
+        assert_eq!(q.bytes(), 8);
+        assert_eq!(
+            q.push(None, text("a message larger than the bound")),
+            Pushed::DroppedOldest(2),
+            "an empty queue always takes one message"
+        );
+        assert_eq!(q.len(), 1);
+
+        let mut closing = OutQueue::new(100, 10, SlowConsumer::Close);
+        assert_eq!(closing.push(None, text("12345678")), Pushed::Queued);
+        assert_eq!(closing.push(None, text("123")), Pushed::Overflow);
+        closing.push_unbounded(Message::Close(None));
+        assert_eq!(closing.len(), 2);
+        closing.clear();
+        assert!(closing.is_empty());
+        assert_eq!(closing.bytes(), 0);
+    }
+
+    #[test]
+    fn conflated_sizes_are_accounted() {
+        let mut q = OutQueue::new(10, 100, SlowConsumer::Conflate);
+        q.push(Some("k".into()), text("0123456789"));
+        q.push(Some("k".into()), text("01"));
+        assert_eq!(q.bytes(), 2);
+        q.push(Some("k".into()), Message::binary(vec![0u8; 50]));
+        assert_eq!(q.bytes(), 50);
+        assert_eq!(q.len(), 1);
+    }
+}

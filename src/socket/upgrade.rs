@@ -1,0 +1,185 @@
+use std::{borrow::Cow, fmt, future::Future, sync::Once};
+
+use axum::{
+    extract::{
+        FromRequestParts,
+        ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+    },
+    response::Response,
+};
+use http::{HeaderValue, request::Parts};
+
+use super::{GuardedSocket, driver, policy::SocketPolicy};
+use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
+
+/// Extractor for a WebSocket upgrade that applies the request's [`SocketPolicy`]: the
+/// guarded counterpart of axum's `WebSocketUpgrade`.
+///
+/// It extracts axum's `WebSocketUpgrade` (and rejects exactly as it does), then:
+/// - reads the [`SocketPolicy`] put in the extensions by
+///   [`SocketPolicyLayer`](super::SocketPolicyLayer). Without the layer it uses the
+///   documented defaults and emits a `wsguard.socket.default_policy` debug event (a warning
+///   the first time);
+/// - **removes** the [`ConnectionPermit`] from the extensions and keeps it until the socket
+///   ends, so the quota slot is released only then;
+/// - reads [`Principal`] (identity and expiry) and [`ClientIp`] (log field), if present;
+/// - sets the size and buffer limits on the upgrade.
+///
+/// ```
+/// use axum::response::Response;
+/// use wsguard::socket::{GuardedSocket, GuardedUpgrade};
+///
+/// async fn ws(up: GuardedUpgrade) -> Response {
+///     up.on_upgrade(echo)
+/// }
+///
+/// async fn echo(mut socket: GuardedSocket) {
+///     while let Some(Ok(msg)) = socket.recv().await {
+///         if socket.send(msg).await.is_err() {
+///             break;
+///         }
+///     }
+/// }
+/// # let _: axum::Router = axum::Router::new().route("/ws", axum::routing::any(ws));
+/// ```
+///
+/// See the [module docs](crate::socket).
+#[must_use]
+pub struct GuardedUpgrade {
+    inner: WebSocketUpgrade,
+    policy: SocketPolicy,
+    permit: Option<ConnectionPermit>,
+    principal: Option<Principal>,
+    client_ip: Option<ClientIp>,
+}
+
+impl fmt::Debug for GuardedUpgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedUpgrade")
+            .field("inner", &self.inner)
+            .field("policy", &self.policy)
+            .field("permit", &self.permit)
+            .field("principal", &self.principal)
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
+}
+
+impl<S> FromRequestParts<S> for GuardedUpgrade
+where
+    S: Send + Sync,
+{
+    type Rejection = WebSocketUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let inner = WebSocketUpgrade::from_request_parts(parts, state).await?;
+        let policy = match parts.extensions.get::<SocketPolicy>() {
+            Some(policy) => policy.clone(),
+            None => {
+                static WARN: Once = Once::new();
+                WARN.call_once(|| {
+                    tracing::warn!(
+                        name: "wsguard.socket.default_policy",
+                        target: "wsguard::socket",
+                        "GuardedUpgrade found no SocketPolicyLayer; using the default socket policy"
+                    );
+                });
+                tracing::debug!(
+                    name: "wsguard.socket.default_policy",
+                    target: "wsguard::socket",
+                    "GuardedUpgrade found no SocketPolicyLayer; using the default socket policy"
+                );
+                SocketPolicy::fallback()
+            }
+        };
+        Ok(Self {
+            inner,
+            policy,
+            permit: parts.extensions.remove::<ConnectionPermit>(),
+            principal: parts.extensions.get::<Principal>().cloned(),
+            client_ip: parts.extensions.get::<ClientIp>().copied(),
+        })
+    }
+}
+
+impl GuardedUpgrade {
+    /// The known subprotocols, in decreasing preference; see axum's
+    /// `WebSocketUpgrade::protocols`.
+    pub fn protocols<I>(mut self, protocols: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<Cow<'static, str>>,
+    {
+        self.inner = self.inner.protocols(protocols);
+        self
+    }
+
+    /// The subprotocols requested by the client.
+    pub fn requested_protocols(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.inner.requested_protocols()
+    }
+
+    /// The subprotocol chosen so far, if any.
+    pub fn selected_protocol(&self) -> Option<&HeaderValue> {
+        self.inner.selected_protocol()
+    }
+
+    /// The policy that will guard the socket.
+    pub fn policy(&self) -> &SocketPolicy {
+        &self.policy
+    }
+
+    /// The authenticated principal of the handshake, if any.
+    pub fn principal(&self) -> Option<&Principal> {
+        self.principal.as_ref()
+    }
+
+    /// The client address, if the client-IP layer recorded it.
+    pub fn client_ip(&self) -> Option<ClientIp> {
+        self.client_ip
+    }
+
+    /// Finishes the upgrade and calls `callback` with the [`GuardedSocket`]; like axum's
+    /// `WebSocketUpgrade::on_upgrade`, the returned response must be returned by the
+    /// handler. The callback and the socket's driver run in the same task.
+    #[must_use = "to set up the WebSocket connection, this response must be returned"]
+    pub fn on_upgrade<C, Fut>(self, callback: C) -> Response
+    where
+        C: FnOnce(GuardedSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Self {
+            inner,
+            policy,
+            permit,
+            principal,
+            client_ip,
+        } = self;
+        let cfg = policy.config();
+        let mut upgrade = inner
+            .max_message_size(cfg.max_message_size)
+            .max_frame_size(cfg.max_frame_size)
+            .read_buffer_size(cfg.read_buffer_size)
+            .write_buffer_size(cfg.write_buffer_size);
+        if let Some(max) = cfg.max_write_buffer_size {
+            upgrade = upgrade.max_write_buffer_size(max);
+        }
+        let protocol = upgrade.selected_protocol().cloned();
+        let ip_field = client_ip.map(|ip| ip.0.to_string());
+        upgrade
+            .on_failed_upgrade(move |error: axum::Error| {
+                tracing::debug!(
+                    name: "wsguard.socket.upgrade_failed",
+                    target: "wsguard::socket",
+                    client_ip = ip_field,
+                    error = %error,
+                    "WebSocket upgrade failed"
+                );
+            })
+            .on_upgrade(move |ws| async move {
+                let (socket, driver) =
+                    driver::start(ws, protocol, policy, permit, principal, client_ip);
+                futures_util::future::join(driver, callback(socket)).await;
+            })
+    }
+}

@@ -1,0 +1,723 @@
+//! Loopback tests of the socket policy: a real axum server on 127.0.0.1:0 and
+//! tokio-tungstenite clients, one test per limit.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, ws::Message as AxMessage, ws::WebSocketUpgrade},
+    middleware::{self, Next},
+    response::Response,
+    routing::{any, post},
+};
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::mpsc,
+    time::timeout,
+};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+use tower::ServiceExt;
+use tower_http::limit::RequestBodyLimitLayer;
+use wsguard::{
+    auth::Principal,
+    client_ip::ClientIp,
+    rate_limit::ConnectionPermit,
+    socket::{
+        CloseCause, GuardedSocket, GuardedUpgrade, RateAction, RateLimit, SlowConsumer,
+        SocketPolicyLayer, SocketStats,
+    },
+};
+
+/// A guard against hangs, not a timing assertion.
+const LIMIT: Duration = Duration::from_secs(10);
+
+type Client = WebSocketStream<TcpStream>;
+
+async fn serve(app: Router) -> SocketAddr {
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), app)
+}
+
+fn serve_on(listener: TcpListener, app: Router) -> SocketAddr {
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// A listener whose accepted sockets have a small send buffer, so a non-reading client
+/// blocks the server after a few KiB.
+fn small_buffer_listener() -> TcpListener {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    socket.listen(16).unwrap()
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .unwrap();
+    client
+}
+
+/// Reads until the server's close frame; returns the data messages and the close code.
+async fn until_close(client: &mut Client) -> (Vec<String>, Option<u16>) {
+    let mut seen = Vec::new();
+    let read = async {
+        while let Some(msg) = client.next().await {
+            match msg {
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(Message::Text(t)) => seen.push(t.as_str().to_owned()),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let code = timeout(LIMIT, read)
+        .await
+        .expect("the server closed in time");
+    (seen, code)
+}
+
+/// What the handler saw when its socket ended.
+#[derive(Debug)]
+struct Ended {
+    cause: Option<CloseCause>,
+    stats: SocketStats,
+}
+
+/// An echo route under `layer`; each socket reports how it ended on the channel.
+fn echo_app(layer: SocketPolicyLayer) -> (Router, mpsc::UnboundedReceiver<Ended>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(move |up: GuardedUpgrade| {
+                let tx = tx.clone();
+                async move {
+                    up.on_upgrade(move |mut socket: GuardedSocket| async move {
+                        while let Some(Ok(msg)) = socket.recv().await {
+                            if matches!(msg, AxMessage::Text(_)) && socket.send(msg).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = tx.send(Ended {
+                            cause: socket.close_cause(),
+                            stats: socket.stats(),
+                        });
+                    })
+                }
+            }),
+        )
+        .layer(layer);
+    (app, rx)
+}
+
+fn quiet() -> SocketPolicyLayer {
+    SocketPolicyLayer::new()
+        .without_heartbeat()
+        .message_rate(None)
+        .byte_rate(None)
+        .identity_message_rate(None)
+        .identity_byte_rate(None)
+}
+
+async fn ended(rx: &mut mpsc::UnboundedReceiver<Ended>) -> Ended {
+    timeout(LIMIT, rx.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn oversized_message_gets_1009() {
+    let (app, mut rx) = echo_app(quiet().max_message_size(1024).unwrap());
+    let mut client = connect(serve(app).await).await;
+    client.send(Message::text("small")).await.unwrap();
+    client.send(Message::text("x".repeat(2048))).await.unwrap();
+    let (seen, code) = until_close(&mut client).await;
+    assert_eq!(seen, ["small"]);
+    assert_eq!(code, Some(1009));
+    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::MessageTooBig));
+}
+
+#[tokio::test]
+async fn oversized_frame_gets_1009() {
+    let (app, mut rx) = echo_app(quiet().max_frame_size(512).unwrap());
+    let mut client = connect(serve(app).await).await;
+    client.send(Message::binary(vec![7u8; 1000])).await.unwrap();
+    let (_, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1009));
+    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::MessageTooBig));
+}
+
+#[tokio::test]
+async fn flood_is_dropped_and_counted() {
+    let layer = quiet()
+        .message_rate(RateLimit::new(5, Duration::from_secs(3600)).unwrap())
+        .escalate_after(None)
+        .unwrap();
+    let (app, mut rx) = echo_app(layer);
+    let mut client = connect(serve(app).await).await;
+    for i in 0..50 {
+        client.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let msg = timeout(LIMIT, client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(msg.into_text().unwrap().as_str().to_owned());
+    }
+    assert_eq!(seen, ["m0", "m1", "m2", "m3", "m4"]);
+    client.close(None).await.unwrap();
+    let (late, _) = until_close(&mut client).await;
+    assert_eq!(
+        late,
+        Vec::<String>::new(),
+        "nothing beyond the burst got through"
+    );
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, None, "the socket stayed open");
+    assert_eq!(end.stats.dropped_incoming, 45);
+}
+
+#[tokio::test]
+async fn flood_is_closed_with_1008() {
+    struct Case {
+        name: &'static str,
+        layer: SocketPolicyLayer,
+    }
+    let rate = || RateLimit::new(5, Duration::from_secs(3600)).unwrap();
+    let cases = [
+        Case {
+            name: "close at once",
+            layer: quiet()
+                .message_rate(rate())
+                .on_rate_exceeded(RateAction::Close),
+        },
+        Case {
+            name: "escalate after three drops",
+            layer: quiet().message_rate(rate()).escalate_after(3).unwrap(),
+        },
+        Case {
+            name: "byte rate",
+            layer: quiet()
+                .max_message_size(100)
+                .unwrap()
+                .byte_rate(RateLimit::new(300, Duration::from_secs(3600)).unwrap())
+                .on_rate_exceeded(RateAction::Close),
+        },
+    ];
+    for case in cases {
+        let (app, mut rx) = echo_app(case.layer);
+        let mut client = connect(serve(app).await).await;
+        for i in 0..50 {
+            // The server may close while we are still sending.
+            if client
+                .feed(Message::text(format!("{i:0>100}")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = client.flush().await;
+        let (seen, code) = until_close(&mut client).await;
+        assert_eq!(code, Some(1008), "{}", case.name);
+        assert!(seen.len() <= 5, "{}: {}", case.name, seen.len());
+        assert!(
+            matches!(ended(&mut rx).await.cause, Some(CloseCause::RateLimited(_))),
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn identity_rate_spans_sockets() {
+    let layer = quiet()
+        .identity_message_rate(RateLimit::new(4, Duration::from_secs(3600)).unwrap())
+        .escalate_after(None)
+        .unwrap();
+    let (app, mut rx) = echo_app(layer);
+    let app = app.layer(middleware::from_fn(
+        |mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(Principal::new("erin", None));
+            next.run(req).await
+        },
+    ));
+    let addr = serve(app).await;
+    let mut a = connect(addr).await;
+    let mut b = connect(addr).await;
+    for i in 0..3 {
+        a.send(Message::text(format!("a{i}"))).await.unwrap();
+        b.send(Message::text(format!("b{i}"))).await.unwrap();
+    }
+    // Four of the six share the identity's budget; read them from whichever socket.
+    let mut echoed = 0;
+    while echoed < 4 {
+        let msg = timeout(LIMIT, async {
+            tokio::select! {
+                m = a.next() => m,
+                m = b.next() => m,
+            }
+        })
+        .await
+        .unwrap();
+        assert!(matches!(msg, Some(Ok(Message::Text(_)))), "{msg:?}");
+        echoed += 1;
+    }
+    a.close(None).await.unwrap();
+    b.close(None).await.unwrap();
+    let (late_a, _) = until_close(&mut a).await;
+    let (late_b, _) = until_close(&mut b).await;
+    assert!(
+        late_a.is_empty() && late_b.is_empty(),
+        "{late_a:?} {late_b:?}"
+    );
+    let dropped =
+        ended(&mut rx).await.stats.dropped_incoming + ended(&mut rx).await.stats.dropped_incoming;
+    assert_eq!(dropped, 2);
+}
+
+#[tokio::test]
+async fn idle_socket_is_closed() {
+    let (app, mut rx) = echo_app(quiet().idle_timeout(Duration::from_millis(50)).unwrap());
+    let mut client = connect(serve(app).await).await;
+    let (_, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::Idle));
+}
+
+#[tokio::test]
+async fn unanswered_pings_close_the_socket() {
+    let (app, mut rx) = echo_app(
+        quiet()
+            .heartbeat(Duration::from_millis(30), Duration::from_millis(30))
+            .unwrap(),
+    );
+    // The client never polls, so tungstenite never answers the pings.
+    let mut client = connect(serve(app).await).await;
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::HeartbeatTimeout)
+    );
+    let (_, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+}
+
+#[tokio::test]
+async fn answered_pings_keep_the_socket_open() {
+    let (app, mut rx) = echo_app(
+        quiet()
+            .heartbeat(Duration::from_millis(10), LIMIT / 2)
+            .unwrap(),
+    );
+    let mut client = connect(serve(app).await).await;
+    // Read (and so answer) several pings.
+    let mut pings = 0;
+    while pings < 5 {
+        match timeout(LIMIT, client.next()).await.unwrap() {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    client.send(Message::text("still open")).await.unwrap();
+    client.close(None).await.unwrap();
+    let (seen, _) = until_close(&mut client).await;
+    assert_eq!(seen, ["still open"]);
+    assert_eq!(ended(&mut rx).await.cause, None);
+}
+
+fn with_principal(app: Router, expires_in: Duration) -> Router {
+    app.layer(middleware::from_fn(
+        move |mut req: Request, next: Next| async move {
+            req.extensions_mut().insert(Principal::new(
+                "frank",
+                Some(SystemTime::now() + expires_in),
+            ));
+            req.extensions_mut().insert(ClientIp([127, 0, 0, 1].into()));
+            next.run(req).await
+        },
+    ))
+}
+
+#[tokio::test]
+async fn expired_credential_gets_1008() {
+    let (app, mut rx) = echo_app(quiet());
+    let app = with_principal(app, Duration::from_millis(100));
+    let mut client = connect(serve(app).await).await;
+    let (_, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1008));
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::CredentialExpired)
+    );
+}
+
+#[tokio::test]
+async fn in_band_refresh_extends_the_credential() {
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|up: GuardedUpgrade| async move {
+                up.on_upgrade(|mut socket: GuardedSocket| async move {
+                    let Some(Ok(AxMessage::Text(_))) = socket.recv().await else {
+                        return;
+                    };
+                    // The application verified the refresh token it was sent.
+                    let first = socket.principal().and_then(Principal::expires_at);
+                    let fresh = Principal::new("frank", Some(SystemTime::now() + LIMIT));
+                    if socket.refresh_credential(fresh).is_err() {
+                        return;
+                    }
+                    // Outlive the first expiry, then prove the socket is still open.
+                    if let Some(first) = first {
+                        let left = first.duration_since(SystemTime::now()).unwrap_or_default();
+                        tokio::time::sleep(left + Duration::from_millis(50)).await;
+                    }
+                    let who = format!(
+                        "{} {:?}",
+                        socket.principal().map(Principal::subject).unwrap_or("-"),
+                        socket.client_ip().map(|ip| ip.0)
+                    );
+                    let _ = socket.send(AxMessage::text(who)).await;
+                    while socket.recv().await.is_some() {}
+                })
+            }),
+        )
+        .layer(quiet());
+    // Long enough for the refresh to arrive first on a loaded machine.
+    let app = with_principal(app, Duration::from_millis(500));
+    let mut client = connect(serve(app).await).await;
+    client.send(Message::text("refresh")).await.unwrap();
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg, Message::text("frank Some(127.0.0.1)"));
+    client.close(None).await.unwrap();
+    let (_, code) = until_close(&mut client).await;
+    assert_ne!(code, Some(1008));
+}
+
+/// A server pushing to a client that does not read, under each slow-consumer policy.
+fn pusher_app(
+    layer: SocketPolicyLayer,
+    keyed: bool,
+) -> (Router, mpsc::UnboundedReceiver<(Ended, usize, bool)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(move |up: GuardedUpgrade| {
+                let tx = tx.clone();
+                async move {
+                    up.on_upgrade(move |mut socket: GuardedSocket| async move {
+                        let mut max_queued = 0;
+                        let mut refused = false;
+                        for i in 0..3000 {
+                            let key = ["btc", "eth"][i % 2];
+                            let msg = AxMessage::text(format!("{key} {i:0>200}"));
+                            let sent = if keyed {
+                                socket.send_keyed(key, msg).map_err(axum::Error::new)
+                            } else {
+                                socket.send(msg).await
+                            };
+                            if sent.is_err() {
+                                refused = true;
+                                break;
+                            }
+                            max_queued = max_queued.max(socket.stats().queued);
+                            if i % 64 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        let end = Ended {
+                            cause: socket.close_cause(),
+                            stats: socket.stats(),
+                        };
+                        let _ = tx.send((end, max_queued, refused));
+                        // Closes after the queue drains (or the policy closed already).
+                        drop(socket);
+                    })
+                }
+            }),
+        )
+        .layer(layer);
+    (app, rx)
+}
+
+fn pushing(policy: SlowConsumer) -> SocketPolicyLayer {
+    quiet()
+        .write_buffer_size(0)
+        .send_queue(16, 1 << 20)
+        .unwrap()
+        .slow_consumer(policy)
+        .close_timeout(LIMIT)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_1013() {
+    let (app, mut rx) = pusher_app(pushing(SlowConsumer::Close), false);
+    let mut client = connect(serve_on(small_buffer_listener(), app)).await;
+    let (end, max_queued, refused) = timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    assert!(refused, "the queue overflowed");
+    assert!(max_queued <= 16);
+    assert_eq!(end.cause, Some(CloseCause::SlowConsumer));
+    let (seen, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1013));
+    assert!(seen.len() < 3000);
+}
+
+#[tokio::test]
+async fn slow_consumer_drops_oldest() {
+    let (app, mut rx) = pusher_app(pushing(SlowConsumer::DropOldest), false);
+    let mut client = connect(serve_on(small_buffer_listener(), app)).await;
+    let (end, max_queued, refused) = timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    assert!(!refused);
+    assert!(max_queued <= 16);
+    assert!(end.stats.dropped_outgoing > 0);
+    let (seen, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1000));
+    assert_eq!(seen.len() as u64 + end.stats.dropped_outgoing, 3000);
+    assert!(
+        seen.last().unwrap().ends_with("2999"),
+        "the newest message arrives"
+    );
+}
+
+#[tokio::test]
+async fn slow_consumer_conflates_by_key() {
+    let (app, mut rx) = pusher_app(pushing(SlowConsumer::Conflate), true);
+    let mut client = connect(serve_on(small_buffer_listener(), app)).await;
+    let (end, max_queued, refused) = timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    assert!(!refused, "two keys always fit");
+    assert!(max_queued <= 2, "one queued message per key");
+    assert!(end.stats.conflated > 0);
+    let (seen, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1000));
+    assert!(seen.len() < 3000);
+    let last = |key: &str| seen.iter().rev().find(|m| m.starts_with(key)).cloned();
+    assert!(last("btc").unwrap().ends_with("2998"), "latest btc");
+    assert!(last("eth").unwrap().ends_with("2999"), "latest eth");
+}
+
+#[tokio::test]
+async fn connection_permit_is_held_until_the_socket_ends() {
+    struct Slot(Arc<AtomicBool>);
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
+    let (app, mut rx) = echo_app(quiet());
+    let app = app.layer(middleware::from_fn(move |mut req: Request, next: Next| {
+        let flag = flag.clone();
+        async move {
+            req.extensions_mut()
+                .insert(ConnectionPermit::holding(Slot(flag)));
+            next.run(req).await
+        }
+    }));
+    let mut client = connect(serve(app).await).await;
+    client.send(Message::text("ping")).await.unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::text("ping"));
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "the slot is held while the socket lives, though the handshake response is long gone"
+    );
+    client.close(None).await.unwrap();
+    until_close(&mut client).await;
+    ended(&mut rx).await;
+    for _ in 0..500 {
+        if released.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        released.load(Ordering::SeqCst),
+        "the slot is released with the socket"
+    );
+}
+
+#[tokio::test]
+async fn plain_axum_upgrade_still_works_under_the_layer() {
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket| async move {
+                    while let Some(Ok(msg)) = socket.recv().await {
+                        if matches!(msg, AxMessage::Text(_)) && socket.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+        .layer(SocketPolicyLayer::new());
+    let mut client = connect(serve(app).await).await;
+    client.send(Message::text("plain")).await.unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::text("plain"));
+}
+
+#[tokio::test]
+async fn guarded_upgrade_without_the_layer_uses_defaults() {
+    let app = Router::new().route(
+        "/ws",
+        any(|up: GuardedUpgrade| async move {
+            let limit = up.policy().max_message_size();
+            up.on_upgrade(move |mut socket: GuardedSocket| async move {
+                let _ = socket.send(AxMessage::text(limit.to_string())).await;
+                while socket.recv().await.is_some() {}
+            })
+        }),
+    );
+    let mut client = connect(serve(app).await).await;
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg, Message::text("65536"));
+    client
+        .send(Message::binary(vec![0u8; 70_000]))
+        .await
+        .unwrap();
+    let (_, code) = until_close(&mut client).await;
+    assert_eq!(code, Some(1009), "the default 64 KiB limit applies");
+}
+
+#[tokio::test]
+async fn non_websocket_requests_pass_and_bodies_are_limited_elsewhere() {
+    struct Case {
+        name: &'static str,
+        request: http::Request<Body>,
+        status: StatusCode,
+    }
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|up: GuardedUpgrade| async move { up.on_upgrade(|_| async {}) }),
+        )
+        .layer(SocketPolicyLayer::new())
+        .merge(
+            Router::new()
+                .route(
+                    "/upload",
+                    post(|body: String| async move { body.len().to_string() }),
+                )
+                .layer(RequestBodyLimitLayer::new(1024)),
+        );
+    let cases = [
+        Case {
+            name: "a handshake passes the layer (oneshot cannot upgrade)",
+            request: http::Request::get("/ws")
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .body(Body::empty())
+                .unwrap(),
+            status: StatusCode::UPGRADE_REQUIRED,
+        },
+        Case {
+            name: "a plain GET is refused by axum's extractor",
+            request: http::Request::get("/ws").body(Body::empty()).unwrap(),
+            status: StatusCode::BAD_REQUEST,
+        },
+        Case {
+            name: "body within the limit",
+            request: http::Request::post("/upload")
+                .body(Body::from("hello"))
+                .unwrap(),
+            status: StatusCode::OK,
+        },
+        Case {
+            name: "body over the limit",
+            request: http::Request::post("/upload")
+                .body(Body::from(vec![b'x'; 2048]))
+                .unwrap(),
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+        },
+    ];
+    for case in cases {
+        let response: Response = app.clone().oneshot(case.request).await.unwrap();
+        assert_eq!(response.status(), case.status, "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn subprotocols_are_negotiated() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(|up: GuardedUpgrade| async move {
+                up.protocols(["graphql-ws", "chat"]).on_upgrade(
+                    |mut socket: GuardedSocket| async move {
+                        let chosen = socket
+                            .protocol()
+                            .and_then(|p| p.to_str().ok())
+                            .unwrap_or("none")
+                            .to_owned();
+                        let _ = socket.send(AxMessage::text(chosen)).await;
+                        while socket.recv().await.is_some() {}
+                    },
+                )
+            }),
+        )
+        .layer(quiet());
+    let addr = serve(app).await;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "chat".parse().unwrap());
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut client, response) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers().get("sec-websocket-protocol").unwrap(),
+        "chat"
+    );
+    let msg = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg, Message::text("chat"));
+}
