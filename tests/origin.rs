@@ -161,7 +161,13 @@ async fn echo_example_serves_and_guards() {
     let example = common::start_example("echo", &["--addr", "127.0.0.1:0"]).await;
     let addr = example.addr;
     let own = format!("http://localhost:{}", addr.port());
-    assert_eq!(connect(addr, Some(&own)).await, StatusCode::SWITCHING_PROTOCOLS);
-    assert_eq!(connect(addr, Some("http://evil.test")).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        connect(addr, Some(&own)).await,
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert_eq!(
+        connect(addr, Some("http://evil.test")).await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(connect(addr, None).await, StatusCode::SWITCHING_PROTOCOLS);
 }
