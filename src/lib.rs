@@ -11,6 +11,82 @@
 //! ```
 //!
 //! - [`origin`]: refuses cross-site WebSocket hijacking by checking the `Origin` header.
+//! - [`client_ip`]: the real client address behind trusted proxies, for every later layer to
+//!   key on.
+//! - [`rate_limit`]: handshake rate limits, a brute-force throttle, and concurrent-socket
+//!   quotas per client IP, identity and globally.
+//! - [`auth`]: verifies who connects before the upgrade (bearer header, subprotocol, query or
+//!   cookie; static tokens, signed tickets, JWT) and hands the identity to the handler.
+//! - [`socket`]: limits on the live socket (message size, rates per socket and per identity,
+//!   idle, heartbeat, credential expiry, lifetime, send backpressure) through
+//!   [`SocketPolicyLayer`](socket::SocketPolicyLayer) and the
+//!   [`GuardedUpgrade`](socket::GuardedUpgrade) extractor.
+//!
+//! # The whole stack
+//!
+//! With axum's `Router::layer`, the layer added last runs first, so the stack is written from
+//! the socket outwards:
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//! use wsguard::{
+//!     auth::{HandshakeAuthLayer, TicketIssuer, TicketKey, TicketVerifier},
+//!     client_ip::ClientIpLayer,
+//!     origin::OriginGuardLayer,
+//!     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+//!     socket::{GuardedSocket, GuardedUpgrade, SocketPolicyLayer},
+//! };
+//!
+//! async fn ws(upgrade: GuardedUpgrade) -> Response {
+//!     upgrade.on_upgrade(|mut socket: GuardedSocket| async move {
+//!         while let Some(Ok(message)) = socket.recv().await {
+//!             if socket.send(message).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     })
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = TicketKey::generate("k1")?;
+//! let issuer = TicketIssuer::new(key.clone()); // for the login route
+//! let app = Router::new()
+//!     .route("/ws", any(ws))
+//!     .layer(SocketPolicyLayer::new().max_message_size(16 * 1024)?) // socket policy
+//!     .layer(ConnectionQuotaLayer::new().per_ip(8)?.per_identity(4)?) // quota
+//!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))   // auth
+//!     .layer(AuthThrottleLayer::new().max_failures(5)?)           // brute force
+//!     .layer(RateLimitLayer::new().per_second(5)?.burst(10)?)     // rate
+//!     .layer(ClientIpLayer::new())                                // client IP
+//!     .layer(OriginGuardLayer::new().allow_origin("https://app.example.com")?); // origin
+//!
+//! let handshake = |token: Option<String>| {
+//!     let mut req = Request::get("/ws")
+//!         .header("host", "api.example.com")
+//!         .header("origin", "https://app.example.com")
+//!         .header("connection", "upgrade")
+//!         .header("upgrade", "websocket")
+//!         .header("sec-websocket-version", "13")
+//!         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+//!     if let Some(token) = token {
+//!         req = req.header("authorization", format!("Bearer {token}"));
+//!     }
+//!     let mut req = req.body(Body::empty())?;
+//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
+//!     Ok::<_, http::Error>(req)
+//! };
+//! let res = app.clone().oneshot(handshake(None)?).await?;
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! // Through every layer; `oneshot` cannot upgrade, so axum answers 426 instead of 101.
+//! let res = app.clone().oneshot(handshake(Some(issuer.issue("alice")))?).await?;
+//! assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Every rejection is an ordinary HTTP response with a precise status code, a short plain-text
 //! body and the typed error in the response extensions, so the layers never change the
