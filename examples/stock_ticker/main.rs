@@ -1,0 +1,489 @@
+//! The stock ticker: live prices pushed from an embedded SQLite database to a browser page over
+//! a WebSocket guarded by every wsguard layer.
+//!
+//! Run: `cargo run --release --example stock_ticker`, then open <http://127.0.0.1:8000> and
+//! sign in (`demo` / `demo` on a new database). `--tls` serves https/wss with a self-signed
+//! certificate; `--help` lists every flag with its default.
+//!
+//! The WebSocket route `/ws` goes through, in order: origin guard → client IP → handshake rate
+//! limit → brute-force throttle → ticket authentication (`Authorization: Bearer`, a
+//! `bearer.<token>` subprotocol entry next to `ticker.v1`, or `?token=`) → connection quotas →
+//! socket policy (size, rate, idle, heartbeat, expiry, conflating backpressure).
+
+mod db;
+mod hub;
+mod market;
+mod metrics;
+mod server;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{State, ws::Message},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware,
+    response::{Html, IntoResponse, Response},
+    routing::{any, get, post},
+};
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use wsguard::{
+    auth::{CredentialSource, HandshakeAuthLayer, TicketIssuer, TicketKey, TicketVerifier},
+    client_ip::ClientIpLayer,
+    origin::OriginGuardLayer,
+    rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+    socket::{
+        CloseCause, GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer,
+    },
+};
+
+use crate::{db::Db, hub::Hub, metrics::Metrics};
+
+#[derive(Debug, Parser)]
+#[command(about = "Live stock prices over a wsguard-protected WebSocket")]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: SocketAddr,
+    /// Serve https and wss (a self-signed certificate unless --cert/--key are given).
+    #[arg(long)]
+    tls: bool,
+    /// PEM certificate chain for --tls.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --tls.
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// SQLite database file, created and seeded on first run.
+    #[arg(long, default_value = "stock_ticker.db")]
+    db: PathBuf,
+    /// Simulated price changes per second across all symbols (0 turns the simulator off).
+    #[arg(long, default_value_t = 10.0)]
+    tick_hz: f64,
+    /// Add or update a user, NAME:PASSWORD (repeatable).
+    #[arg(long = "user", value_name = "NAME:PASSWORD")]
+    users: Vec<String>,
+    /// Another origin allowed to open sockets (repeatable).
+    #[arg(long = "allow-origin", value_name = "URL")]
+    allow_origins: Vec<String>,
+    /// Largest message a client may send, in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 4096)]
+    max_message_bytes: usize,
+    /// Messages per second a socket may send.
+    #[arg(long, default_value_t = 10)]
+    msg_rate: u64,
+    /// Burst of messages a socket may send at once.
+    #[arg(long, default_value_t = 20)]
+    msg_burst: u64,
+    /// WebSocket handshakes per second per client IP.
+    #[arg(long, default_value_t = 5)]
+    connect_rate: u32,
+    /// Burst of handshakes per client IP.
+    #[arg(long, default_value_t = 20)]
+    connect_burst: u32,
+    /// Concurrent sockets per client IP.
+    #[arg(long, default_value_t = 100)]
+    max_conns_per_ip: usize,
+    /// Concurrent sockets per user.
+    #[arg(long, default_value_t = 10)]
+    max_conns_per_user: usize,
+    /// Close a socket that sent nothing for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Ping every this many seconds; close if no pong within as long again.
+    #[arg(long, default_value_t = 20)]
+    heartbeat: u64,
+    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable).
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<String>,
+    /// Lifetime of a login token, in seconds.
+    #[arg(long, default_value_t = 900)]
+    token_ttl: u64,
+}
+
+#[derive(Clone)]
+struct App {
+    db: Db,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    issuer: TicketIssuer,
+    verifier: TicketVerifier,
+    token_ttl: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let db = Db::open(&args.db)?;
+    for user in &args.users {
+        let (name, password) = user
+            .split_once(':')
+            .ok_or_else(|| format!("--user {user:?}: expected NAME:PASSWORD"))?;
+        if name.is_empty() || password.is_empty() {
+            return Err(format!("--user {user:?}: name and password must not be empty").into());
+        }
+        db.upsert_user(name, password)?;
+    }
+    if db.user_count()? == 0 {
+        db.upsert_user("demo", "demo")?;
+        println!("no users in {}: created demo / demo", args.db.display());
+    }
+
+    let hub = Hub::new(db.snapshot()?);
+    tokio::spawn(market::run(db.clone(), hub.clone(), args.tick_hz));
+
+    let key = TicketKey::generate("k1")?;
+    let app = App {
+        db,
+        hub,
+        metrics: Arc::new(Metrics::default()),
+        issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
+        verifier: TicketVerifier::new(key),
+        token_ttl: args.token_ttl,
+    };
+
+    let tls = if args.tls || args.cert.is_some() {
+        Some(server::tls_acceptor(
+            args.cert.as_deref().zip(args.key.as_deref()),
+        )?)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    let addr = listener.local_addr()?;
+    let router = router(&args, addr, tls.is_some(), app)?;
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("stock ticker listening on {scheme}://{addr}");
+    server::serve(listener, router, tls).await;
+    Ok(())
+}
+
+fn router(
+    args: &Args,
+    addr: SocketAddr,
+    tls: bool,
+    app: App,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    let mut client_ip = ClientIpLayer::new();
+    for cidr in &args.trusted_proxies {
+        client_ip = client_ip.trusted_proxy_str(cidr)?;
+    }
+    let origins = OriginGuardLayer::new()
+        .allow_origins(server::origins_for(addr, tls))?
+        .allow_origins(&args.allow_origins)?;
+    let connect_rate = RateLimitLayer::new()
+        .per_second(args.connect_rate)?
+        .burst(args.connect_burst)?;
+    connect_rate.spawn_pruner(Duration::from_secs(60));
+    let login_rate = RateLimitLayer::new().per_minute(20)?.burst(10)?;
+    login_rate.spawn_pruner(Duration::from_secs(60));
+    let auth = HandshakeAuthLayer::new(app.verifier.clone()).sources([
+        CredentialSource::authorization(),
+        CredentialSource::subprotocol("bearer.")?,
+        CredentialSource::query("token")?,
+    ]);
+    let quota = ConnectionQuotaLayer::new()
+        .per_ip(args.max_conns_per_ip)?
+        .per_identity(args.max_conns_per_user)?;
+    let heartbeat = Duration::from_secs(args.heartbeat);
+    let policy = SocketPolicyLayer::new()
+        .max_message_size(args.max_message_bytes)?
+        .max_frame_size(args.max_message_bytes)?
+        .message_rate(RateLimit::per_second(args.msg_rate)?.with_burst(args.msg_burst)?)
+        .idle_timeout(Duration::from_secs(args.idle_timeout))?
+        .heartbeat(heartbeat, heartbeat)?
+        .send_queue(64, 256 * 1024)?
+        .slow_consumer(SlowConsumer::Conflate);
+
+    // request → origin → client IP → rate → throttle → auth → quota → socket policy → handler.
+    // With `layer`, the last one added runs first.
+    let ws_route = Router::new()
+        .route("/ws", any(ws))
+        .layer(policy)
+        .layer(quota)
+        .layer(auth)
+        .layer(AuthThrottleLayer::new())
+        .layer(connect_rate)
+        .layer(client_ip.clone())
+        .layer(origins);
+    let login_route = Router::new()
+        .route("/login", post(login))
+        .layer(login_rate)
+        .layer(client_ip);
+
+    let mut router = Router::new()
+        .route("/", get(|| async { Html(include_str!("page.html")) }))
+        .merge(ws_route)
+        .merge(login_route)
+        .route("/prices", post(post_price))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_text))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        .layer(middleware::from_fn_with_state(
+            app.metrics.clone(),
+            metrics::count_rejections,
+        ));
+    if tls {
+        router = router.layer(middleware::map_response(|mut res: Response| async move {
+            res.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+            res
+        }));
+    }
+    Ok(router.with_state(app))
+}
+
+fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": error.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+async fn login(State(app): State<App>, body: Bytes) -> Response {
+    let login: Login = match serde_json::from_slice(&body) {
+        Ok(login) => login,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let db = app.db.clone();
+    let name = login.username.clone();
+    // argon2 is slow on purpose: off the async threads.
+    let ok = tokio::task::spawn_blocking(move || db.verify_user(&name, &login.password))
+        .await
+        .unwrap_or(false);
+    if !ok {
+        tracing::info!(name: "ticker.login.refused", "login refused");
+        return json_error(StatusCode::UNAUTHORIZED, "invalid username or password");
+    }
+    let token = app.issuer.issue(&login.username);
+    Json(json!({ "token": token, "expires_in": app.token_ttl })).into_response()
+}
+
+#[derive(Deserialize)]
+struct NewPrice {
+    symbol: String,
+    price: f64,
+}
+
+async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    if let Err(e) = app.verifier.verify(token) {
+        return json_error(StatusCode::UNAUTHORIZED, format!("invalid token: {e}"));
+    }
+    let new: NewPrice = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+    };
+    let (db, hub) = (app.db.clone(), app.hub.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        db.set_price(&new.symbol, new.price, |p| hub.publish(p))
+    })
+    .await;
+    match result {
+        Ok(Ok(price)) => Json(price).into_response(),
+        Ok(Err(db::PriceError::Database(e))) => {
+            tracing::error!("database error: {e}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+        }
+        Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn ws(State(app): State<App>, upgrade: GuardedUpgrade) -> Response {
+    upgrade
+        .protocols(["ticker.v1"])
+        .on_upgrade(move |socket| session(app, socket))
+}
+
+/// Decrements the open-connection gauge however the session ends.
+struct OpenGuard(Arc<Metrics>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum ClientMessage {
+    Subscribe { symbols: Vec<String> },
+    Unsubscribe { symbols: Vec<String> },
+}
+
+async fn session(app: App, mut socket: GuardedSocket) {
+    app.metrics.connections_open.fetch_add(1, Relaxed);
+    app.metrics.connections_total.fetch_add(1, Relaxed);
+    let _open = OpenGuard(app.metrics.clone());
+
+    // Subscribe before the snapshot; updates already in the snapshot are skipped by `seq`.
+    let mut updates = app.hub.subscribe();
+    let sender = socket.sender();
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut last_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    let snapshot = app.hub.latest();
+    for price in &snapshot {
+        subscribed.insert(price.symbol.clone());
+        last_seq.insert(Arc::from(price.symbol.as_str()), price.seq);
+    }
+    let snapshot = json!({ "type": "snapshot", "prices": snapshot }).to_string();
+    if sender.send(Message::text(snapshot)).is_err() {
+        return;
+    }
+
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                Ok(update) => {
+                    if !subscribed.contains(&*update.symbol) {
+                        continue;
+                    }
+                    let last = last_seq.entry(update.symbol.clone()).or_default();
+                    if update.seq <= *last {
+                        continue;
+                    }
+                    *last = update.seq;
+                    // Keyed by symbol: a slow consumer keeps only the latest price per symbol.
+                    if sender.send_keyed(update.symbol, Message::Text(update.json)).is_err() {
+                        break;
+                    }
+                    app.metrics.messages_pushed.fetch_add(1, Relaxed);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    // This task fell behind the hub: catch up with the latest prices.
+                    tracing::debug!(missed, "session lagged behind the hub");
+                    for price in app.hub.latest() {
+                        let symbol: Arc<str> = Arc::from(price.symbol.as_str());
+                        if !subscribed.contains(&price.symbol) || last_seq.get(&symbol) >= Some(&price.seq) {
+                            continue;
+                        }
+                        last_seq.insert(symbol.clone(), price.seq);
+                        let text = json!({ "type": "price", "symbol": price.symbol, "price": price.price,
+                                           "seq": price.seq, "ts": price.ts }).to_string();
+                        if sender.send_keyed(symbol, Message::text(text)).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    app.metrics.client_messages.fetch_add(1, Relaxed);
+                    let reply = handle_client_message(&app, &text, &mut subscribed);
+                    if let Some(reply) = reply
+                        && sender.send(Message::text(reply)).is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let error = json!({ "type": "error", "error": "binary messages are not supported" });
+                    if sender.send(Message::text(error.to_string())).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+
+    let stats = socket.stats();
+    if stats.conflated > 0 {
+        for _ in 0..stats.conflated {
+            app.metrics.slow_consumer("conflated");
+        }
+    }
+    if let Some(cause) = socket.close_cause() {
+        app.metrics.closed(cause.as_str());
+        if matches!(cause, CloseCause::SlowConsumer) {
+            app.metrics.slow_consumer("closed");
+        }
+    }
+}
+
+/// Applies a subscribe/unsubscribe message; returns the reply to send, if any.
+fn handle_client_message(
+    app: &App,
+    text: &str,
+    subscribed: &mut HashSet<String>,
+) -> Option<String> {
+    let error = |e: String| Some(json!({ "type": "error", "error": e }).to_string());
+    let message: ClientMessage = match serde_json::from_str(text) {
+        Ok(message) => message,
+        Err(e) => return error(format!("invalid message: {e}")),
+    };
+    let symbols = match &message {
+        ClientMessage::Subscribe { symbols } | ClientMessage::Unsubscribe { symbols } => symbols,
+    };
+    let unknown: Vec<&str> = symbols
+        .iter()
+        .filter(|s| !app.hub.is_symbol(s))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return error(format!("unknown symbols: {}", unknown.join(", ")));
+    }
+    match message {
+        ClientMessage::Unsubscribe { symbols } => {
+            for symbol in &symbols {
+                subscribed.remove(symbol);
+            }
+            None
+        }
+        ClientMessage::Subscribe { symbols } => {
+            let new: HashSet<String> = symbols
+                .into_iter()
+                .filter(|s| !subscribed.contains(s))
+                .collect();
+            if new.is_empty() {
+                return None;
+            }
+            subscribed.extend(new.iter().cloned());
+            // The latest prices of the newly subscribed symbols.
+            Some(app.hub.snapshot_json(Some(&new)))
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! The stock ticker's contract, tested against the real example program on loopback.
+
+mod common;
+
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
+
+use common::{Example, http, start_example};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, header};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{self, Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Ticker {
+    example: Example,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn ticker(extra: &[&str]) -> Ticker {
+    let dir = std::env::temp_dir().join(format!(
+        "wsguard-ticker-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("ticker.db");
+    let db = db.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--tick-hz",
+        "0",
+        "--user",
+        "alice:wonderland",
+    ];
+    args.extend_from_slice(extra);
+    let example = start_example("stock_ticker", &args).await;
+    Ticker {
+        example,
+        _dir: TempDir(dir),
+    }
+}
+
+impl Ticker {
+    fn addr(&self) -> SocketAddr {
+        self.example.addr
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.addr().port())
+    }
+
+    async fn login(&self, user: &str, password: &str) -> common::HttpResponse {
+        let body = json!({ "username": user, "password": password }).to_string();
+        http(
+            self.addr(),
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            &body,
+        )
+        .await
+    }
+
+    async fn token(&self) -> String {
+        let res = self.login("alice", "wonderland").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        let body = res.json();
+        assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0), "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn post_price(&self, token: &str, body: &str) -> common::HttpResponse {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ];
+        http(self.addr(), "POST", "/prices", &headers, body).await
+    }
+
+    /// Opens `/ws` with the token in the Authorization header and this server's origin.
+    async fn connect(&self, token: &str) -> Socket {
+        let mut request = format!("ws://{}/ws", self.addr())
+            .into_client_request()
+            .expect("request");
+        let headers = request.headers_mut();
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(&self.origin()).expect("origin"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("handshake");
+        assert_eq!(response.status(), 101);
+        socket
+    }
+}
+
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON message"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn login_is_accepted_and_refused() {
+    let ticker = ticker(&[]).await;
+    let _ = ticker.token().await;
+    for (user, password) in [("alice", "wrong"), ("nobody", "wonderland"), ("", "")] {
+        let res = ticker.login(user, password).await;
+        assert_eq!(res.status, 401, "{user}: {}", res.body);
+        assert!(res.json()["error"].is_string());
+    }
+    let res = http(
+        ticker.addr(),
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        "{not json",
+    )
+    .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+}
+
+#[tokio::test]
+async fn snapshot_then_pushed_prices_reach_every_client() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let mut a = ticker.connect(&token).await;
+    let mut b = ticker.connect(&token).await;
+    for socket in [&mut a, &mut b] {
+        let snapshot = next_json(socket).await;
+        assert_eq!(snapshot["type"], "snapshot");
+        let prices = snapshot["prices"].as_array().expect("prices");
+        assert!(prices.len() >= 5, "{snapshot}");
+        assert!(prices.iter().any(|p| p["symbol"] == "AAPL"));
+    }
+    let res = ticker
+        .post_price(&token, r#"{"symbol":"AAPL","price":123.45}"#)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    for socket in [&mut a, &mut b] {
+        let update = next_json(socket).await;
+        assert_eq!(update["type"], "price");
+        assert_eq!(update["symbol"], "AAPL");
+        assert_eq!(update["price"], 123.45);
+        assert!(
+            update["ts"]
+                .as_u64()
+                .is_some_and(|ts| ts > 1_600_000_000_000),
+            "{update}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn seq_is_contiguous_per_symbol() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    let snapshot = next_json(&mut socket).await;
+    let start = snapshot["prices"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["symbol"] == "MSFT"))
+        .and_then(|p| p["seq"].as_u64())
+        .expect("MSFT seq");
+    for i in 1..=5u64 {
+        let body = json!({ "symbol": "MSFT", "price": 400.0 + i as f64 }).to_string();
+        assert_eq!(ticker.post_price(&token, &body).await.status, 200);
+    }
+    for i in 1..=5u64 {
+        let update = next_json(&mut socket).await;
+        assert_eq!(update["seq"].as_u64(), Some(start + i), "{update}");
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_filter_updates() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    let snapshot = next_json(&mut socket).await;
+    let all: Vec<String> = snapshot["prices"]
+        .as_array()
+        .expect("prices")
+        .iter()
+        .filter_map(|p| p["symbol"].as_str().map(str::to_owned))
+        .collect();
+    let unsubscribe = json!({ "type": "unsubscribe", "symbols": all }).to_string();
+    socket.send(Message::text(unsubscribe)).await.expect("send");
+    let subscribe = json!({ "type": "subscribe", "symbols": ["GOOG"] }).to_string();
+    socket.send(Message::text(subscribe)).await.expect("send");
+    // The server may confirm a subscription with a snapshot of the new symbols.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (symbol, price) in [
+        ("AAPL", 100.0),
+        ("GOOG", 150.5),
+        ("MSFT", 300.0),
+        ("GOOG", 151.5),
+    ] {
+        let body = json!({ "symbol": symbol, "price": price }).to_string();
+        assert_eq!(ticker.post_price(&token, &body).await.status, 200);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let message = next_json(&mut socket).await;
+        match message["type"].as_str() {
+            Some("price") => seen.push((message["symbol"].clone(), message["price"].clone())),
+            Some("snapshot") => {
+                let symbols: HashSet<_> = message["prices"]
+                    .as_array()
+                    .expect("prices")
+                    .iter()
+                    .map(|p| p["symbol"].clone())
+                    .collect();
+                assert_eq!(symbols, HashSet::from([json!("GOOG")]), "{message}");
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![(json!("GOOG"), json!(150.5)), (json!("GOOG"), json!(151.5))]
+    );
+}
+
+#[tokio::test]
+async fn bad_client_messages_get_an_error_and_the_socket_stays_open() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    for bad in [
+        "{not json",
+        r#"{"type":"buy","symbols":["AAPL"]}"#,
+        r#"{"type":"subscribe","symbols":"AAPL"}"#,
+    ] {
+        socket.send(Message::text(bad)).await.expect("send");
+        let reply = next_json(&mut socket).await;
+        assert_eq!(reply["type"], "error", "{bad}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(
+        ticker
+            .post_price(&token, r#"{"symbol":"TSLA","price":9.5}"#)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(next_json(&mut socket).await["symbol"], "TSLA");
+}
+
+#[tokio::test]
+async fn prices_endpoint_validates_input() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    struct Case {
+        name: &'static str,
+        body: &'static str,
+        status: u16,
+        error: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "unknown symbol",
+            body: r#"{"symbol":"ZZZZ","price":1}"#,
+            status: 400,
+            error: "unknown symbol",
+        },
+        Case {
+            name: "zero",
+            body: r#"{"symbol":"AAPL","price":0}"#,
+            status: 400,
+            error: "positive",
+        },
+        Case {
+            name: "negative",
+            body: r#"{"symbol":"AAPL","price":-3}"#,
+            status: 400,
+            error: "positive",
+        },
+        Case {
+            name: "overflow",
+            body: r#"{"symbol":"AAPL","price":1e999}"#,
+            status: 400,
+            error: "",
+        },
+        Case {
+            name: "string price",
+            body: r#"{"symbol":"AAPL","price":"1"}"#,
+            status: 400,
+            error: "",
+        },
+        Case {
+            name: "malformed",
+            body: r#"{"symbol":"AAPL","#,
+            status: 400,
+            error: "",
+        },
+        Case {
+            name: "ok",
+            body: r#"{"symbol":"AAPL","price":10.25}"#,
+            status: 200,
+            error: "",
+        },
+    ];
+    for case in cases {
+        let res = ticker.post_price(&token, case.body).await;
+        assert_eq!(res.status, case.status, "{}: {}", case.name, res.body);
+        if case.status == 400 {
+            let error = res.json()["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_default();
+            assert!(
+                !error.is_empty() && error.contains(case.error),
+                "{}: {error}",
+                case.name
+            );
+        }
+    }
+    let res = ticker
+        .post_price("not-a-token", r#"{"symbol":"AAPL","price":1}"#)
+        .await;
+    assert_eq!(res.status, 401, "{}", res.body);
+    let res = http(
+        ticker.addr(),
+        "POST",
+        "/prices",
+        &[("Content-Type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!(res.status, 401, "{}", res.body);
+}
+
+#[tokio::test]
+async fn handshake_refusals() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let url = format!("ws://{}/ws", ticker.addr());
+
+    // A page on another site.
+    let mut request = url.as_str().into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert(header::ORIGIN, HeaderValue::from_static("http://evil.test"));
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("forged origin: {:?}", other.map(|_| ())),
+    }
+
+    // No token.
+    let mut request = url.as_str().into_client_request().expect("request");
+    request.headers_mut().insert(
+        header::ORIGIN,
+        HeaderValue::from_str(&ticker.origin()).expect("origin"),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), 401);
+            assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
+        }
+        other => panic!("no token: {:?}", other.map(|_| ())),
+    }
+
+    // A well-behaved client is still served.
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn token_as_subprotocol_or_query() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+
+    let mut request = format!("ws://{}/ws", ticker.addr())
+        .into_client_request()
+        .expect("request");
+    let headers = request.headers_mut();
+    headers.insert(
+        header::ORIGIN,
+        HeaderValue::from_str(&ticker.origin()).expect("origin"),
+    );
+    let protocols = format!("ticker.v1, bearer.{token}");
+    headers.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_str(&protocols).expect("protocols"),
+    );
+    let (mut socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("subprotocol handshake");
+    assert_eq!(
+        response.headers()[header::SEC_WEBSOCKET_PROTOCOL],
+        "ticker.v1"
+    );
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+
+    let mut request = format!("ws://{}/ws?token={token}", ticker.addr())
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        header::ORIGIN,
+        HeaderValue::from_str(&ticker.origin()).expect("origin"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("query handshake");
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let ticker = ticker(&[]).await;
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    socket
+        .send(Message::text("x".repeat(5000)))
+        .await
+        .expect("send");
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Size));
+}
+
+#[tokio::test]
+async fn expired_token_closes_the_socket_with_1008() {
+    let ticker = ticker(&["--token-ttl", "1"]).await;
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Policy));
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let ticker = ticker(&[]).await;
+    let res = http(ticker.addr(), "GET", "/healthz", &[], "").await;
+    assert_eq!(res.status, 200);
+    let token = ticker.token().await;
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    let _ = http(
+        ticker.addr(),
+        "GET",
+        "/ws",
+        &[("Upgrade", "websocket"), ("Origin", "http://evil.test")],
+        "",
+    )
+    .await;
+    let res = http(ticker.addr(), "GET", "/metrics", &[], "").await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{:?}",
+        res.headers
+    );
+    for needle in [
+        "ticker_connections_open 1",
+        "ticker_rejections_total{cause=\"origin_not_allowed\"} 1",
+        "ticker_messages_pushed_total",
+        "ticker_slow_consumer_actions_total",
+    ] {
+        assert!(res.body.contains(needle), "{needle} in\n{}", res.body);
+    }
+}
+
+#[tokio::test]
+async fn page_is_served() {
+    let ticker = ticker(&[]).await;
+    let res = http(ticker.addr(), "GET", "/", &[], "").await;
+    assert_eq!(res.status, 200);
+    assert!(res.body.contains("<title>wsguard stock ticker</title>"));
+    assert!(
+        res.body.contains("bearer."),
+        "the page authenticates with the subprotocol"
+    );
+}
