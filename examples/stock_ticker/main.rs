@@ -432,14 +432,12 @@ async fn session(app: App, mut socket: GuardedSocket) {
 
     let stats = socket.stats();
     if stats.conflated > 0 {
-        for _ in 0..stats.conflated {
-            app.metrics.slow_consumer("conflated");
-        }
+        app.metrics.slow_consumer("conflated", stats.conflated);
     }
     if let Some(cause) = socket.close_cause() {
         app.metrics.closed(cause.as_str());
         if matches!(cause, CloseCause::SlowConsumer) {
-            app.metrics.slow_consumer("closed");
+            app.metrics.slow_consumer("closed", 1);
         }
     }
 }

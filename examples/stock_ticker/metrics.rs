@@ -23,23 +23,23 @@ pub(crate) struct Metrics {
     slow_consumer: Mutex<BTreeMap<String, u64>>,
 }
 
-fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str, by: u64) {
     if let Ok(mut map) = map.lock() {
-        *map.entry(key.to_owned()).or_default() += 1;
+        *map.entry(key.to_owned()).or_default() += by;
     }
 }
 
 impl Metrics {
     pub(crate) fn rejected(&self, cause: &str) {
-        bump(&self.rejections, cause);
+        bump(&self.rejections, cause, 1);
     }
 
     pub(crate) fn closed(&self, cause: &str) {
-        bump(&self.closes, cause);
+        bump(&self.closes, cause, 1);
     }
 
-    pub(crate) fn slow_consumer(&self, action: &str) {
-        bump(&self.slow_consumer, action);
+    pub(crate) fn slow_consumer(&self, action: &str, count: u64) {
+        bump(&self.slow_consumer, action, count);
     }
 
     pub(crate) fn render(&self) -> String {
