@@ -1,0 +1,326 @@
+//! The load generator: tokio-tungstenite clients on loopback, every loop bounded in time.
+
+use std::{
+    error::Error,
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{SinkExt, StreamExt, stream};
+use tokio::{net::TcpSocket, task::JoinSet};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig,
+    },
+};
+
+pub(crate) type Ws = WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Where and how to open sockets.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    /// `Authorization: Bearer` credential, if the server wants one.
+    pub(crate) token: Option<String>,
+}
+
+/// Source addresses 127.0.0.2 ..= 127.0.0.251 in turn: each has its own ephemeral port
+/// range, so churn and 10k sockets do not run out of ports on one address.
+fn next_source() -> Ipv4Addr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Relaxed);
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 250) as u8)
+}
+
+/// Opens one WebSocket (with the bench `Origin` and the token, if any).
+pub(crate) async fn connect(target: &Target) -> Result<Ws, BoxError> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((next_source(), 0)))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(30), socket.connect(target.addr))
+        .await
+        .map_err(|_| "connect timed out")??;
+    tcp.set_nodelay(true)?;
+    let mut request = format!("ws://{}/ws", target.addr).into_client_request()?;
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_static(crate::server::ORIGIN),
+    );
+    if let Some(token) = &target.token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    // Small client buffers: the generator holds 10k sockets too.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio_tungstenite::client_async_with_config(request, tcp, Some(config)),
+    )
+    .await
+    .map_err(|_| "handshake timed out")??;
+    Ok(ws)
+}
+
+/// Opens `n` sockets, `concurrency` at a time; returns those that opened and the failures.
+pub(crate) async fn connect_many(target: &Target, n: usize, concurrency: usize) -> (Vec<Ws>, usize) {
+    let results: Vec<_> = stream::iter(0..n)
+        .map(|_| connect(target))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut failed = 0;
+    let mut sockets = Vec::with_capacity(n);
+    for result in results {
+        match result {
+            Ok(ws) => sockets.push(ws),
+            Err(e) => {
+                if failed == 0 {
+                    eprintln!("    connect failed: {e}");
+                }
+                failed += 1;
+            }
+        }
+    }
+    (sockets, failed)
+}
+
+/// Scenario 1: `clients` loops of connect, close handshake, wait for the server to hang up.
+/// Returns (completed handshakes per second, failures).
+pub(crate) async fn handshakes(target: &Target, clients: usize, secs: f64) -> (f64, u64) {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let (target, done, failed) = (target.clone(), done.clone(), failed.clone());
+        tasks.spawn(async move {
+            while Instant::now() < deadline {
+                let result: Result<(), BoxError> = async {
+                    let mut ws = connect(&target).await?;
+                    ws.close(None).await?;
+                    // The server answers the close frame and drops the connection.
+                    while let Some(msg) = ws.next().await {
+                        if msg.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                match result {
+                    Ok(()) => done.fetch_add(1, Relaxed),
+                    Err(_) => failed.fetch_add(1, Relaxed),
+                };
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    (done.load(Relaxed) as f64 / elapsed, failed.load(Relaxed))
+}
+
+/// Throughput and latency of one measurement.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Rate {
+    pub(crate) per_second: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) failed: u64,
+}
+
+/// Percentile (0..=100) of sorted samples in microseconds, in milliseconds.
+fn percentile_ms(sorted: &[u32], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = (sorted.len() * p / 100).min(sorted.len() - 1);
+    f64::from(sorted[i]) / 1000.0
+}
+
+fn summarise(mut samples: Vec<u32>, secs: f64, failed: u64) -> Rate {
+    samples.sort_unstable();
+    Rate {
+        per_second: samples.len() as f64 / secs,
+        p50_ms: percentile_ms(&samples, 50),
+        p99_ms: percentile_ms(&samples, 99),
+        failed,
+    }
+}
+
+/// Scenario 2: `conns` sockets each sending `size`-byte binary messages and waiting for the
+/// echo, for a warm-up second and then `secs` measured seconds.
+pub(crate) async fn echo(target: &Target, conns: usize, size: usize, secs: f64) -> Rate {
+    let (sockets, mut failed) = connect_many(target, conns, 16).await;
+    let warm_end = Instant::now() + Duration::from_secs(1);
+    let end = warm_end + Duration::from_secs_f64(secs);
+    let payload = bytes::Bytes::from(vec![0x5a_u8; size]);
+    let mut tasks = JoinSet::new();
+    for mut ws in sockets {
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                if ws.send(Message::Binary(payload.clone())).await.is_err() {
+                    return (samples, 1);
+                }
+                let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Binary(b))) => return b.len() == payload.len(),
+                            Some(Ok(_)) => {}
+                            _ => return false,
+                        }
+                    }
+                })
+                .await;
+                if echoed != Ok(true) {
+                    return (samples, 1);
+                }
+                if sent >= warm_end {
+                    let rtt = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                    samples.push(rtt);
+                }
+            }
+            let _ = ws.close(None).await;
+            (samples, 0)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let Ok((samples, f)) = result {
+            all.extend(samples);
+            failed += f;
+        }
+    }
+    summarise(all, secs, failed as u64)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `ts` (ms since the epoch) of a `{"type":"price",..}` update, without a full parse.
+fn price_ts(text: &str) -> Option<u64> {
+    if !text.starts_with("{\"type\":\"price\"") {
+        return None;
+    }
+    let rest = &text[text.find("\"ts\":")? + 5..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Fan-out subscribers: every socket counts the price updates it receives while `measuring`
+/// is set and records each one's delivery latency (receipt minus the update's `ts`).
+#[derive(Debug)]
+pub(crate) struct Subscribers {
+    target: Target,
+    measuring: Arc<AtomicBool>,
+    samples: Vec<Arc<Mutex<Vec<u32>>>>,
+    closed: Arc<AtomicU64>,
+    tasks: JoinSet<()>,
+    pub(crate) failed: usize,
+}
+
+impl Subscribers {
+    pub(crate) fn new(target: Target) -> Self {
+        Self {
+            target,
+            measuring: Arc::new(AtomicBool::new(false)),
+            samples: Vec::new(),
+            closed: Arc::new(AtomicU64::new(0)),
+            tasks: JoinSet::new(),
+            failed: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Sockets that ended before the harness closed them.
+    pub(crate) fn closed_early(&self) -> u64 {
+        self.closed.load(Relaxed)
+    }
+
+    /// Opens sockets until there are `total`.
+    pub(crate) async fn grow_to(&mut self, total: usize) {
+        let missing = total.saturating_sub(self.len() + self.failed);
+        let (sockets, failed) = connect_many(&self.target, missing, 32).await;
+        self.failed += failed;
+        for mut ws in sockets {
+            let store = Arc::new(Mutex::new(Vec::new()));
+            self.samples.push(store.clone());
+            let (measuring, closed) = (self.measuring.clone(), self.closed.clone());
+            self.tasks.spawn(async move {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if !measuring.load(Relaxed) {
+                        continue;
+                    }
+                    if let Message::Text(text) = msg
+                        && let Some(ts) = price_ts(text.as_str())
+                    {
+                        let latency = now_us().saturating_sub(ts * 1000);
+                        if let Ok(mut s) = store.lock() {
+                            s.push(latency.min(u64::from(u32::MAX)) as u32);
+                        }
+                    }
+                }
+                closed.fetch_add(1, Relaxed);
+            });
+        }
+    }
+
+    /// Measures deliveries for `secs` after `warm` seconds of settling.
+    pub(crate) async fn measure(&mut self, warm: f64, secs: f64) -> Rate {
+        for s in &self.samples {
+            if let Ok(mut s) = s.lock() {
+                s.clear();
+            }
+        }
+        tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+        self.measuring.store(true, Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        self.measuring.store(false, Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut all = Vec::new();
+        for s in &self.samples {
+            if let Ok(mut s) = s.lock() {
+                all.append(&mut s);
+            }
+        }
+        summarise(all, elapsed, self.failed as u64 + self.closed_early())
+    }
+
+    /// Closes every socket.
+    pub(crate) async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn price_ts_reads_the_stock_tickers_format() {
+        let text = r#"{"type":"price","symbol":"AAPL","price":231.4,"seq":7,"ts":1732470000123}"#;
+        assert_eq!(super::price_ts(text), Some(1_732_470_000_123));
+        assert_eq!(super::price_ts(r#"{"type":"snapshot","prices":[]}"#), None);
+    }
+}

@@ -1,0 +1,610 @@
+//! The load harness: what the wsguard stack costs against a bare axum route, side by side in
+//! one run. See BENCHMARKS.md.
+//!
+//! Run: `cargo bench --bench load` (about 8 minutes), or `cargo bench --bench load -- --quick`
+//! (under 2 minutes). `-- --help` lists the options. Servers bind 127.0.0.1 only; every
+//! loop is bounded in time.
+//!
+//! 1. handshakes per second (connect and close), 16 concurrent clients;
+//! 2. echo round trips per second with p50/p99: 100 connections × 20 B and 10 × 16 KiB;
+//! 3. fan-out through the stock ticker example (the real binary, SQLite and all) against a
+//!    naive axum broadcast, at 1k, 5k and 10k clients;
+//! 4. resident memory per idle socket at 10k sockets, bare axum and guarded, each in its
+//!    own process.
+//!
+//! Bare and guarded alternate within each round; the report gives medians over rounds.
+
+mod chart;
+mod client;
+mod server;
+
+use std::{
+    error::Error,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+};
+
+use crate::client::{BoxError, Rate, Subscribers, Target};
+
+#[derive(Debug, Parser)]
+#[command(about = "wsguard load harness: guarded vs bare axum, side by side")]
+struct Args {
+    /// A short run (one round, short windows): under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per scenario (each round measures bare and guarded); default 3, 1 with --quick.
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Measured seconds per handshake/echo window; default 4, 2 with --quick.
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Scenarios to run (comma-separated): handshake, echo, fanout, memory.
+    #[arg(long, value_delimiter = ',', default_value = "handshake,echo,fanout,memory")]
+    only: Vec<Scenario>,
+    /// Fan-out client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    clients: Vec<usize>,
+    /// Updates per second for the fan-out latency runs.
+    #[arg(long, default_value_t = 10.0)]
+    tick_hz: f64,
+    /// Updates per second for the fan-out throughput runs (more than either server delivers).
+    #[arg(long, default_value_t = 200.0)]
+    saturate_hz: f64,
+    /// Idle sockets for the memory scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle_sockets: usize,
+    /// The stock ticker binary (default: built now with `cargo build --release --example
+    /// stock_ticker`).
+    #[arg(long)]
+    ticker: Option<PathBuf>,
+    /// Where the report and the chart go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Internal: run one server (the harness starts itself with this).
+    #[arg(long, hide = true)]
+    serve: Option<server::Kind>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    Handshake,
+    Echo,
+    Fanout,
+    Memory,
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let args = Args::parse();
+    // 10k sockets on each side: raise the descriptor limit (children inherit it).
+    let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
+    if let Some(kind) = args.serve {
+        return server::run(kind, args.tick_hz);
+    }
+    if nofile < 2 * args.idle_sockets.max(args.clients.iter().copied().max().unwrap_or(0)) as u64
+    {
+        eprintln!("warning: the open-file limit is {nofile}; 10k sockets need about 20k");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args)).map_err(|e| e as Box<dyn Error>)
+}
+
+/// One line of the report's figures.
+#[derive(Debug, Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: impl AsRef<str>) {
+        println!("{}", line.as_ref());
+        self.text.push_str(line.as_ref());
+        self.text.push('\n');
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    format!(
+        "nproc {}, CPU {cpu}, kernel {}, {}",
+        command_output("nproc", &[]),
+        command_output("uname", &["-r"]),
+        command_output("rustc", &["--version"]),
+    )
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let secs = args.secs.unwrap_or(if args.quick { 2.0 } else { 4.0 });
+    let started = Instant::now();
+    let mut report = Report::default();
+    report.line(format!("# wsguard load harness ({rounds} round(s), {secs} s windows)"));
+    report.line(format!("machine: {}", machine()));
+    report.line(format!("load average at start: {}", loadavg()));
+    report.line("");
+
+    if args.only.contains(&Scenario::Handshake) || args.only.contains(&Scenario::Echo) {
+        let bare = Server::start(server::Kind::Bare, 0.0).await?;
+        let guarded = Server::start(server::Kind::Guarded, 0.0).await?;
+        if args.only.contains(&Scenario::Handshake) {
+            handshake_scenario(&mut report, &bare, &guarded, rounds, secs).await;
+        }
+        if args.only.contains(&Scenario::Echo) {
+            echo_scenario(&mut report, &bare, &guarded, rounds, secs).await;
+        }
+    }
+    if args.only.contains(&Scenario::Fanout) {
+        let ticker = match &args.ticker {
+            Some(path) => path.clone(),
+            None => build_ticker()?,
+        };
+        let results = fanout_scenario(&mut report, &args, &ticker, rounds, args.quick).await?;
+        std::fs::create_dir_all(&args.out)?;
+        let chart = args.out.join("fanout-latency.svg");
+        chart::fanout(&chart, args.tick_hz, &results)?;
+        report.line(format!("chart: {}", chart.display()));
+        report.line("");
+    }
+    if args.only.contains(&Scenario::Memory) {
+        memory_scenario(&mut report, args.idle_sockets, rounds).await?;
+    }
+    report.line(format!(
+        "total {:.0} s; load average at end: {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    ));
+    std::fs::create_dir_all(&args.out)?;
+    let path = args.out.join("report.md");
+    std::fs::write(&path, &report.text)?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+/// A server in a child process, killed on drop.
+struct Server {
+    child: Child,
+    target: Target,
+}
+
+impl Server {
+    /// Starts `load --serve KIND` (this binary again) and waits for its address.
+    async fn start(kind: server::Kind, tick_hz: f64) -> Result<Self, BoxError> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--serve")
+            .arg(clap::ValueEnum::to_possible_value(&kind).map_or_else(String::new, |v| v.get_name().to_owned()))
+            .arg("--tick-hz")
+            .arg(tick_hz.to_string());
+        Self::spawn(cmd, None).await
+    }
+
+    async fn spawn(mut cmd: Command, token: Option<String>) -> Result<Self, BoxError> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut token = token;
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(t) = line.strip_prefix("ticket ") {
+                    token = Some(t.to_owned());
+                }
+                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                    return Ok::<_, BoxError>(url.trim_start_matches("http://").parse()?);
+                }
+            }
+            Err("the server exited without naming its address".into())
+        })
+        .await
+        .map_err(|_| "the server did not start in 30 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            target: Target { addr, token },
+        })
+    }
+
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse().ok())
+    }
+}
+
+fn ratio(guarded: f64, bare: f64) -> f64 {
+    guarded / bare
+}
+
+async fn handshake_scenario(
+    report: &mut Report,
+    bare: &Server,
+    guarded: &Server,
+    rounds: usize,
+    secs: f64,
+) {
+    report.line("## 1. handshakes per second (connect and close), 16 concurrent clients");
+    report.line("| round | load | bare /s | guarded /s | guarded/bare | failures b/g |");
+    report.line("|---|---|---|---|---|---|");
+    let (mut b, mut g, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let load = loadavg();
+        let run = async |s: &Server| client::handshakes(&s.target, 16, secs).await;
+        let (bare_r, guarded_r) = if round % 2 == 0 {
+            let x = run(bare).await;
+            (x, run(guarded).await)
+        } else {
+            let y = run(guarded).await;
+            (run(bare).await, y)
+        };
+        report.line(format!(
+            "| {} | {load} | {:.0} | {:.0} | {:.3} | {}/{} |",
+            round + 1,
+            bare_r.0,
+            guarded_r.0,
+            ratio(guarded_r.0, bare_r.0),
+            bare_r.1,
+            guarded_r.1
+        ));
+        b.push(bare_r.0);
+        g.push(guarded_r.0);
+        r.push(ratio(guarded_r.0, bare_r.0));
+    }
+    report.line(format!(
+        "| **median** | | **{:.0}** | **{:.0}** | **{:.3}** (target ≥ 0.95) | |",
+        median(&b),
+        median(&g),
+        median(&r)
+    ));
+    report.line("");
+}
+
+async fn echo_scenario(
+    report: &mut Report,
+    bare: &Server,
+    guarded: &Server,
+    rounds: usize,
+    secs: f64,
+) {
+    for (conns, size, label) in [(100, 20, "100 connections × 20 B"), (10, 16 * 1024, "10 connections × 16 KiB")] {
+        report.line(format!("## 2. echo round trips per second, {label}"));
+        report.line("| round | load | bare /s | bare p50/p99 ms | guarded /s | guarded p50/p99 ms | guarded/bare | failures b/g |");
+        report.line("|---|---|---|---|---|---|---|---|");
+        let (mut b, mut g, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bp, mut gp) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let load = loadavg();
+            let run = async |s: &Server| client::echo(&s.target, conns, size, secs).await;
+            let (x, y) = if round % 2 == 0 {
+                let x = run(bare).await;
+                (x, run(guarded).await)
+            } else {
+                let y = run(guarded).await;
+                (run(bare).await, y)
+            };
+            report.line(format!(
+                "| {} | {load} | {:.0} | {:.2}/{:.2} | {:.0} | {:.2}/{:.2} | {:.3} | {}/{} |",
+                round + 1,
+                x.per_second,
+                x.p50_ms,
+                x.p99_ms,
+                y.per_second,
+                y.p50_ms,
+                y.p99_ms,
+                ratio(y.per_second, x.per_second),
+                x.failed,
+                y.failed
+            ));
+            r.push(ratio(y.per_second, x.per_second));
+            b.push(x.per_second);
+            g.push(y.per_second);
+            bp.push((x.p50_ms, x.p99_ms));
+            gp.push((y.p50_ms, y.p99_ms));
+        }
+        let med = |v: &[(f64, f64)], i: usize| {
+            median(&v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect::<Vec<_>>())
+        };
+        report.line(format!(
+            "| **median** | | **{:.0}** | {:.2}/{:.2} | **{:.0}** | {:.2}/{:.2} | **{:.3}** (target ≥ 0.97) | |",
+            median(&b),
+            med(&bp, 0),
+            med(&bp, 1),
+            median(&g),
+            med(&gp, 0),
+            med(&gp, 1),
+            median(&r)
+        ));
+        report.line("");
+    }
+}
+
+/// Builds the stock ticker example in release mode and returns its path.
+fn build_ticker() -> Result<PathBuf, BoxError> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    println!("building the stock ticker: cargo build --release --example stock_ticker");
+    let status = std::process::Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--release", "--example", "stock_ticker"])
+        .status()?;
+    if !status.success() {
+        return Err("cargo build --release --example stock_ticker failed".into());
+    }
+    let exe = std::env::current_exe()?;
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot find target/release")?;
+    Ok(release
+        .join("examples")
+        .join(format!("stock_ticker{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Starts the stock ticker on port 0 with limits that do not fire, a fresh database in a
+/// temporary directory and a `bench` user, logs in and returns it with the token.
+async fn start_ticker(ticker: &Path, tick_hz: f64, dir: &Path) -> Result<Server, BoxError> {
+    let db = dir.join(format!("ticker-{}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let mut cmd = Command::new(ticker);
+    cmd.env("RUST_LOG", "warn").args([
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        &db.display().to_string(),
+        "--tick-hz",
+        &tick_hz.to_string(),
+        "--user",
+        "bench:bench",
+        "--connect-rate",
+        "1000000000",
+        "--connect-burst",
+        "1000000000",
+        "--max-conns-per-ip",
+        "1000000",
+        "--max-conns-per-user",
+        "1000000",
+        "--idle-timeout",
+        "86400",
+    ]);
+    let mut server = Server::spawn(cmd, None).await?;
+    server.target.token = Some(login(server.target.addr).await?);
+    Ok(server)
+}
+
+/// `POST /login` as bench/bench; returns the token.
+async fn login(addr: SocketAddr) -> Result<String, BoxError> {
+    let body = r#"{"username":"bench","password":"bench"}"#;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_string(&mut raw))
+        .await
+        .map_err(|_| "login timed out")??;
+    let json = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    value["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("login failed: {raw}").into())
+}
+
+/// Fan-out results for the chart: (variant, clients, p50 ms, p99 ms) at `tick_hz`.
+pub(crate) type FanoutPoint = (&'static str, usize, f64, f64);
+
+async fn fanout_scenario(
+    report: &mut Report,
+    args: &Args,
+    ticker: &Path,
+    rounds: usize,
+    quick: bool,
+) -> Result<Vec<FanoutPoint>, BoxError> {
+    let dir = std::env::temp_dir();
+    let warm = if quick { 1.0 } else { 2.0 };
+    let secs = if quick { 2.0 } else { 4.0 };
+    let mut points = Vec::new();
+    for (hz, what) in [
+        (args.tick_hz, "latency"),
+        (args.saturate_hz, "throughput"),
+    ] {
+        report.line(format!(
+            "## 3. fan-out at {hz} updates/s ({what}): stock ticker (guarded) vs naive axum broadcast"
+        ));
+        report.line("| round | clients | load | ticker deliveries/s | ticker p50/p99 ms | naive deliveries/s | naive p50/p99 ms | ticker/naive | offered /s | lost sockets t/n |");
+        report.line("|---|---|---|---|---|---|---|---|---|---|");
+        // (variant, clients) -> per-round results.
+        let mut by: Vec<((&'static str, usize), Vec<Rate>)> = Vec::new();
+        for round in 0..rounds {
+            let order: [&'static str; 2] = if round % 2 == 0 {
+                ["ticker", "naive"]
+            } else {
+                ["naive", "ticker"]
+            };
+            let mut rows: Vec<(usize, &'static str, Rate, String)> = Vec::new();
+            for variant in order {
+                let server = if variant == "ticker" {
+                    start_ticker(ticker, hz, &dir).await?
+                } else {
+                    Server::start(server::Kind::Naive, hz).await?
+                };
+                let mut subs = Subscribers::new(server.target.clone());
+                for &n in &args.clients {
+                    let t0 = Instant::now();
+                    subs.grow_to(n).await;
+                    eprintln!(
+                        "    {variant} {hz} Hz: {} sockets open in {:.1} s ({} failed)",
+                        subs.len(),
+                        t0.elapsed().as_secs_f64(),
+                        subs.failed
+                    );
+                    let load = loadavg();
+                    let rate = subs.measure(warm, secs).await;
+                    rows.push((n, variant, rate.clone(), load));
+                    match by.iter_mut().find(|(k, _)| *k == (variant, n)) {
+                        Some((_, v)) => v.push(rate),
+                        None => by.push(((variant, n), vec![rate])),
+                    }
+                }
+                subs.shutdown().await;
+                drop(server);
+            }
+            for &n in &args.clients {
+                let get = |v: &str| rows.iter().find(|r| r.0 == n && r.1 == v);
+                if let (Some(t), Some(nv)) = (get("ticker"), get("naive")) {
+                    report.line(format!(
+                        "| {} | {n} | {} | {:.0} | {:.1}/{:.1} | {:.0} | {:.1}/{:.1} | {:.2} | {:.0} | {}/{} |",
+                        round + 1,
+                        t.3,
+                        t.2.per_second,
+                        t.2.p50_ms,
+                        t.2.p99_ms,
+                        nv.2.per_second,
+                        nv.2.p50_ms,
+                        nv.2.p99_ms,
+                        t.2.per_second / nv.2.per_second,
+                        hz * n as f64,
+                        t.2.failed,
+                        nv.2.failed
+                    ));
+                }
+            }
+        }
+        for &n in &args.clients {
+            let med = |v: &str, f: fn(&Rate) -> f64| {
+                by.iter()
+                    .find(|(k, _)| *k == (v, n))
+                    .map_or(f64::NAN, |(_, r)| median(&r.iter().map(f).collect::<Vec<_>>()))
+            };
+            let (td, tp50, tp99) = (
+                med("ticker", |r| r.per_second),
+                med("ticker", |r| r.p50_ms),
+                med("ticker", |r| r.p99_ms),
+            );
+            let (nd, np50, np99) = (
+                med("naive", |r| r.per_second),
+                med("naive", |r| r.p50_ms),
+                med("naive", |r| r.p99_ms),
+            );
+            report.line(format!(
+                "| **median** | {n} | | **{td:.0}** | {tp50:.1}/{tp99:.1} | **{nd:.0}** | {np50:.1}/{np99:.1} | **{:.2}** | {:.0} | |",
+                td / nd,
+                hz * n as f64
+            ));
+            if what == "latency" {
+                points.push(("stock ticker (guarded)", n, tp50, tp99));
+                points.push(("naive broadcast", n, np50, np99));
+            }
+        }
+        report.line("");
+    }
+    report.line("Targets: ticker/naive deliveries ≥ 2 at 5k clients (throughput runs); ticker p99 ≤ 50 ms at 5k clients × 10 updates/s.");
+    report.line("");
+    Ok(points)
+}
+
+async fn memory_scenario(report: &mut Report, n: usize, rounds: usize) -> Result<(), BoxError> {
+    report.line(format!(
+        "## 4. resident memory per idle socket at {n} sockets (VmRSS after − before, / sockets)"
+    ));
+    report.line("| round | load | bare axum (defaults) KiB/socket | guarded (defaults) KiB/socket | sockets b/g |");
+    report.line("|---|---|---|---|---|");
+    let (mut b, mut g) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let load = loadavg();
+        let mut row = Vec::new();
+        for kind in [server::Kind::Bare, server::Kind::GuardedDefaults] {
+            let server = Server::start(kind, 0.0).await?;
+            // Warm the runtime and allocator with a few sockets first.
+            let (warm, _) = client::connect_many(&server.target, 32, 8).await;
+            drop(warm);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let before = server.rss_kib().ok_or("no VmRSS")?;
+            let (sockets, failed) = client::connect_many(&server.target, n, 32).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = server.rss_kib().ok_or("no VmRSS")?;
+            let open = sockets.len();
+            let per = after.saturating_sub(before) as f64 / open.max(1) as f64;
+            eprintln!(
+                "    {kind:?}: {open} sockets ({failed} failed), VmRSS {before} -> {after} KiB"
+            );
+            row.push((per, open));
+            drop(sockets);
+            drop(server);
+        }
+        report.line(format!(
+            "| {} | {load} | {:.2} | {:.2} | {}/{} |",
+            round + 1,
+            row[0].0,
+            row[1].0,
+            row[0].1,
+            row[1].1
+        ));
+        b.push(row[0].0);
+        g.push(row[1].0);
+    }
+    report.line(format!(
+        "| **median** | | **{:.2}** | **{:.2}** (target ≤ 8) | |",
+        median(&b),
+        median(&g)
+    ));
+    report.line("");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The servers the harness measures, each run in its own child process (the harness starts
+//! itself again with `--serve KIND`), so their memory can be read from `/proc` and their CPU
+//! is not mixed with the load generator's.
+
+use std::{
+    error::Error,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Router,
+    extract::{
+        State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    response::Response,
+    routing::any,
+    serve::ListenerExt,
+};
+use serde::Serialize;
+use tokio::sync::broadcast::{self, error::RecvError};
+use wsguard::{
+    auth::{HandshakeAuthLayer, TicketIssuer, TicketKey, TicketVerifier},
+    client_ip::ClientIpLayer,
+    origin::OriginGuardLayer,
+    rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+    socket::{GuardedSocket, GuardedUpgrade, RateLimit, SocketPolicyLayer},
+};
+
+/// The `Origin` the load generator sends, and the one the guarded server allows.
+pub(crate) const ORIGIN: &str = "http://bench.wsguard.test";
+
+/// Which server a child process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Kind {
+    /// Echo on a bare axum route (`WebSocketUpgrade` with axum's defaults).
+    Bare,
+    /// Echo behind the whole wsguard stack; limits high enough not to fire.
+    Guarded,
+    /// Echo behind the whole wsguard stack with the default socket policy (memory scenario).
+    GuardedDefaults,
+    /// A naive axum broadcast: every socket serialises each update and flushes it alone.
+    Naive,
+}
+
+/// Runs the server until the process is killed. Prints `ticket TOKEN` (guarded kinds) and
+/// then `listening on http://ADDR` on stdout.
+pub(crate) fn run(kind: Kind, tick_hz: f64) -> Result<(), Box<dyn Error>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(kind, tick_hz))
+}
+
+async fn serve(kind: Kind, tick_hz: f64) -> Result<(), Box<dyn Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = match kind {
+        Kind::Bare => Router::new().route("/ws", any(bare_ws)),
+        Kind::Guarded | Kind::GuardedDefaults => {
+            let key = TicketKey::generate("bench")?;
+            let ticket = TicketIssuer::new(key.clone())
+                .ttl(Duration::from_secs(24 * 3600))
+                .issue("bench-user");
+            println!("ticket {ticket}");
+            guarded(key, kind == Kind::GuardedDefaults)?
+        }
+        Kind::Naive => {
+            let (tx, _) = broadcast::channel(4096);
+            tokio::spawn(naive_market(tx.clone(), tick_hz));
+            Router::new().route("/ws", any(naive_ws)).with_state(tx)
+        }
+    };
+    println!("listening on http://{addr}");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The full stack in the documented order. Handshake limits are far above what the load
+/// generator can reach; with `defaults` the socket policy is `SocketPolicyLayer::new()`,
+/// otherwise only its message and byte rates are raised (the echo load would hit them).
+fn guarded(key: TicketKey, defaults: bool) -> Result<Router, Box<dyn Error>> {
+    const HIGH: u64 = 1_000_000_000;
+    let policy = if defaults {
+        SocketPolicyLayer::new()
+    } else {
+        let high = RateLimit::per_second(HIGH)?.with_burst(HIGH)?;
+        SocketPolicyLayer::new()
+            .message_rate(high)
+            .byte_rate(high)
+            .identity_message_rate(high)
+            .identity_byte_rate(high)
+    };
+    Ok(Router::new()
+        .route("/ws", any(guarded_ws))
+        .layer(policy)
+        .layer(
+            ConnectionQuotaLayer::new()
+                .per_ip(1_000_000)?
+                .per_identity(1_000_000)?
+                .global(1_000_000)?,
+        )
+        .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
+        .layer(AuthThrottleLayer::new())
+        .layer(RateLimitLayer::new().per_second(1_000_000)?.burst(1_000_000)?)
+        .layer(ClientIpLayer::new())
+        .layer(OriginGuardLayer::new().allow_origin(ORIGIN)?))
+}
+
+async fn bare_ws(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Text(_) | Message::Binary(_))
+                && socket.send(msg).await.is_err()
+            {
+                break;
+            }
+        }
+    })
+}
+
+async fn guarded_ws(upgrade: GuardedUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: GuardedSocket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Text(_) | Message::Binary(_))
+                && socket.send(msg).await.is_err()
+            {
+                break;
+            }
+        }
+    })
+}
+
+/// One price update, as the stock ticker sends it.
+#[derive(Clone, Debug, Serialize)]
+struct Tick {
+    r#type: &'static str,
+    symbol: &'static str,
+    price: f64,
+    seq: u64,
+    ts: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The same random walk as the stock ticker's simulator, without the database.
+async fn naive_market(tx: broadcast::Sender<Tick>, tick_hz: f64) {
+    const SYMBOLS: [&str; 8] = ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SAP", "ASML"];
+    let mut prices = [100.0_f64; 8];
+    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / tick_hz.max(0.001)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for seq in 1.. {
+        interval.tick().await;
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let i = (state % 8) as usize;
+        let step = 1.0 + ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.01;
+        prices[i] = ((prices[i] * step) * 100.0).round().max(1.0) / 100.0;
+        let _ = tx.send(Tick {
+            r#type: "price",
+            symbol: SYMBOLS[i],
+            price: prices[i],
+            seq,
+            ts: now_ms(),
+        });
+    }
+}
+
+/// The naive broadcast: serialise per socket, one `send` (write and flush) per message.
+async fn naive_ws(State(tx): State<broadcast::Sender<Tick>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |mut socket: WebSocket| async move {
+        let mut rx = tx.subscribe();
+        loop {
+            tokio::select! {
+                tick = rx.recv() => match tick {
+                    Ok(tick) => {
+                        let Ok(json) = serde_json::to_string(&tick) else { break };
+                        if socket.send(Message::text(json)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+            }
+        }
+    })
+}
