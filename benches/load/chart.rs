@@ -7,7 +7,11 @@ use plotters::prelude::*;
 use crate::FanoutPoint;
 
 /// Draws p50 and p99 delivery latency of each variant against the client count.
-pub(crate) fn fanout(path: &Path, tick_hz: f64, points: &[FanoutPoint]) -> Result<(), crate::client::BoxError> {
+pub(crate) fn fanout(
+    path: &Path,
+    tick_hz: f64,
+    points: &[FanoutPoint],
+) -> Result<(), crate::client::BoxError> {
     let max_clients = points.iter().map(|p| p.1).max().unwrap_or(1).max(1);
     let max_ms = points
         .iter()
@@ -58,7 +62,10 @@ pub(crate) fn fanout(path: &Path, tick_hz: f64, points: &[FanoutPoint]) -> Resul
                 .draw_series(LineSeries::new(data.clone(), style))?
                 .label(format!("{variant} {label}"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart.draw_series(data.iter().map(|&(x, y)| Circle::new((x, y), 3, colour.filled())))?;
+            chart.draw_series(
+                data.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, colour.filled())),
+            )?;
         }
     }
     chart

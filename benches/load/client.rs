@@ -11,7 +11,12 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt, stream};
-use tokio::{net::TcpSocket, task::JoinSet};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+    time::MissedTickBehavior,
+};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -47,10 +52,9 @@ pub(crate) async fn connect(target: &Target) -> Result<Ws, BoxError> {
         .map_err(|_| "connect timed out")??;
     tcp.set_nodelay(true)?;
     let mut request = format!("ws://{}/ws", target.addr).into_client_request()?;
-    request.headers_mut().insert(
-        "origin",
-        HeaderValue::from_static(crate::server::ORIGIN),
-    );
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static(crate::server::ORIGIN));
     if let Some(token) = &target.token {
         request
             .headers_mut()
@@ -70,7 +74,11 @@ pub(crate) async fn connect(target: &Target) -> Result<Ws, BoxError> {
 }
 
 /// Opens `n` sockets, `concurrency` at a time; returns those that opened and the failures.
-pub(crate) async fn connect_many(target: &Target, n: usize, concurrency: usize) -> (Vec<Ws>, usize) {
+pub(crate) async fn connect_many(
+    target: &Target,
+    n: usize,
+    concurrency: usize,
+) -> (Vec<Ws>, usize) {
     let results: Vec<_> = stream::iter(0..n)
         .map(|_| connect(target))
         .buffer_unordered(concurrency)
@@ -312,6 +320,93 @@ impl Subscribers {
     /// Closes every socket.
     pub(crate) async fn shutdown(mut self) {
         self.tasks.shutdown().await;
+    }
+}
+
+/// Publishes price updates as `POST /prices` over one keep-alive HTTP/1.1 connection: the
+/// stock ticker's own update path (database commit, then fan-out), and the naive server's.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    stream: BufReader<TcpStream>,
+    target: Target,
+    prices: [f64; 8],
+    sent: u64,
+}
+
+impl Publisher {
+    pub(crate) async fn connect(target: &Target) -> Result<Self, BoxError> {
+        let tcp = TcpStream::connect(target.addr).await?;
+        tcp.set_nodelay(true)?;
+        Ok(Self {
+            stream: BufReader::new(tcp),
+            target: target.clone(),
+            prices: [100.0; 8],
+            sent: 0,
+        })
+    }
+
+    /// One update: the next symbol in turn, its price a step of a random walk.
+    async fn post(&mut self) -> Result<(), BoxError> {
+        let i = (self.sent % 8) as usize;
+        self.sent += 1;
+        let wiggle = ((self.sent.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 100) as f64;
+        self.prices[i] =
+            (self.prices[i] * (1.0 + (wiggle - 49.5) / 10_000.0) * 100.0).round() / 100.0;
+        let body = format!(
+            r#"{{"symbol":"{}","price":{}}}"#,
+            crate::server::SYMBOLS[i],
+            self.prices[i]
+        );
+        let auth = self
+            .target
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST /prices HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.target.addr,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        if line.split_whitespace().nth(1) != Some("200") {
+            return Err(format!("POST /prices answered {line:?}").into());
+        }
+        let mut length = 0;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                return Err("the server closed the publishing connection".into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse()?;
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok(())
+    }
+
+    /// Posts `hz` updates a second for `secs` seconds (fewer if the server answers slower);
+    /// returns how many were published.
+    pub(crate) async fn run(&mut self, hz: f64, secs: f64) -> Result<u64, BoxError> {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
+        interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let end = Instant::now() + Duration::from_secs_f64(secs);
+        let mut posted = 0;
+        while Instant::now() < end {
+            interval.tick().await;
+            self.post().await?;
+            posted += 1;
+        }
+        Ok(posted)
     }
 }
 

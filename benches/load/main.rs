@@ -47,7 +47,11 @@ struct Args {
     #[arg(long)]
     secs: Option<f64>,
     /// Scenarios to run (comma-separated): handshake, echo, fanout, memory.
-    #[arg(long, value_delimiter = ',', default_value = "handshake,echo,fanout,memory")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "handshake,echo,fanout,memory"
+    )]
     only: Vec<Scenario>,
     /// Fan-out client counts.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
@@ -55,8 +59,8 @@ struct Args {
     /// Updates per second for the fan-out latency runs.
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
-    /// Updates per second for the fan-out throughput runs (more than either server delivers).
-    #[arg(long, default_value_t = 200.0)]
+    /// Updates per second for the fan-out throughput runs.
+    #[arg(long, default_value_t = 100.0)]
     saturate_hz: f64,
     /// Idle sockets for the memory scenario.
     #[arg(long, default_value_t = 10_000)]
@@ -89,9 +93,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     // 10k sockets on each side: raise the descriptor limit (children inherit it).
     let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
     if let Some(kind) = args.serve {
-        return server::run(kind, args.tick_hz);
+        return server::run(kind);
     }
-    if nofile < 2 * args.idle_sockets.max(args.clients.iter().copied().max().unwrap_or(0)) as u64
+    if nofile
+        < 2 * args
+            .idle_sockets
+            .max(args.clients.iter().copied().max().unwrap_or(0)) as u64
     {
         eprintln!("warning: the open-file limit is {nofile}; 10k sockets need about 20k");
     }
@@ -168,14 +175,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let secs = args.secs.unwrap_or(if args.quick { 2.0 } else { 4.0 });
     let started = Instant::now();
     let mut report = Report::default();
-    report.line(format!("# wsguard load harness ({rounds} round(s), {secs} s windows)"));
+    report.line(format!(
+        "# wsguard load harness ({rounds} round(s), {secs} s windows)"
+    ));
     report.line(format!("machine: {}", machine()));
     report.line(format!("load average at start: {}", loadavg()));
     report.line("");
 
     if args.only.contains(&Scenario::Handshake) || args.only.contains(&Scenario::Echo) {
-        let bare = Server::start(server::Kind::Bare, 0.0).await?;
-        let guarded = Server::start(server::Kind::Guarded, 0.0).await?;
+        let bare = Server::start(server::Kind::Bare).await?;
+        let guarded = Server::start(server::Kind::Guarded).await?;
         if args.only.contains(&Scenario::Handshake) {
             handshake_scenario(&mut report, &bare, &guarded, rounds, secs).await;
         }
@@ -218,19 +227,19 @@ struct Server {
 
 impl Server {
     /// Starts `load --serve KIND` (this binary again) and waits for its address.
-    async fn start(kind: server::Kind, tick_hz: f64) -> Result<Self, BoxError> {
+    async fn start(kind: server::Kind) -> Result<Self, BoxError> {
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("--serve")
-            .arg(clap::ValueEnum::to_possible_value(&kind).map_or_else(String::new, |v| v.get_name().to_owned()))
-            .arg("--tick-hz")
-            .arg(tick_hz.to_string());
+        cmd.arg("--serve").arg(
+            clap::ValueEnum::to_possible_value(&kind)
+                .map_or_else(String::new, |v| v.get_name().to_owned()),
+        );
         Self::spawn(cmd, None).await
     }
 
     async fn spawn(mut cmd: Command, token: Option<String>) -> Result<Self, BoxError> {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -320,7 +329,10 @@ async fn echo_scenario(
     rounds: usize,
     secs: f64,
 ) {
-    for (conns, size, label) in [(100, 20, "100 connections × 20 B"), (10, 16 * 1024, "10 connections × 16 KiB")] {
+    for (conns, size, label) in [
+        (100, 20, "100 connections × 20 B"),
+        (10, 16 * 1024, "10 connections × 16 KiB"),
+    ] {
         report.line(format!("## 2. echo round trips per second, {label}"));
         report.line("| round | load | bare /s | bare p50/p99 ms | guarded /s | guarded p50/p99 ms | guarded/bare | failures b/g |");
         report.line("|---|---|---|---|---|---|---|---|");
@@ -356,7 +368,11 @@ async fn echo_scenario(
             gp.push((y.p50_ms, y.p99_ms));
         }
         let med = |v: &[(f64, f64)], i: usize| {
-            median(&v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).collect::<Vec<_>>())
+            median(
+                &v.iter()
+                    .map(|p| if i == 0 { p.0 } else { p.1 })
+                    .collect::<Vec<_>>(),
+            )
         };
         report.line(format!(
             "| **median** | | **{:.0}** | {:.2}/{:.2} | **{:.0}** | {:.2}/{:.2} | **{:.3}** (target ≥ 0.97) | |",
@@ -393,9 +409,10 @@ fn build_ticker() -> Result<PathBuf, BoxError> {
         .join(format!("stock_ticker{}", std::env::consts::EXE_SUFFIX)))
 }
 
-/// Starts the stock ticker on port 0 with limits that do not fire, a fresh database in a
+/// Starts the stock ticker on port 0 with its simulator off (the harness publishes through
+/// `POST /prices`), limits that do not fire, a fresh database in a
 /// temporary directory and a `bench` user, logs in and returns it with the token.
-async fn start_ticker(ticker: &Path, tick_hz: f64, dir: &Path) -> Result<Server, BoxError> {
+async fn start_ticker(ticker: &Path, dir: &Path) -> Result<Server, BoxError> {
     let db = dir.join(format!("ticker-{}.db", std::process::id()));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -407,7 +424,9 @@ async fn start_ticker(ticker: &Path, tick_hz: f64, dir: &Path) -> Result<Server,
         "--db",
         &db.display().to_string(),
         "--tick-hz",
-        &tick_hz.to_string(),
+        "0",
+        "--allow-origin",
+        server::ORIGIN,
         "--user",
         "bench:bench",
         "--connect-rate",
@@ -450,6 +469,24 @@ async fn login(addr: SocketAddr) -> Result<String, BoxError> {
 /// Fan-out results for the chart: (variant, clients, p50 ms, p99 ms) at `tick_hz`.
 pub(crate) type FanoutPoint = (&'static str, usize, f64, f64);
 
+/// One fan-out measurement.
+#[derive(Debug)]
+struct FanoutRow {
+    round: usize,
+    rate_hz: f64,
+    variant: &'static str,
+    clients: usize,
+    rate: Rate,
+    /// Deliveries per second asked for: updates published per second × clients.
+    offered: f64,
+    load: String,
+}
+
+const TICKER: &str = "ticker";
+const NAIVE: &str = "naive";
+/// Publishing connections per fan-out server.
+const PUBLISHERS: usize = 4;
+
 async fn fanout_scenario(
     report: &mut Report,
     args: &Args,
@@ -460,93 +497,117 @@ async fn fanout_scenario(
     let dir = std::env::temp_dir();
     let warm = if quick { 1.0 } else { 2.0 };
     let secs = if quick { 2.0 } else { 4.0 };
+    let rates = [args.tick_hz, args.saturate_hz];
+    let mut rows: Vec<FanoutRow> = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [TICKER, NAIVE]
+        } else {
+            [NAIVE, TICKER]
+        };
+        for variant in order {
+            let server = if variant == TICKER {
+                start_ticker(ticker, &dir).await?
+            } else {
+                Server::start(server::Kind::Naive).await?
+            };
+            // Several publishing connections, so a slow answer does not throttle the updates.
+            let mut publishers = Vec::new();
+            for _ in 0..PUBLISHERS {
+                publishers.push(client::Publisher::connect(&server.target).await?);
+            }
+            let mut subs = Subscribers::new(server.target.clone());
+            for &n in &args.clients {
+                let t0 = Instant::now();
+                subs.grow_to(n).await;
+                eprintln!(
+                    "    {variant}: {} sockets open in {:.1} s ({} failed)",
+                    subs.len(),
+                    t0.elapsed().as_secs_f64(),
+                    subs.failed
+                );
+                for hz in rates {
+                    let load = loadavg();
+                    let (posted, rate) =
+                        tokio::join!(publisher.run(hz, warm + secs), subs.measure(warm, secs));
+                    let offered = posted? as f64 / (warm + secs) * subs.len() as f64;
+                    eprintln!(
+                        "    {variant} {n} clients {hz} Hz: {:.0} deliveries/s of {offered:.0}, p50 {:.1} ms, p99 {:.1} ms",
+                        rate.per_second, rate.p50_ms, rate.p99_ms
+                    );
+                    rows.push(FanoutRow {
+                        round,
+                        rate_hz: hz,
+                        variant,
+                        clients: n,
+                        rate,
+                        offered,
+                        load,
+                    });
+                    // Let queued deliveries drain before the next window.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            subs.shutdown().await;
+            drop(server);
+        }
+    }
+
     let mut points = Vec::new();
-    for (hz, what) in [
-        (args.tick_hz, "latency"),
-        (args.saturate_hz, "throughput"),
-    ] {
+    for (hz, what) in [(args.tick_hz, "latency"), (args.saturate_hz, "throughput")] {
         report.line(format!(
             "## 3. fan-out at {hz} updates/s ({what}): stock ticker (guarded) vs naive axum broadcast"
         ));
-        report.line("| round | clients | load | ticker deliveries/s | ticker p50/p99 ms | naive deliveries/s | naive p50/p99 ms | ticker/naive | offered /s | lost sockets t/n |");
+        report.line("| round | clients | load | ticker deliveries/s | ticker p50/p99 ms | naive deliveries/s | naive p50/p99 ms | ticker/naive | offered t/n /s | lost sockets t/n |");
         report.line("|---|---|---|---|---|---|---|---|---|---|");
-        // (variant, clients) -> per-round results.
-        let mut by: Vec<((&'static str, usize), Vec<Rate>)> = Vec::new();
+        let find = |round: usize, variant: &str, n: usize| {
+            rows.iter().find(|r| {
+                r.round == round && r.variant == variant && r.clients == n && r.rate_hz == hz
+            })
+        };
         for round in 0..rounds {
-            let order: [&'static str; 2] = if round % 2 == 0 {
-                ["ticker", "naive"]
-            } else {
-                ["naive", "ticker"]
-            };
-            let mut rows: Vec<(usize, &'static str, Rate, String)> = Vec::new();
-            for variant in order {
-                let server = if variant == "ticker" {
-                    start_ticker(ticker, hz, &dir).await?
-                } else {
-                    Server::start(server::Kind::Naive, hz).await?
-                };
-                let mut subs = Subscribers::new(server.target.clone());
-                for &n in &args.clients {
-                    let t0 = Instant::now();
-                    subs.grow_to(n).await;
-                    eprintln!(
-                        "    {variant} {hz} Hz: {} sockets open in {:.1} s ({} failed)",
-                        subs.len(),
-                        t0.elapsed().as_secs_f64(),
-                        subs.failed
-                    );
-                    let load = loadavg();
-                    let rate = subs.measure(warm, secs).await;
-                    rows.push((n, variant, rate.clone(), load));
-                    match by.iter_mut().find(|(k, _)| *k == (variant, n)) {
-                        Some((_, v)) => v.push(rate),
-                        None => by.push(((variant, n), vec![rate])),
-                    }
-                }
-                subs.shutdown().await;
-                drop(server);
-            }
             for &n in &args.clients {
-                let get = |v: &str| rows.iter().find(|r| r.0 == n && r.1 == v);
-                if let (Some(t), Some(nv)) = (get("ticker"), get("naive")) {
+                if let (Some(t), Some(nv)) = (find(round, TICKER, n), find(round, NAIVE, n)) {
                     report.line(format!(
-                        "| {} | {n} | {} | {:.0} | {:.1}/{:.1} | {:.0} | {:.1}/{:.1} | {:.2} | {:.0} | {}/{} |",
+                        "| {} | {n} | {} | {:.0} | {:.1}/{:.1} | {:.0} | {:.1}/{:.1} | {:.2} | {:.0}/{:.0} | {}/{} |",
                         round + 1,
-                        t.3,
-                        t.2.per_second,
-                        t.2.p50_ms,
-                        t.2.p99_ms,
-                        nv.2.per_second,
-                        nv.2.p50_ms,
-                        nv.2.p99_ms,
-                        t.2.per_second / nv.2.per_second,
-                        hz * n as f64,
-                        t.2.failed,
-                        nv.2.failed
+                        t.load,
+                        t.rate.per_second,
+                        t.rate.p50_ms,
+                        t.rate.p99_ms,
+                        nv.rate.per_second,
+                        nv.rate.p50_ms,
+                        nv.rate.p99_ms,
+                        t.rate.per_second / nv.rate.per_second,
+                        t.offered,
+                        nv.offered,
+                        t.rate.failed,
+                        nv.rate.failed
                     ));
                 }
             }
         }
         for &n in &args.clients {
-            let med = |v: &str, f: fn(&Rate) -> f64| {
-                by.iter()
-                    .find(|(k, _)| *k == (v, n))
-                    .map_or(f64::NAN, |(_, r)| median(&r.iter().map(f).collect::<Vec<_>>()))
+            let med = |variant: &str, f: fn(&Rate) -> f64| {
+                median(
+                    &(0..rounds)
+                        .filter_map(|r| find(r, variant, n))
+                        .map(|r| f(&r.rate))
+                        .collect::<Vec<_>>(),
+                )
             };
-            let (td, tp50, tp99) = (
-                med("ticker", |r| r.per_second),
-                med("ticker", |r| r.p50_ms),
-                med("ticker", |r| r.p99_ms),
-            );
-            let (nd, np50, np99) = (
-                med("naive", |r| r.per_second),
-                med("naive", |r| r.p50_ms),
-                med("naive", |r| r.p99_ms),
-            );
+            let ratios: Vec<f64> = (0..rounds)
+                .filter_map(|r| {
+                    Some(find(r, TICKER, n)?.rate.per_second / find(r, NAIVE, n)?.rate.per_second)
+                })
+                .collect();
+            let (tp50, tp99) = (med(TICKER, |r| r.p50_ms), med(TICKER, |r| r.p99_ms));
+            let (np50, np99) = (med(NAIVE, |r| r.p50_ms), med(NAIVE, |r| r.p99_ms));
             report.line(format!(
-                "| **median** | {n} | | **{td:.0}** | {tp50:.1}/{tp99:.1} | **{nd:.0}** | {np50:.1}/{np99:.1} | **{:.2}** | {:.0} | |",
-                td / nd,
-                hz * n as f64
+                "| **median** | {n} | | **{:.0}** | {tp50:.1}/{tp99:.1} | **{:.0}** | {np50:.1}/{np99:.1} | **{:.2}** | | |",
+                med(TICKER, |r| r.per_second),
+                med(NAIVE, |r| r.per_second),
+                median(&ratios),
             ));
             if what == "latency" {
                 points.push(("stock ticker (guarded)", n, tp50, tp99));
@@ -555,7 +616,7 @@ async fn fanout_scenario(
         }
         report.line("");
     }
-    report.line("Targets: ticker/naive deliveries ≥ 2 at 5k clients (throughput runs); ticker p99 ≤ 50 ms at 5k clients × 10 updates/s.");
+    report.line("Targets: ticker/naive deliveries ≥ 2 at 5000 clients; ticker p99 ≤ 50 ms at 5000 clients × 10 updates/s.");
     report.line("");
     Ok(points)
 }
@@ -571,7 +632,7 @@ async fn memory_scenario(report: &mut Report, n: usize, rounds: usize) -> Result
         let load = loadavg();
         let mut row = Vec::new();
         for kind in [server::Kind::Bare, server::Kind::GuardedDefaults] {
-            let server = Server::start(kind, 0.0).await?;
+            let server = Server::start(kind).await?;
             // Warm the runtime and allocator with a few sockets first.
             let (warm, _) = client::connect_many(&server.target, 32, 8).await;
             drop(warm);

@@ -5,20 +5,26 @@
 use std::{
     error::Error,
     net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
     Router,
+    body::Bytes,
     extract::{
         State,
         ws::{Message, WebSocket, WebSocketUpgrade},
     },
     response::Response,
-    routing::any,
+    routing::{any, post},
     serve::ListenerExt,
 };
-use serde::Serialize;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::{self, error::RecvError};
 use wsguard::{
     auth::{HandshakeAuthLayer, TicketIssuer, TicketKey, TicketVerifier},
@@ -40,20 +46,21 @@ pub(crate) enum Kind {
     Guarded,
     /// Echo behind the whole wsguard stack with the default socket policy (memory scenario).
     GuardedDefaults,
-    /// A naive axum broadcast: every socket serialises each update and flushes it alone.
+    /// A naive axum broadcast: every socket serialises each update and flushes it alone;
+    /// `POST /prices` publishes.
     Naive,
 }
 
 /// Runs the server until the process is killed. Prints `ticket TOKEN` (guarded kinds) and
 /// then `listening on http://ADDR` on stdout.
-pub(crate) fn run(kind: Kind, tick_hz: f64) -> Result<(), Box<dyn Error>> {
+pub(crate) fn run(kind: Kind) -> Result<(), Box<dyn Error>> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(kind, tick_hz))
+        .block_on(serve(kind))
 }
 
-async fn serve(kind: Kind, tick_hz: f64) -> Result<(), Box<dyn Error>> {
+async fn serve(kind: Kind) -> Result<(), Box<dyn Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let router = match kind {
@@ -68,8 +75,14 @@ async fn serve(kind: Kind, tick_hz: f64) -> Result<(), Box<dyn Error>> {
         }
         Kind::Naive => {
             let (tx, _) = broadcast::channel(4096);
-            tokio::spawn(naive_market(tx.clone(), tick_hz));
-            Router::new().route("/ws", any(naive_ws)).with_state(tx)
+            let state = Naive {
+                tx,
+                seq: Arc::default(),
+            };
+            Router::new()
+                .route("/ws", any(naive_ws))
+                .route("/prices", post(naive_price))
+                .with_state(state)
         }
     };
     println!("listening on http://{addr}");
@@ -110,7 +123,11 @@ fn guarded(key: TicketKey, defaults: bool) -> Result<Router, Box<dyn Error>> {
         )
         .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
         .layer(AuthThrottleLayer::new())
-        .layer(RateLimitLayer::new().per_second(1_000_000)?.burst(1_000_000)?)
+        .layer(
+            RateLimitLayer::new()
+                .per_second(1_000_000)?
+                .burst(1_000_000)?,
+        )
         .layer(ClientIpLayer::new())
         .layer(OriginGuardLayer::new().allow_origin(ORIGIN)?))
 }
@@ -155,35 +172,45 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The same random walk as the stock ticker's simulator, without the database.
-async fn naive_market(tx: broadcast::Sender<Tick>, tick_hz: f64) {
-    const SYMBOLS: [&str; 8] = ["AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SAP", "ASML"];
-    let mut prices = [100.0_f64; 8];
-    let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / tick_hz.max(0.001)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    for seq in 1.. {
-        interval.tick().await;
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let i = (state % 8) as usize;
-        let step = 1.0 + ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 0.01;
-        prices[i] = ((prices[i] * step) * 100.0).round().max(1.0) / 100.0;
-        let _ = tx.send(Tick {
-            r#type: "price",
-            symbol: SYMBOLS[i],
-            price: prices[i],
-            seq,
-            ts: now_ms(),
-        });
-    }
+/// The symbols the stock ticker seeds its database with.
+pub(crate) const SYMBOLS: [&str; 8] = [
+    "AAPL", "MSFT", "GOOG", "AMZN", "NVDA", "TSLA", "SAP", "ASML",
+];
+
+#[derive(Deserialize)]
+struct NewPrice {
+    symbol: String,
+    price: f64,
+}
+
+/// `POST /prices` as on the stock ticker (without the database): publishes one update.
+async fn naive_price(State(state): State<Naive>, body: Bytes) -> StatusCode {
+    let Ok(new) = serde_json::from_slice::<NewPrice>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let Some(symbol) = SYMBOLS.iter().find(|s| **s == new.symbol) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let _ = state.tx.send(Tick {
+        r#type: "price",
+        symbol,
+        price: new.price,
+        seq: state.seq.fetch_add(1, Relaxed) + 1,
+        ts: now_ms(),
+    });
+    StatusCode::OK
+}
+
+#[derive(Clone)]
+struct Naive {
+    tx: broadcast::Sender<Tick>,
+    seq: Arc<AtomicU64>,
 }
 
 /// The naive broadcast: serialise per socket, one `send` (write and flush) per message.
-async fn naive_ws(State(tx): State<broadcast::Sender<Tick>>, upgrade: WebSocketUpgrade) -> Response {
+async fn naive_ws(State(state): State<Naive>, upgrade: WebSocketUpgrade) -> Response {
     upgrade.on_upgrade(move |mut socket: WebSocket| async move {
-        let mut rx = tx.subscribe();
+        let mut rx = state.tx.subscribe();
         loop {
             tokio::select! {
                 tick = rx.recv() => match tick {
