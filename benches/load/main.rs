@@ -528,9 +528,18 @@ async fn fanout_scenario(
                 );
                 for hz in rates {
                     let load = loadavg();
-                    let (posted, rate) =
-                        tokio::join!(publisher.run(hz, warm + secs), subs.measure(warm, secs));
-                    let offered = posted? as f64 / (warm + secs) * subs.len() as f64;
+                    let each = hz / PUBLISHERS as f64;
+                    let (posted, rate) = tokio::join!(
+                        futures_util::future::join_all(
+                            publishers.iter_mut().map(|p| p.run(each, warm + secs))
+                        ),
+                        subs.measure(warm, secs)
+                    );
+                    let mut total = 0;
+                    for p in posted {
+                        total += p?;
+                    }
+                    let offered = total as f64 / (warm + secs) * subs.len() as f64;
                     eprintln!(
                         "    {variant} {n} clients {hz} Hz: {:.0} deliveries/s of {offered:.0}, p50 {:.1} ms, p99 {:.1} ms",
                         rate.per_second, rate.p50_ms, rate.p99_ms
