@@ -100,20 +100,34 @@ pub(crate) async fn connect_many(
     (sockets, failed)
 }
 
+/// The result of the handshake scenario.
+#[derive(Clone, Debug)]
+pub(crate) struct Handshakes {
+    pub(crate) per_second: f64,
+    /// Mean time from `connect` to the upgraded socket.
+    pub(crate) open_ms: f64,
+    /// Mean time from sending the close frame to the end of the stream.
+    pub(crate) close_ms: f64,
+    pub(crate) failed: u64,
+}
+
 /// Scenario 1: `clients` loops of connect, close handshake, wait for the server to hang up.
-/// Returns (completed handshakes per second, failures).
-pub(crate) async fn handshakes(target: &Target, clients: usize, secs: f64) -> (f64, u64) {
+pub(crate) async fn handshakes(target: &Target, clients: usize, secs: f64) -> Handshakes {
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let (open_us, close_us) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let mut tasks = JoinSet::new();
     for _ in 0..clients {
         let (target, done, failed) = (target.clone(), done.clone(), failed.clone());
+        let (open_us, close_us) = (open_us.clone(), close_us.clone());
         tasks.spawn(async move {
             while Instant::now() < deadline {
                 let result: Result<(), BoxError> = async {
+                    let t0 = Instant::now();
                     let mut ws = connect(&target).await?;
+                    let t1 = Instant::now();
                     ws.close(None).await?;
                     // The server answers the close frame and drops the connection.
                     while let Some(msg) = ws.next().await {
@@ -121,6 +135,8 @@ pub(crate) async fn handshakes(target: &Target, clients: usize, secs: f64) -> (f
                             break;
                         }
                     }
+                    open_us.fetch_add((t1 - t0).as_micros() as u64, Relaxed);
+                    close_us.fetch_add(t1.elapsed().as_micros() as u64, Relaxed);
                     Ok(())
                 }
                 .await;
@@ -133,7 +149,13 @@ pub(crate) async fn handshakes(target: &Target, clients: usize, secs: f64) -> (f
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
-    (done.load(Relaxed) as f64 / elapsed, failed.load(Relaxed))
+    let n = done.load(Relaxed).max(1) as f64;
+    Handshakes {
+        per_second: done.load(Relaxed) as f64 / elapsed,
+        open_ms: open_us.load(Relaxed) as f64 / n / 1000.0,
+        close_ms: close_us.load(Relaxed) as f64 / n / 1000.0,
+        failed: failed.load(Relaxed),
+    }
 }
 
 /// Throughput and latency of one measurement.

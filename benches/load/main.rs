@@ -287,8 +287,8 @@ async fn handshake_scenario(
     secs: f64,
 ) {
     report.line("## 1. handshakes per second (connect and close), 16 concurrent clients");
-    report.line("| round | load | bare /s | guarded /s | guarded/bare | failures b/g |");
-    report.line("|---|---|---|---|---|---|");
+    report.line("| round | load | bare /s | guarded /s | guarded/bare | open ms b/g | close ms b/g | failures b/g |");
+    report.line("|---|---|---|---|---|---|---|---|");
     let (mut b, mut g, mut r) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let load = loadavg();
@@ -300,21 +300,26 @@ async fn handshake_scenario(
             let y = run(guarded).await;
             (run(bare).await, y)
         };
+        let (x, y) = (bare_r, guarded_r);
         report.line(format!(
-            "| {} | {load} | {:.0} | {:.0} | {:.3} | {}/{} |",
+            "| {} | {load} | {:.0} | {:.0} | {:.3} | {:.2}/{:.2} | {:.2}/{:.2} | {}/{} |",
             round + 1,
-            bare_r.0,
-            guarded_r.0,
-            ratio(guarded_r.0, bare_r.0),
-            bare_r.1,
-            guarded_r.1
+            x.per_second,
+            y.per_second,
+            ratio(y.per_second, x.per_second),
+            x.open_ms,
+            y.open_ms,
+            x.close_ms,
+            y.close_ms,
+            x.failed,
+            y.failed
         ));
-        b.push(bare_r.0);
-        g.push(guarded_r.0);
-        r.push(ratio(guarded_r.0, bare_r.0));
+        b.push(x.per_second);
+        g.push(y.per_second);
+        r.push(ratio(y.per_second, x.per_second));
     }
     report.line(format!(
-        "| **median** | | **{:.0}** | **{:.0}** | **{:.3}** (target ≥ 0.95) | |",
+        "| **median** | | **{:.0}** | **{:.0}** | **{:.3}** (target ≥ 0.95) | | | |",
         median(&b),
         median(&g),
         median(&r)
