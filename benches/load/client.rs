@@ -353,10 +353,20 @@ pub(crate) struct Publisher {
     target: Target,
     prices: [f64; 8],
     sent: u64,
+    /// This publisher's place among `of` publishers.
+    index: usize,
+    of: usize,
 }
 
 impl Publisher {
-    pub(crate) async fn connect(target: &Target) -> Result<Self, BoxError> {
+    /// Publisher `index` of `of` publishes its own symbols (`index`, `index + of`, ..), so
+    /// two publishers never post the same symbol at the same moment (the stock ticker
+    /// conflates queued updates of one symbol), and starts a fraction of a period later.
+    pub(crate) async fn connect(
+        target: &Target,
+        index: usize,
+        of: usize,
+    ) -> Result<Self, BoxError> {
         let tcp = TcpStream::connect(target.addr).await?;
         tcp.set_nodelay(true)?;
         Ok(Self {
@@ -364,12 +374,15 @@ impl Publisher {
             target: target.clone(),
             prices: [100.0; 8],
             sent: 0,
+            index,
+            of: of.clamp(1, 8),
         })
     }
 
     /// One update: the next symbol in turn, its price a step of a random walk.
     async fn post(&mut self) -> Result<(), BoxError> {
-        let i = (self.sent % 8) as usize;
+        let own = (8 / self.of).max(1);
+        let i = (self.index + self.of * (self.sent as usize % own)) % 8;
         self.sent += 1;
         let wiggle = ((self.sent.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % 100) as f64;
         self.prices[i] =
@@ -419,7 +432,9 @@ impl Publisher {
     /// Posts `hz` updates a second for `secs` seconds (fewer if the server answers slower);
     /// returns how many were published.
     pub(crate) async fn run(&mut self, hz: f64, secs: f64) -> Result<u64, BoxError> {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / hz));
+        let period = Duration::from_secs_f64(1.0 / hz);
+        let offset = period.mul_f64(self.index as f64 / self.of as f64);
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let end = Instant::now() + Duration::from_secs_f64(secs);
         let mut posted = 0;

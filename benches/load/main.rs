@@ -518,8 +518,8 @@ async fn fanout_scenario(
             };
             // Several publishing connections, so a slow answer does not throttle the updates.
             let mut publishers = Vec::new();
-            for _ in 0..PUBLISHERS {
-                publishers.push(client::Publisher::connect(&server.target).await?);
+            for i in 0..PUBLISHERS {
+                publishers.push(client::Publisher::connect(&server.target, i, PUBLISHERS).await?);
             }
             let mut subs = Subscribers::new(server.target.clone());
             for &n in &args.clients {
