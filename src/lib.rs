@@ -95,6 +95,9 @@
 
 pub mod auth;
 pub mod client_ip;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 pub mod origin;
 pub mod rate_limit;
 pub mod socket;

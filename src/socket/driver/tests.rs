@@ -702,7 +702,12 @@ async fn close_signal_closes_with_1008_before_or_after_attaching() {
         let (_, code) = peer.until_close(false).await;
         assert_eq!(code, Some(1008), "{}", case.name);
         while socket.recv().await.is_some() {}
-        assert_eq!(socket.close_cause(), Some(CloseCause::Revoked), "{}", case.name);
+        assert_eq!(
+            socket.close_cause(),
+            Some(CloseCause::Revoked),
+            "{}",
+            case.name
+        );
         assert!(signal.is_revoked());
     }
 }
