@@ -1,6 +1,11 @@
 //! Fleet mode end to end: two stock ticker instances on two loopback ports sharing one real
-//! `redis-server` (spawned per test on a free port; the tests fail, never skip, when
-//! `redis-server` is missing: `apt-get install -y redis-server`).
+//! `redis-server`. Tests use the server named by `WSGUARD_TEST_REDIS_URL` (which `.ci/run`
+//! starts) with a key prefix of their own, or spawn one on a free loopback port; tests that
+//! stop and restart Redis always spawn their own. They fail, never skip, when `redis-server`
+//! is missing (`apt-get install -y redis-server`).
+//!
+//! Run after building the example with the feature (`cargo test --all-features` does both):
+//! `cargo build --all-features --example stock_ticker && cargo test --all-features --test fleet`.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -24,10 +29,11 @@ use tokio_tungstenite::{
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A `redis-server` on a loopback port, killed on drop.
+/// A `redis-server` on a loopback port, killed on drop (unless it is the shared one).
 struct RedisServer {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    url: String,
 }
 
 fn free_port() -> u16 {
@@ -38,8 +44,16 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    fn start() -> Self {
-        Self::start_on(free_port())
+    /// The shared server of `WSGUARD_TEST_REDIS_URL`, or a new one.
+    fn shared() -> Self {
+        match std::env::var("WSGUARD_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self {
+                child: None,
+                port: 0,
+                url,
+            },
+            _ => Self::start_on(free_port()),
+        }
     }
 
     fn start_on(port: u16) -> Self {
@@ -55,7 +69,11 @@ impl RedisServer {
                      install it with `apt-get install -y redis-server` (.ci/run does)"
                 )
             });
-        let server = Self { child, port };
+        let server = Self {
+            child: Some(child),
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
             assert!(
@@ -68,18 +86,19 @@ impl RedisServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
-    /// Stops the server (SIGKILL: nothing is saved) and waits until the port is closed.
+    /// Stops the server (SIGKILL: nothing is saved) and returns its port.
     fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let mut child = self.child.take().expect("a server this test started");
+        let _ = child.kill();
+        let _ = child.wait();
         self.port
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        redis::Client::open(self.url.as_str())
             .expect("url")
             .get_multiplexed_async_connection()
             .await
@@ -89,9 +108,20 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// A Redis key prefix unique to this test run and test.
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("wsguard-test:{}:{nanos}:{test}", std::process::id())
 }
 
 /// A directory removed on drop.
@@ -109,7 +139,7 @@ struct Ticker {
     _dir: TempDir,
 }
 
-async fn ticker(redis_url: &str, extra: &[&str]) -> Ticker {
+async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
     let dir = std::env::temp_dir().join(format!(
         "wsguard-fleet-{}-{}",
         std::process::id(),
@@ -136,6 +166,8 @@ async fn ticker(redis_url: &str, extra: &[&str]) -> Ticker {
         redis_url,
         "--redis-timeout-ms",
         "500",
+        "--redis-prefix",
+        prefix,
     ];
     args.extend_from_slice(extra);
     let example = start_example("stock_ticker", &args).await;
@@ -258,11 +290,12 @@ async fn eventually<T>(what: &str, mut attempt: impl AsyncFnMut() -> Option<T>) 
 
 #[tokio::test]
 async fn per_user_quota_spans_both_instances() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::shared();
+    let p = prefix("quota");
     let args = ["--max-conns-per-user", "1"];
     let (a, b) = (
-        ticker(&redis.url(), &args).await,
-        ticker(&redis.url(), &args).await,
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
     );
     // The ticket key is shared through Redis: a token from A works on B.
     let alice = a.token("alice", "wonderland").await;
@@ -297,10 +330,11 @@ async fn per_user_quota_spans_both_instances() {
 
 #[tokio::test]
 async fn prices_posted_to_either_instance_reach_clients_of_both_in_seq_order() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::shared();
+    let p = prefix("prices");
     let (a, b) = (
-        ticker(&redis.url(), &[]).await,
-        ticker(&redis.url(), &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
     );
     let token = a.token("alice", "wonderland").await;
     let mut on_a = a.connect(&token).await;
@@ -359,10 +393,11 @@ async fn prices_posted_to_either_instance_reach_clients_of_both_in_seq_order() {
 
 #[tokio::test]
 async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::shared();
+    let p = prefix("revoke");
     let (a, b) = (
-        ticker(&redis.url(), &[]).await,
-        ticker(&redis.url(), &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
     );
     let alice = a.token("alice", "wonderland").await;
     let alice_again = b.token("alice", "wonderland").await;
@@ -381,9 +416,12 @@ async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
     assert_eq!(res.status, 400, "{}", res.body);
 
     // Only the token: the socket opened with it closes on B; alice's other one stays.
+    let started = std::time::Instant::now();
     let res = a.post("/revoke", &alice, r#"{"scope":"token"}"#).await;
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(close_code(&mut alice_on_b).await, Some(CloseCode::Policy));
+    // Reported, not asserted (the machine may be loaded): the issue's target is < 1 s.
+    eprintln!("revocation to close on the other instance: {:?}", started.elapsed());
     assert_eq!(
         b.try_connect(&alice).await.err(),
         Some(401),
@@ -425,13 +463,14 @@ async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
 
 #[tokio::test]
 async fn a_killed_instance_leaks_no_lease_beyond_its_ttl() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::shared();
+    let p = prefix("kill");
     let ttl_ms: i64 = 1500;
     let ttl = ttl_ms.to_string();
     let args = ["--max-conns-per-user", "1", "--lease-ttl-ms", &ttl];
     let (mut a, b) = (
-        ticker(&redis.url(), &args).await,
-        ticker(&redis.url(), &args).await,
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
     );
     let alice = a.token("alice", "wonderland").await;
     let _on_a = a.connect(&alice).await;
@@ -440,9 +479,9 @@ async fn a_killed_instance_leaks_no_lease_beyond_its_ttl() {
     a.example.child.kill().await.expect("kill instance A");
     // Its lease expires no later than one TTL after its last renewal.
     let mut conn = redis.conn().await;
-    let key = "stock-ticker:quota:sockets:id:alice";
+    let key = format!("{p}:quota:sockets:id:alice");
     let leases: Vec<(String, i64)> = redis::cmd("ZRANGE")
-        .arg(key)
+        .arg(&key)
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")
@@ -471,11 +510,13 @@ async fn a_killed_instance_leaks_no_lease_beyond_its_ttl() {
 
 #[tokio::test]
 async fn redis_outage_falls_back_to_local_limits_and_recovery_restores_fleet_limits() {
-    let redis = RedisServer::start();
+    // Its own server: this test stops and restarts it.
+    let redis = RedisServer::start_on(free_port());
+    let p = prefix("outage");
     let args = ["--max-conns-per-user", "1", "--lease-ttl-ms", "1500"];
     let (a, b) = (
-        ticker(&redis.url(), &args).await,
-        ticker(&redis.url(), &args).await,
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
     );
     let alice = a.token("alice", "wonderland").await;
     let bob = a.token("bob", "builder").await;
@@ -523,8 +564,10 @@ async fn redis_outage_falls_back_to_local_limits_and_recovery_restores_fleet_lim
 
 #[tokio::test]
 async fn redis_outage_refuses_with_503_when_configured_and_recovers() {
-    let redis = RedisServer::start();
-    let a = ticker(&redis.url(), &["--redis-failure", "refuse"]).await;
+    // Its own server: this test stops and restarts it.
+    let redis = RedisServer::start_on(free_port());
+    let p = prefix("refuse");
+    let a = ticker(&redis.url(), &p, &["--redis-failure", "refuse"]).await;
     let alice = a.token("alice", "wonderland").await;
     let mut socket = a.connect(&alice).await;
     assert_eq!(next_json(&mut socket).await["type"], "snapshot");
