@@ -421,7 +421,10 @@ async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(close_code(&mut alice_on_b).await, Some(CloseCode::Policy));
     // Reported, not asserted (the machine may be loaded): the target is < 1 s.
-    eprintln!("revocation to close on the other instance: {:?}", started.elapsed());
+    eprintln!(
+        "revocation to close on the other instance: {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         b.try_connect(&alice).await.err(),
         Some(401),

@@ -86,7 +86,7 @@ mod disabled {
         pub(crate) async fn publish(&self, _: &str, _: f64) -> Result<Price, String> {
             match self.never {}
         }
-        pub(crate) async fn revoke(&self, _: &str, _: Option<&str>) -> Result<usize, String> {
+        pub(crate) async fn revoke(&self, _: &str, _: &str, _: bool) -> Result<usize, String> {
             match self.never {}
         }
     }
@@ -210,18 +210,28 @@ return 0
             Ok(route.layer(rate))
         }
 
-        /// Revokes `token` if given, else every token of `subject`: their sockets close with
-        /// 1008 on every instance. Returns the number of tokens revoked.
+        /// Revokes `token` (the caller's), and with `whole_user` every token of `subject` the
+        /// fleet has seen at a handshake: their sockets close with 1008 on every instance.
+        /// Returns the number of tokens revoked.
         pub(crate) async fn revoke(
             &self,
             subject: &str,
-            token: Option<&str>,
+            token: &str,
+            whole_user: bool,
         ) -> Result<usize, String> {
-            match token {
-                Some(token) => self.fleet.revoke_token(token).await.map(|()| 1),
-                None => self.fleet.revoke_identity(subject).await,
+            self.fleet
+                .revoke_token(token)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !whole_user {
+                return Ok(1);
             }
-            .map_err(|e| e.to_string())
+            let seen = self
+                .fleet
+                .revoke_identity(subject)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(seen.max(1))
         }
 
         fn channel(&self) -> String {
@@ -305,11 +315,24 @@ return 0
         fn spawn_listener(&self, db: Db, hub: Hub) {
             let this = self.clone();
             tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                let mut failing = false;
                 loop {
-                    if let Err(e) = this.listen_once(&db, &hub).await {
-                        tracing::warn!("price listener lost Redis ({e}); reconnecting");
+                    match this.listen_once(&db, &hub).await {
+                        Ok(()) => {
+                            backoff = Duration::from_millis(100);
+                            failing = false;
+                        }
+                        Err(e) => {
+                            // Logged once per outage, not once per retry.
+                            if !failing {
+                                tracing::warn!("price listener lost Redis ({e}); reconnecting");
+                            }
+                            failing = true;
+                        }
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             });
         }

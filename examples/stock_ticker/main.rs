@@ -431,9 +431,9 @@ async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
             Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
         }
     };
-    let only_token = match request.scope.as_deref() {
-        None | Some("user") => None,
-        Some("token") => Some(token),
+    let whole_user = match request.scope.as_deref() {
+        None | Some("user") => true,
+        Some("token") => false,
         Some(other) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
@@ -441,7 +441,7 @@ async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
             );
         }
     };
-    match fleet.revoke(ticket.subject(), only_token).await {
+    match fleet.revoke(ticket.subject(), token, whole_user).await {
         Ok(tokens) => Json(json!({ "revoked_tokens": tokens })).into_response(),
         Err(e) => {
             tracing::error!("fleet error: {e}");

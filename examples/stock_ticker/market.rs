@@ -37,6 +37,7 @@ pub(crate) async fn run(db: Db, hub: Hub, fleet: Option<TickerFleet>, tick_hz: f
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / tick_hz));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = Rng::new();
+    let mut failing = false;
     loop {
         interval.tick().await;
         let prices = hub.latest();
@@ -49,8 +50,14 @@ pub(crate) async fn run(db: Db, hub: Hub, fleet: Option<TickerFleet>, tick_hz: f
         let price = ((pick.price * step) * 100.0).round().max(1.0) / 100.0;
         let symbol = pick.symbol.clone();
         if let Some(fleet) = &fleet {
-            if let Err(e) = fleet.publish(&symbol, price).await {
-                tracing::warn!("simulator could not publish a price: {e}");
+            match fleet.publish(&symbol, price).await {
+                // Logged once per outage, not once per tick.
+                Err(e) if !failing => {
+                    tracing::warn!("simulator could not publish a price: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(_) => failing = false,
             }
             continue;
         }

@@ -317,6 +317,10 @@ impl Fleet {
     /// and closes the subject's sockets on every instance with `1008`. Returns how many
     /// tokens were revoked. Later handshakes with those tokens get `401`; new tokens issued
     /// to the subject afterwards work.
+    ///
+    /// A token the fleet never saw at a handshake (issued but not yet used) is not known
+    /// here: revoke it with [`revoke_token`](Self::revoke_token) (a logout route has the
+    /// caller's token at hand), or keep credential lifetimes short.
     pub async fn revoke_identity(&self, subject: &str) -> Result<usize, FleetError> {
         let mut conn = self.connection();
         let tokens_key = self.key(&format!("tokens:{subject}"));
