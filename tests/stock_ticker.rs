@@ -30,6 +30,33 @@ impl Drop for TempDir {
     }
 }
 
+/// A self-signed certificate for `localhost`, written as PEM files removed on drop.
+struct TestCertificate {
+    key: rcgen::CertifiedKey<rcgen::KeyPair>,
+    cert_path: String,
+    key_path: String,
+    _dir: TempDir,
+}
+
+impl TestCertificate {
+    fn new(name: &str) -> Self {
+        let key =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let dir = std::env::temp_dir().join(format!("wsguard-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, key.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.signing_key.serialize_pem()).expect("write key");
+        let path = |p: PathBuf| p.to_str().expect("utf-8 path").to_owned();
+        Self {
+            key,
+            cert_path: path(cert_path),
+            key_path: path(key_path),
+            _dir: TempDir(dir),
+        }
+    }
+}
+
 async fn ticker(extra: &[&str]) -> Ticker {
     let dir = std::env::temp_dir().join(format!(
         "wsguard-ticker-{}-{}",
@@ -539,25 +566,12 @@ async fn tls_serves_https_with_hsts_and_wss() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls::{self, pki_types::ServerName};
 
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let dir = std::env::temp_dir().join(format!("wsguard-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = TempDir(dir.clone());
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    let ticker = ticker(&[
-        "--cert",
-        cert_path.to_str().expect("utf-8"),
-        "--key",
-        key_path.to_str().expect("utf-8"),
-    ])
-    .await;
+    let cert = TestCertificate::new("tls");
+    let ticker = ticker(&["--cert", &cert.cert_path, "--key", &cert.key_path]).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(cert.cert.der().clone())
+        .add(cert.key.cert.der().clone())
         .expect("trust the test certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -790,19 +804,16 @@ async fn ticker_client_prints_only_its_symbols() {
 
 #[tokio::test]
 async fn ticker_client_speaks_wss() {
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let dir = std::env::temp_dir().join(format!("wsguard-client-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let _cleanup = TempDir(dir.clone());
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    let (cert_path, key_path) = (
-        cert_path.to_str().expect("utf-8"),
-        key_path.to_str().expect("utf-8"),
-    );
-    let ticker = ticker(&["--cert", cert_path, "--key", key_path, "--tick-hz", "50"]).await;
+    let cert = TestCertificate::new("client-tls");
+    let ticker = ticker(&[
+        "--cert",
+        &cert.cert_path,
+        "--key",
+        &cert.key_path,
+        "--tick-hz",
+        "50",
+    ])
+    .await;
     let server = format!("localhost:{}", ticker.addr().port());
     let args = [
         "--server",
@@ -813,7 +824,7 @@ async fn ticker_client_speaks_wss() {
         "wonderland",
         "--tls",
         "--ca",
-        cert_path,
+        &cert.cert_path,
         "--count",
         "2",
     ];
