@@ -839,3 +839,27 @@ async fn ticker_client_speaks_wss() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn help_lists_every_flag_with_its_default() {
+    let output = std::process::Command::new(common::example_path("stock_ticker"))
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).expect("utf-8");
+    // clap prints each option on its own line, its help (ending in the default) below it.
+    let mut flags = 0;
+    for entry in help.split("\n      --").skip(1) {
+        let name = entry.split_whitespace().next().unwrap_or_default();
+        if name == "help" {
+            continue;
+        }
+        flags += 1;
+        assert!(
+            entry.contains("[default: "),
+            "--{name} has no default:\n{entry}"
+        );
+    }
+    assert!(flags >= 19, "{help}");
+}

@@ -55,13 +55,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    /// Serve https and wss (a self-signed certificate unless --cert/--key are given).
+    /// Serve https and wss (a self-signed certificate unless --cert/--key are given)
+    /// [default: off: http and ws].
     #[arg(long)]
     tls: bool,
-    /// PEM certificate chain for --tls.
+    /// PEM certificate chain; implies --tls [default: a self-signed certificate generated at
+    /// start].
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
-    /// PEM private key for --tls.
+    /// PEM private key for --cert [default: generated with the self-signed certificate].
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// SQLite database file, created and seeded on first run.
@@ -70,10 +72,12 @@ struct Args {
     /// Simulated price changes per second across all symbols (0 turns the simulator off).
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
-    /// Add or update a user, NAME:PASSWORD (repeatable).
+    /// Add or update a user, NAME:PASSWORD (repeatable) [default: none; `demo`/`demo` is
+    /// created when the database has no user].
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
-    /// Another origin allowed to open sockets (repeatable).
+    /// Another origin allowed to open sockets (repeatable) [default: only the server's own
+    /// origins].
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origins: Vec<String>,
     /// Largest message a client may send, in bytes (larger: close 1009).
@@ -103,7 +107,8 @@ struct Args {
     /// Ping every this many seconds; close if no pong within as long again.
     #[arg(long, default_value_t = 20)]
     heartbeat: u64,
-    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable).
+    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable) [default: none: the peer
+    /// address is the client].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
     /// Lifetime of a login token, in seconds.
