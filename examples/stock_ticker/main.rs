@@ -121,7 +121,8 @@ struct Args {
     #[arg(long, default_value_t = 900)]
     token_ttl: u64,
     /// Fleet mode: share limits, quotas, revocation and prices with other instances through
-    /// this Redis (redis://host:port). Off by default.
+    /// this Redis, redis://host:port (needs the `redis` feature) [default: off: this
+    /// instance alone].
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Prefix of the fleet's Redis keys; instances of one fleet share it.
