@@ -118,7 +118,12 @@ impl FleetBuilder {
             .map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
         let registry = Arc::new(Mutex::new(Registry::default()));
         let channel = format!("{}:revocations", self.prefix);
-        let listener = tokio::spawn(listen(client, channel.clone(), Arc::clone(&registry)));
+        let listener = tokio::spawn(listen(
+            client,
+            channel.clone(),
+            format!("{}:revoked:", self.prefix),
+            Arc::clone(&registry),
+        ));
         Ok(Fleet {
             inner: Arc::new(Inner {
                 conn,
@@ -531,10 +536,15 @@ fn apply(registry: &Mutex<Registry>, message: &str) {
 }
 
 /// Listens for revocations for the life of the fleet, reconnecting with a capped backoff.
-async fn listen(client: Client, channel: String, registry: Arc<Mutex<Registry>>) {
+async fn listen(
+    client: Client,
+    channel: String,
+    marker_prefix: String,
+    registry: Arc<Mutex<Registry>>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match subscribe_and_serve(&client, &channel, &registry).await {
+        match subscribe_and_serve(&client, &channel, &marker_prefix, &registry).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => tracing::debug!(
                 name: "wsguard.fleet.listener_error",
@@ -551,6 +561,7 @@ async fn listen(client: Client, channel: String, registry: Arc<Mutex<Registry>>)
 async fn subscribe_and_serve(
     client: &Client,
     channel: &str,
+    marker_prefix: &str,
     registry: &Mutex<Registry>,
 ) -> RedisResult<()> {
     let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
@@ -560,6 +571,9 @@ async fn subscribe_and_serve(
         })??;
     let (mut sink, mut stream) = pubsub.split();
     sink.subscribe(channel).await?;
+    // Revocations published while this listener was not subscribed: close the sockets whose
+    // tokens are marked revoked (an identity revocation marks every token seen for it).
+    reconcile(client, marker_prefix, registry).await?;
     tracing::debug!(
         name: "wsguard.fleet.listening",
         target: "wsguard::fleet",
@@ -587,6 +601,33 @@ async fn subscribe_and_serve(
             }
         }
     }
+}
+
+/// Closes the local sockets whose tokens carry a revocation marker.
+async fn reconcile(
+    client: &Client,
+    marker_prefix: &str,
+    registry: &Mutex<Registry>,
+) -> RedisResult<()> {
+    let tokens: Vec<String> = lock(registry).by_token.keys().cloned().collect();
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    for chunk in tokens.chunks(256) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|hex| format!("{marker_prefix}{hex}"))
+            .collect();
+        let marks: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for (hex, mark) in chunk.iter().zip(marks) {
+            if mark.is_some() {
+                apply(registry, &format!("tok:{hex}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -297,7 +297,8 @@ where
                 }
                 Err(error) => {
                     if layer.fleet.failure_policy() == FailurePolicy::Refuse {
-                        lease.forget();
+                        // Dropped with a release: Redis may have taken it after the timeout.
+                        drop(lease);
                         return Ok(refuse_unavailable("quota", error, ip));
                     }
                     note_fallback("quota", ip);

@@ -599,3 +599,101 @@ async fn recovers_when_redis_comes_back() {
     wait_for("recovery", async || fleet.ping().await.is_ok()).await;
     assert!(fleet.is_available());
 }
+
+#[tokio::test]
+async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
+    let redis = RedisServer::start();
+    let b = fleet(&redis.url());
+    let mut svc = RevocationLayer::new(&b).layer(service_fn(keep));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([192, 0, 2, 10], Some("gina"), Some("gina-1")))
+        .await
+        .unwrap();
+    let signal = res
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    let mut c = conn(&redis).await;
+    // A revocation marker without the announcement (as if published while b's listener was
+    // disconnected), then b's subscription is cut.
+    let marker = format!(
+        "wsguard:revoked:{}",
+        TokenFingerprint::of("gina-1").to_hex()
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&marker)
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!signal.is_revoked());
+    wait_for("the listener to resubscribe and reconcile", async || {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal.is_revoked()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_cap_refuses_with_its_status() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    struct Case {
+        name: &'static str,
+        layer: fn(&Fleet) -> FleetQuotaLayer,
+        second: ([u8; 4], &'static str),
+        status: StatusCode,
+    }
+    let cases = [
+        Case {
+            name: "per ip",
+            layer: |f| FleetQuotaLayer::new(f).name("ip").per_ip(1).unwrap(),
+            second: ([203, 0, 113, 50], "other"),
+            status: StatusCode::TOO_MANY_REQUESTS,
+        },
+        Case {
+            name: "per identity",
+            layer: |f| FleetQuotaLayer::new(f).name("id").per_identity(1).unwrap(),
+            second: ([203, 0, 113, 51], "same"),
+            status: StatusCode::TOO_MANY_REQUESTS,
+        },
+        Case {
+            name: "global",
+            layer: |f| FleetQuotaLayer::new(f).name("global").global(1).unwrap(),
+            second: ([203, 0, 113, 52], "other"),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+        },
+    ];
+    for case in cases {
+        let first = (case.layer)(&a)
+            .layer(service_fn(keep))
+            .oneshot(handshake([203, 0, 113, 50], Some("same"), None))
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK, "{}", case.name);
+        let (ip, subject) = case.second;
+        let second = (case.layer)(&b)
+            .layer(service_fn(keep))
+            .oneshot(handshake(ip, Some(subject), None))
+            .await
+            .unwrap();
+        assert_eq!(second.status(), case.status, "{}", case.name);
+        assert!(
+            second.headers().contains_key("retry-after"),
+            "{}",
+            case.name
+        );
+        drop(first);
+    }
+}
