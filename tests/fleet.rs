@@ -380,6 +380,23 @@ async fn prices_posted_to_either_instance_reach_clients_of_both_in_seq_order() {
             assert_eq!(msg["price"].as_f64(), Some(*price), "{name}: {msg}");
         }
     }
+    // Concurrent writers on both instances: every client still sees each seq once, in order.
+    let start = start + prices.len() as u64;
+    let writes = (0..20).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let body = json!({ "symbol": "AAPL", "price": 200.0 + f64::from(i) }).to_string();
+        let token = token.clone();
+        async move { target.post("/prices", &token, &body).await }
+    });
+    for res in futures_util::future::join_all(writes).await {
+        assert_eq!(res.status, 200, "{}", res.body);
+    }
+    for (name, socket) in [("A", &mut on_a), ("B", &mut on_b)] {
+        for i in 1..=20u64 {
+            let msg = next_json(socket).await;
+            assert_eq!(msg["seq"].as_u64(), Some(start + i), "{name}: {msg}");
+        }
+    }
     // Validation happens before Redis.
     let res = a
         .post("/prices", &token, r#"{"symbol":"NOPE","price":1}"#)
