@@ -697,3 +697,50 @@ async fn each_cap_refuses_with_its_status() {
         drop(first);
     }
 }
+
+#[tokio::test]
+async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::builder(redis.url())
+        .timeout(Duration::from_millis(300))
+        .unwrap()
+        .on_failure(FailurePolicy::Refuse)
+        .build()
+        .unwrap();
+    let mut svc = FleetRateLimitLayer::new(&fleet)
+        .per_second(100)
+        .unwrap()
+        .layer(service_fn(keep));
+    let mut call = async || {
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            svc.ready()
+                .await
+                .unwrap()
+                .call(handshake([192, 0, 2, 20], None, None)),
+        )
+        .await
+        .expect("answered, not hung");
+        res.unwrap().status()
+    };
+    assert_eq!(call().await, StatusCode::OK);
+    // Frozen, not dead: connections stay open and nothing answers.
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    assert_eq!(call().await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!fleet.is_available());
+    signal("-CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while call().await != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fleet.is_available());
+}
