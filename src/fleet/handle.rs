@@ -104,8 +104,12 @@ impl FleetBuilder {
 
     /// Builds the fleet without waiting for Redis: the connection is made on first use and
     /// remade automatically after failures. Must be called inside a tokio runtime (it
-    /// spawns the revocation listener, which ends when the last clone of the fleet drops).
+    /// spawns the revocation listener, which ends when the last clone of the fleet drops);
+    /// outside one it fails with [`FleetError::NoRuntime`].
     pub fn build(self) -> Result<Fleet, FleetError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(FleetError::NoRuntime);
+        }
         let client =
             Client::open(self.url.as_str()).map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
@@ -655,6 +659,20 @@ mod tests {
             assert!(debug.contains(case.shown), "{debug}");
             assert!(!debug.contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn build_outside_a_runtime_is_an_error_not_a_panic() {
+        let error = Fleet::builder("redis://127.0.0.1:1").build().map(drop);
+        assert_eq!(error, Err(FleetError::NoRuntime));
+        let error = Fleet::builder("not a url").build().map(drop);
+        assert_eq!(error, Err(FleetError::NoRuntime));
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused() {
+        let error = Fleet::builder("not a url").build().map(drop);
+        assert!(matches!(error, Err(FleetError::InvalidUrl(_))), "{error:?}");
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub enum FleetError {
     Redis(String),
     /// The handshake's token was revoked (`401`).
     Revoked,
+    /// [`FleetBuilder::build`] was called outside a tokio runtime.
+    NoRuntime,
 }
 
 impl FleetError {
@@ -193,7 +195,7 @@ impl FleetError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Revoked => StatusCode::UNAUTHORIZED,
-            Self::InvalidUrl(_) | Self::Unavailable(_) | Self::Redis(_) => {
+            Self::InvalidUrl(_) | Self::Unavailable(_) | Self::Redis(_) | Self::NoRuntime => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -206,6 +208,7 @@ impl FleetError {
             Self::Unavailable(_) => "unavailable",
             Self::Redis(_) => "redis_error",
             Self::Revoked => "revoked",
+            Self::NoRuntime => "no_runtime",
         }
     }
 }
@@ -217,6 +220,7 @@ impl fmt::Display for FleetError {
             Self::Unavailable(e) => write!(f, "Redis is unavailable: {e}"),
             Self::Redis(e) => write!(f, "Redis error: {e}"),
             Self::Revoked => f.write_str("credential revoked"),
+            Self::NoRuntime => f.write_str("the fleet must be built inside a tokio runtime"),
         }
     }
 }

@@ -744,3 +744,48 @@ async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
     }
     assert!(fleet.is_available());
 }
+
+#[test]
+fn errors_have_a_status_a_name_and_a_message() {
+    struct Case {
+        error: FleetError,
+        status: StatusCode,
+        name: &'static str,
+    }
+    let cases = [
+        Case {
+            error: FleetError::Revoked,
+            status: StatusCode::UNAUTHORIZED,
+            name: "revoked",
+        },
+        Case {
+            error: FleetError::Unavailable("timed out".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "unavailable",
+        },
+        Case {
+            error: FleetError::Redis("ERR".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "redis_error",
+        },
+        Case {
+            error: FleetError::InvalidUrl("x".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "invalid_url",
+        },
+        Case {
+            error: FleetError::NoRuntime,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "no_runtime",
+        },
+    ];
+    for case in cases {
+        assert_eq!(case.error.status(), case.status, "{}", case.name);
+        assert_eq!(case.error.as_str(), case.name);
+        assert!(!case.error.to_string().is_empty());
+        let response = fleet_reject(case.error.clone());
+        assert_eq!(response.status(), case.status);
+        assert_eq!(response.extensions().get::<FleetError>(), Some(&case.error));
+    }
+    assert_eq!(FailurePolicy::default(), FailurePolicy::FallBackToLocal);
+}
