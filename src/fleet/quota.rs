@@ -414,7 +414,11 @@ impl FleetLease {
                 for key in keys.iter() {
                     invocation.key(key);
                 }
-                invocation.arg("").arg(millis(fleet.lease_ttl())).arg(&*id);
+                invocation
+                    .arg("")
+                    .arg(millis(fleet.lease_ttl()))
+                    .arg(&*id)
+                    .arg(fleet.key(&format!("released:{id}")));
                 // A failure is logged by `run`; the next tick tries again.
                 let _ = fleet
                     .run("quota_renew", async move {
@@ -447,7 +451,10 @@ impl Drop for FleetLease {
             for key in keys.iter() {
                 invocation.key(key);
             }
-            invocation.arg(&*id);
+            invocation
+                .arg(&*id)
+                .arg(fleet.key(&format!("released:{id}")))
+                .arg(millis(fleet.lease_ttl()));
             let _ = fleet
                 .run("quota_release", async move {
                     invocation.invoke_async::<i64>(&mut conn).await

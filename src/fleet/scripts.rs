@@ -84,10 +84,15 @@ return 0
 });
 
 /// Renews (or re-creates, after Redis lost it) a lease in every set of `KEYS`, without a cap
-/// check: the socket is open. `ARGV` as for [`ACQUIRE`] without the caps.
+/// check: the socket is open. `ARGV` as for [`ACQUIRE`] without the caps, then `ARGV[4]`:
+/// the lease's release marker; a released lease is not brought back by a renewal that was
+/// already on its way. Returns 1 if the lease was released.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{LEASE_PRELUDE}
+if ARGV[4] ~= nil and redis.call('EXISTS', ARGV[4]) == 1 then
+  return 1
+end
 local ttl = tonumber(ARGV[2])
 for _, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
@@ -99,12 +104,16 @@ return 0
     ))
 });
 
-/// Releases a lease from every set of `KEYS`. `ARGV[1]`: lease id.
+/// Releases a lease from every set of `KEYS`. `ARGV[1]`: lease id, `ARGV[2]`: its release
+/// marker, `ARGV[3]`: how long to keep the marker (ms; the lease TTL).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 for _, key in ipairs(KEYS) do
   redis.call('ZREM', key, ARGV[1])
+end
+if ARGV[2] ~= nil then
+  redis.call('SET', ARGV[2], '1', 'PX', ARGV[3])
 end
 return 0
 "#,

@@ -234,8 +234,17 @@ async fn lease_scripts_cap_expire_renew_and_release() {
     let n: usize = count(3_200, "t:a").invoke_async(&mut c).await.unwrap();
     assert_eq!(n, 1, "only the renewed b lives at 3_200");
     let mut release = scripts::RELEASE.key("t:a");
-    release.key("t:b").arg("b");
+    release.key("t:b").arg("b").arg("t:released:b").arg(1000u64);
     let _: i64 = release.invoke_async(&mut c).await.unwrap();
+    // A renewal that was already on its way does not bring it back.
+    let mut late = scripts::RENEW.key("t:a");
+    late.key("t:b")
+        .arg(2_150u64)
+        .arg(1000u64)
+        .arg("b")
+        .arg("t:released:b");
+    let released: i64 = late.invoke_async(&mut c).await.unwrap();
+    assert_eq!(released, 1);
     let n: usize = count(2_160, "t:b").invoke_async(&mut c).await.unwrap();
     assert_eq!(
         n, 1,
