@@ -9,8 +9,14 @@
 //! limit → brute-force throttle → ticket authentication (`Authorization: Bearer`, a
 //! `bearer.<token>` subprotocol entry next to `ticker.v1`, or `?token=`) → connection quotas →
 //! socket policy (size, rate, idle, heartbeat, expiry, conflating backpressure).
+//!
+//! Fleet mode: `cargo run --release --features redis --example stock_ticker -- --redis
+//! redis://127.0.0.1:6379` on several instances (each with its own `--addr` and `--db`) shares
+//! handshake rate limits, socket quotas, revocation (`POST /revoke`) and prices through
+//! Redis; see `fleet.rs`.
 
 mod db;
+mod fleet;
 mod hub;
 mod market;
 mod metrics;
@@ -55,13 +61,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    /// Serve https and wss (a self-signed certificate unless --cert/--key are given).
+    /// Serve https and wss (a self-signed certificate unless --cert/--key are given)
+    /// [default: off: http and ws].
     #[arg(long)]
     tls: bool,
-    /// PEM certificate chain for --tls.
+    /// PEM certificate chain; implies --tls [default: a self-signed certificate generated at
+    /// start].
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
-    /// PEM private key for --tls.
+    /// PEM private key for --cert [default: generated with the self-signed certificate].
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// SQLite database file, created and seeded on first run.
@@ -70,10 +78,12 @@ struct Args {
     /// Simulated price changes per second across all symbols (0 turns the simulator off).
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
-    /// Add or update a user, NAME:PASSWORD (repeatable).
+    /// Add or update a user, NAME:PASSWORD (repeatable) [default: none; `demo`/`demo` is
+    /// created when the database has no user].
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
-    /// Another origin allowed to open sockets (repeatable).
+    /// Another origin allowed to open sockets (repeatable) [default: only the server's own
+    /// origins].
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origins: Vec<String>,
     /// Largest message a client may send, in bytes (larger: close 1009).
@@ -103,12 +113,31 @@ struct Args {
     /// Ping every this many seconds; close if no pong within as long again.
     #[arg(long, default_value_t = 20)]
     heartbeat: u64,
-    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable).
+    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable) [default: none: the peer
+    /// address is the client].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
     /// Lifetime of a login token, in seconds.
     #[arg(long, default_value_t = 900)]
     token_ttl: u64,
+    /// Fleet mode: share limits, quotas, revocation and prices with other instances through
+    /// this Redis, redis://host:port (needs the `redis` feature) [default: off: this
+    /// instance alone].
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Prefix of the fleet's Redis keys; instances of one fleet share it.
+    #[arg(long, default_value = "stock-ticker", requires = "redis")]
+    redis_prefix: String,
+    /// Longest wait for Redis in a handshake, in milliseconds.
+    #[arg(long, default_value_t = 250, requires = "redis")]
+    redis_timeout_ms: u64,
+    /// While Redis is unreachable: fall back to per-instance limits, or refuse with 503.
+    #[arg(long, value_enum, default_value = "fallback", requires = "redis")]
+    redis_failure: fleet::OnFailure,
+    /// Lifetime of a socket's quota lease without renewal, in milliseconds (the leases of a
+    /// crashed instance are free after this long).
+    #[arg(long, default_value_t = 30_000, requires = "redis")]
+    lease_ttl_ms: u64,
 }
 
 #[derive(Clone)]
@@ -119,6 +148,8 @@ struct App {
     issuer: TicketIssuer,
     verifier: TicketVerifier,
     token_ttl: u64,
+    /// Fleet mode (`--redis`).
+    fleet: Option<fleet::TickerFleet>,
 }
 
 #[tokio::main]
@@ -147,9 +178,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let hub = Hub::new(db.snapshot()?);
-    tokio::spawn(market::run(db.clone(), hub.clone(), args.tick_hz));
+    let (fleet, key) = match &args.redis {
+        Some(url) => {
+            let fleet = fleet::TickerFleet::connect(&fleet::Options {
+                url: url.clone(),
+                prefix: args.redis_prefix.clone(),
+                timeout: Duration::from_millis(args.redis_timeout_ms),
+                lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+                on_failure: args.redis_failure,
+            })
+            .await?;
+            // Tickets must verify on every instance: the secret comes from Redis.
+            let secret = fleet.prepare(&db, &hub).await?;
+            (Some(fleet), TicketKey::new("k1", secret)?)
+        }
+        None => (None, TicketKey::generate("k1")?),
+    };
+    tokio::spawn(market::run(
+        db.clone(),
+        hub.clone(),
+        fleet.clone(),
+        args.tick_hz,
+    ));
 
-    let key = TicketKey::generate("k1")?;
     let app = App {
         db,
         hub,
@@ -157,6 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
+        fleet,
     };
 
     let tls = if args.tls || args.cert.is_some() {
@@ -215,15 +267,20 @@ fn router(
 
     // request → origin → client IP → rate → throttle → auth → quota → socket policy → handler.
     // With `layer`, the last one added runs first.
-    let ws_route = Router::new()
-        .route("/ws", any(ws))
-        .layer(policy)
-        .layer(quota)
-        .layer(auth)
-        .layer(AuthThrottleLayer::new())
-        .layer(connect_rate)
-        .layer(client_ip.clone())
-        .layer(origins);
+    let ws_route = Router::new().route("/ws", any(ws)).layer(policy);
+    // Fleet mode swaps in the Redis-backed quota (plus revocation) and rate limit.
+    let ws_route = match &app.fleet {
+        Some(fleet) => {
+            fleet.guard_sockets(ws_route, args.max_conns_per_ip, args.max_conns_per_user)?
+        }
+        None => ws_route.layer(quota),
+    };
+    let ws_route = ws_route.layer(auth).layer(AuthThrottleLayer::new());
+    let ws_route = match &app.fleet {
+        Some(fleet) => fleet.limit_rate(ws_route, args.connect_rate, args.connect_burst)?,
+        None => ws_route.layer(connect_rate),
+    };
+    let ws_route = ws_route.layer(client_ip.clone()).layer(origins);
     let login_route = Router::new()
         .route("/login", post(login))
         .layer(login_rate)
@@ -234,6 +291,7 @@ fn router(
         .merge(ws_route)
         .merge(login_route)
         .route("/prices", post(post_price))
+        .route("/revoke", post(revoke))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
@@ -303,6 +361,28 @@ async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         Ok(new) => new,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
+    if let Some(fleet) = &app.fleet {
+        // Validated here, numbered and applied through Redis on every instance.
+        if !new.price.is_finite() || new.price <= 0.0 {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                db::PriceError::InvalidPrice.to_string(),
+            );
+        }
+        if !app.hub.is_symbol(&new.symbol) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                db::PriceError::UnknownSymbol.to_string(),
+            );
+        }
+        return match fleet.publish(&new.symbol, new.price).await {
+            Ok(price) => Json(price).into_response(),
+            Err(e) => {
+                tracing::error!("fleet error: {e}");
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable")
+            }
+        };
+    }
     let (db, hub) = (app.db.clone(), app.hub.clone());
     let result = tokio::task::spawn_blocking(move || {
         db.set_price(&new.symbol, new.price, |p| hub.publish(p))
@@ -316,6 +396,63 @@ async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         }
         Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    /// `"user"` (default): every token and socket of the caller, on every instance;
+    /// `"token"`: only the presented token and its sockets.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// `POST /revoke` (fleet mode): the caller, authenticated by its bearer token, revokes its
+/// identity (log out everywhere) or just that token. Sockets close with 1008 on every
+/// instance; the revoked tokens are refused afterwards.
+async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(fleet) = &app.fleet else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "revocation needs fleet mode (--redis)",
+        );
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    let ticket = match app.verifier.verify(token) {
+        Ok(ticket) => ticket,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, format!("invalid token: {e}")),
+    };
+    let request: Revoke = if body.is_empty() {
+        Revoke::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+        }
+    };
+    let whole_user = match request.scope.as_deref() {
+        None | Some("user") => true,
+        Some("token") => false,
+        Some(other) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown scope {other:?}: use \"user\" or \"token\""),
+            );
+        }
+    };
+    match fleet.revoke(ticket.subject(), token, whole_user).await {
+        Ok(tokens) => Json(json!({ "revoked_tokens": tokens })).into_response(),
+        Err(e) => {
+            tracing::error!("fleet error: {e}");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable")
+        }
     }
 }
 
@@ -360,15 +497,13 @@ async fn session(app: App, mut socket: GuardedSocket) {
     // Subscribe before the snapshot; updates already in the snapshot are skipped by `seq`.
     let mut updates = app.hub.subscribe();
     let sender = socket.sender();
-    let mut subscribed: HashSet<String> = HashSet::new();
-    let mut last_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut subs = Subscriptions::default();
     let snapshot = app.hub.latest();
-    for price in &snapshot {
-        subscribed.insert(price.symbol.clone());
-        last_seq.insert(Arc::from(price.symbol.as_str()), price.seq);
-    }
-    let snapshot = json!({ "type": "snapshot", "prices": snapshot }).to_string();
-    if sender.send(Message::text(snapshot)).is_err() {
+    subs.subscribe(&snapshot);
+    if sender
+        .send(Message::text(snapshot_json(&snapshot)))
+        .is_err()
+    {
         return;
     }
 
@@ -376,14 +511,9 @@ async fn session(app: App, mut socket: GuardedSocket) {
         tokio::select! {
             update = updates.recv() => match update {
                 Ok(update) => {
-                    if !subscribed.contains(&*update.symbol) {
+                    if !subs.admit(&update.symbol, update.seq) {
                         continue;
                     }
-                    let last = last_seq.entry(update.symbol.clone()).or_default();
-                    if update.seq <= *last {
-                        continue;
-                    }
-                    *last = update.seq;
                     // Keyed by symbol: a slow consumer keeps only the latest price per symbol.
                     if sender.send_keyed(update.symbol, Message::Text(update.json)).is_err() {
                         break;
@@ -393,17 +523,18 @@ async fn session(app: App, mut socket: GuardedSocket) {
                 Err(RecvError::Lagged(missed)) => {
                     // This task fell behind the hub: catch up with the latest prices.
                     tracing::debug!(missed, "session lagged behind the hub");
+                    let mut open = true;
                     for price in app.hub.latest() {
                         let symbol: Arc<str> = Arc::from(price.symbol.as_str());
-                        if !subscribed.contains(&price.symbol) || last_seq.get(&symbol) >= Some(&price.seq) {
-                            continue;
+                        if open && subs.admit(&symbol, price.seq) {
+                            let text = json!({ "type": "price", "symbol": price.symbol,
+                                               "price": price.price, "seq": price.seq,
+                                               "ts": price.ts }).to_string();
+                            open = sender.send_keyed(symbol, Message::text(text)).is_ok();
                         }
-                        last_seq.insert(symbol.clone(), price.seq);
-                        let text = json!({ "type": "price", "symbol": price.symbol, "price": price.price,
-                                           "seq": price.seq, "ts": price.ts }).to_string();
-                        if sender.send_keyed(symbol, Message::text(text)).is_err() {
-                            break;
-                        }
+                    }
+                    if !open {
+                        break;
                     }
                 }
                 Err(RecvError::Closed) => break,
@@ -411,7 +542,7 @@ async fn session(app: App, mut socket: GuardedSocket) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     app.metrics.client_messages.fetch_add(1, Relaxed);
-                    let reply = handle_client_message(&app, &text, &mut subscribed);
+                    let reply = handle_client_message(&app, &text, &mut subs);
                     if let Some(reply) = reply
                         && sender.send(Message::text(reply)).is_err()
                     {
@@ -442,12 +573,55 @@ async fn session(app: App, mut socket: GuardedSocket) {
     }
 }
 
-/// Applies a subscribe/unsubscribe message; returns the reply to send, if any.
-fn handle_client_message(
-    app: &App,
-    text: &str,
-    subscribed: &mut HashSet<String>,
-) -> Option<String> {
+fn snapshot_json(prices: &[db::Price]) -> String {
+    json!({ "type": "snapshot", "prices": prices }).to_string()
+}
+
+/// What one socket is subscribed to, and the last `seq` it was sent per symbol.
+#[derive(Default)]
+struct Subscriptions {
+    symbols: HashSet<String>,
+    last_seq: HashMap<Arc<str>, u64>,
+}
+
+impl Subscriptions {
+    /// Subscribes to the symbols of `prices`, which the client is about to be sent.
+    fn subscribe(&mut self, prices: &[db::Price]) {
+        for price in prices {
+            self.symbols.insert(price.symbol.clone());
+            let last = self
+                .last_seq
+                .entry(Arc::from(price.symbol.as_str()))
+                .or_default();
+            *last = (*last).max(price.seq);
+        }
+    }
+
+    fn unsubscribe(&mut self, symbols: &[String]) {
+        for symbol in symbols {
+            self.symbols.remove(symbol);
+        }
+    }
+
+    /// Whether change `seq` of `symbol` goes to the client: subscribed and newer than what it
+    /// has. Records it as sent.
+    fn admit(&mut self, symbol: &Arc<str>, seq: u64) -> bool {
+        if !self.symbols.contains(&**symbol) {
+            return false;
+        }
+        let last = self.last_seq.entry(symbol.clone()).or_default();
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        true
+    }
+}
+
+/// Applies a subscribe/unsubscribe message; returns the reply to send, if any. A subscribe is
+/// answered with a snapshot of the requested symbols (which also confirms it); an unsubscribe
+/// has no reply.
+fn handle_client_message(app: &App, text: &str, subs: &mut Subscriptions) -> Option<String> {
     let error = |e: String| Some(json!({ "type": "error", "error": e }).to_string());
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(message) => message,
@@ -466,22 +640,19 @@ fn handle_client_message(
     }
     match message {
         ClientMessage::Unsubscribe { symbols } => {
-            for symbol in &symbols {
-                subscribed.remove(symbol);
-            }
+            subs.unsubscribe(&symbols);
             None
         }
         ClientMessage::Subscribe { symbols } => {
-            let new: HashSet<String> = symbols
+            let requested: HashSet<&str> = symbols.iter().map(String::as_str).collect();
+            let prices: Vec<db::Price> = app
+                .hub
+                .latest()
                 .into_iter()
-                .filter(|s| !subscribed.contains(s))
+                .filter(|p| requested.contains(p.symbol.as_str()))
                 .collect();
-            if new.is_empty() {
-                return None;
-            }
-            subscribed.extend(new.iter().cloned());
-            // The latest prices of the newly subscribed symbols.
-            Some(app.hub.snapshot_json(Some(&new)))
+            subs.subscribe(&prices);
+            Some(snapshot_json(&prices))
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum CloseCause {
     LifetimeElapsed,
     /// The peer read too slowly and the send queue overflowed: `1013`.
     SlowConsumer,
+    /// The socket's credential or identity was revoked through a
+    /// [`CloseSignal`](super::CloseSignal): `1008`.
+    Revoked,
 }
 
 impl CloseCause {
@@ -44,7 +47,7 @@ impl CloseCause {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::MessageTooBig => 1009,
-            Self::RateLimited(_) | Self::CredentialExpired => 1008,
+            Self::RateLimited(_) | Self::CredentialExpired | Self::Revoked => 1008,
             Self::Idle | Self::HeartbeatTimeout | Self::LifetimeElapsed => 1001,
             Self::SlowConsumer => 1013,
         }
@@ -63,6 +66,7 @@ impl CloseCause {
             Self::CredentialExpired => "credential_expired",
             Self::LifetimeElapsed => "lifetime",
             Self::SlowConsumer => "slow_consumer",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -76,6 +80,7 @@ impl CloseCause {
             Self::CredentialExpired => "credential expired",
             Self::LifetimeElapsed => "maximum lifetime reached",
             Self::SlowConsumer => "reading too slowly",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -97,6 +102,7 @@ impl CloseCause {
             Self::HeartbeatTimeout => format!("{:?}", cfg.pong_timeout),
             Self::CredentialExpired => "credential expiry".to_owned(),
             Self::LifetimeElapsed => format!("{:?}", cfg.max_lifetime.unwrap_or_default()),
+            Self::Revoked => "revocation".to_owned(),
             Self::SlowConsumer => format!(
                 "{} messages / {} bytes queued",
                 cfg.send_queue_len, cfg.send_queue_bytes
@@ -132,10 +138,12 @@ pub enum SlowConsumer {
     Close,
     /// Drop the oldest queued messages to make room, counting them.
     DropOldest,
-    /// Keep only the latest message per key: a message sent with
-    /// [`send_keyed`](super::GuardedSocket::send_keyed) replaces the queued message with the
-    /// same key. If the queue is still full (more distinct keys than it holds), close with
-    /// `1013`: size the queue for the number of keys.
+    /// Keep the latest message per key once the consumer falls behind. While the queue has
+    /// room every message is queued, so a reader that keeps up sees each one. When it is full,
+    /// a message sent with [`send_keyed`](super::GuardedSocket::send_keyed) replaces the
+    /// newest queued message with the same key, and queued messages superseded by a newer one
+    /// of their key are dropped to make room for others. If the queue is still full (more
+    /// distinct keys than it holds), close with `1013`: size the queue for the number of keys.
     Conflate,
 }
 
@@ -149,7 +157,7 @@ pub struct SocketStats {
     pub dropped_incoming: u64,
     /// Queued messages dropped by [`SlowConsumer::DropOldest`].
     pub dropped_outgoing: u64,
-    /// Queued messages replaced by a newer one with the same key.
+    /// Queued messages superseded by a newer one with the same key (dropped or replaced).
     pub conflated: u64,
     /// Messages handed to the socket.
     pub sent: u64,
