@@ -446,13 +446,3 @@ impl Publisher {
         Ok(posted)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn price_ts_reads_the_stock_tickers_format() {
-        let text = r#"{"type":"price","symbol":"AAPL","price":231.4,"seq":7,"ts":1732470000123}"#;
-        assert_eq!(super::price_ts(text), Some(1_732_470_000_123));
-        assert_eq!(super::price_ts(r#"{"type":"snapshot","prices":[]}"#), None);
-    }
-}

@@ -72,6 +72,10 @@ struct Args {
     /// Where the report and the chart go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Read buffer of the guarded echo server's sockets, in bytes (default: the socket
+    /// policy's, 4 KiB), to measure the memory/throughput trade-off for large messages.
+    #[arg(long)]
+    guarded_read_buffer: Option<usize>,
     /// Internal: run one server (the harness starts itself with this).
     #[arg(long, hide = true)]
     serve: Option<server::Kind>,
@@ -93,7 +97,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     // 10k sockets on each side: raise the descriptor limit (children inherit it).
     let nofile = rlimit::increase_nofile_limit(u64::MAX)?;
     if let Some(kind) = args.serve {
-        return server::run(kind);
+        return server::run(kind, args.guarded_read_buffer);
     }
     if nofile
         < 2 * args
@@ -184,7 +188,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     if args.only.contains(&Scenario::Handshake) || args.only.contains(&Scenario::Echo) {
         let bare = Server::start(server::Kind::Bare).await?;
-        let guarded = Server::start(server::Kind::Guarded).await?;
+        let guarded = Server::start_with(server::Kind::Guarded, args.guarded_read_buffer).await?;
         if args.only.contains(&Scenario::Handshake) {
             handshake_scenario(&mut report, &bare, &guarded, rounds, secs).await;
         }
@@ -228,7 +232,14 @@ struct Server {
 impl Server {
     /// Starts `load --serve KIND` (this binary again) and waits for its address.
     async fn start(kind: server::Kind) -> Result<Self, BoxError> {
+        Self::start_with(kind, None).await
+    }
+
+    async fn start_with(kind: server::Kind, read_buffer: Option<usize>) -> Result<Self, BoxError> {
         let mut cmd = Command::new(std::env::current_exe()?);
+        if let Some(bytes) = read_buffer {
+            cmd.arg("--guarded-read-buffer").arg(bytes.to_string());
+        }
         cmd.arg("--serve").arg(
             clap::ValueEnum::to_possible_value(&kind)
                 .map_or_else(String::new, |v| v.get_name().to_owned()),

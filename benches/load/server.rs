@@ -53,14 +53,14 @@ pub(crate) enum Kind {
 
 /// Runs the server until the process is killed. Prints `ticket TOKEN` (guarded kinds) and
 /// then `listening on http://ADDR` on stdout.
-pub(crate) fn run(kind: Kind) -> Result<(), Box<dyn Error>> {
+pub(crate) fn run(kind: Kind, read_buffer: Option<usize>) -> Result<(), Box<dyn Error>> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(serve(kind))
+        .block_on(serve(kind, read_buffer))
 }
 
-async fn serve(kind: Kind) -> Result<(), Box<dyn Error>> {
+async fn serve(kind: Kind, read_buffer: Option<usize>) -> Result<(), Box<dyn Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let router = match kind {
@@ -71,7 +71,7 @@ async fn serve(kind: Kind) -> Result<(), Box<dyn Error>> {
                 .ttl(Duration::from_secs(24 * 3600))
                 .issue("bench-user");
             println!("ticket {ticket}");
-            guarded(key, kind == Kind::GuardedDefaults)?
+            guarded(key, kind == Kind::GuardedDefaults, read_buffer)?
         }
         Kind::Naive => {
             let (tx, _) = broadcast::channel(4096);
@@ -99,10 +99,16 @@ async fn serve(kind: Kind) -> Result<(), Box<dyn Error>> {
 
 /// The full stack in the documented order. Handshake limits are far above what the load
 /// generator can reach; with `defaults` the socket policy is `SocketPolicyLayer::new()`,
-/// otherwise only its message and byte rates are raised (the echo load would hit them).
-fn guarded(key: TicketKey, defaults: bool) -> Result<Router, Box<dyn Error>> {
-    const HIGH: u64 = 1_000_000_000;
-    let policy = if defaults {
+/// otherwise only its message and byte rates are raised (the echo load would hit them);
+/// `read_buffer` replaces the read buffer size.
+fn guarded(
+    key: TicketKey,
+    defaults: bool,
+    read_buffer: Option<usize>,
+) -> Result<Router, Box<dyn Error>> {
+    // 10^15 a second: out of reach (10^9 bytes a second is not, for 16 KiB echoes).
+    const HIGH: u64 = 1_000_000_000_000_000;
+    let mut policy = if defaults {
         SocketPolicyLayer::new()
     } else {
         let high = RateLimit::per_second(HIGH)?.with_burst(HIGH)?;
@@ -112,6 +118,9 @@ fn guarded(key: TicketKey, defaults: bool) -> Result<Router, Box<dyn Error>> {
             .identity_message_rate(high)
             .identity_byte_rate(high)
     };
+    if let Some(bytes) = read_buffer {
+        policy = policy.read_buffer_size(bytes)?;
+    }
     Ok(Router::new()
         .route("/ws", any(guarded_ws))
         .layer(policy)
