@@ -21,13 +21,7 @@
 //! Unknown heroes and malformed `get_name` payloads get an `error` event
 //! (`{"error": "unknown hero: ..."}`); the socket stays open.
 
-use std::{
-    collections::HashMap,
-    fmt,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -40,8 +34,7 @@ use clap::Parser;
 use serde::Deserialize;
 use serde_json::json;
 use socketioxide::{
-    SocketIo,
-    ParserError,
+    ParserError, SocketIo,
     extract::{MaybeHttpExtension, SocketRef, TryData},
     handler::ConnectHandler,
     socket::DisconnectReason,
@@ -116,7 +109,9 @@ impl Users {
                 .split_once(':')
                 .ok_or_else(|| format!("--user {name:?}: expected NAME:PASSWORD", name = user))?;
             if name.is_empty() || password.is_empty() {
-                return Err(format!("--user {name:?}: name and password must not be empty"));
+                return Err(format!(
+                    "--user {name:?}: name and password must not be empty"
+                ));
             }
             users.insert(name.to_owned(), password.to_owned());
         }
@@ -170,7 +165,10 @@ struct GetName {
 }
 
 fn hero_name(hero: &str) -> Option<&'static str> {
-    HEROES.iter().find(|(id, _)| *id == hero).map(|(_, name)| *name)
+    HEROES
+        .iter()
+        .find(|(id, _)| *id == hero)
+        .map(|(_, name)| *name)
 }
 
 #[tokio::main]
@@ -291,7 +289,10 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
 
     Ok(Router::new()
         .route("/", get(|| async { Html(include_str!("index.html")) }))
-        .route("/script.js", get(|| async { javascript(include_str!("script.js")) }))
+        .route(
+            "/script.js",
+            get(|| async { javascript(include_str!("script.js")) }),
+        )
         .route(
             "/socket.io.min.js",
             get(|| async { javascript(include_str!("socket.io.min.js")) }),
@@ -330,7 +331,10 @@ fn authenticate(
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef, MaybeHttpExtension(client_ip): MaybeHttpExtension<ClientIp>) {
+async fn on_connect(
+    socket: SocketRef,
+    MaybeHttpExtension(client_ip): MaybeHttpExtension<ClientIp>,
+) {
     let user = user_of(&socket);
     let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     tracing::info!(name: "heroes.connect", sid = %socket.id, %user, %client_ip, "connected");
