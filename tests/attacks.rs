@@ -970,7 +970,8 @@ async fn forged_x_forwarded_for_from_an_untrusted_peer_is_ignored() {
     assert_eq!(status, 429);
     assert!(headers.contains_key(header::RETRY_AFTER));
     if !external() {
-        assert_eq!(after, 3, "refused after the burst of the real address");
+        // The burst of 3 of the one real address (a slow machine may refill a few more).
+        assert!((3..10).contains(&after), "refused after {after} handshakes");
     }
     target.assert_served(other_client(&target)).await;
 }
