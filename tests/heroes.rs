@@ -149,3 +149,59 @@ async fn open_sessions_per_ip_are_capped() {
     let _b = open_session(addr).await.expect("second");
     assert_eq!(open_session(addr).await, Err(429), "the third open session");
 }
+
+/// Sends a Socket.IO CONNECT with `auth` over the session's long-polling transport and
+/// returns the server's answer (`40{..}` accepted, `44{"message": ..}` refused).
+async fn socket_io_connect(addr: std::net::SocketAddr, sid: &str, auth: &str) -> String {
+    let path = format!("{POLL}&sid={sid}");
+    let res = http(addr, "POST", &path, &[], &format!("40{auth}")).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    // A poll answers with packets separated by 0x1e; the Socket.IO one starts with `4`
+    // (Engine.IO message), the others are Engine.IO control packets such as pings.
+    for _ in 0..5 {
+        let res = http(addr, "GET", &path, &[], "").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        if let Some(packet) = res.body.split('\u{1e}').find(|p| p.starts_with('4')) {
+            return packet.to_owned();
+        }
+    }
+    panic!("no Socket.IO answer to the connect");
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_even_within_one_session() {
+    let heroes = start_example(
+        "heroes",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--user",
+            "alice:wonderland",
+            "--max-login-failures",
+            "2",
+        ],
+    )
+    .await;
+    let addr = heroes.addr;
+    let wrong = r#"{"username":"alice","password":"guess"}"#;
+    let right = r#"{"username":"alice","password":"wonderland"}"#;
+
+    // A right password is accepted.
+    let sid = open_session(addr).await.expect("session");
+    let answer = socket_io_connect(addr, &sid, right).await;
+    assert!(answer.starts_with("40{"), "{answer}");
+
+    // Guesses over one Engine.IO session: two are checked, then the client IP is locked out.
+    let sid = open_session(addr).await.expect("session");
+    for _ in 0..2 {
+        let answer = socket_io_connect(addr, &sid, wrong).await;
+        assert!(answer.starts_with("44"), "{answer}");
+        assert!(answer.contains("invalid username or password"), "{answer}");
+    }
+    let answer = socket_io_connect(addr, &sid, wrong).await;
+    assert!(answer.contains("too many failed logins"), "{answer}");
+    // Locked out: even the right password, even in a new session, until the minute ends.
+    let sid = open_session(addr).await.expect("session");
+    let answer = socket_io_connect(addr, &sid, right).await;
+    assert!(answer.contains("too many failed logins"), "{answer}");
+}

@@ -16,12 +16,21 @@
 //! - socketioxide's own limits: `--max-payload` bytes per long-polling request body (larger:
 //!   `413`) and per WebSocket message or frame (larger: the socket is closed);
 //! - at the Socket.IO connect, the `auth` payload `{"username", "password"}` is checked; a
-//!   refusal is a `connect_error` whose message says why.
+//!   refusal is a `connect_error` whose message says why. After `--max-login-failures` (5)
+//!   failures within a minute a client IP is refused without a check until the minute ends (one
+//!   Engine.IO session can carry many connect attempts, so the rate limit alone would not stop
+//!   password guessing).
 //!
 //! Unknown heroes and malformed `get_name` payloads get an `error` event
 //! (`{"error": "unknown hero: ..."}`); the socket stays open.
 
-use std::{collections::HashMap, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -83,6 +92,15 @@ struct Args {
     /// Open sessions per client IP.
     #[arg(long, default_value_t = 20)]
     max_conns_per_ip: usize,
+    /// Failed logins per client IP within a minute before it is locked out for the rest of it.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    max_login_failures: u32,
+    /// Seconds between Engine.IO pings (a long-poll is answered by the next ping at the latest).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
+    ping_interval: u64,
+    /// Seconds a client has to answer a ping before its session is closed.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    ping_timeout: u64,
     /// Close a session that has not joined a namespace after this many seconds.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
@@ -141,6 +159,7 @@ struct Credentials {
 enum ConnectRefused {
     MissingCredentials,
     InvalidCredentials,
+    TooManyFailures { retry_after: Duration },
 }
 
 impl fmt::Display for ConnectRefused {
@@ -150,6 +169,68 @@ impl fmt::Display for ConnectRefused {
                 f.write_str("missing credentials: send {username, password} as the auth payload")
             }
             Self::InvalidCredentials => f.write_str("invalid username or password"),
+            Self::TooManyFailures { retry_after } => write!(
+                f,
+                "too many failed logins: try again in {} s",
+                retry_after.as_secs().max(1)
+            ),
+        }
+    }
+}
+
+/// Failed logins per client IP. One Engine.IO session can carry any number of Socket.IO
+/// connect attempts, so the handshake rate limit alone would not stop password guessing:
+/// after `max` failures within `window`, a client is refused without a check until the window
+/// ends.
+#[derive(Clone)]
+struct LoginThrottle {
+    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
+    max: u32,
+    window: Duration,
+}
+
+impl fmt::Debug for LoginThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginThrottle")
+            .field("max", &self.max)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginThrottle {
+    fn new(max: u32, window: Duration) -> Self {
+        Self {
+            failures: Arc::default(),
+            max,
+            window,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long `ip` must wait, if it is locked out.
+    fn locked_out(&self, ip: IpAddr) -> Option<Duration> {
+        let failures = self.lock();
+        let (count, since) = failures.get(&ip)?;
+        let left = self.window.checked_sub(since.elapsed())?;
+        (*count >= self.max).then_some(left)
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut failures = self.lock();
+        let now = Instant::now();
+        let entry = failures.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+        // Bounded memory: forget finished windows when the table grows.
+        if failures.len() > 10_000 {
+            let window = self.window;
+            failures.retain(|_, (_, since)| now.duration_since(*since) < window);
         }
     }
 }
@@ -226,10 +307,13 @@ fn opens_session(req: &Request<Body>) -> bool {
 
 fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn std::error::Error>> {
     let max_payload = args.max_payload;
+    let throttle = LoginThrottle::new(args.max_login_failures, Duration::from_secs(60));
     let (socket_io, io) = SocketIo::builder()
         .max_payload(max_payload as u64)
         .ws_max_message_size(max_payload)
         .ws_max_frame_size(max_payload)
+        .ping_interval(Duration::from_secs(args.ping_interval))
+        .ping_timeout(Duration::from_secs(args.ping_timeout))
         .connect_timeout(Duration::from_secs(args.connect_timeout))
         .build_svc();
     io.ns(
@@ -238,7 +322,7 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
             move |socket: SocketRef,
                   TryData(credentials): TryData<Credentials>,
                   MaybeHttpExtension(client_ip): MaybeHttpExtension<ClientIp>| {
-                let result = authenticate(&users, &socket, credentials, client_ip);
+                let result = authenticate(&users, &throttle, &socket, credentials, client_ip);
                 async move { result }
             },
         ),
@@ -312,17 +396,25 @@ fn javascript(source: &'static str) -> Response {
 /// the socket joins the namespace; an error becomes the client's `connect_error`.
 fn authenticate(
     users: &Users,
+    throttle: &LoginThrottle,
     socket: &SocketRef,
     credentials: Result<Credentials, ParserError>,
     client_ip: Option<ClientIp>,
 ) -> Result<(), ConnectRefused> {
-    let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    // The client-IP layer runs before socketioxide; without it, fall back to a shared key.
+    let ip = client_ip.map_or(IpAddr::from([0, 0, 0, 0]), |ClientIp(ip)| ip);
+    if let Some(retry_after) = throttle.locked_out(ip) {
+        tracing::warn!(name: "heroes.connect.refused", cause = "too_many_failures", client_ip = %ip, limit = throttle.max, "connect refused");
+        return Err(ConnectRefused::TooManyFailures { retry_after });
+    }
     let Ok(credentials) = credentials else {
-        tracing::warn!(name: "heroes.connect.refused", cause = "missing_credentials", %client_ip, "connect refused");
+        throttle.failed(ip);
+        tracing::warn!(name: "heroes.connect.refused", cause = "missing_credentials", client_ip = %ip, "connect refused");
         return Err(ConnectRefused::MissingCredentials);
     };
     if !users.check(&credentials.username, &credentials.password) {
-        tracing::warn!(name: "heroes.connect.refused", cause = "invalid_credentials", %client_ip, "connect refused");
+        throttle.failed(ip);
+        tracing::warn!(name: "heroes.connect.refused", cause = "invalid_credentials", client_ip = %ip, "connect refused");
         return Err(ConnectRefused::InvalidCredentials);
     }
     socket

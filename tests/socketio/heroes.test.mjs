@@ -26,7 +26,8 @@ let server, base;
 function startHeroes() {
   assert.ok(existsSync(BIN), `${BIN} missing: run cargo test (or cargo build --example heroes) first`);
   const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--user", "alice:wonderland",
-    "--max-payload", String(MAX_PAYLOAD), "--connect-burst", "1000", "--connect-rate", "1000"],
+    "--max-payload", String(MAX_PAYLOAD), "--connect-burst", "1000", "--connect-rate", "1000",
+    "--max-login-failures", "1000", "--ping-interval", "1", "--ping-timeout", "10"],
   { stdio: ["ignore", "pipe", "ignore"] });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("heroes did not start in time")), 30000);

@@ -36,7 +36,8 @@ def base():
     assert os.path.exists(BIN), f"{BIN} missing: run cargo test first"
     child = subprocess.Popen(
         [BIN, "--addr", "127.0.0.1:0", "--user", "alice:wonderland",
-         "--max-payload", str(MAX_PAYLOAD), "--connect-rate", "1000", "--connect-burst", "1000"],
+         "--max-payload", str(MAX_PAYLOAD), "--connect-rate", "1000", "--connect-burst", "1000",
+         "--max-login-failures", "1000", "--ping-interval", "1", "--ping-timeout", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     found = queue.Queue()
 
