@@ -32,12 +32,6 @@ struct PriceMessage<'a> {
     price: &'a Price,
 }
 
-#[derive(Serialize)]
-struct SnapshotMessage<'a> {
-    r#type: &'static str,
-    prices: Vec<&'a Price>,
-}
-
 impl Hub {
     pub(crate) fn new(initial: Vec<Price>) -> Self {
         let (tx, _) = broadcast::channel(4096);
@@ -85,19 +79,5 @@ impl Hub {
             .read()
             .map(|l| l.contains_key(symbol))
             .unwrap_or(false)
-    }
-
-    /// The snapshot message for the given symbols (all when `None`).
-    pub(crate) fn snapshot_json(&self, only: Option<&std::collections::HashSet<String>>) -> String {
-        let latest = self.latest.read().map(|l| l.clone()).unwrap_or_default();
-        let prices = latest
-            .values()
-            .filter(|p| only.is_none_or(|s| s.contains(&p.symbol)))
-            .collect();
-        serde_json::to_string(&SnapshotMessage {
-            r#type: "snapshot",
-            prices,
-        })
-        .unwrap_or_default()
     }
 }

@@ -55,13 +55,15 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     addr: SocketAddr,
-    /// Serve https and wss (a self-signed certificate unless --cert/--key are given).
+    /// Serve https and wss (a self-signed certificate unless --cert/--key are given)
+    /// [default: off: http and ws].
     #[arg(long)]
     tls: bool,
-    /// PEM certificate chain for --tls.
+    /// PEM certificate chain; implies --tls [default: a self-signed certificate generated at
+    /// start].
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
-    /// PEM private key for --tls.
+    /// PEM private key for --cert [default: generated with the self-signed certificate].
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// SQLite database file, created and seeded on first run.
@@ -70,10 +72,12 @@ struct Args {
     /// Simulated price changes per second across all symbols (0 turns the simulator off).
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
-    /// Add or update a user, NAME:PASSWORD (repeatable).
+    /// Add or update a user, NAME:PASSWORD (repeatable) [default: none; `demo`/`demo` is
+    /// created when the database has no user].
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
-    /// Another origin allowed to open sockets (repeatable).
+    /// Another origin allowed to open sockets (repeatable) [default: only the server's own
+    /// origins].
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origins: Vec<String>,
     /// Largest message a client may send, in bytes (larger: close 1009).
@@ -103,7 +107,8 @@ struct Args {
     /// Ping every this many seconds; close if no pong within as long again.
     #[arg(long, default_value_t = 20)]
     heartbeat: u64,
-    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable).
+    /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable) [default: none: the peer
+    /// address is the client].
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
     /// Lifetime of a login token, in seconds.
@@ -374,15 +379,13 @@ async fn session(app: App, mut socket: GuardedSocket) {
     // Subscribe before the snapshot; updates already in the snapshot are skipped by `seq`.
     let mut updates = app.hub.subscribe();
     let sender = socket.sender();
-    let mut subscribed: HashSet<String> = HashSet::new();
-    let mut last_seq: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut subs = Subscriptions::default();
     let snapshot = app.hub.latest();
-    for price in &snapshot {
-        subscribed.insert(price.symbol.clone());
-        last_seq.insert(Arc::from(price.symbol.as_str()), price.seq);
-    }
-    let snapshot = json!({ "type": "snapshot", "prices": snapshot }).to_string();
-    if sender.send(Message::text(snapshot)).is_err() {
+    subs.subscribe(&snapshot);
+    if sender
+        .send(Message::text(snapshot_json(&snapshot)))
+        .is_err()
+    {
         return;
     }
 
@@ -390,14 +393,9 @@ async fn session(app: App, mut socket: GuardedSocket) {
         tokio::select! {
             update = updates.recv() => match update {
                 Ok(update) => {
-                    if !subscribed.contains(&*update.symbol) {
+                    if !subs.admit(&update.symbol, update.seq) {
                         continue;
                     }
-                    let last = last_seq.entry(update.symbol.clone()).or_default();
-                    if update.seq <= *last {
-                        continue;
-                    }
-                    *last = update.seq;
                     // Keyed by symbol: a slow consumer keeps only the latest price per symbol.
                     if sender.send_keyed(update.symbol, Message::Text(update.json)).is_err() {
                         break;
@@ -407,17 +405,18 @@ async fn session(app: App, mut socket: GuardedSocket) {
                 Err(RecvError::Lagged(missed)) => {
                     // This task fell behind the hub: catch up with the latest prices.
                     tracing::debug!(missed, "session lagged behind the hub");
+                    let mut open = true;
                     for price in app.hub.latest() {
                         let symbol: Arc<str> = Arc::from(price.symbol.as_str());
-                        if !subscribed.contains(&price.symbol) || last_seq.get(&symbol) >= Some(&price.seq) {
-                            continue;
+                        if open && subs.admit(&symbol, price.seq) {
+                            let text = json!({ "type": "price", "symbol": price.symbol,
+                                               "price": price.price, "seq": price.seq,
+                                               "ts": price.ts }).to_string();
+                            open = sender.send_keyed(symbol, Message::text(text)).is_ok();
                         }
-                        last_seq.insert(symbol.clone(), price.seq);
-                        let text = json!({ "type": "price", "symbol": price.symbol, "price": price.price,
-                                           "seq": price.seq, "ts": price.ts }).to_string();
-                        if sender.send_keyed(symbol, Message::text(text)).is_err() {
-                            break;
-                        }
+                    }
+                    if !open {
+                        break;
                     }
                 }
                 Err(RecvError::Closed) => break,
@@ -425,7 +424,7 @@ async fn session(app: App, mut socket: GuardedSocket) {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     app.metrics.client_messages.fetch_add(1, Relaxed);
-                    let reply = handle_client_message(&app, &text, &mut subscribed);
+                    let reply = handle_client_message(&app, &text, &mut subs);
                     if let Some(reply) = reply
                         && sender.send(Message::text(reply)).is_err()
                     {
@@ -456,12 +455,55 @@ async fn session(app: App, mut socket: GuardedSocket) {
     }
 }
 
-/// Applies a subscribe/unsubscribe message; returns the reply to send, if any.
-fn handle_client_message(
-    app: &App,
-    text: &str,
-    subscribed: &mut HashSet<String>,
-) -> Option<String> {
+fn snapshot_json(prices: &[db::Price]) -> String {
+    json!({ "type": "snapshot", "prices": prices }).to_string()
+}
+
+/// What one socket is subscribed to, and the last `seq` it was sent per symbol.
+#[derive(Default)]
+struct Subscriptions {
+    symbols: HashSet<String>,
+    last_seq: HashMap<Arc<str>, u64>,
+}
+
+impl Subscriptions {
+    /// Subscribes to the symbols of `prices`, which the client is about to be sent.
+    fn subscribe(&mut self, prices: &[db::Price]) {
+        for price in prices {
+            self.symbols.insert(price.symbol.clone());
+            let last = self
+                .last_seq
+                .entry(Arc::from(price.symbol.as_str()))
+                .or_default();
+            *last = (*last).max(price.seq);
+        }
+    }
+
+    fn unsubscribe(&mut self, symbols: &[String]) {
+        for symbol in symbols {
+            self.symbols.remove(symbol);
+        }
+    }
+
+    /// Whether change `seq` of `symbol` goes to the client: subscribed and newer than what it
+    /// has. Records it as sent.
+    fn admit(&mut self, symbol: &Arc<str>, seq: u64) -> bool {
+        if !self.symbols.contains(&**symbol) {
+            return false;
+        }
+        let last = self.last_seq.entry(symbol.clone()).or_default();
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        true
+    }
+}
+
+/// Applies a subscribe/unsubscribe message; returns the reply to send, if any. A subscribe is
+/// answered with a snapshot of the requested symbols (which also confirms it); an unsubscribe
+/// has no reply.
+fn handle_client_message(app: &App, text: &str, subs: &mut Subscriptions) -> Option<String> {
     let error = |e: String| Some(json!({ "type": "error", "error": e }).to_string());
     let message: ClientMessage = match serde_json::from_str(text) {
         Ok(message) => message,
@@ -480,22 +522,19 @@ fn handle_client_message(
     }
     match message {
         ClientMessage::Unsubscribe { symbols } => {
-            for symbol in &symbols {
-                subscribed.remove(symbol);
-            }
+            subs.unsubscribe(&symbols);
             None
         }
         ClientMessage::Subscribe { symbols } => {
-            let new: HashSet<String> = symbols
+            let requested: HashSet<&str> = symbols.iter().map(String::as_str).collect();
+            let prices: Vec<db::Price> = app
+                .hub
+                .latest()
                 .into_iter()
-                .filter(|s| !subscribed.contains(s))
+                .filter(|p| requested.contains(p.symbol.as_str()))
                 .collect();
-            if new.is_empty() {
-                return None;
-            }
-            subscribed.extend(new.iter().cloned());
-            // The latest prices of the newly subscribed symbols.
-            Some(app.hub.snapshot_json(Some(&new)))
+            subs.subscribe(&prices);
+            Some(snapshot_json(&prices))
         }
     }
 }

@@ -132,10 +132,12 @@ pub enum SlowConsumer {
     Close,
     /// Drop the oldest queued messages to make room, counting them.
     DropOldest,
-    /// Keep only the latest message per key: a message sent with
-    /// [`send_keyed`](super::GuardedSocket::send_keyed) replaces the queued message with the
-    /// same key. If the queue is still full (more distinct keys than it holds), close with
-    /// `1013`: size the queue for the number of keys.
+    /// Keep the latest message per key once the consumer falls behind. While the queue has
+    /// room every message is queued, so a reader that keeps up sees each one. When it is full,
+    /// a message sent with [`send_keyed`](super::GuardedSocket::send_keyed) replaces the
+    /// newest queued message with the same key, and queued messages superseded by a newer one
+    /// of their key are dropped to make room for others. If the queue is still full (more
+    /// distinct keys than it holds), close with `1013`: size the queue for the number of keys.
     Conflate,
 }
 
@@ -149,7 +151,7 @@ pub struct SocketStats {
     pub dropped_incoming: u64,
     /// Queued messages dropped by [`SlowConsumer::DropOldest`].
     pub dropped_outgoing: u64,
-    /// Queued messages replaced by a newer one with the same key.
+    /// Queued messages superseded by a newer one with the same key (dropped or replaced).
     pub conflated: u64,
     /// Messages handed to the socket.
     pub sent: u64,

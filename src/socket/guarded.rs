@@ -105,7 +105,7 @@ impl Shared {
         } else {
             match state.outbound.push(key, msg) {
                 Pushed::Queued => {}
-                Pushed::Conflated => state.stats.conflated += 1,
+                Pushed::Conflated(n) => state.stats.conflated += n as u64,
                 Pushed::DroppedOldest(n) => {
                     state.stats.dropped_outgoing += n as u64;
                     let dropped = state.stats.dropped_outgoing;
@@ -200,9 +200,10 @@ impl GuardedSocket {
         self.shared.enqueue(None, msg).map_err(Error::new)
     }
 
-    /// Queues `msg` under `key`: under [`SlowConsumer::Conflate`](super::SlowConsumer::Conflate)
-    /// it replaces a still-queued message with the same key (the latest price per symbol);
-    /// under the other policies the key is ignored.
+    /// Queues `msg` under `key`: under [`SlowConsumer::Conflate`](super::SlowConsumer::Conflate),
+    /// once the queue is full, it replaces the newest still-queued message with the same key
+    /// (the latest price per symbol); while there is room it is queued like any other. Under
+    /// the other policies the key is ignored.
     pub fn send_keyed(&self, key: impl Into<Arc<str>>, msg: Message) -> Result<(), SendError> {
         self.shared.enqueue(Some(key.into()), msg)
     }

@@ -30,8 +30,8 @@ struct Entry {
 pub(crate) enum Pushed {
     /// Appended to the queue.
     Queued,
-    /// Replaced the queued message with the same key.
-    Conflated,
+    /// Queued or replaced after superseding this many queued messages of the same key.
+    Conflated(usize),
     /// Appended after dropping this many of the oldest queued messages.
     DroppedOldest(usize),
     /// The queue is full and the policy is to close the socket: nothing was queued.
@@ -86,38 +86,50 @@ impl OutQueue {
     }
 
     /// Queues `msg`, applying the slow-consumer policy when the queue is full. `key` only
-    /// matters under [`SlowConsumer::Conflate`].
+    /// matters under [`SlowConsumer::Conflate`]: while there is room every message is queued,
+    /// so a reader that keeps up sees each one; once full, a keyed message replaces the newest
+    /// queued message with the same key.
     pub(crate) fn push(&mut self, key: Option<Arc<str>>, msg: Message) -> Pushed {
         let len = message_len(&msg);
-        if self.policy == SlowConsumer::Conflate
-            && let Some(key) = &key
-            && let Some(&seq) = self.keys.get(key)
-        {
-            // `seq` is always within the queue: keys are removed with their entries.
-            if let Some(entry) = self.items.get_mut((seq - self.head) as usize) {
-                self.bytes = self.bytes - entry.len + len;
-                entry.len = len;
-                entry.msg = msg;
-                return Pushed::Conflated;
-            }
+        if self.fits(len) {
+            self.append(key, len, msg);
+            return Pushed::Queued;
         }
-        let mut dropped = 0;
-        if !self.fits(len) {
-            match self.policy {
-                SlowConsumer::Close | SlowConsumer::Conflate => return Pushed::Overflow,
-                SlowConsumer::DropOldest => {
-                    while !self.fits(len) {
-                        self.pop();
-                        dropped += 1;
-                    }
+        match self.policy {
+            SlowConsumer::Close => Pushed::Overflow,
+            SlowConsumer::Conflate => {
+                let only_one = self.items.len() == 1;
+                // `seq` is always within the queue: keys are removed with their entries.
+                let newest = key
+                    .as_ref()
+                    .and_then(|key| self.keys.get(key))
+                    .and_then(|&seq| self.items.get_mut((seq - self.head) as usize));
+                if let Some(entry) = newest
+                    && (self.bytes - entry.len + len <= self.max_bytes || only_one)
+                {
+                    self.bytes = self.bytes - entry.len + len;
+                    entry.len = len;
+                    entry.msg = msg;
+                    return Pushed::Conflated(1);
+                }
+                // Make room by dropping keyed messages that a newer one of their key supersedes.
+                let superseded = self.compact();
+                if superseded > 0 && self.fits(len) {
+                    self.append(key, len, msg);
+                    Pushed::Conflated(superseded)
+                } else {
+                    Pushed::Overflow
                 }
             }
-        }
-        self.append(key, len, msg);
-        if dropped > 0 {
-            Pushed::DroppedOldest(dropped)
-        } else {
-            Pushed::Queued
+            SlowConsumer::DropOldest => {
+                let mut dropped = 0;
+                while !self.fits(len) {
+                    self.pop();
+                    dropped += 1;
+                }
+                self.append(key, len, msg);
+                Pushed::DroppedOldest(dropped)
+            }
         }
     }
 
@@ -138,6 +150,30 @@ impl OutQueue {
         };
         self.bytes += len;
         self.items.push_back(Entry { key, len, msg });
+    }
+
+    /// Drops every keyed entry that is not the newest of its key; returns how many.
+    fn compact(&mut self) -> usize {
+        let before = self.items.len();
+        let (head, keys) = (self.head, &self.keys);
+        let mut seq = head;
+        self.items.retain(|entry| {
+            let keep = entry
+                .key
+                .as_ref()
+                .is_none_or(|key| keys.get(key) == Some(&seq));
+            seq += 1;
+            keep
+        });
+        self.keys.clear();
+        self.bytes = 0;
+        for (i, entry) in self.items.iter().enumerate() {
+            if let Some(key) = &entry.key {
+                self.keys.insert(key.clone(), head + i as u64);
+            }
+            self.bytes += entry.len;
+        }
+        before - self.items.len()
     }
 
     pub(crate) fn pop(&mut self) -> Option<Message> {
@@ -217,18 +253,31 @@ mod tests {
                 left: &["c", "d", "e"],
             },
             Case {
-                name: "conflate keeps the latest per key in its first position",
+                name: "conflate queues everything while there is room, then replaces the newest of the key",
                 policy: SlowConsumer::Conflate,
                 pushes: &[
                     (Some("btc"), "btc 1"),
                     (Some("eth"), "eth 1"),
                     (Some("btc"), "btc 2"),
-                    (None, "news"),
-                    (Some("eth"), "eth 2"),
                     (Some("btc"), "btc 3"),
+                    (Some("eth"), "eth 2"),
                 ],
-                outcomes: &[Queued, Queued, Conflated, Queued, Conflated, Conflated],
-                left: &["btc 3", "eth 2", "news"],
+                outcomes: &[Queued, Queued, Queued, Conflated(1), Conflated(1)],
+                left: &["btc 1", "eth 2", "btc 3"],
+            },
+            Case {
+                name: "conflate makes room by dropping superseded messages",
+                policy: SlowConsumer::Conflate,
+                pushes: &[
+                    (Some("btc"), "btc 1"),
+                    (Some("btc"), "btc 2"),
+                    (Some("btc"), "btc 3"),
+                    (None, "news"),
+                    (Some("eth"), "eth 1"),
+                    (None, "more news"),
+                ],
+                outcomes: &[Queued, Queued, Queued, Conflated(2), Queued, Overflow],
+                left: &["btc 3", "news", "eth 1"],
             },
             Case {
                 name: "conflate closes when a new key finds the queue full",
@@ -259,20 +308,22 @@ mod tests {
 
     #[test]
     fn conflation_after_pops_finds_the_right_entry() {
+        use Pushed::*;
         let mut q = OutQueue::new(4, 1 << 20, SlowConsumer::Conflate);
-        for i in 0..10 {
-            q.push(Some("x".into()), text(&format!("x {i}")));
-            q.push(Some("y".into()), text(&format!("y {i}")));
-            if i % 3 == 0 {
-                q.pop();
-            }
-            assert!(q.len() <= 2);
+        for m in ["x 0", "y 0", "x 1", "y 1"] {
+            assert_eq!(q.push(Some(m[..1].into()), text(m)), Queued, "{m}");
         }
-        // i = 9: [y 9, x 9] after conflation, then the pop takes y 9.
-        assert_eq!(drain(&mut q), ["x 9"]);
+        assert_eq!(
+            q.pop().and_then(|m| m.into_text().ok()).as_deref(),
+            Some("x 0")
+        );
+        assert_eq!(q.push(Some("x".into()), text("x 2")), Queued, "room again");
+        assert_eq!(q.push(Some("x".into()), text("x 3")), Conflated(1));
+        assert_eq!(q.push(Some("y".into()), text("y 2")), Conflated(1));
+        assert_eq!(drain(&mut q), ["y 0", "x 1", "y 2", "x 3"]);
         // A key popped from the queue is queued afresh, not "replaced" into nothing.
-        assert_eq!(q.push(Some("x".into()), text("x 10")), Pushed::Queued);
-        assert_eq!(drain(&mut q), ["x 10"]);
+        assert_eq!(q.push(Some("x".into()), text("x 4")), Queued);
+        assert_eq!(drain(&mut q), ["x 4"]);
     }
 
     #[test]
@@ -301,12 +352,26 @@ mod tests {
 
     #[test]
     fn conflated_sizes_are_accounted() {
-        let mut q = OutQueue::new(10, 100, SlowConsumer::Conflate);
-        q.push(Some("k".into()), text("0123456789"));
-        q.push(Some("k".into()), text("01"));
+        let mut q = OutQueue::new(1, 100, SlowConsumer::Conflate);
+        assert_eq!(q.push(Some("k".into()), text("0123456789")), Pushed::Queued);
+        assert_eq!(q.push(Some("k".into()), text("01")), Pushed::Conflated(1));
         assert_eq!(q.bytes(), 2);
-        q.push(Some("k".into()), Message::binary(vec![0u8; 50]));
+        assert_eq!(
+            q.push(Some("k".into()), Message::binary(vec![0u8; 50])),
+            Pushed::Conflated(1)
+        );
         assert_eq!(q.bytes(), 50);
         assert_eq!(q.len(), 1);
+
+        // A replacement may not push the queue past its byte bound.
+        let mut q = OutQueue::new(2, 20, SlowConsumer::Conflate);
+        assert_eq!(q.push(Some("a".into()), text("0123456789")), Pushed::Queued);
+        assert_eq!(q.push(Some("b".into()), text("0123456789")), Pushed::Queued);
+        assert_eq!(
+            q.push(Some("a".into()), text("01234567890")),
+            Pushed::Overflow
+        );
+        assert_eq!(q.push(Some("a".into()), text("0123")), Pushed::Conflated(1));
+        assert_eq!(q.bytes(), 14);
     }
 }
