@@ -118,7 +118,7 @@ struct Args {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout: u64,
     /// A login token opens at most one socket (replayed tokens get 401); `POST /prices`
-    /// still accepts it until it expires.
+    /// still accepts it until it expires [default: off: a token opens sockets until it expires].
     #[arg(long)]
     one_time_tokens: bool,
 }
