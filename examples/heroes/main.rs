@@ -420,6 +420,15 @@ fn authenticate(
     socket
         .extensions
         .insert(User(Arc::from(credentials.username)));
+    // Register the event handlers here, not in the connect handler: socketioxide sends the
+    // CONNECT acknowledgement and only then spawns the connect handler, so a client that emits
+    // as soon as it is connected would race a handler registered there and lose the message.
+    // The middleware runs before the acknowledgement.
+    socket.on("get_name", get_name);
+    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
+        let user = user_of(&socket);
+        tracing::info!(name: "heroes.disconnect", sid = %socket.id, %user, ?reason, "disconnected");
+    });
     Ok(())
 }
 
@@ -430,11 +439,6 @@ async fn on_connect(
     let user = user_of(&socket);
     let client_ip = client_ip.map(|ip| ip.to_string()).unwrap_or_default();
     tracing::info!(name: "heroes.connect", sid = %socket.id, %user, %client_ip, "connected");
-    socket.on("get_name", get_name);
-    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
-        let user = user_of(&socket);
-        tracing::info!(name: "heroes.disconnect", sid = %socket.id, %user, ?reason, "disconnected");
-    });
 }
 
 async fn get_name(socket: SocketRef, TryData(request): TryData<GetName>) {

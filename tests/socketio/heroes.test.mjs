@@ -90,6 +90,21 @@ for (const transports of TRANSPORTS) {
     }
   });
 
+  test(`${name}: an emit right on connect is answered (60 connections)`, async () => {
+    // socketioxide acknowledges the connect before it runs the connect handler: handlers
+    // registered there would miss a message sent at once. The example registers them earlier.
+    for (let i = 0; i < 60; i++) {
+      const socket = client({ username: "alice", password: "wonderland" }, { transports });
+      const reply = first(socket, ["name", "error", "connect_error"]);
+      socket.on("connect", () => socket.emit("get_name", { hero: "wonderWoman" }));
+      try {
+        assert.deepEqual(await reply, ["name", { hero_name: "Diana Prince" }], `connection ${i}`);
+      } finally {
+        socket.disconnect();
+      }
+    }
+  });
+
   test(`${name}: unknown hero and malformed payloads get an error event, the socket stays`, async () => {
     const socket = await connected(transports);
     try {
