@@ -296,7 +296,8 @@ fn own_origins(addr: SocketAddr) -> Vec<String> {
 }
 
 /// A request that opens an Engine.IO session: one without a `sid` query parameter. Requests
-/// of an open session (long-polls, posts, the upgrade to WebSocket) carry its `sid`.
+/// of an open session (long-polls, posts, the upgrade to WebSocket) carry its `sid`. This is
+/// the same test engineioxide applies, so no request can open a session past the limits.
 fn opens_session(req: &Request<Body>) -> bool {
     !req.uri()
         .query()
