@@ -150,6 +150,41 @@ async fn open_sessions_per_ip_are_capped() {
     assert_eq!(open_session(addr).await, Err(429), "the third open session");
 }
 
+#[tokio::test]
+async fn a_session_that_ends_gives_its_slot_back() {
+    // Sessions that never join a namespace end after a second (or when they miss a ping).
+    let heroes = start_example(
+        "heroes",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--max-conns-per-ip",
+            "1",
+            "--ping-interval",
+            "1",
+            "--ping-timeout",
+            "1",
+            "--connect-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let addr = heroes.addr;
+    let _abandoned = open_session(addr).await.expect("first");
+    assert_eq!(open_session(addr).await, Err(429), "the slot is taken");
+    // Bounded wait for the abandoned session to end and release its slot.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match open_session(addr).await {
+            Ok(_) => break,
+            Err(429) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(status) => panic!("the slot never came back: {status}"),
+        }
+    }
+}
+
 /// Sends a Socket.IO CONNECT with `auth` over the session's long-polling transport and
 /// returns the server's answer (`40{..}` accepted, `44{"message": ..}` refused).
 async fn socket_io_connect(addr: std::net::SocketAddr, sid: &str, auth: &str) -> String {

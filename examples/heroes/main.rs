@@ -81,8 +81,8 @@ struct Args {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
     /// Largest long-polling request body and WebSocket message or frame, in bytes.
-    #[arg(long, default_value_t = 4096)]
-    max_payload: usize,
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
+    max_payload: u64,
     /// New Engine.IO sessions per second per client IP.
     #[arg(long, default_value_t = 5)]
     connect_rate: u32,
@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     ping_timeout: u64,
     /// Close a session that has not joined a namespace after this many seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout: u64,
 }
 
@@ -308,11 +308,12 @@ fn opens_session(req: &Request<Body>) -> bool {
 
 fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn std::error::Error>> {
     let max_payload = args.max_payload;
+    let max_message = usize::try_from(max_payload)?;
     let throttle = LoginThrottle::new(args.max_login_failures, Duration::from_secs(60));
     let (socket_io, io) = SocketIo::builder()
-        .max_payload(max_payload as u64)
-        .ws_max_message_size(max_payload)
-        .ws_max_frame_size(max_payload)
+        .max_payload(max_payload)
+        .ws_max_message_size(max_message)
+        .ws_max_frame_size(max_message)
         .ping_interval(Duration::from_secs(args.ping_interval))
         .ping_timeout(Duration::from_secs(args.ping_timeout))
         .connect_timeout(Duration::from_secs(args.connect_timeout))
