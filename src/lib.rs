@@ -21,6 +21,8 @@
 //!   idle, heartbeat, credential expiry, lifetime, send backpressure) through
 //!   [`SocketPolicyLayer`](socket::SocketPolicyLayer) and the
 //!   [`GuardedUpgrade`](socket::GuardedUpgrade) extractor.
+//! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a
+//!   service through Redis, and revocation that closes sockets on every instance.
 //!
 //! # The whole stack
 //!
@@ -95,6 +97,9 @@
 
 pub mod auth;
 pub mod client_ip;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod fleet;
 pub mod origin;
 pub mod rate_limit;
 pub mod socket;

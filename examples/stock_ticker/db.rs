@@ -182,6 +182,25 @@ impl Db {
         rows.collect()
     }
 
+    /// Fleet mode: stores a price decided through Redis if it is newer (by `seq`) than the
+    /// stored one and, with the lock held, hands it to `publish`. Returns whether it was.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn store_price(
+        &self,
+        price: &Price,
+        publish: impl FnOnce(&Price),
+    ) -> rusqlite::Result<bool> {
+        let conn = self.lock();
+        let changed = conn.execute(
+            "UPDATE prices SET price = ?2, seq = ?3, ts = ?4 WHERE symbol = ?1 AND seq < ?3",
+            params![price.symbol, price.price, price.seq as i64, price.ts as i64],
+        )?;
+        if changed == 1 {
+            publish(price);
+        }
+        Ok(changed == 1)
+    }
+
     /// Writes a new price and, once the change is committed and while the lock is still held
     /// (so `seq` order is publication order), hands it to `publish`.
     pub(crate) fn set_price(

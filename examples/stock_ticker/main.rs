@@ -9,8 +9,14 @@
 //! limit → brute-force throttle → ticket authentication (`Authorization: Bearer`, a
 //! `bearer.<token>` subprotocol entry next to `ticker.v1`, or `?token=`) → connection quotas →
 //! socket policy (size, rate, idle, heartbeat, expiry, conflating backpressure).
+//!
+//! Fleet mode: `cargo run --release --features redis --example stock_ticker -- --redis
+//! redis://127.0.0.1:6379` on several instances (each with its own `--addr` and `--db`) shares
+//! handshake rate limits, socket quotas, revocation (`POST /revoke`) and prices through
+//! Redis; see `fleet.rs`.
 
 mod db;
+mod fleet;
 mod hub;
 mod market;
 mod metrics;
@@ -121,6 +127,24 @@ struct Args {
     /// still accepts it until it expires [default: off: a token opens sockets until it expires].
     #[arg(long)]
     one_time_tokens: bool,
+    /// Fleet mode: share limits, quotas, revocation and prices with other instances through
+    /// this Redis, redis://host:port (needs the `redis` feature) [default: off: this
+    /// instance alone].
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Prefix of the fleet's Redis keys; instances of one fleet share it.
+    #[arg(long, default_value = "stock-ticker", requires = "redis")]
+    redis_prefix: String,
+    /// Longest wait for Redis in a handshake, in milliseconds.
+    #[arg(long, default_value_t = 250, requires = "redis")]
+    redis_timeout_ms: u64,
+    /// While Redis is unreachable: fall back to per-instance limits, or refuse with 503.
+    #[arg(long, value_enum, default_value = "fallback", requires = "redis")]
+    redis_failure: fleet::OnFailure,
+    /// Lifetime of a socket's quota lease without renewal, in milliseconds (the leases of a
+    /// crashed instance are free after this long).
+    #[arg(long, default_value_t = 30_000, requires = "redis")]
+    lease_ttl_ms: u64,
 }
 
 #[derive(Clone)]
@@ -131,6 +155,8 @@ struct App {
     issuer: TicketIssuer,
     verifier: TicketVerifier,
     token_ttl: u64,
+    /// Fleet mode (`--redis`).
+    fleet: Option<fleet::TickerFleet>,
 }
 
 #[tokio::main]
@@ -159,9 +185,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let hub = Hub::new(db.snapshot()?);
-    tokio::spawn(market::run(db.clone(), hub.clone(), args.tick_hz));
+    let (fleet, key) = match &args.redis {
+        Some(url) => {
+            let fleet = fleet::TickerFleet::connect(&fleet::Options {
+                url: url.clone(),
+                prefix: args.redis_prefix.clone(),
+                timeout: Duration::from_millis(args.redis_timeout_ms),
+                lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+                on_failure: args.redis_failure,
+            })
+            .await?;
+            // Tickets must verify on every instance: the secret comes from Redis.
+            let secret = fleet.prepare(&db, &hub).await?;
+            (Some(fleet), TicketKey::new("k1", secret)?)
+        }
+        None => (None, TicketKey::generate("k1")?),
+    };
+    tokio::spawn(market::run(
+        db.clone(),
+        hub.clone(),
+        fleet.clone(),
+        args.tick_hz,
+    ));
 
-    let key = TicketKey::generate("k1")?;
     let app = App {
         db,
         hub,
@@ -169,6 +215,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
+        fleet,
     };
 
     let tls = if args.tls || args.cert.is_some() {
@@ -234,15 +281,20 @@ fn router(
 
     // request → origin → client IP → rate → throttle → auth → quota → socket policy → handler.
     // With `layer`, the last one added runs first.
-    let ws_route = Router::new()
-        .route("/ws", any(ws))
-        .layer(policy)
-        .layer(quota)
-        .layer(auth)
-        .layer(AuthThrottleLayer::new())
-        .layer(connect_rate)
-        .layer(client_ip.clone())
-        .layer(origins);
+    let ws_route = Router::new().route("/ws", any(ws)).layer(policy);
+    // Fleet mode swaps in the Redis-backed quota (plus revocation) and rate limit.
+    let ws_route = match &app.fleet {
+        Some(fleet) => {
+            fleet.guard_sockets(ws_route, args.max_conns_per_ip, args.max_conns_per_user)?
+        }
+        None => ws_route.layer(quota),
+    };
+    let ws_route = ws_route.layer(auth).layer(AuthThrottleLayer::new());
+    let ws_route = match &app.fleet {
+        Some(fleet) => fleet.limit_rate(ws_route, args.connect_rate, args.connect_burst)?,
+        None => ws_route.layer(connect_rate),
+    };
+    let ws_route = ws_route.layer(client_ip.clone()).layer(origins);
     let login_route = Router::new()
         .route("/login", post(login))
         .layer(login_rate)
@@ -253,6 +305,7 @@ fn router(
         .merge(ws_route)
         .merge(login_route)
         .route("/prices", post(post_price))
+        .route("/revoke", post(revoke))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
@@ -322,6 +375,28 @@ async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         Ok(new) => new,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
+    if let Some(fleet) = &app.fleet {
+        // Validated here, numbered and applied through Redis on every instance.
+        if !new.price.is_finite() || new.price <= 0.0 {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                db::PriceError::InvalidPrice.to_string(),
+            );
+        }
+        if !app.hub.is_symbol(&new.symbol) {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                db::PriceError::UnknownSymbol.to_string(),
+            );
+        }
+        return match fleet.publish(&new.symbol, new.price).await {
+            Ok(price) => Json(price).into_response(),
+            Err(e) => {
+                tracing::error!("fleet error: {e}");
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable")
+            }
+        };
+    }
     let (db, hub) = (app.db.clone(), app.hub.clone());
     let result = tokio::task::spawn_blocking(move || {
         db.set_price(&new.symbol, new.price, |p| hub.publish(p))
@@ -335,6 +410,63 @@ async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
         }
         Ok(Err(e)) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    /// `"user"` (default): every token and socket of the caller, on every instance;
+    /// `"token"`: only the presented token and its sockets.
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+/// `POST /revoke` (fleet mode): the caller, authenticated by its bearer token, revokes its
+/// identity (log out everywhere) or just that token. Sockets close with 1008 on every
+/// instance; the revoked tokens are refused afterwards.
+async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(fleet) = &app.fleet else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "revocation needs fleet mode (--redis)",
+        );
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
+    };
+    let ticket = match app.verifier.verify(token) {
+        Ok(ticket) => ticket,
+        Err(e) => return json_error(StatusCode::UNAUTHORIZED, format!("invalid token: {e}")),
+    };
+    let request: Revoke = if body.is_empty() {
+        Revoke::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+        }
+    };
+    let whole_user = match request.scope.as_deref() {
+        None | Some("user") => true,
+        Some("token") => false,
+        Some(other) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown scope {other:?}: use \"user\" or \"token\""),
+            );
+        }
+    };
+    match fleet.revoke(ticket.subject(), token, whole_user).await {
+        Ok(tokens) => Json(json!({ "revoked_tokens": tokens })).into_response(),
+        Err(e) => {
+            tracing::error!("fleet error: {e}");
+            json_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable")
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{db::Db, hub::Hub};
+use crate::{db::Db, fleet::TickerFleet, hub::Hub};
 
 /// A small xorshift generator: the simulator needs variety, not cryptography.
 struct Rng(u64);
@@ -27,8 +27,9 @@ impl Rng {
     }
 }
 
-/// Changes one random symbol's price `tick_hz` times per second, forever.
-pub(crate) async fn run(db: Db, hub: Hub, tick_hz: f64) {
+/// Changes one random symbol's price `tick_hz` times per second, forever; in fleet mode
+/// through Redis, so every instance sees it.
+pub(crate) async fn run(db: Db, hub: Hub, fleet: Option<TickerFleet>, tick_hz: f64) {
     if !(tick_hz > 0.0 && tick_hz.is_finite()) {
         tracing::info!("market simulator off (--tick-hz {tick_hz})");
         return;
@@ -36,6 +37,7 @@ pub(crate) async fn run(db: Db, hub: Hub, tick_hz: f64) {
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / tick_hz));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = Rng::new();
+    let mut failing = false;
     loop {
         interval.tick().await;
         let prices = hub.latest();
@@ -47,6 +49,18 @@ pub(crate) async fn run(db: Db, hub: Hub, tick_hz: f64) {
         let step = 1.0 + (rng.unit() - 0.5) * 0.01;
         let price = ((pick.price * step) * 100.0).round().max(1.0) / 100.0;
         let symbol = pick.symbol.clone();
+        if let Some(fleet) = &fleet {
+            match fleet.publish(&symbol, price).await {
+                // Logged once per outage, not once per tick.
+                Err(e) if !failing => {
+                    tracing::warn!("simulator could not publish a price: {e}");
+                    failing = true;
+                }
+                Err(_) => {}
+                Ok(_) => failing = false,
+            }
+            continue;
+        }
         let (db, hub) = (db.clone(), hub.clone());
         let result =
             tokio::task::spawn_blocking(move || db.set_price(&symbol, price, |p| hub.publish(p)))

@@ -46,6 +46,51 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// The SHA-256 of an accepted handshake's token. [`HandshakeAuthLayer`](super::HandshakeAuthLayer)
+/// puts it into the request extensions next to the [`Principal`](super::Principal), so that
+/// later layers can name the token (to revoke it, see `wsguard::fleet`) without holding it.
+/// Its `Debug` output shows only the first 8 hex digits.
+///
+/// ```
+/// use wsguard::auth::TokenFingerprint;
+///
+/// let a = TokenFingerprint::of("secret-token");
+/// assert_eq!(a, TokenFingerprint::of("secret-token"));
+/// assert_ne!(a, TokenFingerprint::of("other-token"));
+/// assert_eq!(a.to_hex().len(), 64);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenFingerprint([u8; 32]);
+
+impl TokenFingerprint {
+    /// The fingerprint of `token`.
+    pub fn of(token: &str) -> Self {
+        use sha2::Digest;
+        Self(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The 32 bytes of the hash.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The hash as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        use fmt::Write;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+impl fmt::Debug for TokenFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.to_hex();
+        write!(f, "TokenFingerprint({}..)", &hex[..8])
+    }
+}
+
 /// The kind of place a credential was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -154,7 +154,7 @@ mod ticket;
 
 pub use self::{
     authenticator::{Authenticator, Verified},
-    credential::{Credential, CredentialSource, SourceKind},
+    credential::{Credential, CredentialSource, SourceKind, TokenFingerprint},
     extract::{Identity, MissingIdentity},
     future::ResponseFuture,
     layer::HandshakeAuthLayer,

@@ -9,8 +9,8 @@ use http::Request;
 use tower::Service;
 
 use super::{
-    Authenticator, HandshakeAuthLayer, ResponseFuture, credential::take_credential, layer::Config,
-    rejection::reject,
+    Authenticator, HandshakeAuthLayer, ResponseFuture, TokenFingerprint,
+    credential::take_credential, layer::Config, rejection::reject,
 };
 
 /// Authenticates WebSocket handshakes before they reach the inner service; made by
@@ -85,6 +85,9 @@ where
             }
             Ok(credential) => {
                 let source = credential.source();
+                parts
+                    .extensions
+                    .insert(TokenFingerprint::of(credential.token()));
                 let fut = self.authenticator.authenticate(&parts, credential);
                 // The service that was polled ready goes with the request; a clone stays.
                 let clone = self.inner.clone();

@@ -83,9 +83,9 @@ pub struct ConnectionQuotaLayer {
     per_ip: Option<NonZeroUsize>,
     per_identity: Option<NonZeroUsize>,
     global: Option<NonZeroUsize>,
-    prefix: KeyPrefix,
-    retry_after: Duration,
-    on_rejection: Option<RejectFn>,
+    pub(crate) prefix: KeyPrefix,
+    pub(crate) retry_after: Duration,
+    pub(crate) on_rejection: Option<RejectFn>,
 }
 
 impl ConnectionQuotaLayer {

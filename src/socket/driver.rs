@@ -140,6 +140,13 @@ pub(crate) fn start<W>(
     (GuardedSocket::new(shared, protocol), driver)
 }
 
+impl<W> Driver<W> {
+    /// The state shared with the socket, for attaching a close signal.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
 fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(86_400 * 365)
 }

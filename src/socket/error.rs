@@ -37,6 +37,9 @@ pub enum CloseCause {
     LifetimeElapsed,
     /// The peer read too slowly and the send queue overflowed: `1013`.
     SlowConsumer,
+    /// The socket's credential or identity was revoked through a
+    /// [`CloseSignal`](super::CloseSignal): `1008`.
+    Revoked,
 }
 
 impl CloseCause {
@@ -44,7 +47,7 @@ impl CloseCause {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::MessageTooBig => 1009,
-            Self::RateLimited(_) | Self::CredentialExpired => 1008,
+            Self::RateLimited(_) | Self::CredentialExpired | Self::Revoked => 1008,
             Self::Idle | Self::HeartbeatTimeout | Self::LifetimeElapsed => 1001,
             Self::SlowConsumer => 1013,
         }
@@ -63,6 +66,7 @@ impl CloseCause {
             Self::CredentialExpired => "credential_expired",
             Self::LifetimeElapsed => "lifetime",
             Self::SlowConsumer => "slow_consumer",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -76,6 +80,7 @@ impl CloseCause {
             Self::CredentialExpired => "credential expired",
             Self::LifetimeElapsed => "maximum lifetime reached",
             Self::SlowConsumer => "reading too slowly",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -97,6 +102,7 @@ impl CloseCause {
             Self::HeartbeatTimeout => format!("{:?}", cfg.pong_timeout),
             Self::CredentialExpired => "credential expiry".to_owned(),
             Self::LifetimeElapsed => format!("{:?}", cfg.max_lifetime.unwrap_or_default()),
+            Self::Revoked => "revocation".to_owned(),
             Self::SlowConsumer => format!(
                 "{} messages / {} bytes queued",
                 cfg.send_queue_len, cfg.send_queue_bytes

@@ -95,6 +95,7 @@
 //! | idle (no text or binary message) | off | close `1001` |
 //! | heartbeat | ping every 30 s, pong within 15 s | close `1001` |
 //! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
+//! | revocation ([`CloseSignal`] in the request extensions) | on when a layer adds one | close `1008` |
 //! | max lifetime | off; jitter a tenth of it | close `1001` |
 //! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
 //! | receive queue | 16 messages, then TCP backpressure | — |
@@ -145,6 +146,7 @@ mod policy;
 mod queue;
 mod rate;
 mod service;
+mod signal;
 mod upgrade;
 
 pub use self::{
@@ -157,6 +159,7 @@ pub use self::{
     policy::SocketPolicy,
     rate::RateLimit,
     service::SocketPolicyService,
+    signal::CloseSignal,
     upgrade::GuardedUpgrade,
 };
 
@@ -282,6 +285,11 @@ mod tests {
                 cause: CloseCause::SlowConsumer,
                 code: 1013,
                 name: "slow_consumer",
+            },
+            Case {
+                cause: CloseCause::Revoked,
+                code: 1008,
+                name: "revoked",
             },
         ];
         for case in cases {

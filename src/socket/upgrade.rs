@@ -9,7 +9,7 @@ use axum::{
 };
 use http::{HeaderValue, request::Parts};
 
-use super::{GuardedSocket, driver, policy::SocketPolicy};
+use super::{CloseSignal, GuardedSocket, driver, policy::SocketPolicy};
 use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 
 /// Extractor for a WebSocket upgrade that applies the request's [`SocketPolicy`]: the
@@ -23,6 +23,8 @@ use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 /// - **removes** the [`ConnectionPermit`] from the extensions and keeps it until the socket
 ///   ends, so the quota slot is released only then;
 /// - reads [`Principal`] (identity and expiry) and [`ClientIp`] (log field), if present;
+/// - **removes** the [`CloseSignal`], if a layer put one there, and attaches it to the socket
+///   so that revoking it closes the socket with `1008`;
 /// - sets the size and buffer limits on the upgrade.
 ///
 /// ```
@@ -51,6 +53,7 @@ pub struct GuardedUpgrade {
     permit: Option<ConnectionPermit>,
     principal: Option<Principal>,
     client_ip: Option<ClientIp>,
+    signal: Option<CloseSignal>,
 }
 
 impl fmt::Debug for GuardedUpgrade {
@@ -61,6 +64,7 @@ impl fmt::Debug for GuardedUpgrade {
             .field("permit", &self.permit)
             .field("principal", &self.principal)
             .field("client_ip", &self.client_ip)
+            .field("signal", &self.signal)
             .finish()
     }
 }
@@ -98,6 +102,7 @@ where
             permit: parts.extensions.remove::<ConnectionPermit>(),
             principal: parts.extensions.get::<Principal>().cloned(),
             client_ip: parts.extensions.get::<ClientIp>().copied(),
+            signal: parts.extensions.remove::<CloseSignal>(),
         })
     }
 }
@@ -154,6 +159,7 @@ impl GuardedUpgrade {
             permit,
             principal,
             client_ip,
+            signal,
         } = self;
         let cfg = policy.config();
         let mut upgrade = inner
@@ -179,6 +185,9 @@ impl GuardedUpgrade {
             .on_upgrade(move |ws| async move {
                 let (socket, driver) =
                     driver::start(ws, protocol, policy, permit, principal, client_ip);
+                if let Some(signal) = signal {
+                    signal.attach(driver.shared());
+                }
                 futures_util::future::join(driver, callback(socket)).await;
             })
     }

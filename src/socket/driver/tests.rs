@@ -655,3 +655,59 @@ async fn application_close_flushes_the_queue_first() {
     peer.send(Message::Close(None));
     assert!(socket.recv().await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn close_signal_closes_with_1008_before_or_after_attaching() {
+    struct Case {
+        name: &'static str,
+        revoke_before_attach: bool,
+    }
+    let cases = [
+        Case {
+            name: "revoked while open",
+            revoke_before_attach: false,
+        },
+        Case {
+            name: "revoked during the handshake",
+            revoke_before_attach: true,
+        },
+    ];
+    for case in cases {
+        let signal = crate::socket::CloseSignal::new();
+        if case.revoke_before_attach {
+            signal.revoke();
+        }
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let (outgoing, from_server) = mpsc::unbounded_channel();
+        let gate = Arc::new(Gate::default());
+        let ws = FakeWs {
+            incoming,
+            outgoing,
+            gate: gate.clone(),
+        };
+        let (mut socket, driver) = start(ws, None, quiet().policy(), None, None, None);
+        signal.attach(driver.shared());
+        let mut peer = Peer {
+            send: Some(to_server),
+            recv: from_server,
+            gate,
+            driver: tokio::spawn(driver),
+        };
+        peer.text("hello");
+        if !case.revoke_before_attach {
+            let msg = socket.recv().await.unwrap().unwrap();
+            assert_eq!(text_of(&msg), "hello", "{}", case.name);
+            signal.revoke();
+        }
+        let (_, code) = peer.until_close(false).await;
+        assert_eq!(code, Some(1008), "{}", case.name);
+        while socket.recv().await.is_some() {}
+        assert_eq!(
+            socket.close_cause(),
+            Some(CloseCause::Revoked),
+            "{}",
+            case.name
+        );
+        assert!(signal.is_revoked());
+    }
+}

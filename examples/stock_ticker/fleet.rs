@@ -1,0 +1,404 @@
+//! Fleet mode (`--redis URL`): several ticker instances behind a load balancer share one
+//! Redis for handshake rate limits, socket quotas, revocation and prices.
+//!
+//! Prices: a change made on any instance runs one Lua script that takes the symbol's next
+//! `seq` (`INCR`), stores the price as the symbol's latest and publishes it, atomically, so
+//! Redis publishes each symbol's changes in `seq` order. Every instance (the writer too)
+//! applies what it receives, in that order, to its own SQLite file and hub; on (re)connect it
+//! first catches up from the stored latest prices. The login ticket key is shared through
+//! Redis, so a token from one instance works on all.
+
+//!
+//! Built only with the `redis` feature; without it `--redis` is refused at start-up.
+
+use std::time::Duration;
+
+/// What `--redis-failure` accepts.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum OnFailure {
+    /// Enforce the limits per instance while Redis is down, and log.
+    Fallback,
+    /// Refuse WebSocket handshakes with 503 while Redis is down.
+    Refuse,
+}
+
+/// The fleet settings from the command line.
+#[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Options {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) timeout: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) on_failure: OnFailure,
+}
+
+#[cfg(feature = "redis")]
+pub(crate) use enabled::TickerFleet;
+
+#[cfg(not(feature = "redis"))]
+pub(crate) use disabled::TickerFleet;
+
+#[cfg(not(feature = "redis"))]
+mod disabled {
+    use axum::Router;
+
+    use crate::{
+        db::{Db, Price},
+        hub::Hub,
+    };
+
+    /// Never built: this binary has no fleet mode.
+    #[derive(Clone)]
+    pub(crate) struct TickerFleet {
+        never: std::convert::Infallible,
+    }
+
+    impl TickerFleet {
+        pub(crate) async fn connect(
+            _: &super::Options,
+        ) -> Result<Self, Box<dyn std::error::Error>> {
+            Err("--redis needs the `redis` feature: cargo run --features redis --example stock_ticker".into())
+        }
+        pub(crate) async fn prepare(
+            &self,
+            _: &Db,
+            _: &Hub,
+        ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+            match self.never {}
+        }
+        pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
+            &self,
+            _: Router<S>,
+            _: usize,
+            _: usize,
+        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
+            match self.never {}
+        }
+        pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
+            &self,
+            _: Router<S>,
+            _: u32,
+            _: u32,
+        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
+            match self.never {}
+        }
+        pub(crate) async fn publish(&self, _: &str, _: f64) -> Result<Price, String> {
+            match self.never {}
+        }
+        pub(crate) async fn revoke(&self, _: &str, _: &str, _: bool) -> Result<usize, String> {
+            match self.never {}
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod enabled {
+    use std::{sync::LazyLock, time::Duration};
+
+    use axum::Router;
+    use futures_util::StreamExt;
+    use redis::Script;
+    use serde::Deserialize;
+    use wsguard::fleet::{
+        FailurePolicy, Fleet, FleetError, FleetQuotaLayer, FleetRateLimitLayer, RevocationLayer,
+    };
+
+    use super::{OnFailure, Options};
+    use crate::{
+        db::{Db, Price},
+        hub::Hub,
+    };
+
+    /// The fleet handle and the Redis URL (for the price listener's own connection).
+    #[derive(Clone)]
+    pub(crate) struct TickerFleet {
+        fleet: Fleet,
+        url: String,
+    }
+
+    /// Takes the symbol's next seq, stores the price as its latest and publishes it.
+    /// `KEYS[1]`: the seq counter, `KEYS[2]`: the hash of latest prices. `ARGV[1]`: symbol,
+    /// `ARGV[2]`: the price as JSON without `seq`, `ARGV[3]`: channel. Message: `<seq>|<json>`.
+    static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+        Script::new(
+            r#"
+local seq = redis.call('INCR', KEYS[1])
+local message = seq .. '|' .. ARGV[2]
+redis.call('HSET', KEYS[2], ARGV[1], message)
+redis.call('PUBLISH', ARGV[3], message)
+return seq
+"#,
+        )
+    });
+
+    /// Raises a seq counter to at least `ARGV[1]` (an instance whose SQLite file is ahead).
+    static RAISE_SEQ: LazyLock<Script> = LazyLock::new(|| {
+        Script::new(
+            r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+        )
+    });
+
+    #[derive(Deserialize)]
+    struct Body {
+        symbol: String,
+        price: f64,
+        ts: u64,
+    }
+
+    impl TickerFleet {
+        /// Connects (Redis must answer at start-up; later outages follow `--redis-failure`).
+        pub(crate) async fn connect(options: &Options) -> Result<Self, Box<dyn std::error::Error>> {
+            let policy = match options.on_failure {
+                OnFailure::Fallback => FailurePolicy::FallBackToLocal,
+                OnFailure::Refuse => FailurePolicy::Refuse,
+            };
+            let fleet = Fleet::builder(options.url.as_str())
+                .prefix(options.prefix.as_str())
+                .timeout(options.timeout)?
+                .lease_ttl(options.lease_ttl)?
+                .on_failure(policy)
+                .connect()
+                .await?;
+            Ok(Self {
+                fleet,
+                url: options.url.clone(),
+            })
+        }
+
+        /// Joins the fleet: seq counters at least this database's, the price listener running,
+        /// and the shared ticket secret returned.
+        pub(crate) async fn prepare(
+            &self,
+            db: &Db,
+            hub: &Hub,
+        ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+            self.raise_seqs(&hub.latest()).await?;
+            self.spawn_listener(db.clone(), hub.clone());
+            Ok(self.ticket_secret().await?)
+        }
+
+        /// The fleet layers between the socket policy and auth: revocation, then quotas.
+        pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
+            &self,
+            route: Router<S>,
+            per_ip: usize,
+            per_user: usize,
+        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
+            let quota = FleetQuotaLayer::new(&self.fleet)
+                .per_ip(per_ip)?
+                .per_identity(per_user)?;
+            Ok(route.layer(quota).layer(RevocationLayer::new(&self.fleet)))
+        }
+
+        /// The fleet-wide handshake rate limit per client IP.
+        pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
+            &self,
+            route: Router<S>,
+            per_second: u32,
+            burst: u32,
+        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
+            let rate = FleetRateLimitLayer::new(&self.fleet)
+                .per_second(per_second)?
+                .burst(burst)?;
+            Ok(route.layer(rate))
+        }
+
+        /// Revokes `token` (the caller's), and with `whole_user` every token of `subject` the
+        /// fleet has seen at a handshake: their sockets close with 1008 on every instance.
+        /// Returns the number of tokens revoked.
+        pub(crate) async fn revoke(
+            &self,
+            subject: &str,
+            token: &str,
+            whole_user: bool,
+        ) -> Result<usize, String> {
+            self.fleet
+                .revoke_token(token)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !whole_user {
+                return Ok(1);
+            }
+            let seen = self
+                .fleet
+                .revoke_identity(subject)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(seen.max(1))
+        }
+
+        fn channel(&self) -> String {
+            self.fleet.key("prices")
+        }
+
+        /// The ticket-signing secret shared by every instance (made by the first one).
+        async fn ticket_secret(&self) -> Result<Vec<u8>, FleetError> {
+            let mut fresh = [0u8; 32];
+            getrandom::fill(&mut fresh).map_err(|e| FleetError::Redis(e.to_string()))?;
+            let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+            let key = self.fleet.key("ticket_secret");
+            let mut conn = self.fleet.connection();
+            let secret: String = self
+                .fleet
+                .run("ticket_secret", async move {
+                    let _: Option<String> = redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&fresh)
+                        .arg("NX")
+                        .query_async(&mut conn)
+                        .await?;
+                    redis::cmd("GET").arg(&key).query_async(&mut conn).await
+                })
+                .await?;
+            Ok(secret.into_bytes())
+        }
+
+        /// Makes sure Redis never hands out a seq this instance's database already used.
+        async fn raise_seqs(&self, prices: &[Price]) -> Result<(), FleetError> {
+            for price in prices {
+                let mut conn = self.fleet.connection();
+                let key = self.fleet.key(&format!("seq:{}", price.symbol));
+                let seq = price.seq;
+                self.fleet
+                    .run("raise_seq", async move {
+                        RAISE_SEQ
+                            .key(key)
+                            .arg(seq)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await?;
+            }
+            Ok(())
+        }
+
+        /// A price change from this instance (the `/prices` route or the simulator): published
+        /// to every instance, this one included, which apply it when it comes back.
+        pub(crate) async fn publish(&self, symbol: &str, price: f64) -> Result<Price, String> {
+            let ts = crate::db::now_ms();
+            let body =
+                serde_json::json!({ "symbol": symbol, "price": price, "ts": ts }).to_string();
+            let mut conn = self.fleet.connection();
+            let seq_key = self.fleet.key(&format!("seq:{symbol}"));
+            let latest_key = self.fleet.key("latest");
+            let (symbol_arg, channel) = (symbol.to_owned(), self.channel());
+            let seq: u64 = self
+                .fleet
+                .run("publish_price", async move {
+                    PUBLISH
+                        .key(seq_key)
+                        .key(latest_key)
+                        .arg(symbol_arg)
+                        .arg(body)
+                        .arg(channel)
+                        .invoke_async(&mut conn)
+                        .await
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Price {
+                symbol: symbol.to_owned(),
+                price,
+                seq,
+                ts,
+            })
+        }
+
+        /// Applies the fleet's price changes to this instance, for ever, reconnecting.
+        fn spawn_listener(&self, db: Db, hub: Hub) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut backoff = Duration::from_millis(100);
+                let mut failing = false;
+                loop {
+                    match this.listen_once(&db, &hub).await {
+                        Ok(()) => {
+                            backoff = Duration::from_millis(100);
+                            failing = false;
+                        }
+                        Err(e) => {
+                            // Logged once per outage, not once per retry.
+                            if !failing {
+                                tracing::warn!("price listener lost Redis ({e}); reconnecting");
+                            }
+                            failing = true;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            });
+        }
+
+        async fn listen_once(&self, db: &Db, hub: &Hub) -> redis::RedisResult<()> {
+            let client = redis::Client::open(self.url.as_str())?;
+            let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })??;
+            let (mut sink, mut stream) = pubsub.split();
+            sink.subscribe(self.channel()).await?;
+            // Catch up with what changed while this instance was not listening.
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let latest: Vec<String> = redis::cmd("HVALS")
+                .arg(self.fleet.key("latest"))
+                .query_async(&mut conn)
+                .await?;
+            for message in latest {
+                apply(db, hub, &message).await;
+            }
+            let mut ping = tokio::time::interval(Duration::from_secs(5));
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => {
+                            if let Ok(text) = msg.get_payload::<String>() {
+                                apply(db, hub, &text).await;
+                            }
+                        }
+                        None => return Ok(()),
+                    },
+                    _ = ping.tick() => {
+                        match tokio::time::timeout(Duration::from_secs(2), sink.ping::<String>()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return Err(e),
+                            Err(_) => return Ok(()),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one `<seq>|<json>` message: stored and fanned out if newer than what we have.
+    async fn apply(db: &Db, hub: &Hub, message: &str) {
+        let Some((seq, json)) = message.split_once('|') else {
+            return;
+        };
+        let (Ok(seq), Ok(body)) = (seq.parse::<u64>(), serde_json::from_str::<Body>(json)) else {
+            tracing::warn!("ignored a malformed fleet price message");
+            return;
+        };
+        let price = Price {
+            symbol: body.symbol,
+            price: body.price,
+            seq,
+            ts: body.ts,
+        };
+        let (db, hub) = (db.clone(), hub.clone());
+        let result =
+            tokio::task::spawn_blocking(move || db.store_price(&price, |p| hub.publish(p))).await;
+        if let Ok(Err(e)) = result {
+            tracing::error!("database error applying a fleet price: {e}");
+        }
+    }
+}

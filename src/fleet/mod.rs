@@ -1,0 +1,315 @@
+//! Fleet mode: handshake rate limits, concurrent-socket quotas and revocation shared by every
+//! instance of a service through Redis (feature `redis`).
+//!
+//! In-memory limits multiply by the instance count behind a load balancer: a per-user cap of
+//! 1 on 10 instances allows 10 sockets, and a logout closes sockets on one instance only.
+//! This module moves those decisions into Redis, each one an atomic Lua script:
+//!
+//! - [`FleetRateLimitLayer`]: the handshake rate limit of
+//!   [`RateLimitLayer`](crate::rate_limit::RateLimitLayer), with the same builder and keys,
+//!   as a GCRA (generic cell rate algorithm) in Redis: "n per second, burst b" holds for the
+//!   whole fleet. Over the limit: `429` with `Retry-After`.
+//! - [`FleetQuotaLayer`]: the concurrent-socket caps of
+//!   [`ConnectionQuotaLayer`](crate::rate_limit::ConnectionQuotaLayer) (per client IP, per
+//!   identity, global) as **leases**: each socket holds a lease with a TTL
+//!   ([`FleetBuilder::lease_ttl`]), renewed every third of it while the socket lives and
+//!   released when it closes. An instance that dies leaks nothing: its leases expire. Over
+//!   a cap: `429` (`503` for the global cap).
+//! - [`RevocationLayer`]: refuses revoked tokens (`401`) and makes every socket closable
+//!   from any instance. [`Fleet::revoke_identity`] and [`Fleet::revoke_token`] publish the
+//!   revocation (Redis pub/sub); every instance closes the matching sockets with `1008`
+//!   (through [`CloseSignal`](crate::socket::CloseSignal), which
+//!   [`GuardedUpgrade`](crate::socket::GuardedUpgrade) attaches to the socket).
+//!
+//! Switching from local to fleet limits is one line per layer:
+//!
+//! ```text
+//! RateLimitLayer::new().per_second(5)?.burst(10)?          // this instance
+//! FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)? // the fleet
+//! ConnectionQuotaLayer::new().per_ip(8)?.per_identity(4)?
+//! FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?
+//! ```
+//!
+//! # When Redis is unreachable
+//!
+//! Every Redis round trip is bounded by [`FleetBuilder::timeout`] (250 ms by default), so a
+//! handshake never hangs. Then the [`FailurePolicy`] applies:
+//!
+//! - [`FailurePolicy::FallBackToLocal`] (default): the same limits are enforced per instance
+//!   (each fleet layer embeds the local layer), revoked-token checks are skipped, and the
+//!   fleet logs `wsguard.fleet.unavailable` (warn) once;
+//! - [`FailurePolicy::Refuse`]: handshakes get `503 Service Unavailable` with
+//!   [`FleetError::Unavailable`] in the response extensions.
+//!
+//! Recovery is automatic: the connection is remade on the next use, the first success logs
+//! `wsguard.fleet.recovered`, the revocation listener resubscribes, and live sockets
+//! (including those admitted by the local fallback) re-create their leases at their next
+//! renewal, so fleet limits count them again after a Redis restart.
+//!
+//! # Order
+//! ```text
+//! request → origin → client IP → fleet rate → auth → revocation → fleet quota → socket policy
+//! ```
+//! [`RevocationLayer`] needs the auth layer in front (it reads the
+//! [`Principal`](crate::auth::Principal) and [`TokenFingerprint`](crate::auth::TokenFingerprint)
+//! that [`HandshakeAuthLayer`](crate::auth::HandshakeAuthLayer) inserts) and the handler must
+//! use [`GuardedUpgrade`](crate::socket::GuardedUpgrade), which holds the lease and the
+//! revocation registration until the socket ends.
+//!
+//! # Example
+//!
+//! `no_run`: it needs a Redis server.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, response::Response, routing::any};
+//! use wsguard::{
+//!     auth::{HandshakeAuthLayer, TicketKey, TicketVerifier},
+//!     client_ip::ClientIpLayer,
+//!     fleet::{FailurePolicy, Fleet, FleetQuotaLayer, FleetRateLimitLayer, RevocationLayer},
+//!     socket::{GuardedSocket, GuardedUpgrade, SocketPolicyLayer},
+//! };
+//!
+//! async fn ws(up: GuardedUpgrade) -> Response {
+//!     up.on_upgrade(|mut socket: GuardedSocket| async move {
+//!         while let Some(Ok(msg)) = socket.recv().await {
+//!             if socket.send(msg).await.is_err() {
+//!                 break;
+//!             }
+//!         }
+//!     })
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fleet = Fleet::builder("redis://127.0.0.1:6379")
+//!     .prefix("myapp")
+//!     .timeout(Duration::from_millis(200))?
+//!     .on_failure(FailurePolicy::FallBackToLocal)
+//!     .lease_ttl(Duration::from_secs(30))?
+//!     .connect()
+//!     .await?;
+//! let key = TicketKey::new("k1", b"a secret shared by every instance")?;
+//! let app: Router = Router::new()
+//!     .route("/ws", any(ws))
+//!     .layer(SocketPolicyLayer::new())
+//!     .layer(FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?)
+//!     .layer(RevocationLayer::new(&fleet))
+//!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
+//!     .layer(FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)?)
+//!     .layer(ClientIpLayer::new());
+//!
+//! // On logout, from any instance: every socket of "alice" closes with 1008.
+//! fleet.revoke_identity("alice").await?;
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Redis
+//!
+//! One Redis (or a primary with replicas) shared by the instances; keys are
+//! `<prefix>:rate:*`, `<prefix>:quota:*`, `<prefix>:revoked:*`, `<prefix>:tokens:*` and the
+//! channel `<prefix>:revocations`, all with TTLs. Redis Cluster is not supported (the scripts
+//! touch keys of different slots). Times come from the Redis server's clock, so instance
+//! clock skew does not matter.
+//!
+//! # Events
+//! `wsguard.fleet.unavailable` (warn) and `wsguard.fleet.recovered` (info) on availability
+//! changes; `wsguard.fleet.fallback` (debug) for each handshake decided locally;
+//! `wsguard.fleet.refused` (warn) for each `503`; `wsguard.fleet.revoked` (info) per
+//! revocation, `wsguard.fleet.closing_revoked` (info) on each instance that closes sockets;
+//! rejections reuse `wsguard.rate_limit.rejected` and `wsguard.rate_limit.quota_exceeded`;
+//! revoked handshakes log `wsguard.fleet.token_revoked` (warn). Tokens are never logged
+//! (revocation events carry the first 8 hex digits of the token's SHA-256 at most).
+
+mod handle;
+mod quota;
+mod rate;
+mod revoke;
+mod scripts;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use axum::{body::Body, response::Response};
+use http::{HeaderValue, StatusCode, header};
+
+pub use self::{
+    handle::{Fleet, FleetBuilder},
+    quota::{FleetLease, FleetQuota, FleetQuotaLayer},
+    rate::{FleetRateLimit, FleetRateLimitLayer},
+    revoke::{Revocation, RevocationLayer},
+};
+#[doc(no_inline)]
+pub use crate::rate_limit::{ConfigError, KeyBy, RateLimitError};
+
+/// What fleet layers do when Redis does not answer within the timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Enforce the same limits per instance and let handshakes through the revocation check;
+    /// log `wsguard.fleet.unavailable` once. The default: an outage of Redis degrades limits
+    /// instead of the service.
+    #[default]
+    FallBackToLocal,
+    /// Refuse handshakes with `503 Service Unavailable` until Redis answers again.
+    Refuse,
+}
+
+impl FailurePolicy {
+    /// `"fall_back_to_local"` or `"refuse"`, for log fields.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::FallBackToLocal => "fall_back_to_local",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+/// Errors of the fleet: Redis trouble, and revoked credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The Redis URL could not be parsed.
+    InvalidUrl(String),
+    /// Redis did not answer within the timeout, or the connection failed (`503` under
+    /// [`FailurePolicy::Refuse`]).
+    Unavailable(String),
+    /// Redis answered with an error (a bug or a misconfigured server).
+    Redis(String),
+    /// The handshake's token was revoked (`401`).
+    Revoked,
+    /// [`FleetBuilder::build`] was called outside a tokio runtime.
+    NoRuntime,
+}
+
+impl FleetError {
+    /// The status code of a rejection response for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Revoked => StatusCode::UNAUTHORIZED,
+            Self::InvalidUrl(_) | Self::Unavailable(_) | Self::Redis(_) | Self::NoRuntime => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// A stable snake_case name, for log fields.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl(_) => "invalid_url",
+            Self::Unavailable(_) => "unavailable",
+            Self::Redis(_) => "redis_error",
+            Self::Revoked => "revoked",
+            Self::NoRuntime => "no_runtime",
+        }
+    }
+}
+
+impl fmt::Display for FleetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUrl(e) => write!(f, "invalid Redis URL: {e}"),
+            Self::Unavailable(e) => write!(f, "Redis is unavailable: {e}"),
+            Self::Redis(e) => write!(f, "Redis error: {e}"),
+            Self::Revoked => f.write_str("credential revoked"),
+            Self::NoRuntime => f.write_str("the fleet must be built inside a tokio runtime"),
+        }
+    }
+}
+
+impl std::error::Error for FleetError {}
+
+/// The response for a fleet error: status, short plain-text body (no Redis details), the
+/// error in the extensions, and `WWW-Authenticate` for `401`.
+pub(crate) fn fleet_reject(error: FleetError) -> Response {
+    let status = error.status();
+    let text = match &error {
+        FleetError::Revoked => "credential revoked\n",
+        _ => "service unavailable: try again later\n",
+    };
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        _ => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+    }
+    response.extensions_mut().insert(error);
+    response
+}
+
+/// Logs and answers a handshake refused because Redis is unreachable (policy `Refuse`).
+pub(crate) fn refuse_unavailable(
+    layer: &'static str,
+    error: FleetError,
+    client_ip: Option<std::net::IpAddr>,
+) -> Response {
+    tracing::warn!(
+        name: "wsguard.fleet.refused",
+        target: "wsguard::fleet",
+        cause = error.as_str(),
+        layer,
+        client_ip = client_ip.map(tracing::field::display),
+        "handshake refused: Redis is unavailable"
+    );
+    fleet_reject(error)
+}
+
+/// Logs a handshake decided by the local fallback.
+pub(crate) fn note_fallback(layer: &'static str, client_ip: Option<std::net::IpAddr>) {
+    tracing::debug!(
+        name: "wsguard.fleet.fallback",
+        target: "wsguard::fleet",
+        layer,
+        client_ip = client_ip.map(tracing::field::display),
+        "Redis is unavailable: local limits decide"
+    );
+}
+
+type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send + 'static>>;
+
+/// Response future of the fleet layers (one Redis round trip, then the inner service).
+pub struct ResponseFuture<E> {
+    inner: BoxFuture<E>,
+}
+
+impl<E> ResponseFuture<E> {
+    pub(crate) fn new(fut: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+        Self {
+            inner: Box::pin(fut),
+        }
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<E> fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

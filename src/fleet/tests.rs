@@ -1,0 +1,800 @@
+//! Unit tests of the scripts and layers against a real `redis-server` (spawned per test on a
+//! free loopback port; the tests fail if `redis-server` is not installed).
+
+use std::{
+    convert::Infallible,
+    net::{SocketAddr, TcpListener},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use axum::{body::Body, response::Response};
+use http::{Request, StatusCode};
+use tower::{Layer, Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::{
+    auth::{Principal, TokenFingerprint},
+    client_ip::ClientIp,
+    rate_limit::ConnectionPermit,
+    socket::CloseSignal,
+};
+
+/// A `redis-server` on a free loopback port, killed on drop.
+pub(crate) struct RedisServer {
+    child: Child,
+    pub(crate) port: u16,
+}
+
+impl RedisServer {
+    pub(crate) fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        Self::start_on(port)
+    }
+
+    pub(crate) fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the fleet tests need a real Redis; \
+                     install it with `apt-get install -y redis-server` (.ci/run does)"
+                )
+            });
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fleet(url: &str) -> Fleet {
+    Fleet::builder(url)
+        .timeout(Duration::from_secs(5))
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gcra_script_allows_the_burst_then_paces() {
+    let redis = RedisServer::start();
+    let mut c = conn(&redis).await;
+    struct Case {
+        name: &'static str,
+        now_us: u64,
+        allowed: i64,
+        value: i64,
+    }
+    // 1 per second, burst 3.
+    let cases = [
+        Case {
+            name: "first",
+            now_us: 10_000_000,
+            allowed: 1,
+            value: 2,
+        },
+        Case {
+            name: "second",
+            now_us: 10_000_000,
+            allowed: 1,
+            value: 1,
+        },
+        Case {
+            name: "third",
+            now_us: 10_000_000,
+            allowed: 1,
+            value: 0,
+        },
+        Case {
+            name: "over the burst",
+            now_us: 10_000_000,
+            allowed: 0,
+            value: 1_000_000,
+        },
+        Case {
+            name: "half a second later",
+            now_us: 10_500_000,
+            allowed: 0,
+            value: 500_000,
+        },
+        Case {
+            name: "one interval later",
+            now_us: 11_000_000,
+            allowed: 1,
+            value: 0,
+        },
+        Case {
+            name: "long quiet: full burst",
+            now_us: 100_000_000,
+            allowed: 1,
+            value: 2,
+        },
+    ];
+    for case in cases {
+        let (allowed, value): (i64, i64) = scripts::GCRA
+            .key("t:rate")
+            .arg(1_000_000u64)
+            .arg(3u32)
+            .arg(case.now_us)
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            (allowed, value),
+            (case.allowed, case.value),
+            "{}",
+            case.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn lease_scripts_cap_expire_renew_and_release() {
+    let redis = RedisServer::start();
+    let mut c = conn(&redis).await;
+    let acquire = |now: u64, id: &'static str| {
+        let mut inv = scripts::ACQUIRE.key("t:a");
+        inv.key("t:b")
+            .arg(now)
+            .arg(1000u64)
+            .arg(id)
+            .arg(2usize)
+            .arg(10usize);
+        inv
+    };
+    let count = |now: u64, key: &'static str| {
+        let mut inv = scripts::COUNT.key(key);
+        inv.arg(now);
+        inv
+    };
+    struct Case {
+        name: &'static str,
+        now: u64,
+        id: &'static str,
+        full: usize,
+    }
+    let cases = [
+        Case {
+            name: "a",
+            now: 1_000,
+            id: "a",
+            full: 0,
+        },
+        Case {
+            name: "b",
+            now: 1_100,
+            id: "b",
+            full: 0,
+        },
+        Case {
+            name: "c: first set full",
+            now: 1_200,
+            id: "c",
+            full: 1,
+        },
+        Case {
+            name: "a again is not a new socket",
+            now: 1_200,
+            id: "a",
+            full: 0,
+        },
+        Case {
+            name: "c after b expired",
+            now: 2_150,
+            id: "c",
+            full: 0,
+        },
+    ];
+    for case in cases {
+        let full: usize = acquire(case.now, case.id)
+            .invoke_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(full, case.full, "{}", case.name);
+    }
+    // a expires at 2_200 (taken again at 1_200), b expired at 2_100, c lives until 3_150.
+    let n: usize = count(2_160, "t:a").invoke_async(&mut c).await.unwrap();
+    assert_eq!(n, 2, "a and c live at 2_160");
+    let mut renew = scripts::RENEW.key("t:a");
+    renew.key("t:b").arg(2_500u64).arg(1000u64).arg("b");
+    let _: i64 = renew.invoke_async(&mut c).await.unwrap();
+    let n: usize = count(3_200, "t:a").invoke_async(&mut c).await.unwrap();
+    assert_eq!(n, 1, "only the renewed b lives at 3_200");
+    let mut release = scripts::RELEASE.key("t:a");
+    release.key("t:b").arg("b").arg("t:released:b").arg(1000u64);
+    let _: i64 = release.invoke_async(&mut c).await.unwrap();
+    // A renewal that was already on its way does not bring it back.
+    let mut late = scripts::RENEW.key("t:a");
+    late.key("t:b")
+        .arg(2_150u64)
+        .arg(1000u64)
+        .arg("b")
+        .arg("t:released:b");
+    let released: i64 = late.invoke_async(&mut c).await.unwrap();
+    assert_eq!(released, 1);
+    let n: usize = count(2_160, "t:b").invoke_async(&mut c).await.unwrap();
+    assert_eq!(
+        n, 1,
+        "b released and a dropped as expired by the renewal: c is left"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("t:a")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "lease sets always expire: {ttl}");
+}
+
+fn handshake(ip: [u8; 4], subject: Option<&str>, token: Option<&str>) -> Request<Body> {
+    let mut req = Request::get("/ws").body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ClientIp(std::net::IpAddr::from(ip)));
+    if let Some(subject) = subject {
+        req.extensions_mut().insert(Principal::new(subject, None));
+    }
+    if let Some(token) = token {
+        req.extensions_mut().insert(TokenFingerprint::of(token));
+    }
+    req
+}
+
+/// The handler: hands the permit and close signal back in the response, like an upgrade that
+/// keeps them.
+async fn keep(req: Request<Body>) -> Result<Response, Infallible> {
+    let mut res = Response::new(Body::empty());
+    if let Some(p) = req.extensions().get::<ConnectionPermit>() {
+        res.extensions_mut().insert(p.clone());
+    }
+    if let Some(s) = req.extensions().get::<CloseSignal>() {
+        res.extensions_mut().insert(s.clone());
+    }
+    Ok(res)
+}
+
+#[tokio::test]
+async fn rate_limit_spans_instances() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    let layer = |f: &Fleet| {
+        FleetRateLimitLayer::new(f)
+            .per_minute(1)
+            .unwrap()
+            .burst(3)
+            .unwrap()
+    };
+    let mut svc_a = layer(&a).layer(service_fn(keep));
+    let mut svc_b = layer(&b).layer(service_fn(keep));
+    let expect = [
+        (true, StatusCode::OK),
+        (false, StatusCode::OK),
+        (true, StatusCode::OK),
+        (false, StatusCode::TOO_MANY_REQUESTS),
+        (true, StatusCode::TOO_MANY_REQUESTS),
+    ];
+    for (i, (on_a, status)) in expect.into_iter().enumerate() {
+        let svc = if on_a { &mut svc_a } else { &mut svc_b };
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(handshake([203, 0, 113, 1], None, None))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "handshake {i}");
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.headers().contains_key("retry-after"));
+            assert!(matches!(
+                res.extensions().get::<RateLimitError>(),
+                Some(RateLimitError::TooManyHandshakes { limit: 3, .. })
+            ));
+        }
+    }
+    // Another address has its own limit.
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([203, 0, 113, 2], None, None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn quota_spans_instances_and_releases_on_drop() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    let layer_a = FleetQuotaLayer::new(&a)
+        .per_identity(1)
+        .unwrap()
+        .per_ip(5)
+        .unwrap();
+    let layer_b = FleetQuotaLayer::new(&b)
+        .per_identity(1)
+        .unwrap()
+        .per_ip(5)
+        .unwrap();
+    let mut svc_a = layer_a.clone().layer(service_fn(keep));
+    let mut svc_b = layer_b.layer(service_fn(keep));
+
+    let held = svc_a
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 1], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    let permit = held
+        .extensions()
+        .get::<ConnectionPermit>()
+        .cloned()
+        .expect("permit");
+    assert_eq!(layer_a.active_for_identity("alice").await.unwrap(), 1);
+
+    let refused = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 2], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(matches!(
+        refused.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::IdentityQuota { limit: 1, .. })
+    ));
+    let other = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 2], Some("bob"), None))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(other);
+
+    drop(held);
+    drop(permit);
+    wait_for("the lease release", async || {
+        layer_a.active_for_identity("alice").await.unwrap() == 0
+    })
+    .await;
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 2], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// A loopback port with nothing listening.
+fn dead_url() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    format!("redis://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn unreachable_redis_falls_back_to_local_limits_or_refuses() {
+    struct Case {
+        name: &'static str,
+        policy: FailurePolicy,
+        statuses: [StatusCode; 2],
+    }
+    let cases = [
+        Case {
+            name: "fall back",
+            policy: FailurePolicy::FallBackToLocal,
+            statuses: [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+        },
+        Case {
+            name: "refuse",
+            policy: FailurePolicy::Refuse,
+            statuses: [
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ],
+        },
+    ];
+    for case in cases {
+        let fleet = Fleet::builder(dead_url())
+            .timeout(Duration::from_millis(200))
+            .unwrap()
+            .on_failure(case.policy)
+            .build()
+            .unwrap();
+        let rate = FleetRateLimitLayer::new(&fleet)
+            .per_minute(1)
+            .unwrap()
+            .burst(1)
+            .unwrap();
+        let quota = FleetQuotaLayer::new(&fleet).per_identity(1).unwrap();
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(rate)
+            .layer(RevocationLayer::new(&fleet))
+            .layer(quota)
+            .service(service_fn(keep));
+        let mut kept = Vec::new();
+        for (i, status) in case.statuses.into_iter().enumerate() {
+            // Bounded: the handshake is answered, whatever Redis does.
+            let res = tokio::time::timeout(
+                Duration::from_secs(30),
+                svc.ready()
+                    .await
+                    .unwrap()
+                    .call(handshake([192, 0, 2, 7], Some("dave"), Some("t"))),
+            )
+            .await
+            .expect("no hang")
+            .unwrap();
+            assert_eq!(res.status(), status, "{} #{i}", case.name);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                assert!(matches!(
+                    res.extensions().get::<FleetError>(),
+                    Some(FleetError::Unavailable(_))
+                ));
+            }
+            kept.push(res);
+        }
+        assert!(!fleet.is_available(), "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn revocation_closes_sockets_on_other_instances_and_refuses_the_token() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    let mut svc_b = RevocationLayer::new(&b).layer(service_fn(keep));
+    let on_b = |subject: &str, token: &str| handshake([192, 0, 2, 9], Some(subject), Some(token));
+
+    // Listeners subscribe in the background: wait until a revocation reaches b.
+    let probe = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("probe", "probe-token"))
+        .await
+        .unwrap();
+    let probe_signal = probe
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    wait_for("b's listener", async || {
+        a.revoke_identity("probe").await.unwrap();
+        probe_signal.is_revoked()
+    })
+    .await;
+
+    let s1 = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-1"))
+        .await
+        .unwrap();
+    let s2 = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-2"))
+        .await
+        .unwrap();
+    let frank = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("frank", "frank-1"))
+        .await
+        .unwrap();
+    let signal = |r: &Response| {
+        r.extensions()
+            .get::<CloseSignal>()
+            .cloned()
+            .expect("signal")
+    };
+    let (s1, s2, frank) = (signal(&s1), signal(&s2), signal(&frank));
+    assert_eq!(b.local_sockets(), 4);
+
+    // One token.
+    a.revoke_token("erin-1").await.unwrap();
+    wait_for("erin-1 closed", async || s1.is_revoked()).await;
+    assert!(!s2.is_revoked());
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-1"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.extensions().get::<FleetError>(),
+        Some(&FleetError::Revoked)
+    );
+    assert!(res.headers().contains_key("www-authenticate"));
+
+    // The whole identity: its other token too; frank untouched; a new token works.
+    let revoked = a.revoke_identity("erin").await.unwrap();
+    assert!(revoked >= 1, "{revoked}");
+    wait_for("erin-2 closed", async || s2.is_revoked()).await;
+    assert!(!frank.is_revoked());
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-2"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-3"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(b.is_revoked(&TokenFingerprint::of("erin-2")).await.unwrap());
+}
+
+#[tokio::test]
+async fn recovers_when_redis_comes_back() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("redis://127.0.0.1:{port}");
+    let fleet = Fleet::builder(&url)
+        .timeout(Duration::from_millis(300))
+        .unwrap()
+        .on_failure(FailurePolicy::Refuse)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        fleet.ping().await,
+        Err(FleetError::Unavailable(_))
+    ));
+    let _redis = RedisServer::start_on(port);
+    wait_for("recovery", async || fleet.ping().await.is_ok()).await;
+    assert!(fleet.is_available());
+}
+
+#[tokio::test]
+async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
+    let redis = RedisServer::start();
+    let b = fleet(&redis.url());
+    let mut svc = RevocationLayer::new(&b).layer(service_fn(keep));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([192, 0, 2, 10], Some("gina"), Some("gina-1")))
+        .await
+        .unwrap();
+    let signal = res
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    let mut c = conn(&redis).await;
+    // A revocation marker without the announcement (as if published while b's listener was
+    // disconnected), then b's subscription is cut.
+    let marker = format!(
+        "wsguard:revoked:{}",
+        TokenFingerprint::of("gina-1").to_hex()
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&marker)
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!signal.is_revoked());
+    wait_for("the listener to resubscribe and reconcile", async || {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        signal.is_revoked()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_cap_refuses_with_its_status() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    struct Case {
+        name: &'static str,
+        layer: fn(&Fleet) -> FleetQuotaLayer,
+        second: ([u8; 4], &'static str),
+        status: StatusCode,
+    }
+    let cases = [
+        Case {
+            name: "per ip",
+            layer: |f| FleetQuotaLayer::new(f).name("ip").per_ip(1).unwrap(),
+            second: ([203, 0, 113, 50], "other"),
+            status: StatusCode::TOO_MANY_REQUESTS,
+        },
+        Case {
+            name: "per identity",
+            layer: |f| FleetQuotaLayer::new(f).name("id").per_identity(1).unwrap(),
+            second: ([203, 0, 113, 51], "same"),
+            status: StatusCode::TOO_MANY_REQUESTS,
+        },
+        Case {
+            name: "global",
+            layer: |f| FleetQuotaLayer::new(f).name("global").global(1).unwrap(),
+            second: ([203, 0, 113, 52], "other"),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+        },
+    ];
+    for case in cases {
+        let first = (case.layer)(&a)
+            .layer(service_fn(keep))
+            .oneshot(handshake([203, 0, 113, 50], Some("same"), None))
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK, "{}", case.name);
+        let (ip, subject) = case.second;
+        let second = (case.layer)(&b)
+            .layer(service_fn(keep))
+            .oneshot(handshake(ip, Some(subject), None))
+            .await
+            .unwrap();
+        assert_eq!(second.status(), case.status, "{}", case.name);
+        assert!(
+            second.headers().contains_key("retry-after"),
+            "{}",
+            case.name
+        );
+        drop(first);
+    }
+}
+
+#[tokio::test]
+async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
+    let redis = RedisServer::start();
+    let fleet = Fleet::builder(redis.url())
+        .timeout(Duration::from_millis(300))
+        .unwrap()
+        .on_failure(FailurePolicy::Refuse)
+        .build()
+        .unwrap();
+    let mut svc = FleetRateLimitLayer::new(&fleet)
+        .per_second(100)
+        .unwrap()
+        .layer(service_fn(keep));
+    let mut call = async || {
+        let res = tokio::time::timeout(
+            Duration::from_secs(30),
+            svc.ready()
+                .await
+                .unwrap()
+                .call(handshake([192, 0, 2, 20], None, None)),
+        )
+        .await
+        .expect("answered, not hung");
+        res.unwrap().status()
+    };
+    assert_eq!(call().await, StatusCode::OK);
+    // Frozen, not dead: connections stay open and nothing answers.
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    signal("-STOP");
+    assert_eq!(call().await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!fleet.is_available());
+    signal("-CONT");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while call().await != StatusCode::OK {
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fleet.is_available());
+}
+
+#[test]
+fn errors_have_a_status_a_name_and_a_message() {
+    struct Case {
+        error: FleetError,
+        status: StatusCode,
+        name: &'static str,
+    }
+    let cases = [
+        Case {
+            error: FleetError::Revoked,
+            status: StatusCode::UNAUTHORIZED,
+            name: "revoked",
+        },
+        Case {
+            error: FleetError::Unavailable("timed out".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "unavailable",
+        },
+        Case {
+            error: FleetError::Redis("ERR".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "redis_error",
+        },
+        Case {
+            error: FleetError::InvalidUrl("x".into()),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "invalid_url",
+        },
+        Case {
+            error: FleetError::NoRuntime,
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            name: "no_runtime",
+        },
+    ];
+    for case in cases {
+        assert_eq!(case.error.status(), case.status, "{}", case.name);
+        assert_eq!(case.error.as_str(), case.name);
+        assert!(!case.error.to_string().is_empty());
+        let response = fleet_reject(case.error.clone());
+        assert_eq!(response.status(), case.status);
+        assert_eq!(response.extensions().get::<FleetError>(), Some(&case.error));
+    }
+    assert_eq!(FailurePolicy::default(), FailurePolicy::FallBackToLocal);
+}

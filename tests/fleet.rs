@@ -1,0 +1,605 @@
+//! Fleet mode end to end: two stock ticker instances on two loopback ports sharing one real
+//! `redis-server`. Tests use the server named by `WSGUARD_TEST_REDIS_URL` (which `.ci/run`
+//! starts) with a key prefix of their own, or spawn one on a free loopback port; tests that
+//! stop and restart Redis always spawn their own. They fail, never skip, when `redis-server`
+//! is missing (`apt-get install -y redis-server`).
+//!
+//! Run after building the example with the feature (`cargo test --all-features` does both):
+//! `cargo build --all-features --example stock_ticker && cargo test --all-features --test fleet`.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Example, http, start_example};
+use futures_util::StreamExt;
+use http::{HeaderValue, header};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{self, Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A `redis-server` on a loopback port, killed on drop (unless it is the shared one).
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl RedisServer {
+    /// The shared server of `WSGUARD_TEST_REDIS_URL`, or a new one.
+    fn shared() -> Self {
+        match std::env::var("WSGUARD_TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => Self {
+                child: None,
+                port: 0,
+                url,
+            },
+            _ => Self::start_on(free_port()),
+        }
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): the fleet tests need a real Redis; \
+                     install it with `apt-get install -y redis-server` (.ci/run does)"
+                )
+            });
+        let server = Self {
+            child: Some(child),
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Stops the server (SIGKILL: nothing is saved) and returns its port.
+    fn stop(mut self) -> u16 {
+        let mut child = self.child.take().expect("a server this test started");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.port
+    }
+
+    async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Redis key prefix unique to this test run and test.
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("wsguard-test:{}:{nanos}:{test}", std::process::id())
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One ticker instance with its own SQLite file.
+struct Ticker {
+    example: Example,
+    _dir: TempDir,
+}
+
+async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
+    let dir = std::env::temp_dir().join(format!(
+        "wsguard-fleet-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let db = dir.join("ticker.db");
+    let db = db.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--db",
+        &db,
+        "--user",
+        "alice:wonderland",
+        "--user",
+        "bob:builder",
+        "--tick-hz",
+        "0",
+        "--redis",
+        redis_url,
+        "--redis-timeout-ms",
+        "500",
+        "--redis-prefix",
+        prefix,
+    ];
+    args.extend_from_slice(extra);
+    let example = start_example("stock_ticker", &args).await;
+    Ticker {
+        example,
+        _dir: TempDir(dir),
+    }
+}
+
+impl Ticker {
+    fn addr(&self) -> SocketAddr {
+        self.example.addr
+    }
+
+    async fn token(&self, user: &str, password: &str) -> String {
+        let body = json!({ "username": user, "password": password }).to_string();
+        let headers = [("Content-Type", "application/json")];
+        let res = http(self.addr(), "POST", "/login", &headers, &body).await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        res.json()["token"].as_str().expect("token").to_owned()
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &str) -> common::HttpResponse {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ];
+        http(self.addr(), "POST", path, &headers, body).await
+    }
+
+    /// Opens `/ws`: the socket, or the HTTP status of the refusal.
+    async fn try_connect(&self, token: &str) -> Result<Socket, u16> {
+        let mut request = format!("ws://{}/ws", self.addr())
+            .into_client_request()
+            .expect("request");
+        let headers = request.headers_mut();
+        let origin = format!("http://127.0.0.1:{}", self.addr().port());
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(&origin).expect("origin"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+        );
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .expect("the handshake is answered in time");
+        match attempt {
+            Ok((socket, response)) => {
+                assert_eq!(response.status(), 101);
+                Ok(socket)
+            }
+            Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    async fn connect(&self, token: &str) -> Socket {
+        match self.try_connect(token).await {
+            Ok(socket) => socket,
+            Err(status) => panic!("handshake refused with {status}"),
+        }
+    }
+}
+
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("no error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON message"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes; returns the close code.
+async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+async fn close(mut socket: Socket) {
+    let _ = socket.close(None).await;
+    // Wait for the server's side of the close, so its lease is being released.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}
+
+/// Retries `attempt` until it returns `Some`, for at most 30 s.
+async fn eventually<T>(what: &str, mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn per_user_quota_spans_both_instances() {
+    let redis = RedisServer::shared();
+    let p = prefix("quota");
+    let args = ["--max-conns-per-user", "1"];
+    let (a, b) = (
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
+    );
+    // The ticket key is shared through Redis: a token from A works on B.
+    let alice = a.token("alice", "wonderland").await;
+    let bob = b.token("bob", "builder").await;
+
+    let on_a = a.connect(&alice).await;
+    assert_eq!(
+        b.try_connect(&alice).await.err(),
+        Some(429),
+        "alice's 2nd socket, on B"
+    );
+    assert_eq!(
+        a.try_connect(&alice).await.err(),
+        Some(429),
+        "alice's 2nd socket, on A"
+    );
+    let bob_on_b = b.connect(&bob).await;
+    assert_eq!(
+        a.try_connect(&bob).await.err(),
+        Some(429),
+        "bob's 2nd socket, on A"
+    );
+
+    close(on_a).await;
+    let on_b = eventually("alice's lease is released", async || {
+        b.try_connect(&alice).await.ok()
+    })
+    .await;
+    assert_eq!(a.try_connect(&alice).await.err(), Some(429));
+    drop((on_b, bob_on_b));
+}
+
+#[tokio::test]
+async fn prices_posted_to_either_instance_reach_clients_of_both_in_seq_order() {
+    let redis = RedisServer::shared();
+    let p = prefix("prices");
+    let (a, b) = (
+        ticker(&redis.url(), &p, &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
+    );
+    let token = a.token("alice", "wonderland").await;
+    let mut on_a = a.connect(&token).await;
+    let mut on_b = b.connect(&token).await;
+    let snapshot_a = next_json(&mut on_a).await;
+    let snapshot_b = next_json(&mut on_b).await;
+    assert_eq!(snapshot_a["type"], "snapshot");
+    assert_eq!(snapshot_b["type"], "snapshot");
+    let seq_of = |snapshot: &Value| {
+        snapshot["prices"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["symbol"] == "AAPL"))
+            .and_then(|p| p["seq"].as_u64())
+            .expect("AAPL in the snapshot")
+    };
+    let start = seq_of(&snapshot_a);
+    assert_eq!(start, seq_of(&snapshot_b));
+
+    // Alternate the instance that takes the change.
+    let prices = [101.25, 102.5, 103.75, 99.0, 98.5, 104.0];
+    for (i, price) in prices.iter().enumerate() {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let res = target
+            .post(
+                "/prices",
+                &token,
+                &json!({ "symbol": "AAPL", "price": price }).to_string(),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        assert_eq!(res.json()["seq"].as_u64(), Some(start + 1 + i as u64));
+    }
+    for (name, socket) in [("A", &mut on_a), ("B", &mut on_b)] {
+        for (i, price) in prices.iter().enumerate() {
+            let msg = next_json(socket).await;
+            assert_eq!(msg["type"], "price", "{name}: {msg}");
+            assert_eq!(msg["symbol"], "AAPL", "{name}: {msg}");
+            assert_eq!(
+                msg["seq"].as_u64(),
+                Some(start + 1 + i as u64),
+                "{name}: {msg}"
+            );
+            assert_eq!(msg["price"].as_f64(), Some(*price), "{name}: {msg}");
+        }
+    }
+    // Concurrent writers on both instances: every client still sees each seq once, in order.
+    let start = start + prices.len() as u64;
+    let writes = (0..20).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let body = json!({ "symbol": "AAPL", "price": 200.0 + f64::from(i) }).to_string();
+        let token = token.clone();
+        async move { target.post("/prices", &token, &body).await }
+    });
+    for res in futures_util::future::join_all(writes).await {
+        assert_eq!(res.status, 200, "{}", res.body);
+    }
+    for (name, socket) in [("A", &mut on_a), ("B", &mut on_b)] {
+        for i in 1..=20u64 {
+            let msg = next_json(socket).await;
+            assert_eq!(msg["seq"].as_u64(), Some(start + i), "{name}: {msg}");
+        }
+    }
+    // Validation happens before Redis.
+    let res = a
+        .post("/prices", &token, r#"{"symbol":"NOPE","price":1}"#)
+        .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+    let res = b
+        .post("/prices", &token, r#"{"symbol":"AAPL","price":-1}"#)
+        .await;
+    assert_eq!(res.status, 400, "{}", res.body);
+}
+
+#[tokio::test]
+async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
+    let redis = RedisServer::shared();
+    let p = prefix("revoke");
+    let (a, b) = (
+        ticker(&redis.url(), &p, &[]).await,
+        ticker(&redis.url(), &p, &[]).await,
+    );
+    let alice = a.token("alice", "wonderland").await;
+    let alice_again = b.token("alice", "wonderland").await;
+    let bob = a.token("bob", "builder").await;
+    let mut alice_on_b = b.connect(&alice).await;
+    let mut alice_again_on_a = a.connect(&alice_again).await;
+    let mut bob_on_b = b.connect(&bob).await;
+    for socket in [&mut alice_on_b, &mut alice_again_on_a, &mut bob_on_b] {
+        assert_eq!(next_json(socket).await["type"], "snapshot");
+    }
+
+    // Unauthenticated revocation is refused.
+    let res = a.post("/revoke", "not-a-token", "").await;
+    assert_eq!(res.status, 401, "{}", res.body);
+    let res = a.post("/revoke", &alice, r#"{"scope":"everyone"}"#).await;
+    assert_eq!(res.status, 400, "{}", res.body);
+
+    // Only the token: the socket opened with it closes on B; alice's other one stays.
+    let started = std::time::Instant::now();
+    let res = a.post("/revoke", &alice, r#"{"scope":"token"}"#).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(close_code(&mut alice_on_b).await, Some(CloseCode::Policy));
+    // Reported, not asserted (the machine may be loaded): the issue's target is < 1 s.
+    eprintln!(
+        "revocation to close on the other instance: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        b.try_connect(&alice).await.err(),
+        Some(401),
+        "revoked token"
+    );
+    assert_eq!(
+        a.try_connect(&alice).await.err(),
+        Some(401),
+        "revoked token"
+    );
+
+    // The whole identity, from B: alice's socket on A closes; bob's stays open.
+    let res = b.post("/revoke", &alice_again, "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert!(
+        res.json()["revoked_tokens"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{}",
+        res.body
+    );
+    assert_eq!(
+        close_code(&mut alice_again_on_a).await,
+        Some(CloseCode::Policy)
+    );
+    assert_eq!(a.try_connect(&alice_again).await.err(), Some(401));
+    let res = b
+        .post("/prices", &bob, r#"{"symbol":"MSFT","price":321.5}"#)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let msg = next_json(&mut bob_on_b).await;
+    assert_eq!(msg["symbol"], "MSFT", "bob's socket is still open: {msg}");
+
+    // Logging in again gives a token that works.
+    let fresh = a.token("alice", "wonderland").await;
+    let mut socket = b.connect(&fresh).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn a_killed_instance_leaks_no_lease_beyond_its_ttl() {
+    let redis = RedisServer::shared();
+    let p = prefix("kill");
+    let ttl_ms: i64 = 1500;
+    let ttl = ttl_ms.to_string();
+    let args = ["--max-conns-per-user", "1", "--lease-ttl-ms", &ttl];
+    let (mut a, b) = (
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
+    );
+    let alice = a.token("alice", "wonderland").await;
+    let _on_a = a.connect(&alice).await;
+    assert_eq!(b.try_connect(&alice).await.err(), Some(429));
+
+    a.example.child.kill().await.expect("kill instance A");
+    // Its lease expires no later than one TTL after its last renewal.
+    let mut conn = redis.conn().await;
+    let key = format!("{p}:quota:sockets:id:alice");
+    let leases: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(&key)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .expect("ZRANGE");
+    let (secs, micros): (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("TIME");
+    let now_ms = secs * 1000 + micros / 1000;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    for (_, expires) in &leases {
+        assert!(
+            *expires <= now_ms + ttl_ms,
+            "lease expires {expires} > now {now_ms} + ttl"
+        );
+    }
+    // Once it has expired, B admits alice.
+    let socket = eventually("the dead instance's lease to expire", async || {
+        b.try_connect(&alice).await.ok()
+    })
+    .await;
+    drop(socket);
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_local_limits_and_recovery_restores_fleet_limits() {
+    // Its own server: this test stops and restarts it.
+    let redis = RedisServer::start_on(free_port());
+    let p = prefix("outage");
+    let args = ["--max-conns-per-user", "1", "--lease-ttl-ms", "1500"];
+    let (a, b) = (
+        ticker(&redis.url(), &p, &args).await,
+        ticker(&redis.url(), &p, &args).await,
+    );
+    let alice = a.token("alice", "wonderland").await;
+    let bob = a.token("bob", "builder").await;
+
+    let port = redis.stop();
+    // Fallback: each instance enforces the cap of 1 on its own; handshakes do not hang.
+    let alice_on_a = a.connect(&alice).await;
+    assert_eq!(
+        a.try_connect(&alice).await.err(),
+        Some(429),
+        "local cap on A"
+    );
+    let alice_on_b = b.connect(&alice).await;
+    assert_eq!(
+        b.try_connect(&alice).await.err(),
+        Some(429),
+        "local cap on B"
+    );
+    // Logins and the page do not need Redis.
+    assert_eq!(http(a.addr(), "GET", "/healthz", &[], "").await.status, 200);
+
+    let redis = RedisServer::start_on(port);
+    close(alice_on_b).await;
+    // B's local count for alice is 0 now, but the socket A admitted during the outage is
+    // leased again by its renewals: the fleet cap refuses alice on B once Redis is back.
+    eventually("fleet limits after the restart", async || {
+        match b.try_connect(&alice).await {
+            Err(429) => Some(()),
+            Err(status) => panic!("unexpected status {status}"),
+            Ok(socket) => {
+                close(socket).await;
+                None
+            }
+        }
+    })
+    .await;
+    let bob_on_b = b.connect(&bob).await;
+    assert_eq!(
+        a.try_connect(&bob).await.err(),
+        Some(429),
+        "fleet cap for bob"
+    );
+    drop((alice_on_a, bob_on_b, redis));
+}
+
+#[tokio::test]
+async fn redis_outage_refuses_with_503_when_configured_and_recovers() {
+    // Its own server: this test stops and restarts it.
+    let redis = RedisServer::start_on(free_port());
+    let p = prefix("refuse");
+    let a = ticker(&redis.url(), &p, &["--redis-failure", "refuse"]).await;
+    let alice = a.token("alice", "wonderland").await;
+    let mut socket = a.connect(&alice).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+
+    let port = redis.stop();
+    assert_eq!(a.try_connect(&alice).await.err(), Some(503));
+    let res = a
+        .post("/prices", &alice, r#"{"symbol":"AAPL","price":100}"#)
+        .await;
+    assert_eq!(res.status, 503, "{}", res.body);
+
+    let _redis = RedisServer::start_on(port);
+    let mut socket = eventually("recovery", async || a.try_connect(&alice).await.ok()).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
