@@ -104,6 +104,9 @@ pub mod origin;
 pub mod rate_limit;
 pub mod socket;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

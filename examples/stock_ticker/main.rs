@@ -120,6 +120,13 @@ struct Args {
     /// Lifetime of a login token, in seconds.
     #[arg(long, default_value_t = 900)]
     token_ttl: u64,
+    /// Seconds a client may take to complete TLS and send its request headers.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// A login token opens at most one socket (replayed tokens get 401); `POST /prices`
+    /// still accepts it until it expires [default: off: a token opens sockets until it expires].
+    #[arg(long)]
+    one_time_tokens: bool,
     /// Fleet mode: share limits, quotas, revocation and prices with other instances through
     /// this Redis, redis://host:port (needs the `redis` feature) [default: off: this
     /// instance alone].
@@ -224,7 +231,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stock ticker listening on {scheme}://{addr}");
-    server::serve(listener, router, tls).await;
+    let header_timeout = Duration::from_secs(args.header_timeout);
+    server::serve(listener, router, tls, header_timeout).await;
     Ok(())
 }
 
@@ -247,7 +255,13 @@ fn router(
     connect_rate.spawn_pruner(Duration::from_secs(60));
     let login_rate = RateLimitLayer::new().per_minute(20)?.burst(10)?;
     login_rate.spawn_pruner(Duration::from_secs(60));
-    let auth = HandshakeAuthLayer::new(app.verifier.clone()).sources([
+    let ws_verifier = if args.one_time_tokens {
+        // Its own replay cache: only socket handshakes use the token up.
+        app.verifier.clone().one_time(100_000)?
+    } else {
+        app.verifier.clone()
+    };
+    let auth = HandshakeAuthLayer::new(ws_verifier).sources([
         CredentialSource::authorization(),
         CredentialSource::subprotocol("bearer.")?,
         CredentialSource::query("token")?,

@@ -19,9 +19,6 @@ use tokio_rustls::{
 };
 use tower::ServiceExt;
 
-/// How long a client may take to complete TLS and send its request headers.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A TLS acceptor from PEM files, or for a self-signed certificate made now.
 pub(crate) fn tls_acceptor(
     cert_key: Option<(&Path, &Path)>,
@@ -52,8 +49,14 @@ pub(crate) fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` until the process ends.
-pub(crate) async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
+/// Serves `app` until the process ends. A client gets `header_timeout` to complete TLS and
+/// send its request headers, or its connection is closed (slow-handshake attacks).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    header_timeout: Duration,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -78,10 +81,10 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcc
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
+                .header_read_timeout(header_timeout);
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             builder
                                 .serve_connection_with_upgrades(TokioIo::new(stream), service)

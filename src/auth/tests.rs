@@ -967,33 +967,19 @@ async fn the_extractor_fails_closed_without_the_layer() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
-/// Collects what `tracing` writes.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// Runs `f` on a current-thread runtime; returns its output and the events it logged, one
+/// `name fields` line each.
 fn with_logs<F: Future>(f: impl FnOnce() -> F) -> (F::Output, String) {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let out = tracing::subscriber::with_default(subscriber, || rt.block_on(f()));
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let capture = crate::test_support::capture();
+    let out = rt.block_on(f());
+    let text = capture
+        .events()
+        .into_iter()
+        .map(|(name, fields)| format!("{name} {fields}\n"))
+        .collect();
     (out, text)
 }
 

@@ -826,36 +826,9 @@ fn debug_lists_the_rules() {
     assert!(debug.contains("xn--bcher-kva.example"), "{debug}");
 }
 
-/// Records every event's name and fields.
-#[derive(Clone, Default)]
-struct Capture(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(
-        &self,
-        event: &tracing::Event<'_>,
-        _ctx: tracing_subscriber::layer::Context<'_, S>,
-    ) {
-        struct Fields(String);
-        impl tracing::field::Visit for Fields {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!("{}={:?} ", field.name(), value));
-            }
-        }
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        if let Ok(mut events) = self.0.lock() {
-            events.push((event.metadata().name().to_owned(), fields.0));
-        }
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn one_event_per_rejection_with_a_sanitised_origin() {
-    use tracing_subscriber::layer::SubscriberExt;
-    let capture = Capture::default();
-    let _guard =
-        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let capture = crate::test_support::capture();
 
     let layer = configured();
     let raw: &[u8] = b"https://evil.example.net/\xffsecret-looking-path-that-goes-on-and-on-and-on-for-a-long-time";
@@ -880,7 +853,7 @@ async fn one_event_per_rejection_with_a_sanitised_origin() {
         ALLOWED
     );
 
-    let events = capture.0.lock().expect("lock").clone();
+    let events = capture.events();
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(
         events

@@ -1,0 +1,99 @@
+// The heroes page in real headless Chromium: the login form, the hero buttons, the refusal
+// message. Run after `cargo test` has built the example: `npm test`. HEROES_BIN and
+// CHROMIUM_PATH override the defaults.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { createServer } from "node:http";
+import { mkdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const BIN = process.env.HEROES_BIN || join(ROOT, "target/debug/examples/heroes");
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const SHOTS = join(ROOT, "target/browser");
+const WAIT = { timeout: 15000 };
+
+let server, base, browser;
+
+function startHeroes() {
+  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test (or cargo build --example heroes) first`);
+  const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--user", "alice:wonderland"],
+    { stdio: ["ignore", "pipe", "ignore"] });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("heroes did not start in time")), 30000);
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const url = line.split(/\s+/).find((w) => w.startsWith("http://"));
+      if (url) { clearTimeout(timer); resolve([child, url]); }
+    });
+    child.on("exit", (code) => reject(new Error(`heroes exited with ${code}`)));
+  });
+}
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} missing: apt-get install chromium`);
+  [server, base] = await startHeroes();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  mkdirSync(SHOTS, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+});
+
+async function signIn(page, password) {
+  await page.goto(base);
+  await page.fill("#username", "alice");
+  await page.fill("#password", password);
+  await page.click("#connect");
+}
+
+test("heroes page: sign in, press heroes, get their names", async () => {
+  const page = await browser.newPage({ viewport: { width: 900, height: 600 } });
+  await signIn(page, "wonderland");
+  await page.waitForSelector("#heroes:not([hidden])", WAIT);
+  for (const [hero, name] of [["hulk", "Bruce Banner"], ["blackPanther", "T'Challa"]]) {
+    await page.click(`button[data-hero=${hero}]`);
+    await page.waitForFunction((n) => document.getElementById("name").textContent === n, name, WAIT);
+  }
+  await page.screenshot({ path: join(SHOTS, "heroes.png") });
+  await page.close();
+});
+
+test("heroes page: a wrong password shows the server's refusal", async () => {
+  const page = await browser.newPage();
+  await signIn(page, "not-the-password");
+  await page.waitForFunction(
+    () => document.getElementById("status").textContent.includes("invalid username or password"), null, WAIT);
+  assert.equal(await page.isHidden("#heroes"), true);
+  await page.close();
+});
+
+test("heroes page: a page on another origin cannot connect", async () => {
+  const evil = createServer((_req, out) => {
+    out.setHeader("content-type", "text/html");
+    out.end(`<script src="${base}/socket.io.min.js"></script><script>
+      const s = io(${JSON.stringify(base)}, { auth: { username: "alice", password: "wonderland" },
+        reconnection: false, transports: ["websocket"] });
+      s.on("connect", () => { document.title = "connected"; });
+      s.on("connect_error", (e) => { document.title = "refused " + e.message; });
+    </script>`);
+  });
+  await new Promise((r) => evil.listen(0, "127.0.0.1", r));
+  const page = await browser.newPage();
+  try {
+    await page.goto(`http://127.0.0.1:${evil.address().port}/`);
+    await page.waitForFunction(() => document.title.length > 0, null, WAIT);
+    assert.match(await page.title(), /^refused/);
+  } finally {
+    await page.close();
+    evil.close();
+  }
+});
