@@ -48,12 +48,11 @@ mod common;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Example, http, start_example};
+use common::{Example, TempDir, http, start_example};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, header};
 use serde_json::{Value, json};
@@ -128,15 +127,6 @@ struct Target {
     heartbeat: Duration,
     /// The ticker this test started, killed on drop.
     _ticker: Option<(Example, TempDir)>,
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -215,16 +205,8 @@ async fn target(flags: &[&str]) -> Target {
         };
     }
 
-    let dir = std::env::temp_dir().join(format!(
-        "wsguard-attacks-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let db = dir.join("ticker.db").to_str().expect("utf-8").to_owned();
+    let dir = TempDir::new("attacks");
+    let db = dir.file("ticker.db");
     let mut args = vec![
         "--addr",
         "127.0.0.1:0",
@@ -267,7 +249,7 @@ async fn target(flags: &[&str]) -> Target {
         connections: 50,
         header_timeout: Duration::from_secs(secs("--header-timeout", 10)),
         heartbeat: Duration::from_secs(2 * secs("--heartbeat", 20)),
-        _ticker: Some((example, TempDir(dir))),
+        _ticker: Some((example, dir)),
     }
 }
 

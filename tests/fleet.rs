@@ -12,22 +12,17 @@ mod common;
 
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::{Example, http, start_example};
+use common::{Example, Socket, TempDir, close_code, http, next_json, start_example};
 use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+use tokio_tungstenite::tungstenite::{
+    self, client::IntoClientRequest, protocol::frame::coding::CloseCode,
 };
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A `redis-server` on a loopback port, killed on drop (unless it is the shared one).
 struct RedisServer {
@@ -124,15 +119,6 @@ fn prefix(test: &str) -> String {
     format!("wsguard-test:{}:{nanos}:{test}", std::process::id())
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One ticker instance with its own SQLite file.
 struct Ticker {
     example: Example,
@@ -140,17 +126,8 @@ struct Ticker {
 }
 
 async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
-    let dir = std::env::temp_dir().join(format!(
-        "wsguard-fleet-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let db = dir.join("ticker.db");
-    let db = db.to_str().expect("utf-8 path").to_owned();
+    let dir = TempDir::new("fleet");
+    let db = dir.file("ticker.db");
     let mut args = vec![
         "--addr",
         "127.0.0.1:0",
@@ -171,10 +148,7 @@ async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
     ];
     args.extend_from_slice(extra);
     let example = start_example("stock_ticker", &args).await;
-    Ticker {
-        example,
-        _dir: TempDir(dir),
-    }
+    Ticker { example, _dir: dir }
 }
 
 impl Ticker {
@@ -234,35 +208,6 @@ impl Ticker {
         match self.try_connect(token).await {
             Ok(socket) => socket,
             Err(status) => panic!("handshake refused with {status}"),
-        }
-    }
-}
-
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("no error");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON message"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// Reads until the server closes; returns the close code.
-async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
         }
     }
 }

@@ -2,32 +2,20 @@
 
 mod common;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use common::{Example, http, start_example};
+use common::{Example, Socket, TempDir, close_code, http, next_json, start_example};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, header};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, Message, client::IntoClientRequest, protocol::frame::coding::CloseCode},
+use tokio_tungstenite::tungstenite::{
+    self, Message, client::IntoClientRequest, protocol::frame::coding::CloseCode,
 };
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 struct Ticker {
     example: Example,
     _dir: TempDir,
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A self-signed certificate for `localhost`, written as PEM files removed on drop.
@@ -42,33 +30,22 @@ impl TestCertificate {
     fn new(name: &str) -> Self {
         let key =
             rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-        let dir = std::env::temp_dir().join(format!("wsguard-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let dir = TempDir::new(name);
+        let (cert_path, key_path) = (dir.file("cert.pem"), dir.file("key.pem"));
         std::fs::write(&cert_path, key.cert.pem()).expect("write cert");
         std::fs::write(&key_path, key.signing_key.serialize_pem()).expect("write key");
-        let path = |p: PathBuf| p.to_str().expect("utf-8 path").to_owned();
         Self {
             key,
-            cert_path: path(cert_path),
-            key_path: path(key_path),
-            _dir: TempDir(dir),
+            cert_path,
+            key_path,
+            _dir: dir,
         }
     }
 }
 
 async fn ticker(extra: &[&str]) -> Ticker {
-    let dir = std::env::temp_dir().join(format!(
-        "wsguard-ticker-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let db = dir.join("ticker.db");
-    let db = db.to_str().expect("utf-8 path").to_owned();
+    let dir = TempDir::new("ticker");
+    let db = dir.file("ticker.db");
     let mut args = vec![
         "--addr",
         "127.0.0.1:0",
@@ -82,10 +59,7 @@ async fn ticker(extra: &[&str]) -> Ticker {
     }
     args.extend_from_slice(extra);
     let example = start_example("stock_ticker", &args).await;
-    Ticker {
-        example,
-        _dir: TempDir(dir),
-    }
+    Ticker { example, _dir: dir }
 }
 
 impl Ticker {
@@ -145,35 +119,6 @@ impl Ticker {
             .expect("handshake");
         assert_eq!(response.status(), 101);
         socket
-    }
-}
-
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a message in time")
-            .expect("socket open")
-            .expect("no error");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("JSON message"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected message {other:?}"),
-        }
-    }
-}
-
-/// Reads until the server closes; returns the close code.
-async fn close_code(socket: &mut Socket) -> Option<CloseCode> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return None,
-        }
     }
 }
 
