@@ -71,16 +71,21 @@ impl Ticker {
         format!("http://127.0.0.1:{}", self.addr().port())
     }
 
-    async fn login(&self, user: &str, password: &str) -> common::HttpResponse {
-        let body = json!({ "username": user, "password": password }).to_string();
+    /// `POST path` with a JSON (or deliberately broken) body and no credentials.
+    async fn post_json(&self, path: &str, body: &str) -> common::HttpResponse {
         http(
             self.addr(),
             "POST",
-            "/login",
+            path,
             &[("Content-Type", "application/json")],
-            &body,
+            body,
         )
         .await
+    }
+
+    async fn login(&self, user: &str, password: &str) -> common::HttpResponse {
+        let body = json!({ "username": user, "password": password }).to_string();
+        self.post_json("/login", &body).await
     }
 
     async fn token(&self) -> String {
@@ -131,14 +136,7 @@ async fn login_is_accepted_and_refused() {
         assert_eq!(res.status, 401, "{user}: {}", res.body);
         assert!(res.json()["error"].is_string());
     }
-    let res = http(
-        ticker.addr(),
-        "POST",
-        "/login",
-        &[("Content-Type", "application/json")],
-        "{not json",
-    )
-    .await;
+    let res = ticker.post_json("/login", "{not json").await;
     assert_eq!(res.status, 400, "{}", res.body);
 }
 
@@ -347,14 +345,7 @@ async fn prices_endpoint_validates_input() {
         .post_price("not-a-token", r#"{"symbol":"AAPL","price":1}"#)
         .await;
     assert_eq!(res.status, 401, "{}", res.body);
-    let res = http(
-        ticker.addr(),
-        "POST",
-        "/prices",
-        &[("Content-Type", "application/json")],
-        "{}",
-    )
-    .await;
+    let res = ticker.post_json("/prices", "{}").await;
     assert_eq!(res.status, 401, "{}", res.body);
 }
 
@@ -643,21 +634,13 @@ async fn resubscribing_never_sends_an_older_price() {
 async fn login_is_throttled_per_client_ip() {
     let ticker = ticker(&[]).await;
     // Every request counts, so malformed ones (400, no argon2 work) spend the burst of 10.
-    let bad = |_| {
-        http(
-            ticker.addr(),
-            "POST",
-            "/login",
-            &[("Content-Type", "application/json")],
-            "{not json",
-        )
-    };
+    let bad = || ticker.post_json("/login", "{not json");
     for i in 0..10 {
-        let res = bad(i).await;
+        let res = bad().await;
         assert_eq!(res.status, 400, "request {i}: {}", res.body);
     }
     // 20 a minute refills one every 3 s: of the next two, at least one is refused.
-    let (a, b) = (bad(10).await, bad(11).await);
+    let (a, b) = (bad().await, bad().await);
     let refused = [a, b]
         .into_iter()
         .find(|r| r.status == 429)
