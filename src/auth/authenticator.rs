@@ -2,7 +2,7 @@ use std::{fmt, future::Future};
 
 use http::request::Parts;
 
-use super::{AuthError, Credential, Principal};
+use super::{AuthError, Credential, Principal, TokenFingerprint};
 
 /// Decides who a credential belongs to. See the [module docs](super).
 ///
@@ -43,11 +43,13 @@ where
 }
 
 /// A successful authentication: the application's identity and the [`Principal`] (subject
-/// and expiry) that the quota and socket-policy layers read.
+/// and expiry) that the quota and socket-policy layers read, and optionally the token's
+/// [`TokenFingerprint`].
 #[derive(Clone)]
 pub struct Verified<I> {
     identity: I,
     principal: Principal,
+    fingerprint: Option<TokenFingerprint>,
 }
 
 impl<I> Verified<I> {
@@ -56,7 +58,25 @@ impl<I> Verified<I> {
         Self {
             identity,
             principal,
+            fingerprint: None,
         }
+    }
+
+    /// Names the token for revocation and replay by `fingerprint` instead of
+    /// [`TokenFingerprint::of`] the presented token, e.g. for a token format whose encoding can
+    /// change without changing what it grants. [`HandshakeAuthLayer`](super::HandshakeAuthLayer)
+    /// puts this fingerprint into the request extensions. Revoke such tokens by this
+    /// fingerprint (`revoke_fingerprint`), not by the token string. Replaces the previous
+    /// value. Default: none, the layer uses [`TokenFingerprint::of`].
+    #[must_use]
+    pub fn with_fingerprint(mut self, fingerprint: TokenFingerprint) -> Self {
+        self.fingerprint = Some(fingerprint);
+        self
+    }
+
+    /// The fingerprint set with [`with_fingerprint`](Self::with_fingerprint), if any.
+    pub fn fingerprint(&self) -> Option<&TokenFingerprint> {
+        self.fingerprint.as_ref()
     }
 
     /// The application's identity.
@@ -81,6 +101,7 @@ impl<I> fmt::Debug for Verified<I> {
         f.debug_struct("Verified")
             .field("identity", &std::any::type_name::<I>())
             .field("principal", &self.principal)
+            .field("fingerprint", &self.fingerprint)
             .finish()
     }
 }

@@ -46,10 +46,22 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// The SHA-256 of an accepted handshake's token. [`HandshakeAuthLayer`](super::HandshakeAuthLayer)
-/// puts it into the request extensions next to the [`Principal`](super::Principal), so that
-/// later layers can name the token (to revoke it, see `wsguard::fleet`) without holding it.
-/// Its `Debug` output shows only the first 8 hex digits.
+/// The identity of an accepted handshake's token, for revocation and replay: a SHA-256, never
+/// the token itself. [`HandshakeAuthLayer`](super::HandshakeAuthLayer) puts it into the
+/// request extensions next to the [`Principal`](super::Principal), so that later layers can
+/// name the token (to revoke it, see `wsguard::fleet`) without holding it. Its `Debug` output
+/// shows only the first 8 hex digits.
+///
+/// A token in the compact JWS shape, `header.payload.signature` (three non-empty base64url
+/// segments: every JWT, and wsguard's own [tickets](super::TicketIssuer)), is named by its
+/// signed part, `header.payload`, not by its signature: a signature can be re-encoded without
+/// the key (an ES256 signature `(r, s)` verifies as `(r, n-s)` too), so a revoked token must
+/// not come back under a new name with a flipped signature. Any other token is named by the
+/// whole string. (An opaque token that happens to have this shape is named by its first two
+/// segments as well; random opaque tokens have no dots.)
+///
+/// An [`Authenticator`](super::Authenticator) with its own notion of token identity can supply
+/// the fingerprint with [`Verified::with_fingerprint`](super::Verified::with_fingerprint).
 ///
 /// ```
 /// use wsguard::auth::TokenFingerprint;
@@ -58,15 +70,34 @@ impl fmt::Debug for Credential {
 /// assert_eq!(a, TokenFingerprint::of("secret-token"));
 /// assert_ne!(a, TokenFingerprint::of("other-token"));
 /// assert_eq!(a.to_hex().len(), 64);
+///
+/// // Two encodings of one signed JWT are one token.
+/// assert_eq!(
+///     TokenFingerprint::of("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLTE"),
+///     TokenFingerprint::of("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLTI"),
+/// );
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenFingerprint([u8; 32]);
 
+/// Domain separation: the fingerprint of a signed part never equals that of an opaque token
+/// spelled like it.
+const SIGNED_PART_DOMAIN: &[u8] = b"wsguard-signed-part-v1\n";
+
 impl TokenFingerprint {
-    /// The fingerprint of `token`.
+    /// The fingerprint of `token`: of its signed part when it has the compact JWS shape,
+    /// of the whole string otherwise (see the [type docs](Self)).
     pub fn of(token: &str) -> Self {
         use sha2::Digest;
-        Self(sha2::Sha256::digest(token.as_bytes()).into())
+        match signed_part(token) {
+            Some(signed) => {
+                let mut hash = sha2::Sha256::new();
+                hash.update(SIGNED_PART_DOMAIN);
+                hash.update(signed.as_bytes());
+                Self(hash.finalize().into())
+            }
+            None => Self(sha2::Sha256::digest(token.as_bytes()).into()),
+        }
     }
 
     /// The 32 bytes of the hash.
@@ -89,6 +120,20 @@ impl fmt::Debug for TokenFingerprint {
         let hex = self.to_hex();
         write!(f, "TokenFingerprint({}..)", &hex[..8])
     }
+}
+
+/// `header.payload` of a compact JWS `header.payload.signature` (three non-empty base64url
+/// segments), or `None` for any other shape.
+fn signed_part(token: &str) -> Option<&str> {
+    let (signed, signature) = token.rsplit_once('.')?;
+    let (header, payload) = signed.split_once('.')?;
+    let base64url = |s: &str| {
+        !s.is_empty()
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (base64url(header) && base64url(payload) && base64url(signature)).then_some(signed)
 }
 
 /// The kind of place a credential was found in.

@@ -107,6 +107,9 @@ where
                     };
                     match outcome {
                         Ok(verified) => {
+                            if let Some(fingerprint) = verified.fingerprint() {
+                                request.extensions_mut().insert(*fingerprint);
+                            }
                             let (identity, principal) = verified.into_parts();
                             tracing::debug!(
                                 name: "wsguard.auth.accepted",

@@ -5,7 +5,7 @@ use std::{
     future::Ready,
     marker::PhantomData,
     sync::Arc,
-    time::{Duration, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use http::request::Parts;
@@ -14,27 +14,68 @@ use jsonwebtoken::{Validation, errors::ErrorKind};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{AuthError, Authenticator, Credential, Principal, Verified};
+use super::{
+    AuthError, Authenticator, Clock, Credential, Principal, SystemClock, Verified,
+    ticket::MAX_UNIX_SECS,
+};
+
+/// Default for [`JwtAuthenticator::leeway`].
+const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 
 /// Verifies JSON Web Tokens (HS256, RS256 or ES256); an [`Authenticator`] whose identity is
 /// the token's claims deserialised as `C` (a [`serde_json::Value`] by default). Feature `jwt`.
 ///
+/// Built in two steps, so that the audience cannot be forgotten: a constructor
+/// ([`hs256`](Self::hs256), [`rs256`](Self::rs256), [`es256`](Self::es256),
+/// [`new`](Self::new)) gives a [`JwtAuthenticatorBuilder`], which is not an authenticator
+/// until [`audience`](JwtAuthenticatorBuilder::audience) names this application (tokens an
+/// issuer mints for its other applications are then refused) or
+/// [`any_audience`](JwtAuthenticatorBuilder::any_audience) says explicitly that every
+/// audience is fine:
+///
+/// ```
+/// use wsguard::auth::JwtAuthenticator;
+///
+/// let auth = JwtAuthenticator::<serde_json::Value>::hs256(b"a shared secret of at least 32 bytes!!")
+///     .audience(["chat"])
+///     .issuer(["https://id.example.com"]);
+/// # let _ = auth;
+/// ```
+///
 /// The `sub` and `exp` claims are required; `exp` and `nbf` (when present) are checked with a
-/// leeway, and `aud` and `iss` when configured. The principal's subject is `sub` and its
-/// expiry `exp`. Only the configured algorithm is accepted, whatever the token's header says.
+/// leeway, and `aud` and `iss` when configured. `exp` and `nbf` are NumericDates: integers or
+/// fractions (what `time.time() + 3600` mints), negative ones are before 1970 and dates past
+/// the year 9999 saturate there. The principal's subject is `sub` and its expiry `exp`, to
+/// the fraction of a second. Only the configured algorithm is accepted, whatever the token's
+/// header says.
 ///
 /// Keys: [`DecodingKey::from_secret`] for HS256; for RS256 [`DecodingKey::from_rsa_components`]
 /// (a JWK's `n` and `e`) or [`DecodingKey::from_rsa_der`] (PKCS#1); for ES256
 /// [`DecodingKey::from_ec_components`] (a JWK's `x` and `y`) or [`DecodingKey::from_ec_der`]
 /// (the SEC1 point).
 ///
+/// ECDSA signatures are malleable: `(r, s)` and `(r, n-s)` both verify, and both are
+/// accepted (many signers emit either). The token is named for revocation by its signed part
+/// (see [`TokenFingerprint`](super::TokenFingerprint)), so the two encodings are one token.
+///
 /// Expired tokens are [`AuthError::Expired`]; tokens that do not parse as a JWT are
 /// [`AuthError::Malformed`]; everything else (signature, algorithm, audience, issuer, `nbf`,
-/// missing claims, claims that do not fit `C`) is [`AuthError::Invalid`].
+/// missing or non-numeric `exp`, missing claims, claims that do not fit `C`) is
+/// [`AuthError::Invalid`].
 pub struct JwtAuthenticator<C = Value> {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
+    leeway: Duration,
+    clock: Arc<dyn Clock>,
     _claims: PhantomData<fn() -> C>,
+}
+
+/// A [`JwtAuthenticator`] that still needs its audience: call
+/// [`audience`](Self::audience) or [`any_audience`](Self::any_audience). Made by
+/// [`JwtAuthenticator::new`] and its siblings. Feature `jwt`.
+#[must_use = "a JwtAuthenticatorBuilder verifies nothing: call audience() or any_audience()"]
+pub struct JwtAuthenticatorBuilder<C = Value> {
+    inner: JwtAuthenticator<C>,
 }
 
 impl<C> Clone for JwtAuthenticator<C> {
@@ -42,7 +83,17 @@ impl<C> Clone for JwtAuthenticator<C> {
         Self {
             key: self.key.clone(),
             validation: self.validation.clone(),
+            leeway: self.leeway,
+            clock: self.clock.clone(),
             _claims: PhantomData,
+        }
+    }
+}
+
+impl<C> Clone for JwtAuthenticatorBuilder<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
         }
     }
 }
@@ -51,38 +102,46 @@ impl<C> JwtAuthenticator<C>
 where
     C: DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    /// Verifies tokens signed with `algorithm` and `key`.
-    pub fn new(algorithm: Algorithm, key: DecodingKey) -> Self {
+    /// Verifies tokens signed with `algorithm` and `key`, once the audience is set on the
+    /// builder.
+    pub fn new(algorithm: Algorithm, key: DecodingKey) -> JwtAuthenticatorBuilder<C> {
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = 60;
-        validation.validate_aud = false;
-        Self {
-            key: Arc::new(key),
-            validation: Arc::new(validation),
-            _claims: PhantomData,
+        // `exp` and `nbf` are checked here, not by jsonwebtoken, which rounds fractions and
+        // cannot take every leeway.
+        validation.set_required_spec_claims(&["sub"]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.leeway = 0;
+        validation.validate_aud = true;
+        JwtAuthenticatorBuilder {
+            inner: Self {
+                key: Arc::new(key),
+                validation: Arc::new(validation),
+                leeway: DEFAULT_LEEWAY,
+                clock: Arc::new(SystemClock),
+                _claims: PhantomData,
+            },
         }
     }
 
     /// HS256 with the shared `secret`.
-    pub fn hs256(secret: impl AsRef<[u8]>) -> Self {
+    pub fn hs256(secret: impl AsRef<[u8]>) -> JwtAuthenticatorBuilder<C> {
         Self::new(Algorithm::HS256, DecodingKey::from_secret(secret.as_ref()))
     }
 
     /// RS256 with the public key `key`.
-    pub fn rs256(key: DecodingKey) -> Self {
+    pub fn rs256(key: DecodingKey) -> JwtAuthenticatorBuilder<C> {
         Self::new(Algorithm::RS256, key)
     }
 
     /// ES256 (P-256) with the public key `key`.
-    pub fn es256(key: DecodingKey) -> Self {
+    pub fn es256(key: DecodingKey) -> JwtAuthenticatorBuilder<C> {
         Self::new(Algorithm::ES256, key)
     }
 
-    /// Requires the `aud` claim to contain one of `audiences`. Adds to the accepted audiences.
-    /// Default: `aud` is not checked.
+    /// Requires the `aud` claim to contain one of `audiences`. Adds to the accepted audiences
+    /// (and, after [`any_audience`](JwtAuthenticatorBuilder::any_audience), starts checking
+    /// them). An empty list accepts no token.
     #[must_use]
     pub fn audience<T: ToString>(mut self, audiences: impl IntoIterator<Item = T>) -> Self {
         let validation = Arc::make_mut(&mut self.validation);
@@ -104,11 +163,20 @@ where
         self
     }
 
-    /// Clock skew allowed when checking `exp` and `nbf`, in whole seconds. Replaces the
-    /// previous value. Default: 60 seconds.
+    /// Clock skew allowed when checking `exp` and `nbf`. Any value works: one too large to
+    /// add to a date (say `Duration::MAX`) saturates, so `exp` and `nbf` never fail. Replaces
+    /// the previous value. Default: 60 seconds.
     #[must_use]
     pub fn leeway(mut self, leeway: Duration) -> Self {
-        Arc::make_mut(&mut self.validation).leeway = leeway.as_secs();
+        self.leeway = leeway;
+        self
+    }
+
+    /// The time source for `exp` and `nbf`. Replaces the previous one. Default:
+    /// [`SystemClock`].
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
         self
     }
 
@@ -116,7 +184,6 @@ where
     pub fn verify(&self, token: &str) -> Result<Verified<C>, AuthError> {
         let data = jsonwebtoken::decode::<Value>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidToken
                 | ErrorKind::Base64(_)
                 | ErrorKind::Json(_)
@@ -130,14 +197,90 @@ where
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .ok_or(AuthError::Invalid)?;
+        let now = self.clock.now();
         let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
-        let principal = Principal::new(subject, expires_at);
+            .and_then(numeric_date)
+            .ok_or(AuthError::Invalid)?;
+        // Expired when `now >= exp + leeway`; a sum past what SystemTime holds never is.
+        if expires_at
+            .checked_add(self.leeway)
+            .is_some_and(|deadline| now >= deadline)
+        {
+            return Err(AuthError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = numeric_date(nbf).ok_or(AuthError::Invalid)?;
+            if now.checked_add(self.leeway).is_some_and(|late| nbf > late) {
+                return Err(AuthError::Invalid);
+            }
+        }
+        let principal = Principal::new(subject, Some(expires_at));
         let identity = C::deserialize(&claims).map_err(|_| AuthError::Invalid)?;
         Ok(Verified::new(identity, principal))
     }
+}
+
+impl<C> JwtAuthenticatorBuilder<C>
+where
+    C: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Requires the `aud` claim to contain one of `audiences` (this application's names):
+    /// a token without `aud`, or minted for another application of the same issuer, is
+    /// [`AuthError::Invalid`]. Later calls on the authenticator add audiences.
+    pub fn audience<T: ToString>(
+        self,
+        audiences: impl IntoIterator<Item = T>,
+    ) -> JwtAuthenticator<C> {
+        self.inner.audience(audiences)
+    }
+
+    /// Accepts tokens whatever their `aud` (or without one). Only right when the issuer
+    /// mints tokens for this one application: otherwise a token for any of its applications
+    /// opens this one.
+    pub fn any_audience(self) -> JwtAuthenticator<C> {
+        let mut inner = self.inner;
+        let validation = Arc::make_mut(&mut inner.validation);
+        validation.validate_aud = false;
+        validation.aud = None;
+        validation.required_spec_claims.remove("aud");
+        inner
+    }
+
+    /// [`JwtAuthenticator::issuer`], before the audience is set.
+    pub fn issuer<T: ToString>(self, issuers: impl IntoIterator<Item = T>) -> Self {
+        Self {
+            inner: self.inner.issuer(issuers),
+        }
+    }
+
+    /// [`JwtAuthenticator::leeway`], before the audience is set.
+    pub fn leeway(self, leeway: Duration) -> Self {
+        Self {
+            inner: self.inner.leeway(leeway),
+        }
+    }
+
+    /// [`JwtAuthenticator::clock`], before the audience is set.
+    pub fn clock(self, clock: impl Clock) -> Self {
+        Self {
+            inner: self.inner.clock(clock),
+        }
+    }
+}
+
+/// A NumericDate claim (RFC 7519: seconds since the epoch, a JSON number, maybe fractional)
+/// as a time: negative dates are the epoch, dates past the year 9999 saturate there. `None`
+/// for a value that is not a number.
+pub(super) fn numeric_date(value: &Value) -> Option<SystemTime> {
+    let secs = value.as_f64()?;
+    if secs.is_nan() {
+        return None;
+    }
+    let secs = secs.clamp(0.0, MAX_UNIX_SECS as f64);
+    // In range and finite, so this cannot fail; saturate anyway.
+    let since = Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO);
+    Some(UNIX_EPOCH.checked_add(since).unwrap_or(UNIX_EPOCH))
 }
 
 impl<C> Authenticator for JwtAuthenticator<C>
@@ -157,8 +300,19 @@ impl<C> fmt::Debug for JwtAuthenticator<C> {
         f.debug_struct("JwtAuthenticator")
             .field("algorithms", &self.validation.algorithms)
             .field("aud", &self.validation.aud)
+            .field("any_audience", &!self.validation.validate_aud)
             .field("iss", &self.validation.iss)
-            .field("leeway", &self.validation.leeway)
+            .field("leeway", &self.leeway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> fmt::Debug for JwtAuthenticatorBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticatorBuilder")
+            .field("algorithms", &self.inner.validation.algorithms)
+            .field("iss", &self.inner.validation.iss)
+            .field("leeway", &self.inner.leeway)
             .finish_non_exhaustive()
     }
 }

@@ -40,9 +40,14 @@
 //! - [`StaticTokens`]: a fixed set of tokens (service accounts), compared in constant time.
 //! - [`TicketVerifier`] with [`TicketIssuer`]: short-lived HMAC-SHA256 tickets that a login
 //!   route hands out and the WebSocket handshake presents, with several keys for rotation and
-//!   optional one-time use backed by a bounded replay cache.
+//!   optional one-time use backed by a replay cache bounded in all and per subject.
 //! - `JwtAuthenticator` (feature `jwt`): HS256, RS256 and ES256 JSON Web Tokens with `exp`,
-//!   `nbf`, `aud`, `iss` and leeway.
+//!   `nbf`, `aud`, `iss` and leeway. The audience is required: the builder is not an
+//!   authenticator until it names one (or says `any_audience()` explicitly).
+//!
+//! Revocation and replay name a token by its [`TokenFingerprint`]: for JWTs and tickets a
+//! hash of the signed part, so a re-encoded signature (ES256's `s` flipped to `n - s`) is
+//! still the same, revoked, token.
 //!
 //! # Rejections
 //!
@@ -52,6 +57,7 @@
 //! | [`AuthError::Invalid`] | 401 | `Bearer error="invalid_token", error_description="the credential is not valid"` |
 //! | [`AuthError::Expired`] | 401 | `Bearer error="invalid_token", error_description="the credential has expired"` |
 //! | [`AuthError::Malformed`] | 400 | `Bearer error="invalid_request", error_description="the credential is malformed"` |
+//! | [`AuthError::TooManyTickets`] | 429 with `Retry-After` | none |
 //!
 //! An unknown user and a wrong secret get the same answer. Every rejection carries the
 //! [`AuthError`] in its response extensions (the rate limiter counts failed authentications
@@ -138,7 +144,11 @@
 //! subprotocol source. Put the layer after the rate limiter so failed attempts are
 //! throttled per client.
 
-use std::{fmt, sync::Arc, time::SystemTime};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 mod authenticator;
 mod credential;
@@ -165,7 +175,7 @@ pub use self::{
 
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-pub use self::jwt::{Algorithm, DecodingKey, JwtAuthenticator};
+pub use self::jwt::{Algorithm, DecodingKey, JwtAuthenticator, JwtAuthenticatorBuilder};
 
 /// Who an authenticated handshake belongs to, stored in the request extensions next to the
 /// application's own identity type. Later layers (quotas, socket policy) key on
@@ -209,6 +219,13 @@ pub enum AuthError {
     Invalid,
     /// The credential was valid once but has expired.
     Expired,
+    /// A valid one-time ticket whose subject already has as many unused-up tickets in the
+    /// replay cache as [`TicketVerifier::tickets_per_subject`] allows; answered `429` with
+    /// `Retry-After`.
+    TooManyTickets {
+        /// When the subject's oldest remembered ticket expires and frees a place.
+        retry_after: Duration,
+    },
 }
 
 impl AuthError {
@@ -219,6 +236,7 @@ impl AuthError {
             Self::Malformed => "malformed",
             Self::Invalid => "invalid",
             Self::Expired => "expired",
+            Self::TooManyTickets { .. } => "too_many_tickets",
         }
     }
 }
@@ -230,6 +248,7 @@ impl fmt::Display for AuthError {
             Self::Malformed => "malformed credential",
             Self::Invalid => "invalid credential",
             Self::Expired => "expired credential",
+            Self::TooManyTickets { .. } => "too many one-time tickets in use for this subject",
         })
     }
 }

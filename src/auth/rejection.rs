@@ -10,6 +10,24 @@ pub(super) type OnRejection = Arc<dyn Fn(&AuthError) -> Response + Send + Sync>;
 
 /// The default rejection: status, `WWW-Authenticate` (RFC 6750) and a short body.
 fn default_response(err: &AuthError) -> Response {
+    if let AuthError::TooManyTickets { retry_after } = err {
+        let mut res = Response::new(Body::from(
+            "too many one-time tickets in use for this account; retry later\n",
+        ));
+        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        // Whole seconds, rounded up, at least 1.
+        let secs = retry_after
+            .as_secs()
+            .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+            .max(1);
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        return res;
+    }
     let (status, challenge, body) = match err {
         AuthError::Missing => (
             StatusCode::UNAUTHORIZED,
@@ -26,7 +44,7 @@ fn default_response(err: &AuthError) -> Response {
             r#"Bearer error="invalid_token", error_description="the credential has expired""#,
             "expired credential\n",
         ),
-        AuthError::Invalid => (
+        AuthError::Invalid | AuthError::TooManyTickets { .. } => (
             StatusCode::UNAUTHORIZED,
             r#"Bearer error="invalid_token", error_description="the credential is not valid""#,
             "invalid credential\n",

@@ -1,8 +1,9 @@
 //! Signed short-lived tickets.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap},
     fmt,
+    num::NonZeroUsize,
     future::Ready,
     sync::{
         Arc, Mutex,
@@ -32,6 +33,12 @@ const MIN_SECRET_LEN: usize = 32;
 const MAX_KEY_ID_LEN: usize = 32;
 /// Default for [`TicketIssuer::ttl`].
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Default for [`TicketVerifier::tickets_per_subject`].
+const DEFAULT_PER_SUBJECT: usize = 64;
+/// The latest time a credential can expire, 9999-12-31T23:59:59Z, in seconds since the Unix
+/// epoch: later dates (a ticket TTL of `Duration::MAX`, a JWT `exp` of `1e300`) saturate to
+/// it, so that no date computation can overflow.
+pub(super) const MAX_UNIX_SECS: u64 = 253_402_300_799;
 
 /// The time source of [`TicketIssuer`] and [`TicketVerifier`]. [`SystemClock`] by default;
 /// closures `Fn() -> SystemTime` implement it too, which is how tests move time without
@@ -62,6 +69,11 @@ where
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `secs` seconds after the Unix epoch, saturated at [`MAX_UNIX_SECS`].
+pub(super) fn unix_time(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS))
 }
 
 /// An HMAC-SHA256 key with an id, for [`TicketIssuer`] and [`TicketVerifier`]. The id travels
@@ -200,7 +212,9 @@ impl TicketIssuer {
     }
 
     /// How long tickets stay valid (rounded down to whole seconds). Keep it short: a ticket
-    /// only has to reach the handshake. Replaces the previous value. Default: 60 seconds.
+    /// only has to reach the handshake. A TTL reaching past the year 9999 (say
+    /// `Duration::MAX`) saturates: the tickets expire at 9999-12-31T23:59:59Z. Replaces the
+    /// previous value. Default: 60 seconds.
     #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -229,7 +243,9 @@ impl TicketIssuer {
         let now = self.clock.now();
         let payload = Payload {
             sub: subject.as_ref().to_owned(),
-            exp: unix_secs(now).saturating_add(self.ttl.as_secs()),
+            exp: unix_secs(now)
+                .saturating_add(self.ttl.as_secs())
+                .min(MAX_UNIX_SECS),
             nonce: URL_SAFE_NO_PAD.encode(self.nonce(now)),
             claims,
         };
@@ -275,6 +291,7 @@ impl fmt::Debug for TicketIssuer {
 pub struct TicketVerifier {
     keys: Arc<Vec<TicketKey>>,
     clock: Arc<dyn Clock>,
+    per_subject: NonZeroUsize,
     replay: Option<Arc<ReplayCache>>,
 }
 
@@ -284,6 +301,7 @@ impl TicketVerifier {
         Self {
             keys: Arc::new(vec![key]),
             clock: Arc::new(SystemClock),
+            per_subject: NonZeroUsize::new(DEFAULT_PER_SUBJECT).unwrap_or(NonZeroUsize::MIN),
             replay: None,
         }
     }
@@ -300,12 +318,18 @@ impl TicketVerifier {
 
     /// Makes every ticket single-use: the nonce of each accepted ticket is remembered until
     /// the ticket expires, and a second use is [`AuthError::Invalid`]. At most `capacity`
-    /// nonces are remembered; expired ones are evicted first, and when the cache is full of
-    /// unexpired nonces new tickets are refused (fail closed) and a
-    /// `wsguard.auth.replay_cache_full` warning is logged, so size it above the number of
-    /// tickets issued per TTL. The cache is shared by clones of this verifier (one process;
-    /// several servers need sticky routing or a shared store). Replaces an earlier cache.
-    /// Default: tickets may be used until they expire.
+    /// nonces are remembered, and at most
+    /// [`tickets_per_subject`](Self::tickets_per_subject) of one subject, so that no account
+    /// can fill the cache and lock the others out: a subject with that many unexpired
+    /// tickets in the cache gets [`AuthError::TooManyTickets`] (`429` with `Retry-After`,
+    /// event `wsguard.auth.replay_subject_full`) until its oldest expires, while other
+    /// subjects still connect. Expired nonces are purged first. Filling the whole cache takes
+    /// `capacity / tickets_per_subject` accounts; when it is full of unexpired nonces, new
+    /// tickets are refused (fail closed) with [`AuthError::Invalid`] and a
+    /// `wsguard.auth.replay_cache_full` warning, so size it above the number of tickets issued
+    /// per TTL. The cache is shared by clones of this verifier (one process; several servers
+    /// need sticky routing or a shared store). Replaces an earlier cache. Default: tickets may
+    /// be used until they expire.
     ///
     /// Fails if `capacity` is zero.
     pub fn one_time(mut self, capacity: usize) -> Result<Self, ConfigError> {
@@ -314,8 +338,22 @@ impl TicketVerifier {
                 setting: "replay cache capacity",
             });
         }
-        self.replay = Some(Arc::new(ReplayCache::new(capacity)));
+        self.replay = Some(Arc::new(ReplayCache::new(capacity, self.per_subject.get())));
         Ok(self)
+    }
+
+    /// The most unexpired one-time tickets of one subject the replay cache of
+    /// [`one_time`](Self::one_time) remembers (capped at the cache's capacity); a subject
+    /// past it is refused with [`AuthError::TooManyTickets`] until its oldest ticket expires.
+    /// Replaces the previous value (and an existing cache, which starts empty). No effect
+    /// without `one_time`. Default: 64.
+    #[must_use]
+    pub fn tickets_per_subject(mut self, max: NonZeroUsize) -> Self {
+        self.per_subject = max;
+        if let Some(replay) = &self.replay {
+            self.replay = Some(Arc::new(ReplayCache::new(replay.capacity, max.get())));
+        }
+        self
     }
 
     /// The time source. Replaces the previous one. Default: [`SystemClock`].
@@ -327,6 +365,17 @@ impl TicketVerifier {
 
     /// Checks `token` and, for one-time tickets, uses it up.
     pub fn verify(&self, token: &str) -> Result<Ticket, AuthError> {
+        self.check_ticket(token, true)
+    }
+
+    /// Checks `token` like [`verify`](Self::verify) but never uses it up: a one-time ticket
+    /// that was already used is [`AuthError::Invalid`], an unused one stays usable. For a
+    /// status or diagnostic route that must not burn the ticket the socket needs.
+    pub fn check(&self, token: &str) -> Result<Ticket, AuthError> {
+        self.check_ticket(token, false)
+    }
+
+    fn check_ticket(&self, token: &str, use_up: bool) -> Result<Ticket, AuthError> {
         let mut segments = token.split('.');
         let (Some(key_id), Some(payload_b64), Some(tag_b64), None) = (
             segments.next(),
@@ -361,12 +410,17 @@ impl TicketVerifier {
         if now >= payload.exp {
             return Err(AuthError::Expired);
         }
+        let subject: Arc<str> = payload.sub.into();
         if let Some(replay) = &self.replay {
-            replay.use_once(&payload.nonce, payload.exp, now)?;
+            if use_up {
+                replay.use_once(&subject, &payload.nonce, payload.exp, now)?;
+            } else if replay.contains(&subject, &payload.nonce, now) {
+                return Err(AuthError::Invalid);
+            }
         }
         Ok(Ticket {
-            subject: payload.sub.into(),
-            expires_at: UNIX_EPOCH + Duration::from_secs(payload.exp),
+            subject,
+            expires_at: unix_time(payload.exp),
             key_id: key.id.clone(),
             claims: Arc::new(payload.claims),
         })
@@ -394,66 +448,109 @@ impl fmt::Debug for TicketVerifier {
     }
 }
 
-/// The nonces of used one-time tickets, until they expire. Bounded by `capacity`.
+/// The nonces of used one-time tickets, until they expire, by subject. Bounded by `capacity`
+/// in all and by `per_subject` for each subject.
 struct ReplayCache {
     capacity: usize,
+    per_subject: usize,
     state: Mutex<ReplayState>,
 }
 
 #[derive(Default)]
 struct ReplayState {
-    /// The nonces remembered.
-    seen: HashSet<String>,
-    /// (expiry, nonce), oldest first, for eviction.
-    by_expiry: BTreeSet<(u64, String)>,
+    /// Each subject's nonces as (expiry, nonce), oldest first. No empty sets.
+    subjects: HashMap<Arc<str>, BTreeSet<(u64, String)>>,
+    /// (expiry, subject, nonce) of every nonce, oldest first, for purging.
+    by_expiry: BTreeSet<(u64, Arc<str>, String)>,
 }
 
 impl ReplayCache {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, per_subject: usize) -> Self {
         Self {
             capacity,
+            per_subject: per_subject.clamp(1, capacity.max(1)),
             state: Mutex::new(ReplayState::default()),
         }
     }
 
-    fn use_once(&self, nonce: &str, exp: u64, now: u64) -> Result<(), AuthError> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReplayState> {
         // A panic elsewhere while holding the lock leaves the maps consistent (every mutation
         // below is completed before the next), so a poisoned lock is still usable.
-        let mut state = self
-            .state
+        self.state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while let Some((first_exp, _)) = state.by_expiry.first() {
-            if *first_exp > now {
-                break;
-            }
-            if let Some((_, old)) = state.by_expiry.pop_first() {
-                state.seen.remove(&old);
-            }
-        }
-        if state.seen.contains(nonce) {
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn contains(&self, subject: &str, nonce: &str, now: u64) -> bool {
+        let mut state = self.lock();
+        state.purge(now);
+        state
+            .subjects
+            .get(subject)
+            .is_some_and(|set| set.iter().any(|(_, n)| n == nonce))
+    }
+
+    fn use_once(&self, subject: &Arc<str>, nonce: &str, exp: u64, now: u64) -> Result<(), AuthError> {
+        let mut state = self.lock();
+        state.purge(now);
+        let held = state.subjects.get(subject);
+        if held.is_some_and(|set| set.contains(&(exp, nonce.to_owned()))) {
             return Err(AuthError::Invalid);
         }
-        if state.seen.len() >= self.capacity {
+        if let Some(set) = held.filter(|set| set.len() >= self.per_subject) {
+            let oldest = set.first().map_or(now, |(e, _)| *e);
+            tracing::info!(
+                name: "wsguard.auth.replay_subject_full",
+                identity = &**subject,
+                limit = self.per_subject,
+                "one-time ticket refused: this subject has too many unexpired tickets in the replay cache"
+            );
+            return Err(AuthError::TooManyTickets {
+                retry_after: Duration::from_secs(oldest.saturating_sub(now).max(1)),
+            });
+        }
+        if state.by_expiry.len() >= self.capacity {
             tracing::warn!(
                 name: "wsguard.auth.replay_cache_full",
-                capacity = self.capacity,
+                limit = self.capacity,
                 "one-time ticket refused: the replay cache is full of unexpired tickets"
             );
             return Err(AuthError::Invalid);
         }
-        state.seen.insert(nonce.to_owned());
-        state.by_expiry.insert((exp, nonce.to_owned()));
+        state
+            .subjects
+            .entry(subject.clone())
+            .or_default()
+            .insert((exp, nonce.to_owned()));
+        state
+            .by_expiry
+            .insert((exp, subject.clone(), nonce.to_owned()));
         Ok(())
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .seen
-            .len()
+        self.lock().by_expiry.len()
+    }
+}
+
+impl ReplayState {
+    /// Forgets the nonces that expired at or before `now`.
+    fn purge(&mut self, now: u64) {
+        while let Some((exp, _, _)) = self.by_expiry.first() {
+            if *exp > now {
+                break;
+            }
+            let Some((exp, subject, nonce)) = self.by_expiry.pop_first() else {
+                break;
+            };
+            if let Some(set) = self.subjects.get_mut(&subject) {
+                set.remove(&(exp, nonce));
+                if set.is_empty() {
+                    self.subjects.remove(&subject);
+                }
+            }
+        }
     }
 }
 
@@ -461,6 +558,7 @@ impl fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayCache")
             .field("capacity", &self.capacity)
+            .field("per_subject", &self.per_subject)
             .finish_non_exhaustive()
     }
 }
