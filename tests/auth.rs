@@ -352,6 +352,22 @@ async fn refusal(
     }
 }
 
+/// A ticket TTL of `Duration::MAX` saturates (the tickets expire at the end of the year 9999)
+/// instead of panicking when the ticket is verified.
+#[test]
+fn a_ticket_ttl_of_duration_max_saturates() -> Result<(), BoxError> {
+    let key = TicketKey::generate("k1")?;
+    let ticket = TicketIssuer::new(key.clone())
+        .ttl(Duration::MAX)
+        .issue("alice");
+    let verified = TicketVerifier::new(key).one_time(10)?.verify(&ticket)?;
+    assert_eq!(
+        verified.expires_at(),
+        std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+    );
+    Ok(())
+}
+
 #[cfg(feature = "jwt")]
 mod jwt {
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -443,6 +459,20 @@ mod jwt {
             }
         }
         assert_eq!(close, Some(CloseCode::Policy));
+        Ok(())
+    }
+
+    /// A huge `exp` and a huge leeway neither panic nor overflow: they saturate.
+    #[test]
+    fn huge_dates_and_leeways_saturate() -> Result<(), BoxError> {
+        let far = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+        for exp in [json!(u64::MAX), json!(1e300), json!(i64::MAX)] {
+            let token = es256_token(&json!({"sub": "alice", "aud": "ticker", "exp": exp}))?;
+            let verified = es256().verify(&token)?;
+            assert_eq!(verified.principal().expires_at(), Some(far), "{exp}");
+        }
+        let expired = es256_token(&json!({"sub": "alice", "aud": "ticker", "exp": 1_000}))?;
+        assert!(es256().leeway(Duration::MAX).verify(&expired).is_ok());
         Ok(())
     }
 

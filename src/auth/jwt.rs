@@ -73,6 +73,15 @@ pub struct JwtAuthenticator<C = Value> {
 /// A [`JwtAuthenticator`] that still needs its audience: call
 /// [`audience`](Self::audience) or [`any_audience`](Self::any_audience). Made by
 /// [`JwtAuthenticator::new`] and its siblings. Feature `jwt`.
+///
+/// It is not an [`Authenticator`], so forgetting the audience does not compile:
+///
+/// ```compile_fail
+/// use wsguard::auth::{HandshakeAuthLayer, JwtAuthenticator};
+///
+/// let auth = JwtAuthenticator::<serde_json::Value>::hs256(b"a shared secret of at least 32 bytes!!");
+/// let layer = HandshakeAuthLayer::new(auth); // error: not an Authenticator
+/// ```
 #[must_use = "a JwtAuthenticatorBuilder verifies nothing: call audience() or any_audience()"]
 pub struct JwtAuthenticatorBuilder<C = Value> {
     inner: JwtAuthenticator<C>,

@@ -86,6 +86,12 @@ fn assert_rejected(name: &str, outcome: &Outcome, err: &AuthError) {
             StatusCode::UNAUTHORIZED,
             r#"Bearer error="invalid_token", error_description="the credential has expired""#,
         ),
+        AuthError::TooManyTickets { .. } => {
+            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "{name}: status");
+            assert!(res.headers().contains_key(header::RETRY_AFTER), "{name}");
+            assert_eq!(res.extensions().get::<AuthError>(), Some(err), "{name}");
+            return;
+        }
     };
     assert_eq!(res.status(), status, "{name}: status");
     assert_eq!(
@@ -1013,6 +1019,198 @@ fn failures_are_logged_without_the_token() {
     assert!(!logs.contains(secret_ish), "{logs}");
 }
 
+#[test]
+fn the_replay_cache_bounds_each_subject_and_purges_expired_tickets() {
+    let time = ManualClock::new();
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .ttl(Duration::from_secs(10))
+        .clock(time.clock());
+    let verifier = TicketVerifier::new(key("k1", 1))
+        .clock(time.clock())
+        .one_time(10)
+        .unwrap()
+        .tickets_per_subject(std::num::NonZeroUsize::new(2).unwrap());
+
+    assert!(verifier.verify(&issuer.issue("alice")).is_ok());
+    assert!(verifier.verify(&issuer.issue("alice")).is_ok());
+    // Alice's share is used up: refused until her oldest ticket expires, 10 s from now.
+    let third = issuer.issue("alice");
+    assert_eq!(
+        verifier.verify(&third),
+        Err(AuthError::TooManyTickets {
+            retry_after: Duration::from_secs(10)
+        })
+    );
+    // Bob is not affected.
+    assert!(verifier.verify(&issuer.issue("bob")).is_ok());
+    assert_eq!(verifier.replay_len(), Some(3));
+
+    time.advance(4);
+    let fourth = issuer.issue("alice");
+    assert_eq!(
+        verifier.verify(&fourth),
+        Err(AuthError::TooManyTickets {
+            retry_after: Duration::from_secs(6)
+        })
+    );
+    // The first three tickets expire and are purged; alice gets in again.
+    time.advance(6);
+    assert!(verifier.verify(&fourth).is_ok());
+    assert_eq!(verifier.replay_len(), Some(1));
+    assert_eq!(verifier.verify(&third), Err(AuthError::Expired));
+    assert_eq!(verifier.verify(&fourth), Err(AuthError::Invalid), "replay");
+
+    // The whole cache full (here: three subjects) still fails closed, for everyone.
+    let small = TicketVerifier::new(key("k1", 1))
+        .clock(time.clock())
+        .one_time(3)
+        .unwrap()
+        .tickets_per_subject(std::num::NonZeroUsize::new(2).unwrap());
+    for subject in ["a", "a", "b"] {
+        assert!(small.verify(&issuer.issue(subject)).is_ok());
+    }
+    assert_eq!(small.verify(&issuer.issue("c")), Err(AuthError::Invalid));
+}
+
+#[test]
+fn checking_a_one_time_ticket_does_not_use_it_up() {
+    let issuer = TicketIssuer::new(key("k1", 1));
+    let verifier = TicketVerifier::new(key("k1", 1)).one_time(10).unwrap();
+    let ticket = issuer.issue("alice");
+    assert_eq!(verifier.check(&ticket).unwrap().subject(), "alice");
+    assert!(verifier.check(&ticket).is_ok());
+    assert_eq!(verifier.replay_len(), Some(0));
+    assert!(verifier.verify(&ticket).is_ok());
+    assert_eq!(verifier.check(&ticket), Err(AuthError::Invalid), "used");
+    assert_eq!(verifier.check("garbage"), Err(AuthError::Malformed));
+}
+
+/// 9999-12-31T23:59:59Z, where dates saturate.
+fn max_date() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+}
+
+#[test]
+fn extreme_ticket_settings_saturate() {
+    let issuer = TicketIssuer::new(key("k1", 1)).ttl(Duration::MAX);
+    let verifier = TicketVerifier::new(key("k1", 1)).one_time(10).unwrap();
+    let ticket = verifier.verify(&issuer.issue("alice")).unwrap();
+    assert_eq!(ticket.expires_at(), max_date());
+    let issuer = TicketIssuer::new(key("k1", 1)).ttl(Duration::from_secs(u64::MAX));
+    assert_eq!(
+        verifier.verify(&issuer.issue("bob")).unwrap().expires_at(),
+        max_date()
+    );
+    // A clock before 1970 does not underflow either.
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .clock(|| UNIX_EPOCH - Duration::from_secs(1000))
+        .ttl(Duration::MAX);
+    assert_eq!(
+        verifier.verify(&issuer.issue("carol")).unwrap().expires_at(),
+        max_date()
+    );
+}
+
+#[test]
+fn token_fingerprints_name_the_signed_part() {
+    use sha2::Digest;
+    let whole = |t: &str| -> [u8; 32] { sha2::Sha256::digest(t.as_bytes()).into() };
+    struct Case {
+        name: &'static str,
+        a: &'static str,
+        b: &'static str,
+        same: bool,
+    }
+    let cases = [
+        Case {
+            name: "JWS shape: another signature is the same token",
+            a: "aGVhZA.Ym9keQ.c2ln",
+            b: "aGVhZA.Ym9keQ.b3RoZXI",
+            same: true,
+        },
+        Case {
+            name: "another payload is another token",
+            a: "aGVhZA.Ym9keQ.c2ln",
+            b: "aGVhZA.Ym9keTI.c2ln",
+            same: false,
+        },
+        Case {
+            name: "the signed part alone is not the token",
+            a: "aGVhZA.Ym9keQ.c2ln",
+            b: "aGVhZA.Ym9keQ",
+            same: false,
+        },
+        Case {
+            name: "four segments: the whole string",
+            a: "a.b.c.d",
+            b: "a.b.c.e",
+            same: false,
+        },
+        Case {
+            name: "an empty segment: the whole string",
+            a: "a..c",
+            b: "a..d",
+            same: false,
+        },
+        Case {
+            name: "padding is not base64url: the whole string",
+            a: "a.b.c=",
+            b: "a.b.d=",
+            same: false,
+        },
+    ];
+    for case in cases {
+        assert_eq!(
+            TokenFingerprint::of(case.a) == TokenFingerprint::of(case.b),
+            case.same,
+            "{}",
+            case.name
+        );
+    }
+    // Opaque tokens keep their plain SHA-256 (fingerprints stored before stay valid).
+    assert_eq!(TokenFingerprint::of(TOKEN).as_bytes(), &whole(TOKEN));
+    assert_ne!(
+        TokenFingerprint::of("aGVhZA.Ym9keQ.c2ln").as_bytes(),
+        &whole("aGVhZA.Ym9keQ")
+    );
+}
+
+#[tokio::test]
+async fn an_authenticator_can_supply_the_fingerprint() {
+    let canonical = TokenFingerprint::of("canonical");
+    let auth = move |_parts: &Parts, credential: Credential| {
+        let ok = credential.token() == "v1:alice" || credential.token() == "V1:alice";
+        async move {
+            if ok {
+                Ok(Verified::new((), Principal::new("alice", None)).with_fingerprint(canonical))
+            } else {
+                Err(AuthError::Invalid)
+            }
+        }
+    };
+    for token in ["v1:alice", "V1:alice"] {
+        let req = handshake("/ws")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let inner = run(HandshakeAuthLayer::new(auth), req).await.inner.unwrap();
+        assert_eq!(inner.extensions().get::<TokenFingerprint>(), Some(&canonical));
+    }
+    // Without one, the layer names the token itself.
+    let req = handshake("/ws")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let inner = run(HandshakeAuthLayer::new(static_tokens()), req)
+        .await
+        .inner
+        .unwrap();
+    assert_eq!(
+        inner.extensions().get::<TokenFingerprint>(),
+        Some(&TokenFingerprint::of(TOKEN))
+    );
+}
+
 #[cfg(feature = "jwt")]
 mod jwt {
     use jsonwebtoken::{EncodingKey, Header};
@@ -1044,13 +1242,13 @@ mod jwt {
     }
 
     fn hs() -> JwtAuthenticator {
-        JwtAuthenticator::hs256(HS_SECRET)
+        JwtAuthenticator::hs256(HS_SECRET).any_audience()
     }
     fn rs() -> JwtAuthenticator {
-        JwtAuthenticator::rs256(DecodingKey::from_rsa_der(RSA_PUBLIC))
+        JwtAuthenticator::rs256(DecodingKey::from_rsa_der(RSA_PUBLIC)).any_audience()
     }
     fn es() -> JwtAuthenticator {
-        JwtAuthenticator::es256(DecodingKey::from_ec_der(EC_PUBLIC))
+        JwtAuthenticator::es256(DecodingKey::from_ec_der(EC_PUBLIC)).any_audience()
     }
 
     #[test]
@@ -1084,7 +1282,8 @@ mod jwt {
             },
             Case {
                 name: "wrong HS256 secret",
-                auth: JwtAuthenticator::hs256(b"another secret, also 32 bytes long.."),
+                auth: JwtAuthenticator::hs256(b"another secret, also 32 bytes long..")
+                    .any_audience(),
                 token: sign(Algorithm::HS256, &valid),
                 expect: Err(AuthError::Invalid),
             },
@@ -1231,11 +1430,12 @@ mod jwt {
     async fn jwt_through_the_layer() {
         let exp = now() + 300;
         let auth =
-            JwtAuthenticator::<Claims>::new(Algorithm::ES256, DecodingKey::from_ec_der(EC_PUBLIC));
+            JwtAuthenticator::<Claims>::new(Algorithm::ES256, DecodingKey::from_ec_der(EC_PUBLIC))
+                .audience(["chat"]);
         let layer = HandshakeAuthLayer::new(auth);
         let token = sign(
             Algorithm::ES256,
-            &json!({"sub": "alice", "exp": exp, "role": "admin"}),
+            &json!({"sub": "alice", "aud": "chat", "exp": exp, "role": "admin"}),
         );
         let req = handshake("/ws")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
@@ -1260,7 +1460,10 @@ mod jwt {
         );
 
         // Claims that do not fit the identity type are invalid.
-        let token = sign(Algorithm::ES256, &json!({"sub": "alice", "exp": exp}));
+        let token = sign(
+            Algorithm::ES256,
+            &json!({"sub": "alice", "aud": "chat", "exp": exp}),
+        );
         let req = handshake("/ws")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::empty())
@@ -1273,12 +1476,176 @@ mod jwt {
 
         let token = sign(
             Algorithm::ES256,
-            &json!({"sub": "alice", "exp": now() - 3600, "role": "x"}),
+            &json!({"sub": "alice", "aud": "chat", "exp": now() - 3600, "role": "x"}),
         );
         let req = handshake("/ws")
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::empty())
             .unwrap();
         assert_rejected("expired", &run(layer, req).await, &AuthError::Expired);
+    }
+
+    /// `(r, s)` → `(r, n - s)`: a second valid signature, made without the key.
+    fn flip_s(token: &str) -> String {
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let signature =
+            p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap())
+                .unwrap();
+        let (r, s) = signature.split_scalars();
+        let flipped =
+            p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-s).to_bytes()).unwrap();
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(flipped.to_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_flipped_es256_signature_is_the_same_token() {
+        let token = sign(
+            Algorithm::ES256,
+            &json!({"sub": "alice", "exp": now() + 300}),
+        );
+        let flipped = flip_s(&token);
+        assert_ne!(flipped, token);
+        // Both verify: ES256 signatures are malleable, and high-S ones are not refused
+        // (many signers emit them).
+        assert!(es().verify(&token).is_ok());
+        assert!(es().verify(&flipped).is_ok());
+        // ... and both are one token for revocation and replay.
+        assert_eq!(TokenFingerprint::of(&token), TokenFingerprint::of(&flipped));
+        let other = sign(
+            Algorithm::ES256,
+            &json!({"sub": "alice", "exp": now() + 301}),
+        );
+        assert_ne!(TokenFingerprint::of(&token), TokenFingerprint::of(&other));
+        // What the layer puts into the extensions.
+        let mut seen = Vec::new();
+        for t in [&token, &flipped] {
+            let req = handshake("/ws")
+                .header(header::AUTHORIZATION, format!("Bearer {t}"))
+                .body(Body::empty())
+                .unwrap();
+            let inner = run(HandshakeAuthLayer::new(es()), req).await.inner.unwrap();
+            seen.push(*inner.extensions().get::<TokenFingerprint>().unwrap());
+        }
+        assert_eq!(seen[0], seen[1]);
+    }
+
+    #[test]
+    fn jwt_numeric_dates() {
+        const T: u64 = 1_700_000_000;
+        let at = |secs: f64| UNIX_EPOCH + Duration::from_secs_f64(secs);
+        struct Case {
+            name: &'static str,
+            claims: serde_json::Value,
+            leeway: Duration,
+            expect: Result<SystemTime, AuthError>,
+        }
+        let case = |name, extra: serde_json::Value, expect| {
+            let mut claims = json!({"sub": "alice", "exp": T + 300});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            Case {
+                name,
+                claims,
+                leeway: Duration::ZERO,
+                expect,
+            }
+        };
+        let t = T as f64;
+        let cases = vec![
+            case("integer exp", json!({}), Ok(at(t + 300.0))),
+            case("fractional exp", json!({"exp": t + 300.5}), Ok(at(t + 300.5))),
+            case("fractional exp ahead", json!({"exp": t + 0.25}), Ok(at(t + 0.25))),
+            case("fractional exp past", json!({"exp": t - 0.5}), Err(AuthError::Expired)),
+            case("exp now", json!({"exp": T}), Err(AuthError::Expired)),
+            case("exp 1e300", json!({"exp": 1e300}), Ok(max_date())),
+            case("exp u64::MAX", json!({"exp": u64::MAX}), Ok(max_date())),
+            case("exp i64::MAX", json!({"exp": i64::MAX}), Ok(max_date())),
+            case("exp -1", json!({"exp": -1}), Err(AuthError::Expired)),
+            case("exp i64::MIN", json!({"exp": i64::MIN}), Err(AuthError::Expired)),
+            case("exp -1e300", json!({"exp": -1e300}), Err(AuthError::Expired)),
+            case("exp \"NaN\"", json!({"exp": "NaN"}), Err(AuthError::Invalid)),
+            case("exp \"1e300\"", json!({"exp": "1e300"}), Err(AuthError::Invalid)),
+            case("exp true", json!({"exp": true}), Err(AuthError::Invalid)),
+            case("exp null", json!({"exp": null}), Err(AuthError::Invalid)),
+            case("nbf past", json!({"nbf": t - 0.5}), Ok(at(t + 300.0))),
+            case("nbf ahead by half a second", json!({"nbf": t + 0.5}), Err(AuthError::Invalid)),
+            case("nbf 1e300", json!({"nbf": 1e300}), Err(AuthError::Invalid)),
+            case("nbf u64::MAX", json!({"nbf": u64::MAX}), Err(AuthError::Invalid)),
+            case("nbf negative", json!({"nbf": -5}), Ok(at(t + 300.0))),
+            case("nbf \"NaN\"", json!({"nbf": "NaN"}), Err(AuthError::Invalid)),
+            case("iat 1e300", json!({"iat": 1e300}), Ok(at(t + 300.0))),
+            case("iat u64::MAX", json!({"iat": u64::MAX}), Ok(at(t + 300.0))),
+            case("iat negative", json!({"iat": -5}), Ok(at(t + 300.0))),
+            case("iat \"NaN\"", json!({"iat": "NaN"}), Ok(at(t + 300.0))),
+            Case {
+                leeway: Duration::MAX,
+                ..case("leeway MAX, long expired", json!({"exp": t - 1e6}), Ok(at(t - 1e6)))
+            },
+            Case {
+                leeway: Duration::MAX,
+                ..case("leeway MAX, nbf u64::MAX", json!({"nbf": u64::MAX}), Ok(at(t + 300.0)))
+            },
+            Case {
+                leeway: Duration::from_secs(u64::MAX),
+                ..case("leeway u64::MAX s, exp -1", json!({"exp": -1}), Ok(UNIX_EPOCH))
+            },
+        ];
+        for case in cases {
+            let token = sign(Algorithm::HS256, &case.claims);
+            let auth = hs()
+                .leeway(case.leeway)
+                .clock(|| UNIX_EPOCH + Duration::from_secs(T));
+            let got = auth
+                .verify(&token)
+                .map(|v| v.principal().expires_at().unwrap());
+            assert_eq!(got, case.expect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn the_audience_is_required_or_explicitly_any() {
+        let t = now();
+        let token = |aud: Option<&str>| {
+            let mut claims = json!({"sub": "alice", "exp": t + 300});
+            if let Some(aud) = aud {
+                claims["aud"] = json!(aud);
+            }
+            sign(Algorithm::HS256, &claims)
+        };
+        let ours = JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET)
+            .leeway(Duration::from_secs(5))
+            .audience(["ticker"]);
+        let any = JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET).any_audience();
+        let none = JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET)
+            .audience(Vec::<String>::new());
+        struct Case {
+            name: &'static str,
+            auth: &'static str,
+            aud: Option<&'static str>,
+            ok: bool,
+        }
+        let cases = [
+            Case { name: "ours", auth: "ours", aud: Some("ticker"), ok: true },
+            Case { name: "another app of the issuer", auth: "ours", aud: Some("billing"), ok: false },
+            Case { name: "no aud", auth: "ours", aud: None, ok: false },
+            Case { name: "any: another app", auth: "any", aud: Some("billing"), ok: true },
+            Case { name: "any: no aud", auth: "any", aud: None, ok: true },
+            Case { name: "empty list", auth: "none", aud: Some("ticker"), ok: false },
+        ];
+        for case in cases {
+            let auth = match case.auth {
+                "ours" => &ours,
+                "any" => &any,
+                _ => &none,
+            };
+            let got = auth.verify(&token(case.aud)).map(|_| ());
+            let expect = if case.ok { Ok(()) } else { Err(AuthError::Invalid) };
+            assert_eq!(got, expect, "{}", case.name);
+        }
+        // Debug shows the settings, never the key.
+        let debug = format!("{ours:?}");
+        assert!(debug.contains("ticker"), "{debug}");
+        assert!(!debug.contains("shared secret"), "{debug}");
     }
 }
