@@ -388,6 +388,32 @@ async fn handshake_refusals() {
     assert_eq!(next_json(&mut socket).await["type"], "snapshot");
 }
 
+/// The page's diagnostic `GET /ws` (a plain request with the token, sent when a handshake
+/// failed) passes the same guards but does not use up a one-time token: the socket opens
+/// with it afterwards. (Before, the diagnostic burned the token and the reconnect got 401.)
+#[tokio::test]
+async fn the_diagnostic_request_does_not_use_up_a_one_time_token() {
+    let ticker = ticker(&["--one-time-tokens"]).await;
+    let token = ticker.token().await;
+    let diagnose = || async {
+        let auth = format!("Bearer {token}");
+        let origin = ticker.origin();
+        let headers = [("Authorization", auth.as_str()), ("Origin", origin.as_str())];
+        http(ticker.addr(), "GET", "/ws", &headers, "").await
+    };
+    // Every guard lets it through; the handler's upgrade extractor refuses the plain request.
+    for _ in 0..2 {
+        let res = diagnose().await;
+        assert_eq!(res.status, 400, "{}", res.body);
+        assert!(res.body.contains("upgrade"), "{}", res.body);
+    }
+    let mut socket = ticker.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    // Used up by the handshake: the diagnostic now says so.
+    let res = diagnose().await;
+    assert_eq!(res.status, 401, "{}", res.body);
+}
+
 #[tokio::test]
 async fn token_as_subprotocol_or_query() {
     let ticker = ticker(&[]).await;

@@ -5,8 +5,10 @@
 //! `seq` (`INCR`), stores the price as the symbol's latest and publishes it, atomically, so
 //! Redis publishes each symbol's changes in `seq` order. Every instance (the writer too)
 //! applies what it receives, in that order, to its own SQLite file and hub; on (re)connect it
-//! first catches up from the stored latest prices. The login ticket key is shared through
-//! Redis, so a token from one instance works on all.
+//! first catches up from the stored latest prices. The login ticket secret is not kept in
+//! Redis (whoever reads it could sign in as anyone): the operator gives every instance the
+//! same one (`--ticket-secret-file` or `TICKER_TICKET_SECRET`), so a token from one instance
+//! works on all.
 
 //!
 //! Built only with the `redis` feature; without it `--redis` is refused at start-up.
@@ -64,7 +66,7 @@ mod disabled {
             &self,
             _: &Db,
             _: &Hub,
-        ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        ) -> Result<(), Box<dyn std::error::Error>> {
             match self.never {}
         }
         pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
@@ -172,16 +174,16 @@ return 0
             })
         }
 
-        /// Joins the fleet: seq counters at least this database's, the price listener running,
-        /// and the shared ticket secret returned.
+        /// Joins the fleet: seq counters at least this database's and the price listener
+        /// running.
         pub(crate) async fn prepare(
             &self,
             db: &Db,
             hub: &Hub,
-        ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        ) -> Result<(), Box<dyn std::error::Error>> {
             self.raise_seqs(&hub.latest()).await?;
             self.spawn_listener(db.clone(), hub.clone());
-            Ok(self.ticket_secret().await?)
+            Ok(())
         }
 
         /// The fleet layers between the socket policy and auth: revocation, then quotas.
@@ -238,29 +240,6 @@ return 0
             self.fleet.key("prices")
         }
 
-        /// The ticket-signing secret shared by every instance (made by the first one).
-        async fn ticket_secret(&self) -> Result<Vec<u8>, FleetError> {
-            let mut fresh = [0u8; 32];
-            getrandom::fill(&mut fresh).map_err(|e| FleetError::Redis(e.to_string()))?;
-            let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
-            let key = self.fleet.key("ticket_secret");
-            let mut conn = self.fleet.connection();
-            let secret: String = self
-                .fleet
-                .run("ticket_secret", async move {
-                    let _: Option<String> = redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&fresh)
-                        .arg("NX")
-                        .query_async(&mut conn)
-                        .await?;
-                    redis::cmd("GET").arg(&key).query_async(&mut conn).await
-                })
-                .await?;
-            Ok(secret.into_bytes())
-        }
-
-        /// Makes sure Redis never hands out a seq this instance's database already used.
         async fn raise_seqs(&self, prices: &[Price]) -> Result<(), FleetError> {
             for price in prices {
                 let mut conn = self.fleet.connection();

@@ -11,9 +11,17 @@
 //! socket policy (size, rate, idle, heartbeat, expiry, conflating backpressure).
 //!
 //! Fleet mode: `cargo run --release --features redis --example stock_ticker -- --redis
-//! redis://127.0.0.1:6379` on several instances (each with its own `--addr` and `--db`) shares
-//! handshake rate limits, socket quotas, revocation (`POST /revoke`) and prices through
-//! Redis; see `fleet.rs`.
+//! redis://127.0.0.1:6379 --ticket-secret-file ticket.secret` on several instances (each with
+//! its own `--addr` and `--db`) shares handshake rate limits, socket quotas, revocation
+//! (`POST /revoke`) and prices through Redis; see `fleet.rs`.
+//!
+//! The login ticket secret: a single instance makes a random one at start (tickets die with
+//! the process; nothing to manage or leak). Instances of a fleet must verify each other's
+//! tickets, so they share one the operator provides, in a file (`--ticket-secret-file PATH`,
+//! at least 32 bytes, e.g. `head -c 32 /dev/urandom | base64 > ticket.secret`, readable by
+//! the server only) or in the environment (`TICKER_TICKET_SECRET`, visible to anything that
+//! can read the process's environment). Whoever holds the secret can mint a ticket for any
+//! user, so it is never stored in Redis; changing it signs everybody out.
 
 mod db;
 mod fleet;
@@ -34,7 +42,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{State, ws::Message},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     middleware,
     response::{Html, IntoResponse, Response},
     routing::{any, get, post},
@@ -44,7 +52,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use wsguard::{
-    auth::{CredentialSource, HandshakeAuthLayer, TicketIssuer, TicketKey, TicketVerifier},
+    auth::{
+        Credential, CredentialSource, HandshakeAuthLayer, Principal, TicketIssuer, TicketKey,
+        TicketVerifier, Verified,
+    },
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
@@ -145,6 +156,52 @@ struct Args {
     /// crashed instance are free after this long).
     #[arg(long, default_value_t = 30_000, requires = "redis")]
     lease_ttl_ms: u64,
+    /// File holding the login-ticket signing secret (at least 32 bytes; a trailing newline is
+    /// ignored), or set TICKER_TICKET_SECRET instead. Required with --redis: every instance
+    /// of a fleet needs the same secret. Whoever holds it can sign in as anyone: keep the
+    /// file readable by the server only; changing it signs everybody out [default: a random
+    /// secret per process: tickets do not survive a restart].
+    #[arg(long, value_name = "PATH")]
+    ticket_secret_file: Option<PathBuf>,
+}
+
+/// The environment variable that may hold the ticket secret instead of
+/// `--ticket-secret-file`.
+const TICKET_SECRET_ENV: &str = "TICKER_TICKET_SECRET";
+
+/// The login-ticket key: from the operator's secret (`--ticket-secret-file` or
+/// `TICKER_TICKET_SECRET`), required in fleet mode; otherwise random for this process.
+fn ticket_key(args: &Args) -> Result<TicketKey, Box<dyn std::error::Error>> {
+    let from_env = std::env::var_os(TICKET_SECRET_ENV).filter(|v| !v.is_empty());
+    let secret: Option<Vec<u8>> = match (&args.ticket_secret_file, from_env) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "the ticket secret is given twice: use --ticket-secret-file or {TICKET_SECRET_ENV}, not both"
+            )
+            .into());
+        }
+        (Some(path), None) => {
+            let mut bytes = std::fs::read(path)
+                .map_err(|e| format!("--ticket-secret-file {}: {e}", path.display()))?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            Some(bytes)
+        }
+        (None, Some(value)) => Some(value.into_encoded_bytes()),
+        (None, None) => None,
+    };
+    match secret {
+        Some(secret) => TicketKey::new("k1", secret).map_err(|e| {
+            format!("the ticket secret (--ticket-secret-file or {TICKET_SECRET_ENV}): {e}").into()
+        }),
+        None if args.redis.is_some() => Err(format!(
+            "fleet mode (--redis) needs the ticket secret every instance shares: \
+             --ticket-secret-file PATH or {TICKET_SECRET_ENV}"
+        )
+        .into()),
+        None => Ok(TicketKey::generate("k1")?),
+    }
 }
 
 #[derive(Clone)]
@@ -184,8 +241,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("no users in {}: created demo / demo", args.db.display());
     }
 
+    let key = ticket_key(&args)?;
     let hub = Hub::new(db.snapshot()?);
-    let (fleet, key) = match &args.redis {
+    let fleet = match &args.redis {
         Some(url) => {
             let fleet = fleet::TickerFleet::connect(&fleet::Options {
                 url: url.clone(),
@@ -195,11 +253,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 on_failure: args.redis_failure,
             })
             .await?;
-            // Tickets must verify on every instance: the secret comes from Redis.
-            let secret = fleet.prepare(&db, &hub).await?;
-            (Some(fleet), TicketKey::new("k1", secret)?)
+            fleet.prepare(&db, &hub).await?;
+            Some(fleet)
         }
-        None => (None, TicketKey::generate("k1")?),
+        None => None,
     };
     tokio::spawn(market::run(
         db.clone(),
@@ -261,7 +318,21 @@ fn router(
     } else {
         app.verifier.clone()
     };
-    let auth = HandshakeAuthLayer::new(ws_verifier).sources([
+    // Only a real handshake uses a one-time token up: the page's diagnostic `GET /ws` (a
+    // plain fetch, which browsers cannot make an upgrade) passes the same layers and gets
+    // the same refusal, or 426 from the handler, without burning the token.
+    let ws_auth = move |parts: &Parts, credential: Credential| {
+        let checked = if is_handshake(parts) {
+            ws_verifier.verify(credential.token())
+        } else {
+            ws_verifier.check(credential.token())
+        };
+        std::future::ready(checked.map(|ticket| {
+            let principal = Principal::new(ticket.subject(), Some(ticket.expires_at()));
+            Verified::new(ticket, principal)
+        }))
+    };
+    let auth = HandshakeAuthLayer::new(ws_auth).sources([
         CredentialSource::authorization(),
         CredentialSource::subprotocol("bearer.")?,
         CredentialSource::query("token")?,
@@ -323,6 +394,17 @@ fn router(
         }));
     }
     Ok(router.with_state(app))
+}
+
+/// A WebSocket handshake: an HTTP/1.1 `Upgrade: websocket` request or an HTTP/2 extended
+/// CONNECT.
+fn is_handshake(parts: &Parts) -> bool {
+    parts.method == Method::CONNECT
+        || parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
