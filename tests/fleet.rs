@@ -16,7 +16,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Example, Socket, TempDir, close_code, http, next_json, start_example};
+use common::{
+    Example, Socket, TempDir, close_code, http, next_json, start_example, start_example_with_env,
+};
 use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use serde_json::{Value, json};
@@ -125,9 +127,16 @@ struct Ticker {
     _dir: TempDir,
 }
 
+/// The ticket secret every instance of the fleet with this prefix is given.
+fn ticket_secret(prefix: &str) -> String {
+    format!("the ticket secret of the test fleet {prefix}")
+}
+
 async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
     let dir = TempDir::new("fleet");
     let db = dir.file("ticker.db");
+    let secret_file = dir.file("ticket.secret");
+    std::fs::write(&secret_file, format!("{}\n", ticket_secret(prefix))).expect("secret file");
     let mut args = vec![
         "--addr",
         "127.0.0.1:0",
@@ -146,6 +155,9 @@ async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
         "--redis-prefix",
         prefix,
     ];
+    if !extra.contains(&"--ticket-secret-file") {
+        args.extend_from_slice(&["--ticket-secret-file", &secret_file]);
+    }
     args.extend_from_slice(extra);
     let example = start_example("stock_ticker", &args).await;
     Ticker { example, _dir: dir }
@@ -547,4 +559,103 @@ async fn redis_outage_refuses_with_503_when_configured_and_recovers() {
     let _redis = RedisServer::start_on(port);
     let mut socket = eventually("recovery", async || a.try_connect(&alice).await.ok()).await;
     assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
+
+/// The ticket secret comes from the operator: fleet mode refuses to start without one, an
+/// instance given it in the environment verifies the tickets of one given it in a file, and
+/// nothing of it is in Redis. (Before, the first instance generated it and stored it in Redis
+/// in plain text, where anyone who could read Redis could mint tickets.)
+#[tokio::test]
+async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
+    let redis = RedisServer::shared();
+    let p = prefix("operator-key");
+
+    // No secret: refused at start, naming both ways to give it.
+    let dir = TempDir::new("fleet-nosecret");
+    let db = dir.file("ticker.db");
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(common::example_path("stock_ticker"))
+            .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
+            .args(["--redis", &redis.url(), "--redis-prefix", &p])
+            .env_remove("TICKER_TICKET_SECRET")
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("run the ticker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--ticket-secret-file") && stderr.contains("TICKER_TICKET_SECRET"),
+        "{stderr}"
+    );
+
+    // A secret shorter than 32 bytes is refused too.
+    let output = tokio::process::Command::new(common::example_path("stock_ticker"))
+        .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
+        .args(["--redis", &redis.url(), "--redis-prefix", &p])
+        .env("TICKER_TICKET_SECRET", "short")
+        .output()
+        .await
+        .expect("run the ticker");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("32"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // One instance with the file, one with the environment variable: one fleet.
+    let a = ticker(&redis.url(), &p, &[]).await;
+    let dir_b = TempDir::new("fleet-env");
+    let db_b = dir_b.file("ticker.db");
+    let secret = ticket_secret(&p);
+    let b = start_example_with_env(
+        "stock_ticker",
+        &[
+            "--addr", "127.0.0.1:0", "--db", &db_b, "--user", "alice:wonderland", "--tick-hz",
+            "0", "--redis", &redis.url(), "--redis-timeout-ms", "500", "--redis-prefix", &p,
+        ],
+        &[("TICKER_TICKET_SECRET", &secret)],
+    )
+    .await;
+    let b = Ticker {
+        example: b,
+        _dir: dir_b,
+    };
+    let token = a.token("alice", "wonderland").await;
+    let mut socket = b.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    let token = b.token("alice", "wonderland").await;
+    let mut socket = a.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+
+    // Nothing in Redis holds the secret.
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(!keys.is_empty(), "the fleet uses Redis");
+    for key in keys {
+        assert!(!key[p.len()..].contains("secret"), "{key}");
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        if kind == "string" {
+            let value: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            assert!(
+                !String::from_utf8_lossy(&value).contains(&secret),
+                "{key} holds the secret"
+            );
+        }
+    }
 }

@@ -231,3 +231,38 @@ pub async fn close_code(
         }
     }
 }
+
+/// [`start_example`] with extra environment variables.
+pub async fn start_example_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Example {
+    let mut command = Command::new(example_path(name));
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start the example");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|word| word.starts_with("http://") || word.starts_with("https://"))
+            {
+                return url.to_owned();
+            }
+        }
+        panic!("the example exited without naming its address");
+    })
+    .await
+    .expect("banner in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("socket address");
+    Example { child, addr }
+}
