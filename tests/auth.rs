@@ -335,9 +335,10 @@ async fn refusal(
     protocols: &str,
 ) -> Result<Option<(StatusCode, Option<String>)>, BoxError> {
     let mut request = format!("ws://{addr}/ws").into_client_request()?;
-    request
-        .headers_mut()
-        .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(protocols)?);
+    request.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_str(protocols)?,
+    );
     match tokio::time::timeout(Duration::from_secs(10), connect_async(request)).await? {
         Ok(_) => Ok(None),
         Err(tungstenite::Error::Http(response)) => Ok(Some((
@@ -506,7 +507,10 @@ mod jwt {
         Ok(())
     }
 
-    async fn whoami_claims(Identity(claims): Identity<Value>, upgrade: WebSocketUpgrade) -> Response {
+    async fn whoami_claims(
+        Identity(claims): Identity<Value>,
+        upgrade: WebSocketUpgrade,
+    ) -> Response {
         let sub = claims["sub"].as_str().unwrap_or("-").to_owned();
         upgrade.on_upgrade(move |mut socket| async move {
             let _ = socket.send(Message::Text(sub.into())).await;
@@ -539,7 +543,8 @@ mod jwt {
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let token = es256_token(&json!({"sub": "alice", "aud": "ticker", "exp": now_secs() + 300.0}))?;
+        let token =
+            es256_token(&json!({"sub": "alice", "aud": "ticker", "exp": now_secs() + 300.0}))?;
         let flipped = flip_s(&token)?;
         let bearer = |t: &str| format!("Bearer {t}");
         // Both encodings are accepted before the revocation.

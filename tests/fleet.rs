@@ -614,8 +614,20 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
     let b = start_example_with_env(
         "stock_ticker",
         &[
-            "--addr", "127.0.0.1:0", "--db", &db_b, "--user", "alice:wonderland", "--tick-hz",
-            "0", "--redis", &redis.url(), "--redis-timeout-ms", "500", "--redis-prefix", &p,
+            "--addr",
+            "127.0.0.1:0",
+            "--db",
+            &db_b,
+            "--user",
+            "alice:wonderland",
+            "--tick-hz",
+            "0",
+            "--redis",
+            &redis.url(),
+            "--redis-timeout-ms",
+            "500",
+            "--redis-prefix",
+            &p,
         ],
         &[("TICKER_TICKET_SECRET", &secret)],
     )

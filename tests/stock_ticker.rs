@@ -398,7 +398,10 @@ async fn the_diagnostic_request_does_not_use_up_a_one_time_token() {
     let diagnose = || async {
         let auth = format!("Bearer {token}");
         let origin = ticker.origin();
-        let headers = [("Authorization", auth.as_str()), ("Origin", origin.as_str())];
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Origin", origin.as_str()),
+        ];
         http(ticker.addr(), "GET", "/ws", &headers, "").await
     };
     // Every guard lets it through; the handler's upgrade extractor refuses the plain request.

@@ -129,8 +129,7 @@ fn signed_part(token: &str) -> Option<&str> {
     let (header, payload) = signed.split_once('.')?;
     let base64url = |s: &str| {
         !s.is_empty()
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     (base64url(header) && base64url(payload) && base64url(signature)).then_some(signed)

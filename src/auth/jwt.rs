@@ -76,11 +76,19 @@ pub struct JwtAuthenticator<C = Value> {
 ///
 /// It is not an [`Authenticator`], so forgetting the audience does not compile:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use wsguard::auth::{HandshakeAuthLayer, JwtAuthenticator};
 ///
 /// let auth = JwtAuthenticator::<serde_json::Value>::hs256(b"a shared secret of at least 32 bytes!!");
 /// let layer = HandshakeAuthLayer::new(auth); // error: not an Authenticator
+/// ```
+///
+/// ```
+/// use wsguard::auth::{HandshakeAuthLayer, JwtAuthenticator};
+///
+/// let auth = JwtAuthenticator::<serde_json::Value>::hs256(b"a shared secret of at least 32 bytes!!");
+/// let layer = HandshakeAuthLayer::new(auth.audience(["chat"]));
+/// # let _ = layer;
 /// ```
 #[must_use = "a JwtAuthenticatorBuilder verifies nothing: call audience() or any_audience()"]
 pub struct JwtAuthenticatorBuilder<C = Value> {
@@ -113,6 +121,8 @@ where
 {
     /// Verifies tokens signed with `algorithm` and `key`, once the audience is set on the
     /// builder.
+    // A builder, not `Self`: forgetting the audience must not compile.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(algorithm: Algorithm, key: DecodingKey) -> JwtAuthenticatorBuilder<C> {
         let mut validation = Validation::new(algorithm);
         // `exp` and `nbf` are checked here, not by jsonwebtoken, which rounds fractions and

@@ -87,7 +87,11 @@ fn assert_rejected(name: &str, outcome: &Outcome, err: &AuthError) {
             r#"Bearer error="invalid_token", error_description="the credential has expired""#,
         ),
         AuthError::TooManyTickets { .. } => {
-            assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "{name}: status");
+            assert_eq!(
+                res.status(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "{name}: status"
+            );
             assert!(res.headers().contains_key(header::RETRY_AFTER), "{name}");
             assert_eq!(res.extensions().get::<AuthError>(), Some(err), "{name}");
             return;
@@ -1106,7 +1110,10 @@ fn extreme_ticket_settings_saturate() {
         .clock(|| UNIX_EPOCH - Duration::from_secs(1000))
         .ttl(Duration::MAX);
     assert_eq!(
-        verifier.verify(&issuer.issue("carol")).unwrap().expires_at(),
+        verifier
+            .verify(&issuer.issue("carol"))
+            .unwrap()
+            .expires_at(),
         max_date()
     );
 }
@@ -1194,7 +1201,10 @@ async fn an_authenticator_can_supply_the_fingerprint() {
             .body(Body::empty())
             .unwrap();
         let inner = run(HandshakeAuthLayer::new(auth), req).await.inner.unwrap();
-        assert_eq!(inner.extensions().get::<TokenFingerprint>(), Some(&canonical));
+        assert_eq!(
+            inner.extensions().get::<TokenFingerprint>(),
+            Some(&canonical)
+        );
     }
     // Without one, the layer names the token itself.
     let req = handshake("/ws")
@@ -1492,8 +1502,7 @@ mod jwt {
             p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(signature).unwrap())
                 .unwrap();
         let (r, s) = signature.split_scalars();
-        let flipped =
-            p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-s).to_bytes()).unwrap();
+        let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-s).to_bytes()).unwrap();
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(flipped.to_bytes()))
     }
 
@@ -1554,41 +1563,93 @@ mod jwt {
         let t = T as f64;
         let cases = vec![
             case("integer exp", json!({}), Ok(at(t + 300.0))),
-            case("fractional exp", json!({"exp": t + 300.5}), Ok(at(t + 300.5))),
-            case("fractional exp ahead", json!({"exp": t + 0.25}), Ok(at(t + 0.25))),
-            case("fractional exp past", json!({"exp": t - 0.5}), Err(AuthError::Expired)),
+            case(
+                "fractional exp",
+                json!({"exp": t + 300.5}),
+                Ok(at(t + 300.5)),
+            ),
+            case(
+                "fractional exp ahead",
+                json!({"exp": t + 0.25}),
+                Ok(at(t + 0.25)),
+            ),
+            case(
+                "fractional exp past",
+                json!({"exp": t - 0.5}),
+                Err(AuthError::Expired),
+            ),
             case("exp now", json!({"exp": T}), Err(AuthError::Expired)),
             case("exp 1e300", json!({"exp": 1e300}), Ok(max_date())),
             case("exp u64::MAX", json!({"exp": u64::MAX}), Ok(max_date())),
             case("exp i64::MAX", json!({"exp": i64::MAX}), Ok(max_date())),
             case("exp -1", json!({"exp": -1}), Err(AuthError::Expired)),
-            case("exp i64::MIN", json!({"exp": i64::MIN}), Err(AuthError::Expired)),
-            case("exp -1e300", json!({"exp": -1e300}), Err(AuthError::Expired)),
-            case("exp \"NaN\"", json!({"exp": "NaN"}), Err(AuthError::Invalid)),
-            case("exp \"1e300\"", json!({"exp": "1e300"}), Err(AuthError::Invalid)),
+            case(
+                "exp i64::MIN",
+                json!({"exp": i64::MIN}),
+                Err(AuthError::Expired),
+            ),
+            case(
+                "exp -1e300",
+                json!({"exp": -1e300}),
+                Err(AuthError::Expired),
+            ),
+            case(
+                "exp \"NaN\"",
+                json!({"exp": "NaN"}),
+                Err(AuthError::Invalid),
+            ),
+            case(
+                "exp \"1e300\"",
+                json!({"exp": "1e300"}),
+                Err(AuthError::Invalid),
+            ),
             case("exp true", json!({"exp": true}), Err(AuthError::Invalid)),
             case("exp null", json!({"exp": null}), Err(AuthError::Invalid)),
             case("nbf past", json!({"nbf": t - 0.5}), Ok(at(t + 300.0))),
-            case("nbf ahead by half a second", json!({"nbf": t + 0.5}), Err(AuthError::Invalid)),
+            case(
+                "nbf ahead by half a second",
+                json!({"nbf": t + 0.5}),
+                Err(AuthError::Invalid),
+            ),
             case("nbf 1e300", json!({"nbf": 1e300}), Err(AuthError::Invalid)),
-            case("nbf u64::MAX", json!({"nbf": u64::MAX}), Err(AuthError::Invalid)),
+            case(
+                "nbf u64::MAX",
+                json!({"nbf": u64::MAX}),
+                Err(AuthError::Invalid),
+            ),
             case("nbf negative", json!({"nbf": -5}), Ok(at(t + 300.0))),
-            case("nbf \"NaN\"", json!({"nbf": "NaN"}), Err(AuthError::Invalid)),
+            case(
+                "nbf \"NaN\"",
+                json!({"nbf": "NaN"}),
+                Err(AuthError::Invalid),
+            ),
             case("iat 1e300", json!({"iat": 1e300}), Ok(at(t + 300.0))),
             case("iat u64::MAX", json!({"iat": u64::MAX}), Ok(at(t + 300.0))),
             case("iat negative", json!({"iat": -5}), Ok(at(t + 300.0))),
             case("iat \"NaN\"", json!({"iat": "NaN"}), Ok(at(t + 300.0))),
             Case {
                 leeway: Duration::MAX,
-                ..case("leeway MAX, long expired", json!({"exp": t - 1e6}), Ok(at(t - 1e6)))
+                ..case(
+                    "leeway MAX, long expired",
+                    json!({"exp": t - 1e6}),
+                    Ok(at(t - 1e6)),
+                )
             },
             Case {
                 leeway: Duration::MAX,
-                ..case("leeway MAX, nbf u64::MAX", json!({"nbf": u64::MAX}), Ok(at(t + 300.0)))
+                ..case(
+                    "leeway MAX, nbf u64::MAX",
+                    json!({"nbf": u64::MAX}),
+                    Ok(at(t + 300.0)),
+                )
             },
             Case {
                 leeway: Duration::from_secs(u64::MAX),
-                ..case("leeway u64::MAX s, exp -1", json!({"exp": -1}), Ok(UNIX_EPOCH))
+                ..case(
+                    "leeway u64::MAX s, exp -1",
+                    json!({"exp": -1}),
+                    Ok(UNIX_EPOCH),
+                )
             },
         ];
         for case in cases {
@@ -1617,8 +1678,8 @@ mod jwt {
             .leeway(Duration::from_secs(5))
             .audience(["ticker"]);
         let any = JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET).any_audience();
-        let none = JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET)
-            .audience(Vec::<String>::new());
+        let none =
+            JwtAuthenticator::<serde_json::Value>::hs256(HS_SECRET).audience(Vec::<String>::new());
         struct Case {
             name: &'static str,
             auth: &'static str,
@@ -1626,12 +1687,42 @@ mod jwt {
             ok: bool,
         }
         let cases = [
-            Case { name: "ours", auth: "ours", aud: Some("ticker"), ok: true },
-            Case { name: "another app of the issuer", auth: "ours", aud: Some("billing"), ok: false },
-            Case { name: "no aud", auth: "ours", aud: None, ok: false },
-            Case { name: "any: another app", auth: "any", aud: Some("billing"), ok: true },
-            Case { name: "any: no aud", auth: "any", aud: None, ok: true },
-            Case { name: "empty list", auth: "none", aud: Some("ticker"), ok: false },
+            Case {
+                name: "ours",
+                auth: "ours",
+                aud: Some("ticker"),
+                ok: true,
+            },
+            Case {
+                name: "another app of the issuer",
+                auth: "ours",
+                aud: Some("billing"),
+                ok: false,
+            },
+            Case {
+                name: "no aud",
+                auth: "ours",
+                aud: None,
+                ok: false,
+            },
+            Case {
+                name: "any: another app",
+                auth: "any",
+                aud: Some("billing"),
+                ok: true,
+            },
+            Case {
+                name: "any: no aud",
+                auth: "any",
+                aud: None,
+                ok: true,
+            },
+            Case {
+                name: "empty list",
+                auth: "none",
+                aud: Some("ticker"),
+                ok: false,
+            },
         ];
         for case in cases {
             let auth = match case.auth {
@@ -1640,7 +1731,11 @@ mod jwt {
                 _ => &none,
             };
             let got = auth.verify(&token(case.aud)).map(|_| ());
-            let expect = if case.ok { Ok(()) } else { Err(AuthError::Invalid) };
+            let expect = if case.ok {
+                Ok(())
+            } else {
+                Err(AuthError::Invalid)
+            };
             assert_eq!(got, expect, "{}", case.name);
         }
         // Debug shows the settings, never the key.

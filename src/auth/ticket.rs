@@ -3,8 +3,8 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
-    num::NonZeroUsize,
     future::Ready,
+    num::NonZeroUsize,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -490,7 +490,13 @@ impl ReplayCache {
             .is_some_and(|set| set.iter().any(|(_, n)| n == nonce))
     }
 
-    fn use_once(&self, subject: &Arc<str>, nonce: &str, exp: u64, now: u64) -> Result<(), AuthError> {
+    fn use_once(
+        &self,
+        subject: &Arc<str>,
+        nonce: &str,
+        exp: u64,
+        now: u64,
+    ) -> Result<(), AuthError> {
         let mut state = self.lock();
         state.purge(now);
         let held = state.subjects.get(subject);
