@@ -579,6 +579,7 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
             .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
             .args(["--redis", &redis.url(), "--redis-prefix", &p])
             .env_remove("TICKER_TICKET_SECRET")
+            .kill_on_drop(true)
             .output(),
     )
     .await
@@ -592,13 +593,18 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
     );
 
     // A secret shorter than 32 bytes is refused too.
-    let output = tokio::process::Command::new(common::example_path("stock_ticker"))
-        .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
-        .args(["--redis", &redis.url(), "--redis-prefix", &p])
-        .env("TICKER_TICKET_SECRET", "short")
-        .output()
-        .await
-        .expect("run the ticker");
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(common::example_path("stock_ticker"))
+            .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
+            .args(["--redis", &redis.url(), "--redis-prefix", &p])
+            .env("TICKER_TICKET_SECRET", "short")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("run the ticker");
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("32"),
