@@ -1063,17 +1063,56 @@ fn the_replay_cache_bounds_each_subject_and_purges_expired_tickets() {
     assert_eq!(verifier.replay_len(), Some(1));
     assert_eq!(verifier.verify(&third), Err(AuthError::Expired));
     assert_eq!(verifier.verify(&fourth), Err(AuthError::Invalid), "replay");
+}
 
-    // The whole cache full (here: three subjects) still fails closed, for everyone.
-    let small = TicketVerifier::new(key("k1", 1))
+#[test]
+fn a_full_replay_cache_is_shared_fairly_between_subjects() {
+    let time = ManualClock::new();
+    let issuer = TicketIssuer::new(key("k1", 1))
+        .ttl(Duration::from_secs(60))
+        .clock(time.clock());
+    let verifier = TicketVerifier::new(key("k1", 1))
         .clock(time.clock())
-        .one_time(3)
+        .one_time(4)
         .unwrap()
-        .tickets_per_subject(std::num::NonZeroUsize::new(2).unwrap());
-    for subject in ["a", "a", "b"] {
-        assert!(small.verify(&issuer.issue(subject)).is_ok());
+        .tickets_per_subject(std::num::NonZeroUsize::new(4).unwrap());
+    // Alice fills the whole cache, one ticket a second.
+    let mut alice = Vec::new();
+    for _ in 0..4 {
+        let ticket = issuer.issue("alice");
+        assert!(verifier.verify(&ticket).is_ok());
+        alice.push(ticket);
+        time.advance(1);
     }
-    assert_eq!(small.verify(&issuer.issue("c")), Err(AuthError::Invalid));
+    // Bob, Carol and Dave still get in: Alice gives up her oldest tickets, one each.
+    for subject in ["bob", "carol", "dave"] {
+        assert!(verifier.verify(&issuer.issue(subject)).is_ok(), "{subject}");
+        time.advance(1);
+    }
+    assert_eq!(verifier.replay_len(), Some(4));
+    // The tickets Alice gave up are refused (they may have been used), not replayable.
+    for ticket in &alice[..3] {
+        assert_eq!(verifier.verify(ticket), Err(AuthError::Invalid));
+        assert_eq!(verifier.check(ticket), Err(AuthError::Invalid));
+    }
+    assert_eq!(
+        verifier.verify(&alice[3]),
+        Err(AuthError::Invalid),
+        "replay"
+    );
+    // One ticket each: nobody gives up more, the next subject is refused (fail closed).
+    assert_eq!(
+        verifier.verify(&issuer.issue("erin")),
+        Err(AuthError::Invalid)
+    );
+    assert_eq!(
+        verifier.verify(&issuer.issue("alice")),
+        Err(AuthError::Invalid)
+    );
+    // Everything expires; the cache is empty again, Alice's floor included.
+    time.advance(60);
+    assert!(verifier.verify(&issuer.issue("alice")).is_ok());
+    assert_eq!(verifier.replay_len(), Some(1));
 }
 
 #[test]

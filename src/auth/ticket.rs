@@ -317,19 +317,25 @@ impl TicketVerifier {
     }
 
     /// Makes every ticket single-use: the nonce of each accepted ticket is remembered until
-    /// the ticket expires, and a second use is [`AuthError::Invalid`]. At most `capacity`
-    /// nonces are remembered, and at most
-    /// [`tickets_per_subject`](Self::tickets_per_subject) of one subject, so that no account
-    /// can fill the cache and lock the others out: a subject with that many unexpired
-    /// tickets in the cache gets [`AuthError::TooManyTickets`] (`429` with `Retry-After`,
-    /// event `wsguard.auth.replay_subject_full`) until its oldest expires, while other
-    /// subjects still connect. Expired nonces are purged first. Filling the whole cache takes
-    /// `capacity / tickets_per_subject` accounts; when it is full of unexpired nonces, new
-    /// tickets are refused (fail closed) with [`AuthError::Invalid`] and a
-    /// `wsguard.auth.replay_cache_full` warning, so size it above the number of tickets issued
-    /// per TTL. The cache is shared by clones of this verifier (one process; several servers
-    /// need sticky routing or a shared store). Replaces an earlier cache. Default: tickets may
-    /// be used until they expire.
+    /// the ticket expires, and a second use is [`AuthError::Invalid`]. Expired nonces are
+    /// purged first. At most `capacity` nonces are remembered, shared fairly between subjects
+    /// so that no account can fill the cache and lock the others out:
+    ///
+    /// - a subject holding [`tickets_per_subject`](Self::tickets_per_subject) unexpired
+    ///   tickets gets [`AuthError::TooManyTickets`] (`429` with `Retry-After`, event
+    ///   `wsguard.auth.replay_subject_full`) until its oldest expires, while other subjects
+    ///   still connect;
+    /// - when the whole cache is full, the subject holding the most gives up its oldest
+    ///   nonce to a subject holding at least two fewer (event
+    ///   `wsguard.auth.replay_cache_rebalanced`); its tickets expiring at or before that one
+    ///   may have been used and are refused from then on ([`AuthError::Invalid`]);
+    /// - when every subject holds about as many, new tickets are refused (fail closed) with
+    ///   [`AuthError::Invalid`] and a `wsguard.auth.replay_cache_full` warning: that takes
+    ///   about `capacity` accounts, so size it above the number of tickets issued per TTL.
+    ///
+    /// The cache is shared by clones of this verifier (one process; several servers need
+    /// sticky routing or a shared store). Replaces an earlier cache. Default: tickets may be
+    /// used until they expire.
     ///
     /// Fails if `capacity` is zero.
     pub fn one_time(mut self, capacity: usize) -> Result<Self, ConfigError> {
@@ -414,7 +420,7 @@ impl TicketVerifier {
         if let Some(replay) = &self.replay {
             if use_up {
                 replay.use_once(&subject, &payload.nonce, payload.exp, now)?;
-            } else if replay.contains(&subject, &payload.nonce, now) {
+            } else if replay.contains(&subject, &payload.nonce, payload.exp, now) {
                 return Err(AuthError::Invalid);
             }
         }
@@ -449,7 +455,8 @@ impl fmt::Debug for TicketVerifier {
 }
 
 /// The nonces of used one-time tickets, until they expire, by subject. Bounded by `capacity`
-/// in all and by `per_subject` for each subject.
+/// in all and by `per_subject` for each subject; when full, the subject holding the most
+/// gives up its oldest nonce to a subject holding fewer (see [`TicketVerifier::one_time`]).
 struct ReplayCache {
     capacity: usize,
     per_subject: usize,
@@ -458,10 +465,23 @@ struct ReplayCache {
 
 #[derive(Default)]
 struct ReplayState {
-    /// Each subject's nonces as (expiry, nonce), oldest first. No empty sets.
-    subjects: HashMap<Arc<str>, BTreeSet<(u64, String)>>,
+    /// What each subject holds. No subject without nonces.
+    subjects: HashMap<Arc<str>, Held>,
     /// (expiry, subject, nonce) of every nonce, oldest first, for purging.
     by_expiry: BTreeSet<(u64, Arc<str>, String)>,
+    /// (number of nonces, subject), for finding the subject holding the most.
+    by_count: BTreeSet<(usize, Arc<str>)>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// (expiry, nonce), oldest first.
+    nonces: BTreeSet<(u64, String)>,
+    /// The expiry of the latest nonce given up to another subject: this subject's tickets
+    /// expiring at or before it may have been used and are refused. Always before the expiry
+    /// of every nonce still held (the oldest is given up first, later tickets expiring
+    /// earlier are refused), so it is gone by the time the last one is purged.
+    floor: u64,
 }
 
 impl ReplayCache {
@@ -481,13 +501,14 @@ impl ReplayCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn contains(&self, subject: &str, nonce: &str, now: u64) -> bool {
+    /// Whether the ticket was used (or may have been: given up under pressure).
+    fn contains(&self, subject: &str, nonce: &str, exp: u64, now: u64) -> bool {
         let mut state = self.lock();
         state.purge(now);
         state
             .subjects
             .get(subject)
-            .is_some_and(|set| set.iter().any(|(_, n)| n == nonce))
+            .is_some_and(|held| exp <= held.floor || held.nonces.contains(&(exp, nonce.to_owned())))
     }
 
     fn use_once(
@@ -500,11 +521,12 @@ impl ReplayCache {
         let mut state = self.lock();
         state.purge(now);
         let held = state.subjects.get(subject);
-        if held.is_some_and(|set| set.contains(&(exp, nonce.to_owned()))) {
+        let count = held.map_or(0, |h| h.nonces.len());
+        if held.is_some_and(|h| exp <= h.floor || h.nonces.contains(&(exp, nonce.to_owned()))) {
             return Err(AuthError::Invalid);
         }
-        if let Some(set) = held.filter(|set| set.len() >= self.per_subject) {
-            let oldest = set.first().map_or(now, |(e, _)| *e);
+        if let Some(held) = held.filter(|_| count >= self.per_subject) {
+            let oldest = held.nonces.first().map_or(now, |(e, _)| *e);
             tracing::info!(
                 name: "wsguard.auth.replay_subject_full",
                 identity = &**subject,
@@ -516,31 +538,102 @@ impl ReplayCache {
             });
         }
         if state.by_expiry.len() >= self.capacity {
-            tracing::warn!(
-                name: "wsguard.auth.replay_cache_full",
+            // Fair shares: the subject holding the most gives up its oldest nonce, if that
+            // leaves it holding at least as many as this one will.
+            let largest = state
+                .by_count
+                .last()
+                .filter(|(most, other)| *most >= 2 && *most > count + 1 && other != subject)
+                .map(|(_, other)| other.clone());
+            let Some(largest) = largest else {
+                tracing::warn!(
+                    name: "wsguard.auth.replay_cache_full",
+                    identity = &**subject,
+                    limit = self.capacity,
+                    "one-time ticket refused: the replay cache is full of unexpired tickets"
+                );
+                return Err(AuthError::Invalid);
+            };
+            tracing::info!(
+                name: "wsguard.auth.replay_cache_rebalanced",
+                identity = &*largest,
                 limit = self.capacity,
-                "one-time ticket refused: the replay cache is full of unexpired tickets"
+                "the replay cache is full: the subject holding the most gave up its oldest ticket"
             );
-            return Err(AuthError::Invalid);
+            state.give_up_oldest(&largest);
         }
-        state
-            .subjects
-            .entry(subject.clone())
-            .or_default()
-            .insert((exp, nonce.to_owned()));
-        state
-            .by_expiry
-            .insert((exp, subject.clone(), nonce.to_owned()));
+        state.insert(subject, exp, nonce);
         Ok(())
     }
 
+    /// The number of nonces, after checking that the three indexes agree.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().by_expiry.len()
+        let state = self.lock();
+        let held: usize = state.subjects.values().map(|h| h.nonces.len()).sum();
+        assert_eq!(held, state.by_expiry.len());
+        assert_eq!(state.by_count.len(), state.subjects.len());
+        for (count, subject) in &state.by_count {
+            assert_eq!(state.subjects[subject].nonces.len(), *count);
+        }
+        assert!(state.subjects.values().all(|h| !h.nonces.is_empty()));
+        for (exp, subject, nonce) in &state.by_expiry {
+            assert!(
+                state.subjects[subject]
+                    .nonces
+                    .contains(&(*exp, nonce.clone()))
+            );
+        }
+        state.by_expiry.len()
     }
 }
 
 impl ReplayState {
+    fn insert(&mut self, subject: &Arc<str>, exp: u64, nonce: &str) {
+        let held = self.subjects.entry(subject.clone()).or_default();
+        let before = held.nonces.len();
+        held.nonces.insert((exp, nonce.to_owned()));
+        let after = held.nonces.len();
+        self.by_count.remove(&(before, subject.clone()));
+        self.by_count.insert((after, subject.clone()));
+        self.by_expiry
+            .insert((exp, subject.clone(), nonce.to_owned()));
+    }
+
+    /// Removes one nonce of `subject`, and the subject once it holds none.
+    fn remove(&mut self, subject: &Arc<str>, exp: u64, nonce: String) -> bool {
+        let Some(held) = self.subjects.get_mut(subject) else {
+            return false;
+        };
+        let before = held.nonces.len();
+        let removed = held.nonces.remove(&(exp, nonce));
+        let after = held.nonces.len();
+        self.by_count.remove(&(before, subject.clone()));
+        if after == 0 {
+            self.subjects.remove(subject);
+        } else {
+            self.by_count.insert((after, subject.clone()));
+        }
+        removed
+    }
+
+    /// `subject` forgets its oldest nonce and refuses its tickets expiring at or before it.
+    fn give_up_oldest(&mut self, subject: &Arc<str>) {
+        let Some((exp, nonce)) = self
+            .subjects
+            .get(subject)
+            .and_then(|held| held.nonces.first().cloned())
+        else {
+            return;
+        };
+        self.by_expiry
+            .remove(&(exp, subject.clone(), nonce.clone()));
+        self.remove(subject, exp, nonce);
+        if let Some(held) = self.subjects.get_mut(subject) {
+            held.floor = held.floor.max(exp);
+        }
+    }
+
     /// Forgets the nonces that expired at or before `now`.
     fn purge(&mut self, now: u64) {
         while let Some((exp, _, _)) = self.by_expiry.first() {
@@ -550,12 +643,7 @@ impl ReplayState {
             let Some((exp, subject, nonce)) = self.by_expiry.pop_first() else {
                 break;
             };
-            if let Some(set) = self.subjects.get_mut(&subject) {
-                set.remove(&(exp, nonce));
-                if set.is_empty() {
-                    self.subjects.remove(&subject);
-                }
-            }
+            self.remove(&subject, exp, nonce);
         }
     }
 }
