@@ -8,13 +8,49 @@ use crate::client_ip::ClientIp;
 
 pub(super) type OnRejection = Arc<dyn Fn(&AuthError) -> Response + Send + Sync>;
 
-/// The default rejection: status, `WWW-Authenticate` (RFC 6750) and a short body.
+/// The default rejection: status, `WWW-Authenticate` (RFC 6750) or `Retry-After`, and a
+/// short body.
 fn default_response(err: &AuthError) -> Response {
-    if let AuthError::TooManyTickets { retry_after } = err {
-        let mut res = Response::new(Body::from(
+    let (status, challenge, body) = match err {
+        AuthError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            Some("Bearer"),
+            "authentication required\n",
+        ),
+        AuthError::Malformed => (
+            StatusCode::BAD_REQUEST,
+            Some(
+                r#"Bearer error="invalid_request", error_description="the credential is malformed""#,
+            ),
+            "malformed credential\n",
+        ),
+        AuthError::Expired => (
+            StatusCode::UNAUTHORIZED,
+            Some(r#"Bearer error="invalid_token", error_description="the credential has expired""#),
+            "expired credential\n",
+        ),
+        AuthError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            Some(
+                r#"Bearer error="invalid_token", error_description="the credential is not valid""#,
+            ),
+            "invalid credential\n",
+        ),
+        AuthError::TooManyTickets { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
             "too many one-time tickets in use for this account; retry later\n",
-        ));
-        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        ),
+    };
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    if let Some(challenge) = challenge {
+        res.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
+    if let AuthError::TooManyTickets { retry_after } = err {
         // Whole seconds, rounded up, at least 1.
         let secs = retry_after
             .as_secs()
@@ -22,40 +58,7 @@ fn default_response(err: &AuthError) -> Response {
             .max(1);
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        return res;
     }
-    let (status, challenge, body) = match err {
-        AuthError::Missing => (
-            StatusCode::UNAUTHORIZED,
-            "Bearer",
-            "authentication required\n",
-        ),
-        AuthError::Malformed => (
-            StatusCode::BAD_REQUEST,
-            r#"Bearer error="invalid_request", error_description="the credential is malformed""#,
-            "malformed credential\n",
-        ),
-        AuthError::Expired => (
-            StatusCode::UNAUTHORIZED,
-            r#"Bearer error="invalid_token", error_description="the credential has expired""#,
-            "expired credential\n",
-        ),
-        AuthError::Invalid | AuthError::TooManyTickets { .. } => (
-            StatusCode::UNAUTHORIZED,
-            r#"Bearer error="invalid_token", error_description="the credential is not valid""#,
-            "invalid credential\n",
-        ),
-    };
-    let mut res = Response::new(Body::from(body));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static(challenge),
-    );
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -34,7 +34,7 @@ const MAX_KEY_ID_LEN: usize = 32;
 /// Default for [`TicketIssuer::ttl`].
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Default for [`TicketVerifier::tickets_per_subject`].
-const DEFAULT_PER_SUBJECT: usize = 64;
+const DEFAULT_PER_SUBJECT: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 /// The latest time a credential can expire, 9999-12-31T23:59:59Z, in seconds since the Unix
 /// epoch: later dates (a ticket TTL of `Duration::MAX`, a JWT `exp` of `1e300`) saturate to
 /// it, so that no date computation can overflow.
@@ -301,7 +301,7 @@ impl TicketVerifier {
         Self {
             keys: Arc::new(vec![key]),
             clock: Arc::new(SystemClock),
-            per_subject: NonZeroUsize::new(DEFAULT_PER_SUBJECT).unwrap_or(NonZeroUsize::MIN),
+            per_subject: DEFAULT_PER_SUBJECT,
             replay: None,
         }
     }
@@ -449,6 +449,7 @@ impl fmt::Debug for TicketVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TicketVerifier")
             .field("keys", &self.keys)
+            .field("tickets_per_subject", &self.per_subject)
             .field("one_time", &self.replay)
             .finish_non_exhaustive()
     }
