@@ -361,7 +361,9 @@ struct LoginSlots {
 
 impl LoginSlots {
     fn new(limit: u32) -> Self {
-        let permits = usize::try_from(limit).unwrap_or(usize::MAX);
+        let permits = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(permits)),
             limit,
