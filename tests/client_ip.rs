@@ -126,7 +126,7 @@ async fn trusted_proxy_rightmost_untrusted_hop_is_used() {
 }
 
 #[tokio::test]
-async fn malformed_headers_fall_back_to_the_peer_and_never_panic() {
+async fn malformed_headers_are_refused_and_never_panic() {
     let garbage: &[&[u8]] = &[
         b"garbage",
         b"1.2.3.4, ",
@@ -157,13 +157,14 @@ async fn malformed_headers_fall_back_to_the_peer_and_never_panic() {
             let mut line = format!("{name}: ").into_bytes();
             line.extend_from_slice(value);
             let (status, body) = get_ip(addr, &[&line]).await;
-            assert_eq!(status, 200, "{name}: {:?}", String::from_utf8_lossy(value));
-            assert_eq!(
-                body,
-                "127.0.0.1",
-                "{name}: {:?}",
-                String::from_utf8_lossy(value)
-            );
+            let shown = String::from_utf8_lossy(value);
+            // Never keyed by the proxy's own address: refused, or (`1.2.3.4, ` in
+            // X-Forwarded-For, whose empty element carries no hop) the address written.
+            match status {
+                400 => assert!(body.contains(name.as_str()), "{name}: {shown:?}: {body}"),
+                200 => assert_eq!(body, "1.2.3.4", "{name}: {shown:?}"),
+                other => panic!("{name}: {shown:?}: status {other}"),
+            }
         }
     }
 }
@@ -177,4 +178,55 @@ async fn missing_connect_info_is_a_clear_500() {
         body.contains("into_make_service_with_connect_info::<SocketAddr>()"),
         "{body}"
     );
+}
+
+/// Issue 13, point 10: bytes the client wrote into its own forwarding header (a non-ASCII
+/// byte, an unterminated quote) used to make the whole header unreadable, so the client was
+/// keyed by the proxy's own address, shared with every other client. The entry the trusted
+/// proxy appended is read regardless.
+#[tokio::test]
+async fn client_junk_does_not_hide_the_address_the_proxy_appended() {
+    struct Case {
+        name: &'static str,
+        header: ProxyHeader,
+        lines: &'static [&'static [u8]],
+    }
+    let cases = [
+        Case {
+            name: "non-ASCII byte in the client's part of the line",
+            header: ProxyHeader::XForwardedFor,
+            lines: &[b"X-Forwarded-For: 6.6.6.6\xff, 198.51.100.7"],
+        },
+        Case {
+            name: "non-ASCII client line, proxy entry on its own line",
+            header: ProxyHeader::XForwardedFor,
+            lines: &[
+                b"X-Forwarded-For: \xe9t\xe9",
+                b"X-Forwarded-For: 198.51.100.7",
+            ],
+        },
+        Case {
+            name: "unterminated quote in the client's part",
+            header: ProxyHeader::Forwarded,
+            lines: &[b"Forwarded: for=\"6.6.6.6, for=198.51.100.7"],
+        },
+        Case {
+            name: "non-ASCII quoted string in the client's part",
+            header: ProxyHeader::Forwarded,
+            lines: &[b"Forwarded: for=\"\xff\", for=198.51.100.7"],
+        },
+    ];
+    for case in cases {
+        let layer = ClientIpLayer::new()
+            .trusted_proxy_str("127.0.0.1")
+            .unwrap()
+            .proxy_header(case.header);
+        let addr = serve(layer, true).await;
+        assert_eq!(
+            get_ip(addr, case.lines).await,
+            (200, "198.51.100.7".into()),
+            "{}",
+            case.name
+        );
+    }
 }

@@ -240,3 +240,104 @@ async fn password_guessing_is_throttled_even_within_one_session() {
     let answer = socket_io_connect(addr, &sid, right).await;
     assert!(answer.contains("too many failed logins"), "{answer}");
 }
+
+/// Opens a session and sends a Socket.IO CONNECT with `auth`, every request relayed for
+/// `client` (an `X-Forwarded-For` entry; the loopback peer is a trusted proxy).
+async fn connect_as(addr: std::net::SocketAddr, client: &str, auth: &str) -> String {
+    let xff = [("X-Forwarded-For", client)];
+    let res = http(addr, "GET", POLL, &xff, "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let open: Value = serde_json::from_str(res.body.trim_start_matches('0')).expect("open packet");
+    let sid = open["sid"].as_str().expect("sid");
+    let path = format!("{POLL}&sid={sid}");
+    let res = http(addr, "POST", &path, &xff, &format!("40{auth}")).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    for _ in 0..5 {
+        let res = http(addr, "GET", &path, &xff, "").await;
+        assert_eq!(res.status, 200, "{}", res.body);
+        if let Some(packet) = res.body.split('\u{1e}').find(|p| p.starts_with('4')) {
+            return packet.to_owned();
+        }
+    }
+    panic!("no Socket.IO answer to the connect");
+}
+
+/// Issue 13, point 15: the login throttle is wsguard's own, keyed like the layers: an IPv6
+/// client is its /64, so hopping to another address of the same /64 gets no fresh budget.
+#[tokio::test]
+async fn addresses_of_one_ipv6_64_share_the_login_budget() {
+    let heroes = start_example(
+        "heroes",
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--user",
+            "alice:wonderland",
+            "--max-login-failures",
+            "2",
+            "--trusted-proxy",
+            "127.0.0.1/32",
+        ],
+    )
+    .await;
+    let addr = heroes.addr;
+    let wrong = r#"{"username":"alice","password":"guess"}"#;
+    let right = r#"{"username":"alice","password":"wonderland"}"#;
+
+    for client in ["2001:db8:1:2::1", "2001:db8:1:2::2"] {
+        let answer = connect_as(addr, client, wrong).await;
+        assert!(answer.contains("invalid username or password"), "{answer}");
+    }
+    // A third address of the same /64: locked out, even with the right password.
+    let answer = connect_as(addr, "2001:db8:1:2:ffff::9", right).await;
+    assert!(answer.contains("too many failed logins"), "{answer}");
+    // Another /64 and an IPv4 client have their own budgets.
+    let answer = connect_as(addr, "2001:db8:1:3::1", right).await;
+    assert!(answer.starts_with("40{"), "{answer}");
+    let answer = connect_as(addr, "198.51.100.7", right).await;
+    assert!(answer.starts_with("40{"), "{answer}");
+}
+
+/// Issue 13, point 11: the heroes app names its hosts, so a rebound domain is refused on
+/// the long-polling transport too; `--allowed-host` adds one.
+#[tokio::test]
+async fn a_rebound_host_is_refused() {
+    let heroes = start_example(
+        "heroes",
+        &["--addr", "127.0.0.1:0", "--allowed-host", "heroes.test"],
+    )
+    .await;
+    let addr = heroes.addr;
+    let port = addr.port();
+    let attacker = format!("attacker.example:{port}");
+    let (status, body) = common::raw_handshake(
+        addr,
+        "/socket.io/?EIO=4&transport=websocket",
+        &attacker,
+        Some(&format!("http://{attacker}")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host not allowed"), "{body}");
+    // The allowed name gets past the host check (and its origin is then not on the list).
+    let named = format!("heroes.test:{port}");
+    let (status, body) = common::raw_handshake(
+        addr,
+        "/socket.io/?EIO=4&transport=websocket",
+        &named,
+        Some(&format!("http://{named}")),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("origin not allowed"), "{body}");
+    // The server's own address still opens a socket.
+    let own = format!("127.0.0.1:{port}");
+    let (status, body) = common::raw_handshake(
+        addr,
+        "/socket.io/?EIO=4&transport=websocket",
+        &own,
+        Some(&format!("http://{own}")),
+    )
+    .await;
+    assert_eq!(status, 101, "{body}");
+}

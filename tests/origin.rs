@@ -171,3 +171,39 @@ async fn echo_example_serves_and_guards() {
     );
     assert_eq!(connect(addr, None).await, StatusCode::SWITCHING_PROTOCOLS);
 }
+
+/// Issue 13, point 11: DNS rebinding. A page on `http://attacker.example:PORT` whose name
+/// the attacker re-points at this server's address sends `Host: attacker.example:PORT` and
+/// `Origin: http://attacker.example:PORT`; the same-origin default used to call that same
+/// origin. It is refused with `403` naming the host; the server's own address still works.
+#[tokio::test]
+async fn dns_rebinding_is_refused_by_the_same_origin_default() {
+    let addr = serve(OriginGuardLayer::new()).await;
+    let port = addr.port();
+    let attacker = format!("attacker.example:{port}");
+    let (status, body) =
+        common::raw_handshake(addr, "/ws", &attacker, Some(&format!("http://{attacker}"))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host not allowed"), "{body}");
+
+    let own = format!("127.0.0.1:{port}");
+    let (status, _) =
+        common::raw_handshake(addr, "/ws", &own, Some(&format!("http://{own}"))).await;
+    assert_eq!(status, 101);
+
+    // Once the host is allowed, a domain works for the same origin.
+    let addr = serve(
+        OriginGuardLayer::new()
+            .allow_host("app.test")
+            .expect("valid host"),
+    )
+    .await;
+    let host = format!("app.test:{}", addr.port());
+    let (status, _) =
+        common::raw_handshake(addr, "/ws", &host, Some(&format!("http://{host}"))).await;
+    assert_eq!(status, 101);
+    let attacker = format!("attacker.example:{}", addr.port());
+    let (status, body) = common::raw_handshake(addr, "/ws", &attacker, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host not allowed"), "{body}");
+}

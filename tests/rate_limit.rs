@@ -121,3 +121,110 @@ async fn rate_limit_without_client_ip_layer_is_a_clear_500() {
     let addr = serve(app).await;
     assert_eq!(handshake(addr, "").await.0, 500);
 }
+
+/// Issue 13, point 9: the throttle used to check the lock-out before the request and count
+/// the failure after the response, so guesses sent at once all reached the authenticator.
+/// Here the authenticator holds every request until released: at most `max_failures`
+/// guesses may be in its hands at once; the others are refused with `429` + `Retry-After`.
+#[tokio::test]
+async fn concurrent_guesses_do_not_all_reach_the_authenticator() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use tokio::sync::{Notify, Semaphore};
+
+    const MAX_FAILURES: u32 = 3;
+    const GUESSES: usize = 20;
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let arrival = Arc::new(Notify::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let auth = {
+        let (arrived, arrival, gate) = (arrived.clone(), arrival.clone(), gate.clone());
+        middleware::from_fn(move |req: Request, next: Next| {
+            let (arrived, arrival, gate) = (arrived.clone(), arrival.clone(), gate.clone());
+            async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                arrival.notify_one();
+                // Held until the test releases the authenticator.
+                let _permit = gate.acquire().await;
+                fake_auth(req, next).await
+            }
+        })
+    };
+    let app = Router::new()
+        .route("/ws", get(ws))
+        .layer(auth)
+        .layer(
+            AuthThrottleLayer::new()
+                .max_failures(MAX_FAILURES)
+                .and_then(|l| l.block_for(Duration::from_secs(600)))
+                .unwrap(),
+        )
+        .layer(ClientIpLayer::new());
+    let addr = serve(app).await;
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..GUESSES {
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let _ = done_tx.send(handshake(addr, "?token=bad").await);
+        });
+    }
+    // Wait until every guess is either answered (refused without the authenticator) or held
+    // by the authenticator; no timing involved.
+    let mut answered = Vec::new();
+    while answered.len() + arrived.load(Ordering::SeqCst) < GUESSES {
+        tokio::select! {
+            Some(result) = done_rx.recv() => answered.push(result),
+            () = arrival.notified() => {}
+        }
+    }
+    let reached = arrived.load(Ordering::SeqCst);
+    assert!(
+        reached <= MAX_FAILURES as usize,
+        "{reached} concurrent guesses reached the authenticator (max_failures {MAX_FAILURES})"
+    );
+    for (status, retry_after) in &answered {
+        assert_eq!(*status, 429);
+        let secs: u64 = retry_after
+            .as_deref()
+            .expect("Retry-After")
+            .parse()
+            .unwrap();
+        assert!(secs >= 1, "{secs}");
+    }
+    gate.add_permits(GUESSES);
+    while answered.len() < GUESSES {
+        answered.push(done_rx.recv().await.expect("every guess is answered"));
+    }
+    let failed = answered.iter().filter(|(status, _)| *status == 401).count();
+    assert_eq!(failed, reached);
+    // The held guesses were all failures: the client is locked out now.
+    let (status, retry_after) = handshake(addr, "?token=good").await;
+    assert_eq!(status, 429);
+    assert!(retry_after.is_some());
+}
+
+/// Issue 13, point 8: `block_for(Duration::MAX)` used to panic at the first lock-out
+/// (`now + block_for` overflowed). It saturates: the client is locked out "forever".
+#[tokio::test]
+async fn block_for_duration_max_saturates() {
+    let app = Router::new()
+        .route("/ws", get(ws))
+        .layer(middleware::from_fn(fake_auth))
+        .layer(
+            AuthThrottleLayer::new()
+                .max_failures(1)
+                .and_then(|l| l.window(Duration::MAX))
+                .and_then(|l| l.block_for(Duration::MAX))
+                .unwrap(),
+        )
+        .layer(ClientIpLayer::new());
+    let addr = serve(app).await;
+    assert_eq!(handshake(addr, "?token=bad").await.0, 401);
+    let (status, retry_after) = handshake(addr, "?token=good").await;
+    assert_eq!(status, 429);
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!(secs > 1_000_000_000, "{secs}");
+}

@@ -820,3 +820,93 @@ fn help_lists_every_flag_with_its_default() {
     }
     assert!(flags >= 19, "{help}");
 }
+
+/// Issue 13, point 11: DNS rebinding against the ticker. A page on
+/// `http://attacker.example:PORT` whose name now resolves to the ticker sends that `Host`
+/// and `Origin`; the ticker names its own hosts and refuses it before the origin is looked
+/// at. `--allowed-host` adds a name.
+#[tokio::test]
+async fn dns_rebinding_is_refused() {
+    let ticker = ticker(&["--allowed-host", "ticker.test"]).await;
+    let addr = ticker.addr();
+    let port = addr.port();
+    let attacker = format!("attacker.example:{port}");
+    let (status, body) =
+        common::raw_handshake(addr, "/ws", &attacker, Some(&format!("http://{attacker}"))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host not allowed"), "{body}");
+    // Without Origin (a non-browser client) the host is checked too.
+    let (status, body) = common::raw_handshake(addr, "/ws", &attacker, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("host not allowed"), "{body}");
+    // The added name passes the host check; its origin is not on the list.
+    let named = format!("ticker.test:{port}");
+    let (status, body) =
+        common::raw_handshake(addr, "/ws", &named, Some(&format!("http://{named}"))).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("origin not allowed"), "{body}");
+    // The ticker's own names get as far as authentication.
+    for own in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (status, body) =
+            common::raw_handshake(addr, "/ws", &own, Some(&format!("http://{own}"))).await;
+        assert_eq!(status, 401, "{own}: {body}");
+    }
+}
+
+/// Issue 13, point 14: password checks (argon2, ~19 MiB each) are capped across all
+/// clients. Logins spread over many addresses past the cap get `503` with `Retry-After`,
+/// and the server keeps answering `/healthz` meanwhile.
+#[tokio::test]
+async fn concurrent_logins_are_capped_globally() {
+    let ticker = ticker(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--max-concurrent-logins",
+        "1",
+    ])
+    .await;
+    let addr = ticker.addr();
+    let body = json!({ "username": "alice", "password": "not the password" }).to_string();
+    let mut busy = None;
+    // Bounded: a few rounds of logins from distinct addresses, all sent at once.
+    for round in 0..3u8 {
+        let mut logins = tokio::task::JoinSet::new();
+        for i in 0..24u8 {
+            let body = body.clone();
+            logins.spawn(async move {
+                let client = format!("198.51.{round}.{i}");
+                let headers = [
+                    ("Content-Type", "application/json"),
+                    ("X-Forwarded-For", client.as_str()),
+                ];
+                http(addr, "POST", "/login", &headers, &body).await
+            });
+        }
+        let health = http(addr, "GET", "/healthz", &[], "").await;
+        assert_eq!(health.status, 200, "{}", health.body);
+        let mut checked = 0;
+        while let Some(res) = logins.join_next().await {
+            let res = res.expect("login task");
+            match res.status {
+                401 => checked += 1,
+                503 => {
+                    assert!(res.body.contains("too many logins"), "{}", res.body);
+                    let retry = res
+                        .header("retry-after")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .expect("Retry-After in seconds");
+                    assert!(retry >= 1, "Retry-After {retry}");
+                    busy = Some(res);
+                }
+                other => panic!("unexpected status {other}: {}", res.body),
+            }
+        }
+        assert!(checked >= 1, "no password was checked");
+        if busy.is_some() {
+            break;
+        }
+    }
+    assert!(busy.is_some(), "no login was refused past the cap");
+    // The cap frees up: a right password gets through afterwards.
+    assert_eq!(ticker.login("alice", "wonderland").await.status, 200);
+}

@@ -8,7 +8,8 @@
 //! `{"hero_name": "Tony Stark"}`. `--help` lists every flag with its default.
 //!
 //! What each request to `/socket.io/` goes through:
-//! - origin guard on every request (long-polling too): a page on another site gets `403`;
+//! - origin guard on every request (long-polling too): a page on another site, or a `Host`
+//!   that is not one of the server's names (`--allowed-host` adds one), gets `403`;
 //! - client IP (from the peer, or `X-Forwarded-For` of a `--trusted-proxy`);
 //! - for requests that open an Engine.IO session (no `sid`): a handshake rate limit per client
 //!   IP (`429` + `Retry-After`) and a quota of open sessions per client IP (`429`), held until
@@ -17,9 +18,10 @@
 //!   `413`) and per WebSocket message or frame (larger: the socket is closed);
 //! - at the Socket.IO connect, the `auth` payload `{"username", "password"}` is checked; a
 //!   refusal is a `connect_error` whose message says why. After `--max-login-failures` (5)
-//!   failures within a minute a client IP is refused without a check until the minute ends (one
-//!   Engine.IO session can carry many connect attempts, so the rate limit alone would not stop
-//!   password guessing).
+//!   failures within a minute a client (an IPv4 address, an IPv6 /64) is refused without a
+//!   check for a minute (one Engine.IO session can carry many connect attempts, so the rate
+//!   limit alone would not stop password guessing). The throttle is wsguard's
+//!   `FailureThrottle`, keyed like its layers.
 //!
 //! Unknown heroes and malformed `get_name` payloads get an `error` event
 //! (`{"error": "unknown hero: ..."}`); the socket stays open.
@@ -28,8 +30,8 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use axum::{
@@ -53,7 +55,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use wsguard::{
     client_ip::{ClientIp, ClientIpLayer},
     origin::OriginGuardLayer,
-    rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
+    rate_limit::{ConnectionQuotaLayer, FailureThrottle, RateLimitLayer},
 };
 
 /// The tutorial's heroes: id → name.
@@ -77,6 +79,11 @@ struct Args {
     /// Another origin allowed to connect (repeatable); the server's own origins always are.
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origins: Vec<String>,
+    /// Another name (or address) this server answers to, HOST[:PORT] or .DOMAIN for its
+    /// subdomains (repeatable); a request whose Host is none of them gets 403 (DNS rebinding).
+    /// The listen address, 127.0.0.1 and localhost with the listen port always are.
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
     /// A proxy (CIDR) whose X-Forwarded-For is trusted (repeatable).
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     trusted_proxies: Vec<String>,
@@ -92,7 +99,8 @@ struct Args {
     /// Open sessions per client IP.
     #[arg(long, default_value_t = 20)]
     max_conns_per_ip: usize,
-    /// Failed logins per client IP within a minute before it is locked out for the rest of it.
+    /// Failed logins per client (an IPv4 address or an IPv6 /64) within a minute before it is
+    /// locked out for a minute.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     max_login_failures: u32,
     /// Seconds between Engine.IO pings (a long-poll is answered by the next ping at the latest).
@@ -178,63 +186,6 @@ impl fmt::Display for ConnectRefused {
     }
 }
 
-/// Failed logins per client IP. One Engine.IO session can carry any number of Socket.IO
-/// connect attempts, so the handshake rate limit alone would not stop password guessing:
-/// after `max` failures within `window`, a client is refused without a check until the window
-/// ends.
-#[derive(Clone)]
-struct LoginThrottle {
-    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
-    max: u32,
-    window: Duration,
-}
-
-impl fmt::Debug for LoginThrottle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoginThrottle")
-            .field("max", &self.max)
-            .field("window", &self.window)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LoginThrottle {
-    fn new(max: u32, window: Duration) -> Self {
-        Self {
-            failures: Arc::default(),
-            max,
-            window,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How long `ip` must wait, if it is locked out.
-    fn locked_out(&self, ip: IpAddr) -> Option<Duration> {
-        let failures = self.lock();
-        let (count, since) = failures.get(&ip)?;
-        let left = self.window.checked_sub(since.elapsed())?;
-        (*count >= self.max).then_some(left)
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut failures = self.lock();
-        let now = Instant::now();
-        let entry = failures.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= self.window {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-        // Bounded memory: forget finished windows when the table grows.
-        if failures.len() > 10_000 {
-            let window = self.window;
-            failures.retain(|_, (_, since)| now.duration_since(*since) < window);
-        }
-    }
-}
-
 /// The signed-in user, stored on the socket.
 #[derive(Clone, Debug)]
 struct User(Arc<str>);
@@ -280,6 +231,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The server's own hosts: the address it listens on, by IP and as `localhost`.
+fn own_hosts(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+    if addr.ip().is_ipv6() {
+        hosts.push(format!("[::1]:{port}"));
+    }
+    if !addr.ip().is_loopback() && !addr.ip().is_unspecified() {
+        hosts.push(addr.to_string());
+    }
+    hosts
+}
+
 /// The server's own origins: the address it listens on, by IP and as `localhost`.
 fn own_origins(addr: SocketAddr) -> Vec<String> {
     let port = addr.port();
@@ -309,7 +273,12 @@ fn opens_session(req: &Request<Body>) -> bool {
 fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn std::error::Error>> {
     let max_payload = args.max_payload;
     let max_message = usize::try_from(max_payload)?;
-    let throttle = LoginThrottle::new(args.max_login_failures, Duration::from_secs(60));
+    // wsguard's brute-force throttle, used outside a layer: keyed like the layers (an IPv4
+    // address, an IPv6 /64), counting checks in flight.
+    let throttle = FailureThrottle::new()
+        .max_failures(args.max_login_failures)?
+        .window(Duration::from_secs(60))?
+        .block_for(Duration::from_secs(60))?;
     let (socket_io, io) = SocketIo::builder()
         .max_payload(max_payload)
         .ws_max_message_size(max_message)
@@ -338,6 +307,8 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
     let origins = OriginGuardLayer::new()
         .allow_origins(own_origins(addr))?
         .allow_origins(&args.allow_origins)?
+        .allow_hosts(own_hosts(addr))?
+        .allow_hosts(&args.allowed_hosts)?
         .check_all_requests(true);
     let rate = RateLimitLayer::new()
         .per_second(args.connect_rate)?
@@ -398,27 +369,30 @@ fn javascript(source: &'static str) -> Response {
 /// the socket joins the namespace; an error becomes the client's `connect_error`.
 fn authenticate(
     users: &Users,
-    throttle: &LoginThrottle,
+    throttle: &FailureThrottle,
     socket: &SocketRef,
     credentials: Result<Credentials, ParserError>,
     client_ip: Option<ClientIp>,
 ) -> Result<(), ConnectRefused> {
     // The client-IP layer runs before socketioxide; without it, fall back to a shared key.
     let ip = client_ip.map_or(IpAddr::from([0, 0, 0, 0]), |ClientIp(ip)| ip);
-    if let Some(retry_after) = throttle.locked_out(ip) {
-        tracing::warn!(name: "heroes.connect.refused", cause = "too_many_failures", client_ip = %ip, limit = throttle.max, "connect refused");
-        return Err(ConnectRefused::TooManyFailures { retry_after });
-    }
+    // Refused while locked out (the throttle emits `wsguard.rate_limit.auth_throttled`).
+    let attempt = throttle
+        .begin(ip)
+        .map_err(|error| ConnectRefused::TooManyFailures {
+            retry_after: error.retry_after().unwrap_or(Duration::from_secs(1)),
+        })?;
     let Ok(credentials) = credentials else {
-        throttle.failed(ip);
+        attempt.failed();
         tracing::warn!(name: "heroes.connect.refused", cause = "missing_credentials", client_ip = %ip, "connect refused");
         return Err(ConnectRefused::MissingCredentials);
     };
     if !users.check(&credentials.username, &credentials.password) {
-        throttle.failed(ip);
+        attempt.failed();
         tracing::warn!(name: "heroes.connect.refused", cause = "invalid_credentials", client_ip = %ip, "connect refused");
         return Err(ConnectRefused::InvalidCredentials);
     }
+    attempt.succeeded();
     socket
         .extensions
         .insert(User(Arc::from(credentials.username)));

@@ -39,7 +39,7 @@ use std::{
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{State, ws::Message},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
@@ -97,6 +97,16 @@ struct Args {
     /// origins].
     #[arg(long = "allow-origin", value_name = "URL")]
     allow_origins: Vec<String>,
+    /// Another name (or address) this server answers to, HOST[:PORT] or .DOMAIN for its
+    /// subdomains (repeatable): a socket handshake whose Host is none of them gets 403, the
+    /// defence against DNS rebinding [default: the listen address, 127.0.0.1 and localhost,
+    /// with the listen port].
+    #[arg(long = "allowed-host", value_name = "HOST")]
+    allowed_hosts: Vec<String>,
+    /// Password checks (argon2, ~19 MiB each) running at once across all clients; a login
+    /// past this gets 503 with Retry-After.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_logins: u32,
     /// Largest message a client may send, in bytes (larger: close 1009).
     #[arg(long, default_value_t = 4096)]
     max_message_bytes: usize,
@@ -305,7 +315,10 @@ fn router(
     }
     let origins = OriginGuardLayer::new()
         .allow_origins(server::origins_for(addr, tls))?
-        .allow_origins(&args.allow_origins)?;
+        .allow_origins(&args.allow_origins)?
+        .allow_hosts(server::hosts_for(addr))?
+        .allow_hosts(&args.allowed_hosts)?
+        .tls(tls);
     let connect_rate = RateLimitLayer::new()
         .per_second(args.connect_rate)?
         .burst(args.connect_burst)?;
@@ -366,8 +379,10 @@ fn router(
         None => ws_route.layer(connect_rate),
     };
     let ws_route = ws_route.layer(client_ip.clone()).layer(origins);
+    let login_slots = LoginSlots::new(args.max_concurrent_logins);
     let login_route = Router::new()
         .route("/login", post(login))
+        .layer(Extension(login_slots))
         .layer(login_rate)
         .layer(client_ip);
 
@@ -417,17 +432,63 @@ struct Login {
     password: String,
 }
 
-async fn login(State(app): State<App>, body: Bytes) -> Response {
+/// The global cap on password checks running at once (`--max-concurrent-logins`): each
+/// argon2 check takes ~19 MiB and a blocking thread, and the per-IP login rate does not
+/// bound logins spread over many addresses.
+#[derive(Clone)]
+struct LoginSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    limit: u32,
+}
+
+impl LoginSlots {
+    fn new(limit: u32) -> Self {
+        let permits = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(permits)),
+            limit,
+        }
+    }
+}
+
+async fn login(
+    State(app): State<App>,
+    Extension(slots): Extension<LoginSlots>,
+    body: Bytes,
+) -> Response {
     let login: Login = match serde_json::from_slice(&body) {
         Ok(login) => login,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
     };
+    // Past the cap: refuse at once rather than queue (a queue would hold the requests, and
+    // their memory, of a login flood).
+    let Ok(slot) = Arc::clone(&slots.slots).try_acquire_owned() else {
+        tracing::warn!(
+            name: "ticker.login.busy",
+            cause = "max_concurrent_logins",
+            limit = slots.limit,
+            "login refused: too many password checks at once"
+        );
+        let mut res = json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins at once, retry later",
+        );
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return res;
+    };
     let db = app.db.clone();
     let name = login.username.clone();
-    // argon2 is slow on purpose: off the async threads.
-    let ok = tokio::task::spawn_blocking(move || db.verify_user(&name, &login.password))
-        .await
-        .unwrap_or(false);
+    // argon2 is slow on purpose: off the async threads. The slot is held by the check
+    // itself, so a client that hangs up does not free it before the memory is.
+    let ok = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        db.verify_user(&name, &login.password)
+    })
+    .await
+    .unwrap_or(false);
     if !ok {
         tracing::info!(name: "ticker.login.refused", "login refused");
         return json_error(StatusCode::UNAUTHORIZED, "invalid username or password");

@@ -114,6 +114,21 @@ pub(crate) async fn serve(
 }
 
 /// The address the server is reached at, for banners and allowed origins.
+/// The hosts the server answers to (the `Host` of a socket handshake must be one of them):
+/// its listen address, and on loopback or a wildcard address also `127.0.0.1`, `localhost`
+/// and `[::1]`, each with the listen port.
+pub(crate) fn hosts_for(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut hosts = vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+    if addr.ip().is_ipv6() {
+        hosts.push(format!("[::1]:{port}"));
+    }
+    if !addr.ip().is_loopback() && !addr.ip().is_unspecified() {
+        hosts.push(addr.to_string());
+    }
+    hosts
+}
+
 pub(crate) fn origins_for(addr: SocketAddr, tls: bool) -> Vec<String> {
     let scheme = if tls { "https" } else { "http" };
     let port = addr.port();

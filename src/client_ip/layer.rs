@@ -59,9 +59,10 @@ impl ClientIpLayer {
         self
     }
 
-    /// Builds the response for a request that cannot be served (the only cause today is a
-    /// missing `ConnectInfo`). Replaces; default: `500` with a plain-text explanation. The
-    /// error is put in the response extensions either way.
+    /// Builds the response for a request that cannot be served: a missing `ConnectInfo`
+    /// (default `500`) or a trusted proxy's forwarding header without a usable client
+    /// address (default `400`). Replaces; default: [`ClientIpError::status`] with a
+    /// plain-text explanation. The error is put in the response extensions either way.
     #[must_use]
     pub fn on_rejection<F>(mut self, f: F) -> Self
     where

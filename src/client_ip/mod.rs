@@ -11,8 +11,19 @@
 //! Everything left of it was written by the client and is ignored, so a client cannot forge
 //! its address by sending `X-Forwarded-For: 1.2.3.4` (tower_governor's `SmartIpKeyExtractor`
 //! takes the leftmost entry, which any client controls). Headers from untrusted peers are
-//! ignored. A header that cannot be read (garbage, `for=unknown`, an obfuscated identifier
-//! where the client should be) falls back to the peer address; it never panics.
+//! ignored.
+//!
+//! Bytes the client wrote cannot spoil the entry a proxy appended: the header is read as raw
+//! bytes, element by element, so a non-ASCII byte makes only its own element unreadable,
+//! and `Forwarded`'s quotes are paired from the right, so an unterminated quote on the left
+//! swallows only what is left of it. When the walk meets an entry that is not an address
+//! (garbage, `for=unknown`, an obfuscated identifier) before any untrusted address, that
+//! entry was written by a trusted proxy, and nothing left of it is vouched for: the request
+//! is refused with `400 Bad Request` ([`ClientIpError::NoUsableAddress`], event
+//! `wsguard.client_ip.unresolvable`) rather than keyed by the proxy's own address, which
+//! would put every such client into one shared bucket. (Until issue 13 such a request fell
+//! back to the proxy's address.) A trusted proxy's request without the header is keyed by
+//! the proxy itself. Nothing here panics.
 //!
 //! IPv4-mapped IPv6 peers (`::ffff:192.0.2.1`, what a dual-stack listener reports) are
 //! converted to plain IPv4 first.
@@ -178,13 +189,36 @@ impl ProxyHeader {
     }
 }
 
-/// Why a request has no client address. Carried in the response extensions.
+/// Why a request has no client address. Carried in the response extensions of the
+/// rejection (`500` for a configuration error, `400` for an unusable forwarding chain).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientIpError {
     /// The request has no `ConnectInfo<SocketAddr>`: the app was not served with
-    /// `into_make_service_with_connect_info::<SocketAddr>()`. A configuration error.
+    /// `into_make_service_with_connect_info::<SocketAddr>()`. A configuration error (`500`).
     MissingConnectInfo,
+    /// The request comes from a trusted proxy, but walking its forwarding header from the
+    /// right meets an entry that is not an address (`unknown`, an obfuscated identifier,
+    /// garbage) before any untrusted address (`400`). See [`ClientIpLayer::resolve`].
+    NoUsableAddress,
+}
+
+impl ClientIpError {
+    /// The status code of the default rejection response.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Self::MissingConnectInfo => http::StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NoUsableAddress => http::StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A stable snake_case name of the cause, as used in the `cause` field of events.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::MissingConnectInfo => "missing_connect_info",
+            Self::NoUsableAddress => "no_usable_address",
+        }
+    }
 }
 
 impl fmt::Display for ClientIpError {
@@ -193,6 +227,10 @@ impl fmt::Display for ClientIpError {
             Self::MissingConnectInfo => f.write_str(
                 "wsguard: the peer address is missing; serve the app with \
                  into_make_service_with_connect_info::<SocketAddr>()",
+            ),
+            Self::NoUsableAddress => f.write_str(
+                "no usable client address in the forwarding header (forwarded, \
+                 x-forwarded-for or x-real-ip) of a trusted proxy",
             ),
         }
     }

@@ -2,6 +2,13 @@
 //!
 //! Every parser is total: any byte sequence yields a list of hops, where a hop that cannot be
 //! read as an address is [`Hop::Unusable`]. Nothing here panics on input from the network.
+//!
+//! The parsers work on raw bytes and confine damage to one list element: the client writes
+//! the left part of a forwarding header and a trusted proxy appends its entry on the right,
+//! so nothing the client sends (a non-ASCII byte, an unterminated quote) may make the
+//! proxy's entry unreadable. `X-Forwarded-For` splits on every comma; `Forwarded` pairs its
+//! quotes from the **right**, where the proxies' well-formed entries are, so a stray quote
+//! on the left swallows only what is left of it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,9 +22,14 @@ pub(crate) enum Hop {
 }
 
 /// Parses one `X-Forwarded-For` style address: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
-/// `[2001:db8::1]` or `[2001:db8::1]:80`.
-pub(crate) fn parse_addr(raw: &str) -> Hop {
-    let raw = raw.trim();
+/// `[2001:db8::1]` or `[2001:db8::1]:80`. Anything but ASCII is [`Hop::Unusable`].
+pub(crate) fn parse_addr(raw: &[u8]) -> Hop {
+    let Ok(raw) = std::str::from_utf8(raw.trim_ascii()) else {
+        return Hop::Unusable;
+    };
+    if !raw.is_ascii() {
+        return Hop::Unusable;
+    }
     if let Ok(ip) = raw.parse::<IpAddr>() {
         return Hop::Ip(ip);
     }
@@ -34,43 +46,50 @@ pub(crate) fn parse_addr(raw: &str) -> Hop {
 }
 
 /// Parses the comma-separated list of one or more `X-Forwarded-For` header values, in order.
-pub(crate) fn x_forwarded_for<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Hop> {
+/// Empty list elements carry no hop.
+pub(crate) fn x_forwarded_for<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Hop> {
     values
         .into_iter()
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.split(|b| *b == b','))
+        .filter(|element| !element.trim_ascii().is_empty())
         .map(parse_addr)
         .collect()
 }
 
-/// Splits `s` on `sep` outside double-quoted strings (a backslash escapes the next character
-/// inside quotes). Unterminated quotes run to the end of the input.
-fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+/// Splits `s` on `sep` outside double-quoted strings, scanning from the right: a quote
+/// closes (seen first from the right) and opens a quoted string, and inside one a quote
+/// preceded by an odd number of backslashes is escaped. A quoted string that never opens
+/// runs to the start of the input. Returns the parts left to right.
+fn split_unquoted_from_right(s: &[u8], sep: u8) -> Vec<&[u8]> {
     let mut parts = Vec::new();
-    let mut start = 0;
+    let mut end = s.len();
     let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, c) in s.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            c if c == sep && !in_quotes => {
-                parts.push(&s[start..i]);
-                start = i + c.len_utf8();
+    let mut i = s.len();
+    while i > 0 {
+        i -= 1;
+        let b = s[i];
+        if b == b'"' {
+            let backslashes = s[..i].iter().rev().take_while(|c| **c == b'\\').count();
+            if !(in_quotes && backslashes % 2 == 1) {
+                in_quotes = !in_quotes;
             }
-            _ => {}
+        } else if b == sep && !in_quotes {
+            parts.push(&s[i + 1..end]);
+            end = i;
         }
     }
-    parts.push(&s[start..]);
+    parts.push(&s[..end]);
+    parts.reverse();
     parts
 }
 
-/// Reads an RFC 7230 token or quoted-string value; `None` if the quoting is broken.
-fn unquote(value: &str) -> Option<String> {
-    let value = value.trim();
+/// Reads an RFC 7230 token or quoted-string value; `None` if the quoting is broken or the
+/// value is not ASCII.
+fn unquote(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value.trim_ascii()).ok()?;
+    if !value.is_ascii() {
+        return None;
+    }
     let Some(rest) = value.strip_prefix('"') else {
         return Some(value.to_owned());
     };
@@ -86,7 +105,6 @@ fn unquote(value: &str) -> Option<String> {
     }
     Some(out)
 }
-
 /// Parses an RFC 7239 `node`: `192.0.2.60`, `192.0.2.60:47011`, `"[2001:db8::1]:4711"`,
 /// `unknown` or an obfuscated `_identifier` (the last two are [`Hop::Unusable`]).
 fn parse_node(node: &str) -> Hop {
@@ -124,20 +142,21 @@ fn valid_port_char(c: char) -> bool {
 
 /// Parses one or more RFC 7239 `Forwarded` header values, in order: one hop per
 /// forwarded-element, read from its `for` parameter.
-pub(crate) fn forwarded<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<Hop> {
+pub(crate) fn forwarded<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<Hop> {
     let mut hops = Vec::new();
     for value in values {
-        for element in split_unquoted(value, ',') {
-            if element.trim().is_empty() {
+        for element in split_unquoted_from_right(value, b',') {
+            if element.trim_ascii().is_empty() {
                 // Empty list elements are allowed by the list syntax and carry no hop.
                 continue;
             }
             let mut hop = Hop::Unusable;
-            for pair in split_unquoted(element, ';') {
-                let Some((name, val)) = pair.split_once('=') else {
+            for pair in split_unquoted_from_right(element, b';') {
+                let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                     continue;
                 };
-                if name.trim().eq_ignore_ascii_case("for") {
+                let (name, val) = (&pair[..eq], &pair[eq + 1..]);
+                if name.trim_ascii().eq_ignore_ascii_case(b"for") {
                     hop = unquote(val).map_or(Hop::Unusable, |v| parse_node(&v));
                     break;
                 }
@@ -220,6 +239,16 @@ mod tests {
                 want: vec![ip("1.2.3.4")],
             },
             Case {
+                name: "unterminated quote on the left swallows only the left",
+                input: &[r#"for="6.6.6.6, for=1.2.3.4, for="[2001:db8::1]:80""#],
+                want: vec![Hop::Unusable, ip("1.2.3.4"), ip("2001:db8::1")],
+            },
+            Case {
+                name: "escaped quote inside a quoted string",
+                input: &[r#"for=1.2.3.4;x="a\",b", for=5.6.7.8"#],
+                want: vec![ip("1.2.3.4"), ip("5.6.7.8")],
+            },
+            Case {
                 name: "bad port",
                 input: &["for=1.2.3.4:", r#"for="[::1]:x y""#],
                 want: vec![Hop::Unusable, Hop::Unusable],
@@ -227,7 +256,7 @@ mod tests {
         ];
         for case in cases {
             assert_eq!(
-                forwarded(case.input.iter().copied()),
+                forwarded(case.input.iter().map(|s| s.as_bytes())),
                 case.want,
                 "{}",
                 case.name
@@ -262,14 +291,14 @@ mod tests {
                 ],
             },
             Case {
-                name: "garbage",
+                name: "garbage; the empty element carries no hop",
                 input: &["not-an-ip,, 999.1.1.1"],
-                want: vec![Hop::Unusable, Hop::Unusable, Hop::Unusable],
+                want: vec![Hop::Unusable, Hop::Unusable],
             },
         ];
         for case in cases {
             assert_eq!(
-                x_forwarded_for(case.input.iter().copied()),
+                x_forwarded_for(case.input.iter().map(|s| s.as_bytes())),
                 case.want,
                 "{}",
                 case.name
@@ -296,9 +325,9 @@ mod tests {
             "for=\"[::1\"]",
         ];
         for s in odd {
-            let _ = forwarded([s]);
-            let _ = x_forwarded_for([s]);
-            let _ = parse_addr(s);
+            let _ = forwarded([s.as_bytes()]);
+            let _ = x_forwarded_for([s.as_bytes()]);
+            let _ = parse_addr(s.as_bytes());
         }
     }
 }

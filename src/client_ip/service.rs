@@ -4,7 +4,7 @@ use std::{
 };
 
 use axum::{body::Body, extract::ConnectInfo, response::Response};
-use http::{HeaderMap, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, header};
 use tower::Service;
 
 use super::{
@@ -48,33 +48,32 @@ impl<S> ClientIpService<S> {
 
 impl ClientIpLayer {
     /// The client address of a request from `peer` carrying `headers`: `peer` itself unless
-    /// it is a trusted proxy, else the rightmost untrusted hop of the configured header.
-    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// it is a trusted proxy; else the chain of the configured header walked from the right,
+    /// skipping trusted proxies, and the first other address is the client. Without the
+    /// header (or with only trusted hops in it) the leftmost trusted hop is the client: the
+    /// request was made by a proxy itself.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientIpError::NoUsableAddress`] when, walking from the right, an entry that cannot
+    /// be read as an address (`unknown`, an obfuscated identifier, garbage) comes before any
+    /// untrusted address. That entry was written by a trusted proxy (client bytes cannot
+    /// reach it: see the [module docs](super)), so whatever is left of it was vouched for by
+    /// nobody we trust; keying the request by the proxy's own address instead would put
+    /// every such client into one shared bucket.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ClientIpError> {
         let peer = peer.to_canonical();
         if !self.is_trusted(peer) {
-            return peer;
+            return Ok(peer);
         }
         let name = self.header.name();
-        let mut values = Vec::new();
-        for value in headers.get_all(&name) {
-            match value.to_str() {
-                Ok(v) => values.push(v),
-                Err(_) => {
-                    tracing::debug!(
-                        name: "wsguard.client_ip.header_unusable",
-                        header = %name,
-                        peer = %peer,
-                        "forwarding header is not visible ASCII; using the peer address"
-                    );
-                    return peer;
-                }
-            }
-        }
+        let values = headers.get_all(&name).iter().map(HeaderValue::as_bytes);
         let hops = match self.header {
             ProxyHeader::XForwardedFor => parse::x_forwarded_for(values),
             ProxyHeader::Forwarded => parse::forwarded(values),
             ProxyHeader::XRealIp => {
                 // A single address; several header lines are ambiguous.
+                let values: Vec<&[u8]> = values.collect();
                 match values.as_slice() {
                     [one] => vec![parse::parse_addr(one)],
                     [] => Vec::new(),
@@ -88,24 +87,16 @@ impl ClientIpLayer {
                 Hop::Ip(ip) => {
                     let ip = ip.to_canonical();
                     if !self.is_trusted(ip) {
-                        return ip;
+                        return Ok(ip);
                     }
                     leftmost_trusted = Some(ip);
                 }
-                Hop::Unusable => {
-                    tracing::debug!(
-                        name: "wsguard.client_ip.header_unusable",
-                        header = %name,
-                        peer = %peer,
-                        "forwarding header has an unreadable hop; using the peer address"
-                    );
-                    return peer;
-                }
+                Hop::Unusable => return Err(ClientIpError::NoUsableAddress),
             }
         }
         // Every hop is a trusted proxy (or there is no header): the leftmost one is the
         // furthest address we know.
-        leftmost_trusted.unwrap_or(peer)
+        Ok(leftmost_trusted.unwrap_or(peer))
     }
 
     fn reject(&self, error: ClientIpError) -> Response {
@@ -113,7 +104,7 @@ impl ClientIpLayer {
             Some(f) => f(&error),
             None => {
                 let mut r = Response::new(Body::from(format!("{error}\n")));
-                *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                *r.status_mut() = error.status();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -149,7 +140,19 @@ where
             );
             return ResponseFuture::rejected(self.config.reject(ClientIpError::MissingConnectInfo));
         };
-        let ip = self.config.resolve(peer.ip(), req.headers());
+        let ip = match self.config.resolve(peer.ip(), req.headers()) {
+            Ok(ip) => ip,
+            Err(error) => {
+                tracing::warn!(
+                    name: "wsguard.client_ip.unresolvable",
+                    cause = error.as_str(),
+                    header = %self.config.header.name(),
+                    peer = %peer.ip(),
+                    "request refused: no usable client address in the forwarding header"
+                );
+                return ResponseFuture::rejected(self.config.reject(error));
+            }
+        };
         req.extensions_mut().insert(ClientIp(ip));
         ResponseFuture::future(self.inner.call(req))
     }

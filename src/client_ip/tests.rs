@@ -33,8 +33,10 @@ fn resolve_table() {
         header: ProxyHeader,
         peer: &'static str,
         headers: &'static [(&'static str, &'static [u8])],
+        /// The client address, or `REFUSED` when no usable address is in the chain.
         want: &'static str,
     }
+    const REFUSED: &str = "refused";
     use ProxyHeader::*;
     let cases = [
         Case {
@@ -83,11 +85,13 @@ fn resolve_table() {
             want: "10.0.0.1",
         },
         Case {
-            name: "trusted proxy: garbage hop falls back to peer",
+            // The proxy's own entry is unreadable: what is left of it was never vouched
+            // for by a trusted hop, so it is not taken either.
+            name: "trusted proxy: garbage where the client should be is refused",
             header: XForwardedFor,
             peer: "10.0.0.1",
             headers: &[("x-forwarded-for", b"1.2.3.4, garbage")],
-            want: "10.0.0.1",
+            want: REFUSED,
         },
         Case {
             name: "trusted proxy: garbage left of the client is never read",
@@ -97,11 +101,11 @@ fn resolve_table() {
             want: "198.51.100.7",
         },
         Case {
-            name: "trusted proxy: non-ASCII header falls back to peer",
+            name: "trusted proxy: non-ASCII client entry is refused",
             header: XForwardedFor,
             peer: "10.0.0.1",
             headers: &[("x-forwarded-for", b"198.51.100.7\xff")],
-            want: "10.0.0.1",
+            want: REFUSED,
         },
         Case {
             name: "Forwarded: bracketed IPv6 with port",
@@ -115,14 +119,14 @@ fn resolve_table() {
             header: Forwarded,
             peer: "10.0.0.1",
             headers: &[("forwarded", b"for=unknown")],
-            want: "10.0.0.1",
+            want: REFUSED,
         },
         Case {
             name: "Forwarded: obfuscated identifier",
             header: Forwarded,
             peer: "10.0.0.1",
             headers: &[("forwarded", b"for=_hidden, for=10.0.0.2")],
-            want: "10.0.0.1",
+            want: REFUSED,
         },
         Case {
             name: "Forwarded: trusted IPv6 proxy chain",
@@ -139,7 +143,7 @@ fn resolve_table() {
             header: Forwarded,
             peer: "10.0.0.1",
             headers: &[("forwarded", b"\"\"\";;;==,,for=\"[")],
-            want: "10.0.0.1",
+            want: REFUSED,
         },
         Case {
             name: "Forwarded: XFF not honoured when Forwarded chosen",
@@ -167,7 +171,7 @@ fn resolve_table() {
             header: XRealIp,
             peer: "192.0.2.1",
             headers: &[("x-real-ip", b"198.51.100.9"), ("x-real-ip", b"1.1.1.1")],
-            want: "192.0.2.1",
+            want: REFUSED,
         },
         Case {
             name: "IPv4-mapped peer is canonicalised and trusted",
@@ -176,11 +180,78 @@ fn resolve_table() {
             headers: &[("x-forwarded-for", b"::ffff:198.51.100.7")],
             want: "198.51.100.7",
         },
+        Case {
+            name: "issue 13.10: a non-ASCII byte in a client entry does not hide the proxy's",
+            header: XForwardedFor,
+            peer: "10.0.0.1",
+            headers: &[("x-forwarded-for", b"\xffoo\xe9, 198.51.100.7, 10.9.9.9")],
+            want: "198.51.100.7",
+        },
+        Case {
+            name: "issue 13.10: non-ASCII on a client line, the proxy's on its own line",
+            header: XForwardedFor,
+            peer: "10.0.0.1",
+            headers: &[
+                ("x-forwarded-for", b"6.6.6.6\xff"),
+                ("x-forwarded-for", b"198.51.100.7"),
+            ],
+            want: "198.51.100.7",
+        },
+        Case {
+            name: "issue 13.10: an unterminated quote from the client",
+            header: Forwarded,
+            peer: "10.0.0.1",
+            headers: &[("forwarded", b"for=\"6.6.6.6, for=198.51.100.7")],
+            want: "198.51.100.7",
+        },
+        Case {
+            name: "issue 13.10: a client quote does not swallow the proxy's quoted IPv6",
+            header: Forwarded,
+            peer: "10.0.0.1",
+            headers: &[(
+                "forwarded",
+                b"for=6.6.6.6, x=\", for=\"[2001:db8::7]:4711\";proto=https",
+            )],
+            want: "2001:db8::7",
+        },
+        Case {
+            name: "issue 13.10: non-ASCII in a client Forwarded element",
+            header: Forwarded,
+            peer: "10.0.0.1",
+            headers: &[(
+                "forwarded",
+                b"for=\"\xff\xfe\", for=198.51.100.7;proto=http",
+            )],
+            want: "198.51.100.7",
+        },
+        Case {
+            name: "empty XFF elements carry no hop",
+            header: XForwardedFor,
+            peer: "10.0.0.1",
+            headers: &[("x-forwarded-for", b"198.51.100.7, ,")],
+            want: "198.51.100.7",
+        },
+        Case {
+            name: "only trusted hops and garbage: refused",
+            header: XForwardedFor,
+            peer: "10.0.0.1",
+            headers: &[("x-forwarded-for", b"garbage, 10.0.0.7")],
+            want: REFUSED,
+        },
     ];
     for case in cases {
         let layer = layer(case.header);
         let got = layer.resolve(case.peer.parse().unwrap(), &headers(case.headers));
-        assert_eq!(got, case.want.parse::<IpAddr>().unwrap(), "{}", case.name);
+        if case.want == REFUSED {
+            assert_eq!(got, Err(ClientIpError::NoUsableAddress), "{}", case.name);
+        } else {
+            assert_eq!(
+                got,
+                Ok(case.want.parse::<IpAddr>().unwrap()),
+                "{}",
+                case.name
+            );
+        }
     }
 }
 
@@ -276,4 +347,124 @@ async fn inserts_client_ip_and_rejects_missing_connect_info() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.extensions().get::<ClientIpError>().is_some());
+}
+
+/// A request from a trusted proxy whose chain holds no usable client address is refused
+/// with `400`, never keyed by the proxy's own address.
+#[tokio::test]
+async fn unusable_chain_is_refused_with_400() {
+    let svc = ServiceBuilder::new()
+        .layer(layer(ProxyHeader::XForwardedFor))
+        .service(service_fn(echo));
+    let mut req = Request::get("/")
+        .header("x-forwarded-for", "unknown")
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo("10.0.0.1:1234".parse::<SocketAddr>().unwrap()));
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        res.extensions().get::<ClientIpError>(),
+        Some(&ClientIpError::NoUsableAddress)
+    );
+    let body = axum::body::to_bytes(res.into_body(), 1000).await.unwrap();
+    assert!(
+        std::str::from_utf8(&body)
+            .unwrap()
+            .contains("x-forwarded-for")
+    );
+}
+
+mod properties {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn client() -> impl Strategy<Value = IpAddr> {
+        // Untrusted addresses: outside 10/8, 192.0.2.1 and 2001:db8:ffff::/48.
+        prop_oneof![
+            (1u8..=9, any::<[u8; 3]>())
+                .prop_map(|(a, [b, c, d])| IpAddr::V4(Ipv4Addr::new(a, b, c, d))),
+            any::<[u16; 7]>().prop_map(|[b, c, d, e, f, g, h]| IpAddr::V6(Ipv6Addr::new(
+                0x2a00, b, c, d, e, f, g, h
+            ))),
+        ]
+    }
+
+    fn proxy() -> impl Strategy<Value = IpAddr> {
+        any::<[u8; 3]>().prop_map(|[b, c, d]| IpAddr::V4(Ipv4Addr::new(10, b, c, d)))
+    }
+
+    fn header_byte(b: u8) -> bool {
+        b == b'\t' || (b >= 0x20 && b != 0x7f)
+    }
+
+    fn xff_entry(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        }
+    }
+
+    fn forwarded_entry(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(v4) => format!("for={v4}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]:4711\";proto=https"),
+        }
+    }
+
+    proptest! {
+        /// Whatever bytes the client sends as its own forwarding header, the address the
+        /// trusted proxies appended is the one resolved.
+        #[test]
+        fn client_bytes_never_change_the_result(
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+            real in client(),
+            proxies in proptest::collection::vec(proxy(), 0..3),
+            forwarded in any::<bool>(),
+            same_line in any::<bool>(),
+        ) {
+            let (header, name, entry): (ProxyHeader, &str, fn(IpAddr) -> String) = if forwarded {
+                (ProxyHeader::Forwarded, "forwarded", forwarded_entry)
+            } else {
+                (ProxyHeader::XForwardedFor, "x-forwarded-for", xff_entry)
+            };
+            // What the proxies append: the client's address, then each inner proxy's.
+            let appended: Vec<String> =
+                std::iter::once(real).chain(proxies.iter().copied()).map(entry).collect();
+            let appended = appended.join(", ");
+            // Whatever a header value can hold (no control bytes but tab) can come from a client.
+            let junk: Vec<u8> = junk.into_iter().filter(|&b| header_byte(b)).collect();
+            let mut map = HeaderMap::new();
+            if same_line {
+                let mut line = junk.clone();
+                line.extend_from_slice(b", ");
+                line.extend_from_slice(appended.as_bytes());
+                map.append(name, HeaderValue::from_bytes(&line).unwrap());
+            } else {
+                if let Ok(value) = HeaderValue::from_bytes(&junk) {
+                    map.append(name, value);
+                }
+                map.append(name, HeaderValue::from_str(&appended).unwrap());
+            }
+            let got = layer(header).resolve("10.0.0.1".parse().unwrap(), &map);
+            prop_assert_eq!(got, Ok(real));
+        }
+
+        /// Any header from a trusted proxy resolves to an address or a refusal, never a panic.
+        #[test]
+        fn any_header_resolves_without_panic(
+            value in proptest::collection::vec(any::<u8>(), 0..96),
+            forwarded in any::<bool>(),
+        ) {
+            let value: Vec<u8> = value.into_iter().filter(|&b| header_byte(b)).collect();
+            let header = if forwarded { ProxyHeader::Forwarded } else { ProxyHeader::XForwardedFor };
+            let mut map = HeaderMap::new();
+            map.append(header.name(), HeaderValue::from_bytes(&value).unwrap());
+            let _ = layer(header).resolve("10.0.0.1".parse().unwrap(), &map);
+        }
+    }
 }

@@ -6,7 +6,7 @@ use tower::Layer;
 
 use super::{
     ConfigError, OriginError, OriginGuard, OriginPredicate,
-    matcher::{AllowList, Origin, Pattern},
+    matcher::{AllowList, HostRule, Origin, Pattern, host_allowed},
 };
 
 type RejectFn = dyn Fn(OriginError) -> Response + Send + Sync;
@@ -24,6 +24,8 @@ pub struct OriginGuardLayer {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) allow: AllowList,
+    pub(crate) allowed_hosts: Vec<HostRule>,
+    pub(crate) tls: bool,
     pub(crate) require_origin: bool,
     pub(crate) check_all_requests: bool,
     pub(crate) on_rejection: Option<Arc<RejectFn>>,
@@ -38,6 +40,11 @@ impl Config {
         if !is_handshake && (!self.check_all_requests || first.is_none()) {
             return Ok(());
         }
+        let tls = self.tls || matches!(parts.uri.scheme_str(), Some("https" | "wss"));
+        let hosts_checked = !self.allowed_hosts.is_empty();
+        if hosts_checked && !host_allowed(&self.allowed_hosts, parts, tls) {
+            return Err(Rejected::new(OriginError::HostNotAllowed, None));
+        }
         let value = match (first, second) {
             (None, _) if self.require_origin && is_handshake => {
                 return Err(Rejected::new(OriginError::Missing, None));
@@ -48,14 +55,16 @@ impl Config {
         };
         let origin = Origin::from_header(value.as_bytes())
             .map_err(|err| Rejected::new(err, Some(sanitise(value.as_bytes()))))?;
-        if self.allow.allows(&origin, parts) {
-            Ok(())
-        } else {
-            Err(Rejected::new(
-                OriginError::NotAllowed,
+        if tls && origin.scheme() == "http" {
+            // A page served over plain http can be rewritten by anybody on the path.
+            return Err(Rejected::new(
+                OriginError::InsecureOrigin,
                 Some(origin.to_string()),
-            ))
+            ));
         }
+        self.allow
+            .allows(&origin, parts, tls, hosts_checked)
+            .map_err(|error| Rejected::new(error, Some(origin.to_string())))
     }
 
     pub(crate) fn rejection(&self, error: OriginError) -> Response {
@@ -94,7 +103,7 @@ fn is_websocket_handshake(parts: &Parts) -> bool {
 }
 
 /// At most 64 bytes of the raw value, escaped, for a log line.
-fn sanitise(raw: &[u8]) -> String {
+pub(crate) fn sanitise(raw: &[u8]) -> String {
     let mut out: String = raw
         .iter()
         .take(64)
@@ -114,6 +123,8 @@ impl OriginGuardLayer {
         Self {
             config: Arc::new(Config {
                 allow: AllowList::default(),
+                allowed_hosts: Vec::new(),
+                tls: false,
                 require_origin: false,
                 check_all_requests: false,
                 on_rejection: None,
@@ -175,9 +186,61 @@ impl OriginGuardLayer {
     }
 
     /// Also allows same-origin handshakes. That is the default only while nothing else is
-    /// configured; call this to keep it next to other rules.
+    /// configured; call this to keep it next to other rules. Same origin trusts the `Host`
+    /// header, so a domain `Host` counts only once it is an allowed host
+    /// ([`allow_host`](Self::allow_host)); see the [module docs](crate::origin#allowed-hosts).
     pub fn allow_same_origin(self) -> Self {
         self.with(|c| c.allow.same_origin = true)
+    }
+
+    /// Adds an allowed host, like Django's `ALLOWED_HOSTS`: `example.com` (any port),
+    /// `example.com:8443` (that port only), `.example.com` (the domain and every subdomain),
+    /// `127.0.0.1:8000`, `[::1]:8000`. Repeated calls add hosts. Default: none.
+    ///
+    /// Once any host is allowed, **every** checked handshake (with or without `Origin`,
+    /// whatever rule decides its origin) must carry an allowed `Host` (or URI authority),
+    /// else it is refused with `403` ([`OriginError::HostNotAllowed`]); and same-origin
+    /// handshakes may then use domain names. This is the defence against DNS rebinding; see
+    /// the [module docs](crate::origin#allowed-hosts). The port of a `Host` without one is
+    /// the scheme's default (443 when the handshake is known to arrive over TLS, else 80).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::InvalidHost`] when `host` is not `host[:port]` or `.domain[:port]`
+    /// (a scheme, a path, a wildcard, whitespace, an unbracketed IPv6 address, ...).
+    pub fn allow_host(self, host: impl AsRef<str>) -> Result<Self, ConfigError> {
+        let rule = HostRule::parse(host.as_ref())?;
+        Ok(self.with(|c| {
+            if !c.allowed_hosts.contains(&rule) {
+                c.allowed_hosts.push(rule);
+            }
+        }))
+    }
+
+    /// Adds every host in `hosts`; see [`allow_host`](Self::allow_host).
+    ///
+    /// # Errors
+    ///
+    /// The first invalid host's [`ConfigError`].
+    pub fn allow_hosts<I>(self, hosts: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        hosts
+            .into_iter()
+            .try_fold(self, |layer, host| layer.allow_host(host))
+    }
+
+    /// Whether every handshake arrives over TLS (this server terminates it, or a TLS proxy
+    /// in front of it does). Replaces; default `false`, and then a handshake is known to be
+    /// TLS only when its request URI says `https` (HTTP/2, absolute form). A TLS handshake
+    /// refuses `http://` origins, even allowed ones ([`OriginError::InsecureOrigin`]): a
+    /// page served over plain http can be rewritten by anybody on the network path. Its
+    /// same-origin scheme is `https`. `X-Forwarded-Proto` is not read: set this on the
+    /// servers that are only reachable through TLS instead.
+    pub fn tls(self, tls: bool) -> Self {
+        self.with(|c| c.tls = tls)
     }
 
     /// Allows an origin when `predicate` returns `true` for it and the request. Repeated
@@ -233,6 +296,16 @@ impl fmt::Debug for OriginGuardLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OriginGuardLayer")
             .field("allow", &self.config.allow)
+            .field(
+                "allowed_hosts",
+                &self
+                    .config
+                    .allowed_hosts
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+            .field("tls", &self.config.tls)
             .field("require_origin", &self.config.require_origin)
             .field("check_all_requests", &self.config.check_all_requests)
             .field(

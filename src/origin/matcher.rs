@@ -287,12 +287,43 @@ impl AllowList {
     }
 
     /// Same-origin applies when asked for, and when nothing else was configured.
-    pub(crate) fn allows(&self, origin: &Origin, parts: &Parts) -> bool {
-        self.any
+    /// `hosts_checked`: the request's `Host` is already known to be an allowed host.
+    pub(crate) fn allows(
+        &self,
+        origin: &Origin,
+        parts: &Parts,
+        tls: bool,
+        hosts_checked: bool,
+    ) -> Result<(), OriginError> {
+        if self.any
             || self.exact.iter().any(|o| o == origin)
             || self.patterns.iter().any(|p| p.matches(origin))
-            || ((self.same_origin || self.is_empty()) && is_same_origin(origin, parts))
             || self.predicates.iter().any(|p| p.allow(origin, parts))
+        {
+            return Ok(());
+        }
+        if !(self.same_origin || self.is_empty()) {
+            return Err(OriginError::NotAllowed);
+        }
+        // On plain HTTP/1.1 the server cannot know whether a TLS proxy sits in front: the
+        // origin's own scheme is taken then (the port is compared either way).
+        match own_origin(parts, tls, origin.scheme()) {
+            Some(own)
+                if own.host == origin.host
+                    && own.scheme == origin.scheme
+                    && own.port_or_default() == origin.port_or_default() =>
+            {
+                // Same origin, as far as `Host` says. Without allowed hosts `Host` is
+                // trusted only where DNS cannot rebind it: a page on a rebound domain
+                // would otherwise be same-origin with itself.
+                if hosts_checked || !own.is_domain() || is_localhost(&own.host) {
+                    Ok(())
+                } else {
+                    Err(OriginError::HostNotAllowed)
+                }
+            }
+            _ => Err(OriginError::NotAllowed),
+        }
     }
 }
 
@@ -322,32 +353,149 @@ impl fmt::Debug for AllowList {
     }
 }
 
-/// The request's own origin is its scheme (when the request knows it: an absolute-form or
-/// HTTP/2 URI) and the authority from the URI or the single `Host` header. Behind a proxy that
-/// rewrites `Host`, configure explicit origins instead.
-fn is_same_origin(origin: &Origin, parts: &Parts) -> bool {
-    let authority = match parts.uri.authority() {
-        Some(authority) => authority.as_str(),
+/// `localhost` and the names below it, which browsers resolve to loopback without DNS
+/// (RFC 6761), so no rebinding can point them elsewhere.
+fn is_localhost(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// The request's authority: from the URI (HTTP/2, absolute form) or the single `Host`
+/// header; `None` when missing, repeated or not visible ASCII.
+fn authority(parts: &Parts) -> Option<&str> {
+    match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str()),
         None => {
             let mut hosts = parts.headers.get_all(http::header::HOST).iter();
             match (hosts.next(), hosts.next()) {
-                (Some(host), None) => match host.to_str() {
-                    Ok(host) => host,
-                    Err(_) => return false,
-                },
-                _ => return false,
+                (Some(host), None) => host.to_str().ok(),
+                _ => None,
             }
         }
+    }
+}
+
+/// The request's own origin: its scheme (`https` when the handshake is known to arrive over
+/// TLS, else the URI's scheme when it has one, else `fallback`) and the canonical authority.
+/// Behind a proxy that rewrites `Host`, configure explicit origins instead.
+fn own_origin(parts: &Parts, tls: bool, fallback: &str) -> Option<Origin> {
+    let authority = authority(parts)?;
+    let scheme = if tls {
+        "https"
+    } else {
+        parts.uri.scheme_str().unwrap_or(fallback)
     };
-    let scheme = parts.uri.scheme_str().unwrap_or(origin.scheme());
-    if !matches!(scheme, "http" | "https") || scheme != origin.scheme() {
-        return false;
+    if !matches!(scheme, "http" | "https") {
+        return None;
     }
-    if !is_strict_serialisation(&format!("{scheme}://{authority}")) {
-        return false;
+    let text = format!("{scheme}://{authority}");
+    if !is_strict_serialisation(&text) {
+        return None;
     }
-    match canonicalise(&format!("{scheme}://{authority}")) {
-        Some(own) => own.host == origin.host && own.port_or_default() == origin.port_or_default(),
-        None => false,
+    canonicalise(&text)
+}
+
+/// One entry of the allowed hosts: a host, or a domain and its subdomains (`.example.com`),
+/// with or without a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HostRule {
+    /// Canonical: lowercase, punycode, IPv6 in brackets.
+    host: Box<str>,
+    subdomains: bool,
+    port: Option<u16>,
+}
+
+impl HostRule {
+    pub(crate) fn parse(value: &str) -> Result<Self, ConfigError> {
+        let invalid = |reason: &'static str| ConfigError::InvalidHost {
+            value: value.to_owned(),
+            reason,
+        };
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            return Err(invalid("empty or contains whitespace"));
+        }
+        if value.contains("://") {
+            return Err(invalid("a host is host[:port], without a scheme"));
+        }
+        if value.contains(['/', '?', '#', '@', '\\', '%', '*']) {
+            return Err(invalid(
+                "a host is host[:port] or .domain[:port], without path, userinfo or wildcards",
+            ));
+        }
+        let (subdomains, rest) = match value.strip_prefix('.') {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
+        let (host, port) = if rest.starts_with('[') {
+            let Some(end) = rest.find(']') else {
+                return Err(invalid("unclosed IPv6 bracket"));
+            };
+            match &rest[end + 1..] {
+                "" => (&rest[..=end], None),
+                after => match after.strip_prefix(':') {
+                    Some(port) => (&rest[..=end], Some(port)),
+                    None => return Err(invalid("junk after the IPv6 address")),
+                },
+            }
+        } else {
+            match rest.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(invalid("an IPv6 address must be in brackets"));
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                Some(p.parse::<u16>().map_err(|_| invalid("port out of range"))?)
+            }
+            Some(_) => return Err(invalid("invalid port")),
+        };
+        // The URL parser canonicalises (case, IDNA, IP literals); `wss` has no default
+        // port that could hide one.
+        let origin =
+            Origin::from_config(&format!("http://{host}")).map_err(|_| invalid("invalid host"))?;
+        if subdomains && !origin.is_domain() {
+            return Err(invalid("only a domain name can have subdomains"));
+        }
+        Ok(Self {
+            host: origin.host,
+            subdomains,
+            port,
+        })
     }
+
+    fn matches(&self, host: &str, port: Option<u16>) -> bool {
+        let host_ok = *self.host == *host
+            || (self.subdomains
+                && host
+                    .strip_suffix(&*self.host)
+                    .and_then(|prefix| prefix.strip_suffix('.'))
+                    .is_some_and(|prefix| prefix.split('.').all(|label| !label.is_empty())));
+        host_ok && self.port.is_none_or(|p| Some(p) == port)
+    }
+}
+
+impl fmt::Display for HostRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.subdomains {
+            f.write_str(".")?;
+        }
+        f.write_str(&self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the request's `Host` (or URI authority) is one of `rules`; the port compared is
+/// the explicit one, else the scheme's default (`https` over TLS, else the URI's, else
+/// `http`).
+pub(crate) fn host_allowed(rules: &[HostRule], parts: &Parts, tls: bool) -> bool {
+    own_origin(parts, tls, "http").is_some_and(|own| {
+        let port = own.port_or_default();
+        rules.iter().any(|rule| rule.matches(&own.host, port))
+    })
 }

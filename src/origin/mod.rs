@@ -12,8 +12,11 @@
 //! - **Same origin** (the default when nothing else is configured): the `Origin` must name
 //!   the request's own host and port (from the `Host` header, or the URI's authority on
 //!   HTTP/2). The scheme is compared when the request carries one (HTTP/2, absolute-form
-//!   URIs); on plain HTTP/1.1 the server cannot know whether a TLS proxy sits in front, so
-//!   `http` and `https` are both accepted there, with the port compared in either case.
+//!   URIs) or the guard is told the server is TLS-only ([`OriginGuardLayer::tls`]); on
+//!   plain HTTP/1.1 the server cannot know whether a TLS proxy sits in front, so `http`
+//!   and `https` are both accepted there, with the port compared in either case. Because
+//!   it trusts `Host`, a domain name counts only when it is an allowed host (see
+//!   [Allowed hosts](#allowed-hosts)).
 //! - **Exact origins** ([`OriginGuardLayer::allow_origin`]): compared after canonicalisation
 //!   (RFC 6454: lowercase scheme and host, default port elided, no trailing slash, IDN hosts
 //!   in punycode), so `HTTPS://Example.COM:443/` and `https://example.com` are the same.
@@ -31,6 +34,35 @@
 //! The alternatives add up: an origin is allowed when any configured one allows it. Once
 //! anything is configured, same-origin applies only if [`OriginGuardLayer::allow_same_origin`]
 //! is called too.
+//!
+//! # Allowed hosts
+//!
+//! `Host` is written by the browser from the page's own address, so same-origin is only
+//! as good as the server's idea of its own names. With **DNS rebinding** an attacker serves
+//! a page from `http://attacker.example:8000`, then re-points `attacker.example` at your
+//! server's address: the page's handshake carries `Host: attacker.example:8000` and
+//! `Origin: http://attacker.example:8000`, which look same-origin. (Cookies for your site are
+//! not sent, but anything that trusts network position is exposed: a development server on
+//! `127.0.0.1`, an intranet service.)
+//!
+//! [`OriginGuardLayer::allow_host`] lists the names the server answers to, like Django's
+//! `ALLOWED_HOSTS`. Once any is listed, every checked handshake must carry an allowed
+//! `Host`, whatever rule decides its origin, else `403` ([`OriginError::HostNotAllowed`]).
+//! Without allowed hosts the same-origin rule trusts only hosts that DNS cannot rebind: IP
+//! literals (`127.0.0.1:8000`, `[::1]:8000`) and `localhost` with the names below it; a
+//! domain `Host` is refused with [`OriginError::HostNotAllowed`]. So local development
+//! works unconfigured, and a deployment under a domain name says which names are its own.
+//! (Before issue 13 any `Host` was trusted.) Explicit origin lists do not depend on `Host`
+//! and need no allowed hosts, though listing them is still a good idea.
+//!
+//! # TLS
+//!
+//! A handshake is known to arrive over TLS when the guard is told so
+//! ([`OriginGuardLayer::tls`]: the server, or every proxy in front of it, only speaks TLS) or
+//! when its request URI says `https` (HTTP/2). Such a handshake refuses `http://` origins,
+//! even listed ones ([`OriginError::InsecureOrigin`]): a page served over plain http can be
+//! rewritten by anybody on the network path. `X-Forwarded-Proto` is not read, as a client
+//! can send it; tell the guard instead.
 //!
 //! # Always refused
 //!
@@ -59,8 +91,8 @@
 //!
 //! `403 Forbidden` with a short plain-text reason that never echoes the header, the
 //! [`OriginError`] in the response extensions, and one `tracing` event named
-//! `wsguard.origin.rejected` with the fields `reason` and `origin` (canonical, or escaped and
-//! truncated when malformed). [`OriginGuardLayer::on_rejection`] replaces the response.
+//! `wsguard.origin.rejected` with the fields `reason`, `origin` (canonical, or escaped and
+//! truncated when malformed) and `host` (the `Host` header, escaped and truncated). [`OriginGuardLayer::on_rejection`] replaces the response.
 //!
 //! # Example
 //!
@@ -108,8 +140,10 @@
 //!
 //! Reverse proxies forward `Origin` unchanged, but many rewrite `Host` (nginx sends
 //! `proxy_pass`'s host unless told `proxy_set_header Host $host`), which breaks same-origin
-//! checks: configure explicit origins behind such a proxy. A TLS-terminating proxy makes the
-//! server see plain HTTP while browsers send `https://` origins; list the `https://` origins.
+//! checks and allowed hosts: configure explicit origins behind such a proxy, and allow the
+//! host the proxy sends. A TLS-terminating proxy makes the server see plain HTTP while
+//! browsers send `https://` origins; list the `https://` origins and set
+//! [`OriginGuardLayer::tls`] when the server is reachable only through it.
 
 use std::fmt;
 
@@ -139,6 +173,13 @@ pub enum OriginError {
     Malformed,
     /// A well-formed origin that no configured rule allows.
     NotAllowed,
+    /// The `Host` (or URI authority) is not an allowed host
+    /// ([`OriginGuardLayer::allow_host`]), or, for the same-origin rule without allowed
+    /// hosts, a domain name, which DNS rebinding could point at this server.
+    HostNotAllowed,
+    /// An `http://` origin on a handshake known to arrive over TLS
+    /// ([`OriginGuardLayer::tls`]).
+    InsecureOrigin,
 }
 
 impl OriginError {
@@ -150,6 +191,8 @@ impl OriginError {
             Self::Null => "null",
             Self::Malformed => "malformed",
             Self::NotAllowed => "not_allowed",
+            Self::HostNotAllowed => "host_not_allowed",
+            Self::InsecureOrigin => "insecure_origin",
         }
     }
 }
@@ -162,6 +205,8 @@ impl fmt::Display for OriginError {
             Self::Null => "null origin is not allowed",
             Self::Malformed => "malformed Origin header",
             Self::NotAllowed => "origin not allowed",
+            Self::HostNotAllowed => "host not allowed (see allowed hosts)",
+            Self::InsecureOrigin => "http origin not allowed over TLS",
         })
     }
 }
@@ -186,6 +231,13 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An allowed host that is not `host[:port]` or `.domain[:port]`.
+    InvalidHost {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A wildcard that would allow a whole public suffix (`https://*.com`,
     /// `https://*.co.uk`) or everything (`*`): sites that anybody can register.
     PatternTooBroad {
@@ -202,6 +254,9 @@ impl fmt::Display for ConfigError {
             }
             Self::InvalidPattern { value, reason } => {
                 write!(f, "invalid origin pattern {value:?}: {reason}")
+            }
+            Self::InvalidHost { value, reason } => {
+                write!(f, "invalid allowed host {value:?}: {reason}")
             }
             Self::PatternTooBroad { value } => write!(
                 f,

@@ -60,11 +60,17 @@ where
         match config.check(&parts) {
             Ok(()) => ResponseFuture::future(self.inner.call(Request::from_parts(parts, body))),
             Err(rejected) => {
+                let host = parts
+                    .headers
+                    .get(http::header::HOST)
+                    .map(|v| super::layer::sanitise(v.as_bytes()))
+                    .unwrap_or_default();
                 tracing::warn!(
                     name: "wsguard.origin.rejected",
                     target: "wsguard::origin",
                     reason = rejected.error.as_str(),
                     origin = rejected.origin.as_deref().unwrap_or(""),
+                    host,
                     "handshake refused: {}",
                     rejected.error,
                 );

@@ -397,7 +397,10 @@ async fn non_ascii_origin_is_malformed() {
 
 #[tokio::test]
 async fn same_origin_is_the_default() {
-    let layer = OriginGuardLayer::new();
+    // A domain `Host` is trusted only once it is an allowed host (issue 13, point 11).
+    let layer = OriginGuardLayer::new()
+        .allow_hosts(["chat.example.com", "127.0.0.1", "[::1]"])
+        .expect("valid hosts");
     let cases = [
         Case {
             name: "same host",
@@ -469,7 +472,7 @@ async fn same_origin_is_the_default() {
             name: "malformed host header",
             origins: &[b"https://chat.example.com"],
             host: "chat.example.com/x",
-            expected: NOT_ALLOWED,
+            expected: HOST_NOT_ALLOWED,
         },
         Case {
             name: "no origin",
@@ -483,10 +486,13 @@ async fn same_origin_is_the_default() {
 
 #[tokio::test]
 async fn same_origin_uses_the_uri_scheme_when_known() {
-    let layer = OriginGuardLayer::new();
+    let layer = OriginGuardLayer::new()
+        .allow_host("chat.example.com")
+        .expect("valid host");
     let mut req = handshake("chat.example.com", &[b"http://chat.example.com"]);
     *req.uri_mut() = "https://chat.example.com/ws".parse().expect("static uri");
-    assert_eq!(outcome(&layer, req).await, NOT_ALLOWED);
+    // An https request refuses http origins outright (issue 13, point 11).
+    assert_eq!(outcome(&layer, req).await, INSECURE);
 
     let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
     *req.uri_mut() = "https://chat.example.com/ws".parse().expect("static uri");
@@ -508,7 +514,10 @@ async fn same_origin_needs_exactly_one_host() {
 
 #[tokio::test]
 async fn allow_same_origin_adds_to_the_list() {
-    let layer = configured().allow_same_origin();
+    let layer = configured()
+        .allow_same_origin()
+        .allow_host("api.example.com")
+        .expect("valid host");
     let req = handshake("api.example.com", &[b"https://api.example.com"]);
     assert_eq!(outcome(&layer, req).await, ALLOWED);
 }
@@ -521,7 +530,10 @@ async fn missing_origin_policy() {
         ALLOWED
     );
 
-    let require = OriginGuardLayer::new().require_origin(true);
+    let require = OriginGuardLayer::new()
+        .require_origin(true)
+        .allow_host("a.example.com")
+        .expect("valid host");
     assert_eq!(
         outcome(&require, handshake("a.example.com", &[])).await,
         Err(OriginError::Missing)
@@ -880,4 +892,257 @@ async fn one_event_per_rejection_with_a_sanitised_origin() {
         not_allowed.contains("origin=\"https://evil.example.net\""),
         "canonical: {not_allowed}"
     );
+}
+
+const HOST_NOT_ALLOWED: Result<(), OriginError> = Err(OriginError::HostNotAllowed);
+const INSECURE: Result<(), OriginError> = Err(OriginError::InsecureOrigin);
+
+/// Issue 13, point 11: with DNS rebinding, a page on `http://attacker.example:8000` whose
+/// name now resolves to the server sends `Host: attacker.example:8000` and the matching
+/// `Origin`, so a same-origin check that trusts `Host` lets it in. Without allowed hosts the
+/// same-origin default trusts only hosts that DNS cannot rebind (IP literals, `localhost`).
+#[tokio::test]
+async fn same_origin_default_refuses_dns_rebinding() {
+    let cases = [
+        Case {
+            name: "rebound domain",
+            origins: &[b"http://attacker.example:8000"],
+            host: "attacker.example:8000",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "rebound domain over https",
+            origins: &[b"https://attacker.example"],
+            host: "attacker.example",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "IPv4 literal",
+            origins: &[b"http://127.0.0.1:8000"],
+            host: "127.0.0.1:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "IPv6 literal",
+            origins: &[b"http://[::1]:8000"],
+            host: "[::1]:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "localhost",
+            origins: &[b"http://localhost:8000"],
+            host: "LOCALHOST:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "a name under localhost",
+            origins: &[b"http://app.localhost:8000"],
+            host: "app.localhost:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "a domain that merely starts with localhost",
+            origins: &[b"http://localhost.attacker.example:8000"],
+            host: "localhost.attacker.example:8000",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "no origin: not a browser, the host is not checked",
+            origins: &[],
+            host: "attacker.example:8000",
+            expected: ALLOWED,
+        },
+    ];
+    run(&OriginGuardLayer::new(), &cases).await;
+    // `allow_same_origin` next to other rules follows the same rule.
+    run(&configured().allow_same_origin(), &cases[..2]).await;
+}
+
+/// Allowed hosts (Django's `ALLOWED_HOSTS`): the `Host` of every checked handshake must be
+/// one of them, whatever rule decides the origin.
+#[tokio::test]
+async fn allowed_hosts_are_checked_on_every_handshake() {
+    let same_origin = OriginGuardLayer::new()
+        .allow_hosts(["chat.example.com", ".example.org", "127.0.0.1:8000"])
+        .expect("valid hosts");
+    let cases = [
+        Case {
+            name: "allowed host, same origin",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "allowed host, other origin",
+            origins: &[b"https://evil.example.net"],
+            host: "chat.example.com",
+            expected: NOT_ALLOWED,
+        },
+        Case {
+            name: "rebound domain",
+            origins: &[b"http://attacker.example:8000"],
+            host: "attacker.example:8000",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "subdomain entry: the domain itself",
+            origins: &[b"https://example.org"],
+            host: "example.org",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "subdomain entry: a subdomain",
+            origins: &[b"https://a.b.example.org"],
+            host: "a.b.example.org",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "subdomain entry: not a suffix match",
+            origins: &[b"https://evilexample.org"],
+            host: "evilexample.org",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "entry with a port: that port",
+            origins: &[b"http://127.0.0.1:8000"],
+            host: "127.0.0.1:8000",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "entry with a port: another port",
+            origins: &[b"http://127.0.0.1:9000"],
+            host: "127.0.0.1:9000",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "allowed hosts replace the IP-literal rule",
+            origins: &[b"http://[::1]:8000"],
+            host: "[::1]:8000",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "no origin: host still checked",
+            origins: &[],
+            host: "attacker.example",
+            expected: HOST_NOT_ALLOWED,
+        },
+        Case {
+            name: "malformed host",
+            origins: &[b"https://chat.example.com"],
+            host: "chat.example.com/x",
+            expected: HOST_NOT_ALLOWED,
+        },
+    ];
+    run(&same_origin, &cases).await;
+
+    // With an explicit origin list, the host is checked too.
+    let explicit = configured().allow_host("api.example.com").expect("valid");
+    let cases = [
+        Case {
+            name: "explicit origin, allowed host",
+            origins: &[b"https://app.example.com"],
+            host: "api.example.com",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "explicit origin, other host",
+            origins: &[b"https://app.example.com"],
+            host: "attacker.example",
+            expected: HOST_NOT_ALLOWED,
+        },
+    ];
+    run(&explicit, &cases).await;
+
+    // Two Host headers or none: refused.
+    let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
+    req.headers_mut()
+        .append(header::HOST, HeaderValue::from_static("chat.example.com"));
+    assert_eq!(outcome(&same_origin, req).await, HOST_NOT_ALLOWED);
+    let mut req = handshake("chat.example.com", &[b"https://chat.example.com"]);
+    req.headers_mut().remove(header::HOST);
+    assert_eq!(outcome(&same_origin, req).await, HOST_NOT_ALLOWED);
+}
+
+#[test]
+fn allowed_host_config_errors() {
+    for bad in [
+        "",
+        " example.com",
+        "http://example.com",
+        "example.com/",
+        "user@example.com",
+        "*.example.com",
+        "example.com:",
+        "example.com:99999",
+        "::1",
+        "[::1",
+        ".127.0.0.1",
+        "exa mple.com",
+    ] {
+        assert!(
+            matches!(
+                OriginGuardLayer::new().allow_host(bad),
+                Err(ConfigError::InvalidHost { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    // IDN hosts are stored in punycode.
+    let layer = OriginGuardLayer::new()
+        .allow_host("Bücher.example")
+        .expect("valid");
+    assert!(format!("{layer:?}").contains("xn--bcher-kva.example"));
+}
+
+/// Issue 13, point 11: a handshake known to arrive over TLS refuses `http://` origins, even
+/// allowed ones: such a page can be rewritten by anybody on the network path.
+#[tokio::test]
+async fn http_origins_are_refused_over_tls() {
+    let layer = OriginGuardLayer::new()
+        .allow_origins(["http://app.example.com", "https://app.example.com"])
+        .expect("valid")
+        .tls(true);
+    let cases = [
+        Case {
+            name: "http origin",
+            origins: &[b"http://app.example.com"],
+            host: "api.example.com",
+            expected: INSECURE,
+        },
+        Case {
+            name: "https origin",
+            origins: &[b"https://app.example.com"],
+            host: "api.example.com",
+            expected: ALLOWED,
+        },
+    ];
+    run(&layer, &cases).await;
+
+    // Same origin over TLS: `https` only.
+    let layer = OriginGuardLayer::new().tls(true);
+    let cases = [
+        Case {
+            name: "same origin over https",
+            origins: &[b"https://127.0.0.1:8443"],
+            host: "127.0.0.1:8443",
+            expected: ALLOWED,
+        },
+        Case {
+            name: "same origin over http",
+            origins: &[b"http://127.0.0.1:8443"],
+            host: "127.0.0.1:8443",
+            expected: INSECURE,
+        },
+    ];
+    run(&layer, &cases).await;
+
+    // An `https` request URI (HTTP/2, absolute form) is known to be TLS without the setting.
+    let layer = OriginGuardLayer::new()
+        .allow_origin("http://app.example.com")
+        .expect("valid");
+    let mut req = handshake("api.example.com", &[b"http://app.example.com"]);
+    *req.uri_mut() = "https://api.example.com/ws".parse().expect("static uri");
+    assert_eq!(outcome(&layer, req).await, INSECURE);
+    let req = handshake("api.example.com", &[b"http://app.example.com"]);
+    assert_eq!(outcome(&layer, req).await, ALLOWED);
 }

@@ -1,21 +1,14 @@
 use std::{
     future::Future,
-    net::IpAddr,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
 };
 
 use axum::response::Response;
-use ipnet::IpNet;
 use pin_project_lite::pin_project;
 
+use super::throttle::AuthAttempt;
 use crate::auth::AuthError;
-
-/// Counts a failed authentication for a client (implemented by the throttle's state).
-pub(crate) trait FailureSink: Send + Sync {
-    fn record_failure(&self, key: IpNet, ip: IpAddr);
-}
 
 /// What to do with the inner service's response.
 pub(crate) enum After {
@@ -24,10 +17,11 @@ pub(crate) enum After {
         limit: u32,
         remaining: u32,
     },
+    /// Settles the brute-force throttle's attempt: a failure when the response carries an
+    /// `AuthError`, else the slot is given back. Dropped unsettled (the future is dropped or
+    /// the inner service fails), the slot is given back too.
     CountAuthFailure {
-        sink: Arc<dyn FailureSink>,
-        key: IpNet,
-        ip: IpAddr,
+        attempt: Option<AuthAttempt>,
     },
 }
 
@@ -80,9 +74,13 @@ where
                         headers.insert(super::X_RATELIMIT_LIMIT, (*limit).into());
                         headers.insert(super::X_RATELIMIT_REMAINING, (*remaining).into());
                     }
-                    After::CountAuthFailure { sink, key, ip } => {
-                        if response.extensions().get::<AuthError>().is_some() {
-                            sink.record_failure(*key, *ip);
+                    After::CountAuthFailure { attempt } => {
+                        if let Some(attempt) = attempt.take() {
+                            if response.extensions().get::<AuthError>().is_some() {
+                                attempt.failed();
+                            } else {
+                                attempt.succeeded();
+                            }
                         }
                     }
                 }

@@ -10,7 +10,10 @@
 //! - [`AuthThrottleLayer`]: after n failed authentications from one client within a window,
 //!   that client's further handshakes get `429` **before** the authenticator runs. It counts
 //!   the responses of the inner service that carry [`AuthError`](crate::auth::AuthError) in
-//!   their extensions, which every `wsguard::auth` rejection does.
+//!   their extensions, which every `wsguard::auth` rejection does. A handshake in flight
+//!   counts as a potential failure, so guesses sent at once do not all reach the
+//!   authenticator. Its core, [`FailureThrottle`], is public for authentication done
+//!   outside a layer (a Socket.IO connect handler, a login form), keyed the same way.
 //! - [`ConnectionQuotaLayer`]: caps on concurrently open sockets per client IP, per identity
 //!   and in total. A [`ConnectionPermit`] is taken at the handshake and travels in the
 //!   request extensions to the upgraded socket, which holds it until it ends, however it
@@ -97,7 +100,7 @@ pub use self::{
     permit::ConnectionPermit,
     quota::{ConnectionQuota, ConnectionQuotaLayer},
     service::RateLimit,
-    throttle::{AuthThrottle, AuthThrottleLayer},
+    throttle::{AuthAttempt, AuthThrottle, AuthThrottleLayer, FailureThrottle},
 };
 #[doc(no_inline)]
 pub use crate::client_ip::{ClientIp, KeyPrefix};
@@ -147,6 +150,15 @@ pub enum RateLimitError {
         /// When the lock-out ends.
         retry_after: Duration,
     },
+    /// The client's failures and authentication attempts in flight together reach the
+    /// brute-force limit: each attempt in flight may still fail, so no further credential is
+    /// checked until one of them settles (`429`, `Retry-After: 1`).
+    AuthAttemptsInFlight {
+        /// The number of failures that triggers the lock-out.
+        limit: u32,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// The client address has too many open sockets (`429`).
     ClientIpQuota {
         /// The cap.
@@ -179,6 +191,7 @@ impl RateLimitError {
         match self {
             Self::TooManyHandshakes { .. }
             | Self::TooManyFailedAuth { .. }
+            | Self::AuthAttemptsInFlight { .. }
             | Self::ClientIpQuota { .. }
             | Self::IdentityQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::GlobalQuota { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -191,6 +204,7 @@ impl RateLimitError {
         match self {
             Self::TooManyHandshakes { retry_after, .. }
             | Self::TooManyFailedAuth { retry_after, .. }
+            | Self::AuthAttemptsInFlight { retry_after, .. }
             | Self::ClientIpQuota { retry_after, .. }
             | Self::IdentityQuota { retry_after, .. }
             | Self::GlobalQuota { retry_after, .. } => Some(*retry_after),
@@ -203,6 +217,7 @@ impl RateLimitError {
         match self {
             Self::TooManyHandshakes { .. } => "too_many_handshakes",
             Self::TooManyFailedAuth { .. } => "too_many_failed_auth",
+            Self::AuthAttemptsInFlight { .. } => "auth_attempts_in_flight",
             Self::ClientIpQuota { .. } => "client_ip_quota",
             Self::IdentityQuota { .. } => "identity_quota",
             Self::GlobalQuota { .. } => "global_quota",
@@ -212,9 +227,9 @@ impl RateLimitError {
 
     fn limit(&self) -> Option<u64> {
         match self {
-            Self::TooManyHandshakes { limit, .. } | Self::TooManyFailedAuth { limit, .. } => {
-                Some(u64::from(*limit))
-            }
+            Self::TooManyHandshakes { limit, .. }
+            | Self::TooManyFailedAuth { limit, .. }
+            | Self::AuthAttemptsInFlight { limit, .. } => Some(u64::from(*limit)),
             Self::ClientIpQuota { limit, .. }
             | Self::IdentityQuota { limit, .. }
             | Self::GlobalQuota { limit, .. } => u64::try_from(*limit).ok(),
@@ -229,6 +244,9 @@ impl fmt::Display for RateLimitError {
             Self::TooManyHandshakes { .. } => f.write_str("too many handshakes, retry later"),
             Self::TooManyFailedAuth { .. } => {
                 f.write_str("too many failed authentications, retry later")
+            }
+            Self::AuthAttemptsInFlight { .. } => {
+                f.write_str("too many authentication attempts in progress, retry later")
             }
             Self::ClientIpQuota { .. } => f.write_str("too many open sockets from this address"),
             Self::IdentityQuota { .. } => f.write_str("too many open sockets for this user"),
@@ -269,9 +287,11 @@ impl std::error::Error for ConfigError {}
 
 pub(crate) type RejectFn = Arc<dyn Fn(&RateLimitError) -> Response + Send + Sync>;
 
-/// `Retry-After` in whole seconds: rounded up, at least 1.
+/// `Retry-After` in whole seconds: rounded up, at least 1, saturating at `u64::MAX`.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0));
     secs.max(1)
 }
 
@@ -313,11 +333,13 @@ pub(crate) fn emit(error: &RateLimitError, client_ip: Option<IpAddr>, identity: 
             cause, client_ip, identity, limit, retry_after_secs,
             "handshake rate limit exceeded"
         ),
-        RateLimitError::TooManyFailedAuth { .. } => tracing::warn!(
-            name: "wsguard.rate_limit.auth_throttled",
-            cause, client_ip, identity, limit, retry_after_secs,
-            "handshake refused: too many failed authentications"
-        ),
+        RateLimitError::TooManyFailedAuth { .. } | RateLimitError::AuthAttemptsInFlight { .. } => {
+            tracing::warn!(
+                name: "wsguard.rate_limit.auth_throttled",
+                cause, client_ip, identity, limit, retry_after_secs,
+                "handshake refused: too many failed authentications"
+            )
+        }
         RateLimitError::ClientIpQuota { .. }
         | RateLimitError::IdentityQuota { .. }
         | RateLimitError::GlobalQuota { .. } => tracing::warn!(

@@ -574,3 +574,124 @@ async fn quota_merges_into_an_existing_permit_and_needs_client_ip_for_per_ip() {
     assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
     assert_eq!(quota.tracked_keys(), 0);
 }
+
+/// Issue 13, point 8: no setting of this module panics on an extreme value.
+#[tokio::test]
+async fn extreme_settings_saturate_instead_of_panicking() {
+    assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+
+    // A quota whose retry hint is `Duration::MAX`.
+    let svc = ConnectionQuotaLayer::new()
+        .per_ip(1)
+        .unwrap()
+        .retry_after(Duration::MAX)
+        .layer(service_fn(ok));
+    let held = open(&svc, Some("192.0.2.1"), None).await;
+    let res = open(&svc, Some("192.0.2.1"), None).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        header_str(&res, "retry-after"),
+        Some("18446744073709551615")
+    );
+    drop(held);
+
+    // A throttle that locks out (and counts) for `Duration::MAX`.
+    let clock = FakeRelativeClock::default();
+    let layer = AuthThrottleLayer::new()
+        .max_failures(1)
+        .and_then(|l| l.window(Duration::MAX))
+        .and_then(|l| l.block_for(Duration::MAX))
+        .unwrap()
+        .clock(clock.clone());
+    let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+    let svc = layer.layer(mock);
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        through_mock(&svc, &mut handle, "192.0.2.1", Some(AuthError::Invalid)).await,
+        (StatusCode::UNAUTHORIZED, true)
+    );
+    clock.advance(Duration::from_secs(1_000_000));
+    assert_eq!(
+        through_mock(&svc, &mut handle, "192.0.2.1", None).await,
+        (StatusCode::TOO_MANY_REQUESTS, false)
+    );
+    layer.prune();
+    assert_eq!(layer.tracked_keys(), 1);
+
+    // A pruner that would run every `Duration::MAX` (tokio's interval panics on it).
+    tokio::time::pause();
+    let rate = RateLimitLayer::new();
+    let task = rate.spawn_pruner(Duration::MAX);
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(!task.is_finished(), "the pruner task died");
+    task.abort();
+}
+
+/// Issue 13, point 9: an attempt in flight counts as a potential failure, so at most
+/// `max_failures` guesses reach the authenticator at once; a success gives its slot back,
+/// and so does an attempt whose response future is dropped.
+#[tokio::test]
+async fn attempts_in_flight_count_against_the_budget() {
+    let clock = FakeRelativeClock::default();
+    let layer = AuthThrottleLayer::new()
+        .max_failures(2)
+        .unwrap()
+        .clock(clock.clone());
+    let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+    let svc = layer.layer(mock);
+    const A: &str = "192.0.2.1";
+
+    let mut first = Box::pin(svc.clone().oneshot(request(Some(A), None)));
+    let mut second = Box::pin(svc.clone().oneshot(request(Some(A), None)));
+    assert!((&mut first).now_or_never().is_none());
+    assert!((&mut second).now_or_never().is_none());
+    let (_, send_first) = handle.next_request().await.expect("first reached the mock");
+    let (_, send_second) = handle
+        .next_request()
+        .await
+        .expect("second reached the mock");
+
+    // Two attempts in flight: a third is refused before the authenticator, with a hint.
+    let res = svc
+        .clone()
+        .oneshot(request(Some(A), None))
+        .now_or_never()
+        .expect("refused without the inner service")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header_str(&res, "retry-after"), Some("1"));
+    assert!(matches!(
+        res.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::AuthAttemptsInFlight { limit: 2, .. })
+    ));
+    assert!(handle.next_request().now_or_never().is_none());
+    // Another client has its own budget.
+    assert_eq!(
+        through_mock(&svc, &mut handle, "192.0.2.2", None).await,
+        (StatusCode::SWITCHING_PROTOCOLS, true)
+    );
+
+    // A success gives the slot back.
+    send_first.send_response(auth_response(None));
+    assert_eq!(
+        first.await.unwrap().status(),
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    let mut third = Box::pin(svc.clone().oneshot(request(Some(A), None)));
+    assert!((&mut third).now_or_never().is_none());
+    let (_, _send_third) = handle.next_request().await.expect("third reached the mock");
+    // A dropped attempt gives it back too, without counting as a failure.
+    drop(third);
+    // The second fails: one failure on the books, one slot free.
+    send_second.send_response(auth_response(Some(AuthError::Invalid)));
+    assert_eq!(second.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, Some(AuthError::Invalid)).await,
+        (StatusCode::UNAUTHORIZED, true)
+    );
+    // Two failures: locked out.
+    assert_eq!(
+        through_mock(&svc, &mut handle, A, None).await,
+        (StatusCode::TOO_MANY_REQUESTS, false)
+    );
+}

@@ -18,8 +18,7 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use super::{
-    ClientIp, ConfigError, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
-    future::{After, FailureSink},
+    ClientIp, ConfigError, KeyPrefix, RateLimitError, RejectFn, ResponseFuture, future::After,
     reject,
 };
 
@@ -29,9 +28,21 @@ struct Entry {
     /// When the current counting window started (time since the throttle's start).
     window_start: Duration,
     failures: u32,
+    /// Attempts begun and not yet settled; each may still turn out a failure.
+    in_flight: u32,
     /// Until when the client is locked out.
     blocked_until: Option<Duration>,
 }
+
+impl Entry {
+    fn is_idle(&self) -> bool {
+        self.failures == 0 && self.in_flight == 0 && self.blocked_until.is_none()
+    }
+}
+
+/// How long a client is asked to wait while its budget is taken by attempts in flight: they
+/// settle within one authentication.
+const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
 struct ThrottleShared<C: Clock> {
     clock: C,
@@ -64,38 +75,62 @@ impl<C: Clock> ThrottleShared<C> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The remaining lock-out of `key`, if it is locked out.
-    fn blocked(&self, key: &IpNet) -> Option<Duration> {
+    /// Reserves one attempt for `key`, or says why not.
+    fn begin(&self, key: IpNet) -> Result<(), RateLimitError> {
         let now = self.now();
-        let until = self.entries().get(key)?.blocked_until?;
-        until.checked_sub(now).filter(|d| !d.is_zero())
-    }
-
-    fn prune(&self) {
-        let now = self.now();
-        let window = self.window;
+        let limit = self.max_failures.get();
         let mut entries = self.entries();
-        entries.retain(|_, e| {
-            e.blocked_until.is_some_and(|until| until > now)
-                || now.saturating_sub(e.window_start) < window
+        let entry = entries.entry(key).or_insert(Entry {
+            window_start: now,
+            failures: 0,
+            in_flight: 0,
+            blocked_until: None,
         });
-        entries.shrink_to_fit();
+        match entry.blocked_until {
+            Some(until) if until > now => {
+                return Err(RateLimitError::TooManyFailedAuth {
+                    limit,
+                    retry_after: until - now,
+                });
+            }
+            Some(_) => entry.blocked_until = None,
+            None => {}
+        }
+        if now.saturating_sub(entry.window_start) >= self.window {
+            entry.window_start = now;
+            entry.failures = 0;
+        }
+        // Every attempt in flight may still fail: together with the failures on the books
+        // they must stay below the limit, or N guesses sent at once would all be checked.
+        if entry.failures.saturating_add(entry.in_flight) >= limit {
+            return Err(RateLimitError::AuthAttemptsInFlight {
+                limit,
+                retry_after: IN_FLIGHT_RETRY,
+            });
+        }
+        entry.in_flight += 1;
+        Ok(())
     }
-}
 
-impl<C> FailureSink for ThrottleShared<C>
-where
-    C: Clock + Send + Sync,
-    C::Instant: Send + Sync,
-{
-    fn record_failure(&self, key: IpNet, ip: IpAddr) {
+    /// Settles one attempt of `key` begun with [`begin`](Self::begin).
+    fn settle(&self, key: IpNet, ip: IpAddr, failed: bool) {
         let now = self.now();
         let mut entries = self.entries();
         let entry = entries.entry(key).or_insert(Entry {
             window_start: now,
             failures: 0,
+            in_flight: 1,
             blocked_until: None,
         });
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        if !failed {
+            // A success (or an abandoned attempt) leaves no trace: a spray of good
+            // handshakes from many addresses does not grow the table.
+            if entry.is_idle() {
+                entries.remove(&key);
+            }
+            return;
+        }
         if entry.blocked_until.is_some_and(|until| until <= now) {
             entry.blocked_until = None;
         }
@@ -105,7 +140,8 @@ where
         }
         entry.failures = entry.failures.saturating_add(1);
         if entry.failures >= self.max_failures.get() {
-            entry.blocked_until = Some(now + self.block_for);
+            // Saturates: `block_for(Duration::MAX)` locks out for good, it does not panic.
+            entry.blocked_until = Some(now.saturating_add(self.block_for));
             entry.window_start = now;
             entry.failures = 0;
             drop(entries);
@@ -119,31 +155,82 @@ where
             );
         }
     }
+
+    fn prune(&self) {
+        let now = self.now();
+        let window = self.window;
+        let mut entries = self.entries();
+        entries.retain(|_, e| {
+            e.in_flight > 0
+                || e.blocked_until.is_some_and(|until| until > now)
+                || now.saturating_sub(e.window_start) < window
+        });
+        entries.shrink_to_fit();
+    }
 }
 
-/// Layer that locks a client out after repeated failed authentications. Place it **in front
-/// of** the auth layer: it refuses a locked-out client's handshakes with `429` before the
-/// authenticator runs, and counts the inner responses that carry
-/// [`AuthError`](crate::auth::AuthError). Keyed by [`ClientIp`] (needs `ClientIpLayer` in
-/// front). See the [module docs](super).
+/// Settles attempts; implemented by the throttle's state for every clock, so that
+/// [`AuthAttempt`] need not carry the clock type.
+trait Settle: Send + Sync {
+    fn settle(&self, key: IpNet, ip: IpAddr, failed: bool);
+}
+
+impl<C> Settle for ThrottleShared<C>
+where
+    C: Clock + Send + Sync,
+    C::Instant: Send + Sync,
+{
+    fn settle(&self, key: IpNet, ip: IpAddr, failed: bool) {
+        ThrottleShared::settle(self, key, ip, failed);
+    }
+}
+
+/// The brute-force throttle on its own, for authentication that happens outside a tower
+/// layer (a Socket.IO connect handler, a login form, a custom protocol). It is the core of
+/// [`AuthThrottleLayer`] and keys clients the same way: the client IP masked by a
+/// [`KeyPrefix`] (by default the address for IPv4 and its /64 for IPv6, so one IPv6 client
+/// cannot rotate through fresh budgets). See the [module docs](super).
 ///
-/// A client is locked out for [`block_for`](Self::block_for) once it has failed
-/// [`max_failures`](Self::max_failures) times within one [`window`](Self::window) (a fixed
-/// window starting at its first counted failure). A success does not reset the count.
+/// Call [`begin`](Self::begin) before checking a credential, then settle the returned
+/// [`AuthAttempt`] with [`failed`](AuthAttempt::failed) or
+/// [`succeeded`](AuthAttempt::succeeded). An attempt in flight counts as a potential
+/// failure: at most `max_failures` attempts of one client are checked at once, so guesses
+/// sent together cannot all get through. A client is locked out for
+/// [`block_for`](Self::block_for) once it has failed [`max_failures`](Self::max_failures)
+/// times within one [`window`](Self::window) (a fixed window starting at its first counted
+/// failure). A success gives its slot back and does not reset the count.
+///
 /// Clones share one set of counters.
-pub struct AuthThrottleLayer<C: Clock = DefaultClock> {
+///
+/// ```
+/// use std::net::IpAddr;
+/// use wsguard::rate_limit::{FailureThrottle, RateLimitError};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let throttle = FailureThrottle::new().max_failures(2)?;
+/// let a: IpAddr = "2001:db8::1".parse()?;
+/// let b: IpAddr = "2001:db8::2".parse()?; // the same /64
+/// throttle.begin(a)?.failed();
+/// throttle.begin(b)?.failed();
+/// // The /64 is locked out: no credential of it is checked any more.
+/// assert!(matches!(
+///     throttle.begin(a),
+///     Err(RateLimitError::TooManyFailedAuth { limit: 2, .. })
+/// ));
+/// # Ok(())
+/// # }
+/// ```
+pub struct FailureThrottle<C: Clock = DefaultClock> {
     shared: Arc<ThrottleShared<C>>,
     prefix: KeyPrefix,
-    prune_every: u64,
-    on_rejection: Option<RejectFn>,
 }
 
 const DEFAULT_MAX_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
-impl AuthThrottleLayer<DefaultClock> {
+impl FailureThrottle<DefaultClock> {
     /// Lock out for 60 s after 5 failures within 60 s, keyed by client IP (/32 for IPv4, /64
-    /// for IPv6), idle counters pruned every 1024 requests.
+    /// for IPv6).
     #[must_use]
     pub fn new() -> Self {
         Self {
@@ -154,19 +241,17 @@ impl AuthThrottleLayer<DefaultClock> {
                 DEFAULT_WINDOW,
             )),
             prefix: KeyPrefix::DEFAULT,
-            prune_every: 1024,
-            on_rejection: None,
         }
     }
 }
 
-impl Default for AuthThrottleLayer<DefaultClock> {
+impl Default for FailureThrottle<DefaultClock> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<C: Clock + Clone> AuthThrottleLayer<C> {
+impl<C: Clock + Clone> FailureThrottle<C> {
     fn with(
         self,
         clock: C,
@@ -176,7 +261,7 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
     ) -> Self {
         Self {
             shared: Arc::new(ThrottleShared::new(clock, max_failures, window, block_for)),
-            ..self
+            prefix: self.prefix,
         }
     }
 
@@ -188,7 +273,8 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
         Ok(self.with(s.clock.clone(), n, s.window, s.block_for))
     }
 
-    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Resets the
+    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Any
+    /// length is accepted (`Duration::MAX`: failures are never forgotten). Resets the
     /// counters.
     pub fn window(self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
         let window = window.into();
@@ -199,7 +285,9 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
         Ok(self.with(s.clock.clone(), s.max_failures, window, s.block_for))
     }
 
-    /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero. Resets the counters.
+    /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero. Any length is
+    /// accepted: the end of a lock-out saturates, so `Duration::MAX` locks out for the life
+    /// of the process. Resets the counters.
     pub fn block_for(self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
         let block_for = block_for.into();
         if block_for.is_zero() {
@@ -213,6 +301,214 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
     #[must_use]
     pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
         self.prefix = prefix;
+        self
+    }
+
+    /// Replaces the clock (tests use [`FakeRelativeClock`](super::FakeRelativeClock)).
+    /// Resets the counters.
+    #[must_use]
+    pub fn clock<C2: Clock + Clone>(self, clock: C2) -> FailureThrottle<C2> {
+        FailureThrottle {
+            shared: Arc::new(ThrottleShared::new(
+                clock,
+                self.shared.max_failures,
+                self.shared.window,
+                self.shared.block_for,
+            )),
+            prefix: self.prefix,
+        }
+    }
+}
+
+impl<C: Clock> FailureThrottle<C> {
+    /// The key `ip` is counted under: `ip` masked by the [`KeyPrefix`].
+    pub fn key(&self, ip: IpAddr) -> IpNet {
+        self.prefix.key(ip)
+    }
+
+    /// Removes the counters whose window and lock-out have both ended.
+    pub fn prune(&self) {
+        self.shared.prune();
+    }
+
+    /// The number of clients with a live counter, lock-out or attempt in flight.
+    pub fn tracked_keys(&self) -> usize {
+        self.shared.entries().len()
+    }
+}
+
+impl<C> FailureThrottle<C>
+where
+    C: Clock + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    /// Begins an authentication attempt of the client at `ip`, before its credential is
+    /// checked. Refused with [`RateLimitError::TooManyFailedAuth`] while the client is
+    /// locked out, and with [`RateLimitError::AuthAttemptsInFlight`] while its failures and
+    /// attempts in flight together reach `max_failures`; either way the credential must not
+    /// be checked, and the refusal emits the event `wsguard.rate_limit.auth_throttled`.
+    ///
+    /// The returned attempt holds one slot until it is settled; dropping it unsettled gives
+    /// the slot back without counting a failure.
+    pub fn begin(&self, ip: IpAddr) -> Result<AuthAttempt, RateLimitError> {
+        let ip = ip.to_canonical();
+        let key = self.prefix.key(ip);
+        match self.shared.begin(key) {
+            Ok(()) => Ok(AuthAttempt {
+                sink: Some(Arc::clone(&self.shared) as Arc<dyn Settle>),
+                key,
+                ip,
+            }),
+            Err(error) => {
+                super::emit(&error, Some(ip), None);
+                Err(error)
+            }
+        }
+    }
+}
+
+impl<C: Clock> Clone for FailureThrottle<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            prefix: self.prefix,
+        }
+    }
+}
+
+impl<C: Clock> fmt::Debug for FailureThrottle<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureThrottle")
+            .field("max_failures", &self.shared.max_failures)
+            .field("window", &self.shared.window)
+            .field("block_for", &self.shared.block_for)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One authentication attempt begun with [`FailureThrottle::begin`]. Settle it with
+/// [`failed`](Self::failed) or [`succeeded`](Self::succeeded); dropping it unsettled (the
+/// client went away before an answer) gives its slot back without counting a failure.
+#[must_use = "an attempt holds one of the client's slots until it is settled or dropped"]
+pub struct AuthAttempt {
+    sink: Option<Arc<dyn Settle>>,
+    key: IpNet,
+    ip: IpAddr,
+}
+
+impl AuthAttempt {
+    /// The credential was wrong: counts one failure (and locks the client out at the limit).
+    pub fn failed(mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.settle(self.key, self.ip, true);
+        }
+    }
+
+    /// The credential was right: gives the slot back. The failure count is not reset.
+    pub fn succeeded(mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.settle(self.key, self.ip, false);
+        }
+    }
+
+    /// The key this attempt is counted under.
+    pub fn key(&self) -> IpNet {
+        self.key
+    }
+}
+
+impl Drop for AuthAttempt {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            sink.settle(self.key, self.ip, false);
+        }
+    }
+}
+
+impl fmt::Debug for AuthAttempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthAttempt")
+            .field("key", &self.key)
+            .field("settled", &self.sink.is_none())
+            .finish()
+    }
+}
+
+/// Layer that locks a client out after repeated failed authentications. Place it **in front
+/// of** the auth layer: it refuses a locked-out client's handshakes with `429` before the
+/// authenticator runs, and counts the inner responses that carry
+/// [`AuthError`](crate::auth::AuthError). Keyed by [`ClientIp`] (needs `ClientIpLayer` in
+/// front). See the [module docs](super).
+///
+/// A client is locked out for [`block_for`](Self::block_for) once it has failed
+/// [`max_failures`](Self::max_failures) times within one [`window`](Self::window) (a fixed
+/// window starting at its first counted failure). A handshake in flight counts as a
+/// potential failure until its response is known, so at most `max_failures` handshakes of
+/// one client reach the authenticator at once; the others get `429` with `Retry-After: 1`
+/// ([`RateLimitError::AuthAttemptsInFlight`]). A success gives its slot back and does not
+/// reset the count. Clones share one set of counters, a [`FailureThrottle`]
+/// ([`throttle`](Self::throttle)).
+pub struct AuthThrottleLayer<C: Clock = DefaultClock> {
+    throttle: FailureThrottle<C>,
+    prune_every: u64,
+    on_rejection: Option<RejectFn>,
+}
+
+impl AuthThrottleLayer<DefaultClock> {
+    /// Lock out for 60 s after 5 failures within 60 s, keyed by client IP (/32 for IPv4, /64
+    /// for IPv6), idle counters pruned every 1024 requests.
+    #[must_use]
+    pub fn new() -> Self {
+        FailureThrottle::new().into()
+    }
+}
+
+impl Default for AuthThrottleLayer<DefaultClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> From<FailureThrottle<C>> for AuthThrottleLayer<C> {
+    /// A layer counting into `throttle` (shared with its other users), idle counters pruned
+    /// every 1024 requests, the default rejection.
+    fn from(throttle: FailureThrottle<C>) -> Self {
+        Self {
+            throttle,
+            prune_every: 1024,
+            on_rejection: None,
+        }
+    }
+}
+
+impl<C: Clock + Clone> AuthThrottleLayer<C> {
+    /// How many failures within the window lock a client out. Replaces; default 5. Fails if
+    /// `n` is 0. Resets the counters.
+    pub fn max_failures(mut self, n: u32) -> Result<Self, ConfigError> {
+        self.throttle = self.throttle.max_failures(n)?;
+        Ok(self)
+    }
+
+    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Resets the
+    /// counters.
+    pub fn window(mut self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
+        self.throttle = self.throttle.window(window)?;
+        Ok(self)
+    }
+
+    /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero; any other length
+    /// is accepted and saturates (`Duration::MAX` locks out for the life of the process).
+    /// Resets the counters.
+    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
+        self.throttle = self.throttle.block_for(block_for)?;
+        Ok(self)
+    }
+
+    /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
+        self.throttle = self.throttle.key_prefix(prefix);
         self
     }
 
@@ -241,34 +537,34 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
     #[must_use]
     pub fn clock<C2: Clock + Clone>(self, clock: C2) -> AuthThrottleLayer<C2> {
         AuthThrottleLayer {
-            shared: Arc::new(ThrottleShared::new(
-                clock,
-                self.shared.max_failures,
-                self.shared.window,
-                self.shared.block_for,
-            )),
-            prefix: self.prefix,
+            throttle: self.throttle.clock(clock),
             prune_every: self.prune_every,
             on_rejection: self.on_rejection,
         }
     }
+}
+
+impl<C: Clock> AuthThrottleLayer<C> {
+    /// The counters this layer (and its clones) share, for checks made outside the layer.
+    pub fn throttle(&self) -> FailureThrottle<C> {
+        self.throttle.clone()
+    }
 
     /// Removes the counters whose window and lock-out have both ended.
     pub fn prune(&self) {
-        self.shared.prune();
+        self.throttle.prune();
     }
 
-    /// The number of clients with a live counter or lock-out.
+    /// The number of clients with a live counter, lock-out or handshake in flight.
     pub fn tracked_keys(&self) -> usize {
-        self.shared.entries().len()
+        self.throttle.tracked_keys()
     }
 }
 
 impl<C: Clock> Clone for AuthThrottleLayer<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
-            prefix: self.prefix,
+            throttle: self.throttle.clone(),
             prune_every: self.prune_every,
             on_rejection: self.on_rejection.clone(),
         }
@@ -278,10 +574,7 @@ impl<C: Clock> Clone for AuthThrottleLayer<C> {
 impl<C: Clock> fmt::Debug for AuthThrottleLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthThrottleLayer")
-            .field("max_failures", &self.shared.max_failures)
-            .field("window", &self.shared.window)
-            .field("block_for", &self.shared.block_for)
-            .field("prefix", &self.prefix)
+            .field("throttle", &self.throttle)
             .field("prune_every", &self.prune_every)
             .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
             .finish()
@@ -369,7 +662,7 @@ where
             super::emit(&error, None, None);
             return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
         };
-        let shared = &layer.shared;
+        let shared = &layer.throttle.shared;
         let seen = shared
             .requests
             .fetch_add(1, Ordering::Relaxed)
@@ -377,19 +670,14 @@ where
         if layer.prune_every != 0 && seen.is_multiple_of(layer.prune_every) {
             shared.prune();
         }
-        let key = layer.prefix.key(ip);
-        if let Some(wait) = shared.blocked(&key) {
-            let error = RateLimitError::TooManyFailedAuth {
-                limit: shared.max_failures.get(),
-                retry_after: wait,
-            };
-            super::emit(&error, Some(ip), None);
-            return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
+        match layer.throttle.begin(ip) {
+            Ok(attempt) => ResponseFuture::future(
+                self.inner.call(req),
+                After::CountAuthFailure {
+                    attempt: Some(attempt),
+                },
+            ),
+            Err(error) => ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error)),
         }
-        let sink: Arc<dyn FailureSink> = Arc::clone(shared) as Arc<dyn FailureSink>;
-        ResponseFuture::future(
-            self.inner.call(req),
-            After::CountAuthFailure { sink, key, ip },
-        )
     }
 }
