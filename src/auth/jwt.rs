@@ -134,7 +134,16 @@ where
             .get("exp")
             .and_then(Value::as_u64)
             .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
-        let principal = Principal::new(subject, expires_at);
+        let mut principal = Principal::new(subject, expires_at);
+        // `iat` (a NumericDate, possibly fractional) for revocation by issue time.
+        if let Some(issued_at) = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+        {
+            principal = principal.with_issued_at(issued_at);
+        }
         let identity = C::deserialize(&claims).map_err(|_| AuthError::Invalid)?;
         Ok(Verified::new(identity, principal))
     }

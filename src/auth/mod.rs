@@ -174,6 +174,7 @@ pub use self::jwt::{Algorithm, DecodingKey, JwtAuthenticator};
 pub struct Principal {
     subject: Arc<str>,
     expires_at: Option<SystemTime>,
+    issued_at: Option<SystemTime>,
 }
 
 impl Principal {
@@ -182,7 +183,18 @@ impl Principal {
         Self {
             subject: subject.into(),
             expires_at,
+            issued_at: None,
         }
+    }
+
+    /// The same principal with the time its credential was issued. Replaces an earlier
+    /// value. Default: unknown (`None`), which revocation by issue time treats as issued
+    /// before any time (see [`crate::revoke`]). [`TicketVerifier`] and `JwtAuthenticator`
+    /// (from the `iat` claim) set it.
+    #[must_use]
+    pub fn with_issued_at(mut self, issued_at: SystemTime) -> Self {
+        self.issued_at = Some(issued_at);
+        self
     }
 
     /// The stable subject (user id) this credential was issued to.
@@ -193,6 +205,11 @@ impl Principal {
     /// When the credential stops being valid, if it has an expiry.
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
+    }
+
+    /// When the credential was issued, if known.
+    pub fn issued_at(&self) -> Option<SystemTime> {
+        self.issued_at
     }
 }
 
