@@ -874,9 +874,17 @@ async fn logout_without_redis_closes_the_socket_with_1008_and_every_route_refuse
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(close_code(&mut on_phone).await, Some(CloseCode::Policy));
     let res = ticker.post_price(&phone, price).await;
-    assert_eq!(res.status, 401, "POST /prices with a revoked token: {}", res.body);
+    assert_eq!(
+        res.status, 401,
+        "POST /prices with a revoked token: {}",
+        res.body
+    );
     let res = ticker.post_auth("/revoke", &phone, "").await;
-    assert_eq!(res.status, 401, "POST /revoke with a revoked token: {}", res.body);
+    assert_eq!(
+        res.status, 401,
+        "POST /revoke with a revoked token: {}",
+        res.body
+    );
     assert_eq!(ticker.try_connect(&phone).await.err(), Some(401));
 
     // The other device is untouched...
@@ -910,7 +918,13 @@ async fn demo_cannot_publish_unless_named_a_publisher() {
     let token = login_token(ticker.addr, "demo", "demo").await;
     let res = post_price_to(ticker.addr, &token).await;
     assert_eq!(res.status, 403, "{}", res.body);
-    assert!(res.json()["error"].as_str().is_some_and(|e| e.contains("publisher")), "{}", res.body);
+    assert!(
+        res.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("publisher")),
+        "{}",
+        res.body
+    );
     drop(ticker);
 
     // The same database, with the flag.
@@ -944,10 +958,8 @@ async fn a_database_of_the_previous_schema_is_migrated_without_publishers() {
             .hash_password(b"secret")
             .expect("hash")
             .to_string();
-        conn.execute_batch(
-            "CREATE TABLE users (name TEXT PRIMARY KEY, hash TEXT NOT NULL);",
-        )
-        .expect("old schema");
+        conn.execute_batch("CREATE TABLE users (name TEXT PRIMARY KEY, hash TEXT NOT NULL);")
+            .expect("old schema");
         conn.execute(
             "INSERT INTO users (name, hash) VALUES ('carol', ?1)",
             [hash],
