@@ -435,7 +435,7 @@ impl Revocations {
         self.local.retention
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "redis"))]
     pub(crate) fn local(&self) -> &Arc<Local> {
         &self.local
     }
@@ -906,7 +906,7 @@ impl<E> fmt::Debug for ResponseFuture<E> {
 
 /// Registers a socket per `(principal, token)` with `local`; the signals, and the permits
 /// that keep them registered.
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 pub(crate) fn test_register(
     local: &Local,
     entries: &[(Principal, &str)],

@@ -217,3 +217,96 @@ async fn a_refusal_is_401_with_a_bearer_challenge() {
     );
     assert!(res.body.contains("revoked"), "{}", res.body);
 }
+
+#[test]
+fn tickets_carry_their_issue_time_to_the_principal() {
+    use wsguard::auth::{Authenticator, Credential, SourceKind};
+    let key = TicketKey::generate("k1").unwrap();
+    // Millisecond precision: a ticket issued just after a revocation is not older than it.
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_123);
+    let now = move || at;
+    let ticket = TicketIssuer::new(key.clone()).clock(now).issue("alice");
+    let verifier = TicketVerifier::new(key).clock(move || at + Duration::from_secs(1));
+    assert_eq!(verifier.verify(&ticket).unwrap().issued_at(), Some(at));
+    let parts = http::Request::new(()).into_parts().0;
+    let verified = std::future::Future::poll(
+        std::pin::pin!(verifier.authenticate(
+            &parts,
+            Credential::new(ticket, SourceKind::Authorization)
+        )),
+        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+    );
+    let std::task::Poll::Ready(Ok(verified)) = verified else {
+        panic!("the ticket verifies at once");
+    };
+    assert_eq!(verified.principal().issued_at(), Some(at));
+}
+
+#[cfg(feature = "jwt")]
+#[test]
+fn jwt_iat_becomes_the_issue_time_and_bad_values_do_not_panic() {
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+    use wsguard::auth::JwtAuthenticator;
+    const SECRET: &[u8] = b"a shared secret of at least 32 bytes!!";
+    struct Case {
+        name: &'static str,
+        iat: Option<serde_json::Value>,
+        issued_at: Option<SystemTime>,
+    }
+    let epoch = SystemTime::UNIX_EPOCH;
+    let cases = [
+        Case {
+            name: "integer",
+            iat: Some(json!(1_700_000_000u64)),
+            issued_at: Some(epoch + Duration::from_secs(1_700_000_000)),
+        },
+        Case {
+            name: "fractional",
+            iat: Some(json!(1_700_000_000.5)),
+            issued_at: Some(epoch + Duration::from_millis(1_700_000_000_500)),
+        },
+        Case {
+            name: "absent",
+            iat: None,
+            issued_at: None,
+        },
+        Case {
+            name: "huge",
+            iat: Some(json!(1e300)),
+            issued_at: None,
+        },
+        Case {
+            name: "negative",
+            iat: Some(json!(-5)),
+            issued_at: None,
+        },
+    ];
+    let exp = SystemTime::now()
+        .duration_since(epoch)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let auth = JwtAuthenticator::<serde_json::Value>::hs256(SECRET).audience(["app"]);
+    for case in cases {
+        let mut claims = json!({ "sub": "alice", "exp": exp, "aud": "app" });
+        if let Some(iat) = case.iat {
+            claims["iat"] = iat;
+        }
+        let token = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let verified = auth
+            .verify(&token)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(
+            verified.principal().issued_at(),
+            case.issued_at,
+            "{}",
+            case.name
+        );
+    }
+}

@@ -484,7 +484,7 @@ fn unshared(error: RevokeError) -> FleetError {
 fn epoch_millis_ceil(t: SystemTime) -> u64 {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if d.subsec_nanos() % 1_000_000 == 0 {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms.saturating_add(1)

@@ -15,7 +15,7 @@
 //!   ([`FleetBuilder::lease_ttl`]), renewed every third of it while the socket lives and
 //!   released when it closes. An instance that dies leaks nothing: its leases expire. Over
 //!   a cap: `429` (`503` for the global cap).
-//! - Revocation: [`RevocationLayer`](crate::revoke::RevocationLayer) of [`crate::revoke`]
+//! - Revocation: [`RevocationLayer`] of [`crate::revoke`]
 //!   with the fleet as its backend (`RevocationLayer::new(&fleet)`): the same registry and
 //!   API as on one instance ([`Fleet::revocations`]), shared through Redis. A revocation
 //!   ([`Fleet::revoke_identity`], [`Fleet::revoke_issued_before`], [`Fleet::revoke_token`])
@@ -60,7 +60,7 @@
 //! ```text
 //! request → origin → client IP → fleet rate → auth → revocation → fleet quota → socket policy
 //! ```
-//! [`RevocationLayer`](crate::revoke::RevocationLayer) needs the auth layer in front (it reads the
+//! [`RevocationLayer`] needs the auth layer in front (it reads the
 //! [`Principal`](crate::auth::Principal) and [`TokenFingerprint`](crate::auth::TokenFingerprint)
 //! that [`HandshakeAuthLayer`](crate::auth::HandshakeAuthLayer) inserts) and the handler must
 //! use [`GuardedUpgrade`](crate::socket::GuardedUpgrade), which holds the lease and the
