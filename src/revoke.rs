@@ -29,8 +29,9 @@
 //! # Memory
 //!
 //! A revoked token is remembered until it would have expired anyway (its
-//! [`Principal::expires_at`], when a socket opened with it told the registry) or for the
-//! retention (default 24 hours), whichever is sooner; a subject's "issued before" time for
+//! [`Principal::expires_at`], when a socket opened with it told the registry, plus five
+//! minutes for verifier leeway and clock skew) or for the retention (default 24 hours),
+//! whichever is sooner; a subject's "issued before" time for
 //! the retention. Expired entries are purged on every use of the registry. Make the
 //! retention at least your longest credential lifetime: a token revoked without a known
 //! expiry works again after it.
@@ -134,6 +135,9 @@ use crate::{
 const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Shortest retention.
 const MIN_RETENTION: Duration = Duration::from_secs(1);
+/// How long after its expiry a revoked token is still remembered: verifiers accept a token a
+/// little past its expiry (JWT leeway, clock skew).
+const EXPIRY_GRACE: Duration = Duration::from_secs(300);
 
 /// Why a credential was refused, or why a revocation did not reach the whole fleet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -561,7 +565,7 @@ impl Local {
             if !live.is_empty() && live.iter().all(|l| l.expires_at.is_some()) {
                 let expiry = live.iter().filter_map(|l| l.expires_at).max();
                 if let Some(expiry) = expiry {
-                    forget_at = forget_at.min(expiry.max(now));
+                    forget_at = forget_at.min(later(expiry, EXPIRY_GRACE).max(now));
                 }
             }
             if let Some(old) = state.tokens.get(&fp).copied() {
@@ -1033,7 +1037,7 @@ mod tests {
             .clock(clock)
             .retention(Duration::from_secs(3600))
             .build();
-        // A token whose live socket says it expires in 60 s: remembered 60 s.
+        // A token whose live socket says it expires in 60 s: remembered 60 s and the grace.
         let signal = CloseSignal::new();
         let short = Principal::new("dave", Some(at(now + 60))).with_issued_at(at(now));
         let (registration, revoked) = r.local.register(
@@ -1053,7 +1057,9 @@ mod tests {
         assert_eq!(r.remembered(), 1002);
         assert_eq!(r.live_sockets(), 0);
 
-        secs.store(now + 61, Ordering::SeqCst);
+        secs.store(now + 60 + 299, Ordering::SeqCst);
+        assert_eq!(r.remembered(), 1002, "within the grace after its expiry");
+        secs.store(now + 60 + 300, Ordering::SeqCst);
         assert_eq!(r.remembered(), 1001, "the short token is forgotten");
         assert!(!r.is_revoked(&short, Some(&TokenFingerprint::of("short"))));
         secs.store(now + 3599, Ordering::SeqCst);
@@ -1119,8 +1125,18 @@ mod tests {
         let res = svc.clone().oneshot(request("t1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         r.revoke_token("t1").await.unwrap();
+        let capture = crate::test_support::capture();
         let res = svc.clone().oneshot(request("t1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let events = capture.events();
+        let refused: Vec<_> = events
+            .iter()
+            .filter(|(name, _)| name == "wsguard.revoke.refused")
+            .collect();
+        assert_eq!(refused.len(), 1, "{events:?}");
+        assert!(refused[0].1.contains("identity=\"alice\""), "{events:?}");
+        assert!(!refused[0].1.contains(&TokenFingerprint::of("t1").to_hex()));
+        drop(capture);
         assert_eq!(
             res.extensions().get::<RevokeError>(),
             Some(&RevokeError::Revoked)

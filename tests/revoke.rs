@@ -230,10 +230,9 @@ fn tickets_carry_their_issue_time_to_the_principal() {
     assert_eq!(verifier.verify(&ticket).unwrap().issued_at(), Some(at));
     let parts = http::Request::new(()).into_parts().0;
     let verified = std::future::Future::poll(
-        std::pin::pin!(verifier.authenticate(
-            &parts,
-            Credential::new(ticket, SourceKind::Authorization)
-        )),
+        std::pin::pin!(
+            verifier.authenticate(&parts, Credential::new(ticket, SourceKind::Authorization))
+        ),
         &mut std::task::Context::from_waker(std::task::Waker::noop()),
     );
     let std::task::Poll::Ready(Ok(verified)) = verified else {
@@ -282,11 +281,7 @@ fn jwt_iat_becomes_the_issue_time_and_bad_values_do_not_panic() {
             issued_at: None,
         },
     ];
-    let exp = SystemTime::now()
-        .duration_since(epoch)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let exp = SystemTime::now().duration_since(epoch).unwrap().as_secs() + 3600;
     let auth = JwtAuthenticator::<serde_json::Value>::hs256(SECRET).audience(["app"]);
     for case in cases {
         let mut claims = json!({ "sub": "alice", "exp": exp, "aud": "app" });

@@ -6,7 +6,8 @@
 //! on with two request extensions: the application's own identity type (read in the handler
 //! with the [`Identity`] extractor) and a [`Principal`] (subject and expiry), which the quota
 //! and socket-policy layers key on. The socket-policy layer closes the socket at
-//! [`Principal::expires_at`].
+//! [`Principal::expires_at`]; revocation ([`crate::revoke`]) reads its subject and
+//! [`Principal::issued_at`].
 //!
 //! # Where the credential comes from
 //!
