@@ -98,8 +98,8 @@ struct Args {
     /// roles stay as stored].
     #[arg(long = "publisher", value_name = "NAME")]
     publishers: Vec<String>,
-    /// Price changes a publisher may post per minute (`POST /prices`, per user; over it:
-    /// 429 with Retry-After).
+    /// Price changes a publisher may post per minute (`POST /prices`, per user and instance;
+    /// over it: 429 with Retry-After).
     #[arg(long, default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
     publish_rate: NonZeroU32,
     /// Burst of price changes a publisher may post at once.
