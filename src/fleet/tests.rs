@@ -745,9 +745,38 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
         .get::<CloseSignal>()
         .cloned()
         .expect("signal");
+    let issued = std::time::SystemTime::now() - Duration::from_secs(10);
+    let hana = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 10],
+            Some("hana"),
+            Some("hana-1"),
+            issued,
+        ))
+        .await
+        .unwrap();
+    let hana = hana
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
     let mut c = conn(&redis).await;
-    // A revocation marker without the announcement (as if published while b's listener was
-    // disconnected), then b's subscription is cut.
+    // Revocation markers without the announcement (as if published while b's listener was
+    // disconnected), then b's subscription is cut: a token's, and a subject's cutoff.
+    let cutoff = (issued + Duration::from_secs(1))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let _: () = redis::cmd("SET")
+        .arg("wsguard:revoked_sub:hana")
+        .arg(&cutoff)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let marker = format!(
         "wsguard:revoked:{}",
         TokenFingerprint::of("gina-1").to_hex()
@@ -768,9 +797,56 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        signal.is_revoked()
+        signal.is_revoked() && hana.is_revoked()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_revocation_redis_does_not_take_applies_here_and_says_so() {
+    let fleet = Fleet::builder(dead_url())
+        .timeout(Duration::from_millis(200))
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut svc = RevocationLayer::new(&fleet).layer(service_fn(keep));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([192, 0, 2, 13], Some("ivan"), Some("ivan-1")))
+        .await
+        .unwrap();
+    // Fallback policy: admitted on this instance's registry.
+    assert_eq!(res.status(), StatusCode::OK);
+    let signal = res
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    let result = fleet.revocations().revoke_identity("ivan").await;
+    assert!(
+        matches!(result, Err(crate::revoke::RevokeError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(signal.is_revoked(), "closed on this instance all the same");
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 13],
+            Some("ivan"),
+            Some("ivan-1"),
+            std::time::SystemTime::now() - Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "refused here");
+    assert!(matches!(
+        fleet.revoke_token("ivan-2").await,
+        Err(FleetError::Unavailable(_))
+    ));
 }
 
 #[tokio::test]
