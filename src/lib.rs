@@ -17,6 +17,9 @@
 //!   quotas per client IP, identity and globally.
 //! - [`auth`]: verifies who connects before the upgrade (bearer header, subprotocol, query or
 //!   cookie; static tokens, signed tickets, JWT) and hands the identity to the handler.
+//! - [`revoke`]: log out: a revocation registry that refuses revoked credentials at the
+//!   handshake and closes their live sockets with `1008` (by identity, by token, or "issued
+//!   before" a time), on one instance or, in fleet mode, on all.
 //! - [`socket`]: limits on the live socket (message size, rates per socket and per identity,
 //!   idle, heartbeat, credential expiry, lifetime, send backpressure) through
 //!   [`SocketPolicyLayer`](socket::SocketPolicyLayer) and the
@@ -102,6 +105,7 @@ pub mod client_ip;
 pub mod fleet;
 pub mod origin;
 pub mod rate_limit;
+pub mod revoke;
 pub mod socket;
 
 #[cfg(test)]

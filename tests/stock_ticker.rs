@@ -53,6 +53,8 @@ async fn ticker(extra: &[&str]) -> Ticker {
         &db,
         "--user",
         "alice:wonderland",
+        "--publisher",
+        "alice",
     ];
     if !extra.contains(&"--tick-hz") {
         args.extend_from_slice(&["--tick-hz", "0"]);
@@ -103,6 +105,37 @@ impl Ticker {
             ("Authorization", auth.as_str()),
         ];
         http(self.addr(), "POST", "/prices", &headers, body).await
+    }
+
+    /// `POST path` with a JSON body and the bearer `token`.
+    async fn post_auth(&self, path: &str, token: &str, body: &str) -> common::HttpResponse {
+        let auth = format!("Bearer {token}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ];
+        http(self.addr(), "POST", path, &headers, body).await
+    }
+
+    /// Opens `/ws`: the socket, or the HTTP status of the refusal.
+    async fn try_connect(&self, token: &str) -> Result<Socket, u16> {
+        let mut request = format!("ws://{}/ws", self.addr())
+            .into_client_request()
+            .expect("request");
+        let headers = request.headers_mut();
+        headers.insert(
+            header::ORIGIN,
+            HeaderValue::from_str(&self.origin()).expect("origin"),
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+        );
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(e) => panic!("handshake failed: {e}"),
+        }
     }
 
     /// Opens `/ws` with the token in the Authorization header and this server's origin.
@@ -909,4 +942,199 @@ async fn concurrent_logins_are_capped_globally() {
     assert!(busy.is_some(), "no login was refused past the cap");
     // The cap frees up: a right password gets through afterwards.
     assert_eq!(ticker.login("alice", "wonderland").await.status, 200);
+}
+
+/// Logs in `user` on `addr`; the token.
+async fn login_token(addr: SocketAddr, user: &str, password: &str) -> String {
+    let body = json!({ "username": user, "password": password }).to_string();
+    let res = http(
+        addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        &body,
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    res.json()["token"].as_str().expect("token").to_owned()
+}
+
+async fn post_price_to(addr: SocketAddr, token: &str) -> common::HttpResponse {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    http(
+        addr,
+        "POST",
+        "/prices",
+        &headers,
+        r#"{"symbol":"AAPL","price":42.5}"#,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn logout_without_redis_closes_the_socket_with_1008_and_every_route_refuses_the_token() {
+    let ticker = ticker(&[]).await;
+    let (phone, laptop) = (ticker.token().await, ticker.token().await);
+    let mut on_phone = ticker.connect(&phone).await;
+    let mut on_laptop = ticker.connect(&laptop).await;
+    for socket in [&mut on_phone, &mut on_laptop] {
+        assert_eq!(next_json(socket).await["type"], "snapshot");
+    }
+    let price = r#"{"symbol":"AAPL","price":42.5}"#;
+
+    // Log out this device: its socket closes, the token is refused by every route.
+    let res = ticker
+        .post_auth("/revoke", &phone, r#"{"scope":"token"}"#)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(close_code(&mut on_phone).await, Some(CloseCode::Policy));
+    let res = ticker.post_price(&phone, price).await;
+    assert_eq!(
+        res.status, 401,
+        "POST /prices with a revoked token: {}",
+        res.body
+    );
+    let res = ticker.post_auth("/revoke", &phone, "").await;
+    assert_eq!(
+        res.status, 401,
+        "POST /revoke with a revoked token: {}",
+        res.body
+    );
+    assert_eq!(ticker.try_connect(&phone).await.err(), Some(401));
+
+    // The other device is untouched...
+    let res = ticker.post_price(&laptop, price).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(next_json(&mut on_laptop).await["symbol"], "AAPL");
+
+    // ...until the user logs out everywhere.
+    let res = ticker.post_auth("/revoke", &laptop, "").await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(close_code(&mut on_laptop).await, Some(CloseCode::Policy));
+    let res = ticker.post_price(&laptop, price).await;
+    assert_eq!(res.status, 401, "{}", res.body);
+    assert_eq!(ticker.try_connect(&laptop).await.err(), Some(401));
+
+    // Signing in again gives a token that works.
+    let fresh = ticker.token().await;
+    let res = ticker.post_price(&fresh, price).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let mut socket = ticker.connect(&fresh).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+}
+
+#[tokio::test]
+async fn demo_cannot_publish_unless_named_a_publisher() {
+    let dir = TempDir::new("publisher");
+    let db = dir.file("ticker.db");
+    let args = ["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"];
+    // A new database: demo / demo is created, and is not a publisher.
+    let ticker = start_example("stock_ticker", &args).await;
+    let token = login_token(ticker.addr, "demo", "demo").await;
+    let res = post_price_to(ticker.addr, &token).await;
+    assert_eq!(res.status, 403, "{}", res.body);
+    assert!(
+        res.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("publisher")),
+        "{}",
+        res.body
+    );
+    drop(ticker);
+
+    // The same database, with the flag.
+    let with_flag = [&args[..], &["--publisher", "demo"]].concat();
+    let ticker = start_example("stock_ticker", &with_flag).await;
+    let token = login_token(ticker.addr, "demo", "demo").await;
+    let res = post_price_to(ticker.addr, &token).await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    drop(ticker);
+
+    // The role is stored: a restart without the flag keeps it; naming the user again with
+    // --user and no --publisher takes it away.
+    let ticker = start_example("stock_ticker", &args).await;
+    let token = login_token(ticker.addr, "demo", "demo").await;
+    assert_eq!(post_price_to(ticker.addr, &token).await.status, 200);
+    drop(ticker);
+    let demoted = [&args[..], &["--user", "demo:demo"]].concat();
+    let ticker = start_example("stock_ticker", &demoted).await;
+    let token = login_token(ticker.addr, "demo", "demo").await;
+    assert_eq!(post_price_to(ticker.addr, &token).await.status, 403);
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_schema_is_migrated_without_publishers() {
+    use argon2::{Argon2, password_hash::PasswordHasher};
+    let dir = TempDir::new("migrate");
+    let db = dir.file("ticker.db");
+    {
+        let conn = rusqlite::Connection::open(&db).expect("sqlite");
+        let hash = Argon2::default()
+            .hash_password(b"secret")
+            .expect("hash")
+            .to_string();
+        conn.execute_batch("CREATE TABLE users (name TEXT PRIMARY KEY, hash TEXT NOT NULL);")
+            .expect("old schema");
+        conn.execute(
+            "INSERT INTO users (name, hash) VALUES ('carol', ?1)",
+            [hash],
+        )
+        .expect("old user");
+    }
+    let args = ["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"];
+    let ticker = start_example("stock_ticker", &args).await;
+    let token = login_token(ticker.addr, "carol", "secret").await;
+    assert_eq!(post_price_to(ticker.addr, &token).await.status, 403);
+    drop(ticker);
+    let with_flag = [&args[..], &["--publisher", "carol"]].concat();
+    let ticker = start_example("stock_ticker", &with_flag).await;
+    let token = login_token(ticker.addr, "carol", "secret").await;
+    assert_eq!(post_price_to(ticker.addr, &token).await.status, 200);
+    drop(ticker);
+    // Naming a user that does not exist is refused at start-up.
+    let unknown = [&args[..], &["--publisher", "nobody"]].concat();
+    let output = std::process::Command::new(common::example_path("stock_ticker"))
+        .args(&unknown)
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nobody"), "{stderr}");
+}
+
+#[tokio::test]
+async fn publishing_has_its_own_rate_limit_per_user() {
+    let ticker = ticker(&[
+        "--user",
+        "bob:builder",
+        "--publisher",
+        "bob",
+        "--publish-rate",
+        "1",
+        "--publish-burst",
+        "2",
+    ])
+    .await;
+    let alice = ticker.token().await;
+    let bob = login_token(ticker.addr(), "bob", "builder").await;
+    let price = r#"{"symbol":"AAPL","price":42.5}"#;
+    for i in 0..2 {
+        let res = ticker.post_price(&alice, price).await;
+        assert_eq!(res.status, 200, "#{i}: {}", res.body);
+    }
+    let res = ticker.post_price(&alice, price).await;
+    assert_eq!(res.status, 429, "{}", res.body);
+    let retry_after: u64 = res
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(res.json()["error"].is_string(), "{}", res.body);
+    // Another publisher has a budget of its own.
+    let res = ticker.post_price(&bob, price).await;
+    assert_eq!(res.status, 200, "{}", res.body);
 }

@@ -96,10 +96,23 @@ impl Db {
                  ts     INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS users (
-                 name TEXT PRIMARY KEY,
-                 hash TEXT NOT NULL
+                 name      TEXT PRIMARY KEY,
+                 hash      TEXT NOT NULL,
+                 publisher INTEGER NOT NULL DEFAULT 0
              );",
         )?;
+        // Migration: databases made before the publisher role have no such column; their
+        // users are not publishers until `--publisher` names them.
+        let has_role: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('users') WHERE name = 'publisher'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_role {
+            conn.execute_batch(
+                "ALTER TABLE users ADD COLUMN publisher INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         let count: i64 = conn.query_row("SELECT COUNT(*) FROM prices", [], |r| r.get(0))?;
         if count == 0 {
             let ts = now_ms();
@@ -128,19 +141,42 @@ impl Db {
             .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
     }
 
-    /// Adds or updates a user.
+    /// Adds or updates a user, with the publisher role or without it.
     pub(crate) fn upsert_user(
         &self,
         name: &str,
         password: &str,
+        publisher: bool,
     ) -> Result<(), Box<dyn std::error::Error>> {
         let hash = hash(password)?;
         self.lock().execute(
-            "INSERT INTO users (name, hash) VALUES (?1, ?2)
-             ON CONFLICT(name) DO UPDATE SET hash = excluded.hash",
-            params![name, hash],
+            "INSERT INTO users (name, hash, publisher) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET hash = excluded.hash, publisher = excluded.publisher",
+            params![name, hash, publisher],
         )?;
         Ok(())
+    }
+
+    /// Gives an existing user the publisher role; false if there is no such user.
+    pub(crate) fn make_publisher(&self, name: &str) -> rusqlite::Result<bool> {
+        self.lock()
+            .execute(
+                "UPDATE users SET publisher = 1 WHERE name = ?1",
+                params![name],
+            )
+            .map(|n| n == 1)
+    }
+
+    /// Whether `name` may publish prices (one indexed read).
+    pub(crate) fn is_publisher(&self, name: &str) -> rusqlite::Result<bool> {
+        self.lock()
+            .query_row(
+                "SELECT publisher FROM users WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()
+            .map(|p| p.unwrap_or(false))
     }
 
     /// Checks a password. Slow on purpose (argon2): call from `spawn_blocking`. Takes the same

@@ -88,7 +88,7 @@ mod disabled {
         pub(crate) async fn publish(&self, _: &str, _: f64) -> Result<Price, String> {
             match self.never {}
         }
-        pub(crate) async fn revoke(&self, _: &str, _: &str, _: bool) -> Result<usize, String> {
+        pub(crate) fn revocations(&self) -> wsguard::revoke::Revocations {
             match self.never {}
         }
     }
@@ -212,28 +212,10 @@ return 0
             Ok(route.layer(rate))
         }
 
-        /// Revokes `token` (the caller's), and with `whole_user` every token of `subject` the
-        /// fleet has seen at a handshake: their sockets close with 1008 on every instance.
-        /// Returns the number of tokens revoked.
-        pub(crate) async fn revoke(
-            &self,
-            subject: &str,
-            token: &str,
-            whole_user: bool,
-        ) -> Result<usize, String> {
-            self.fleet
-                .revoke_token(token)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !whole_user {
-                return Ok(1);
-            }
-            let seen = self
-                .fleet
-                .revoke_identity(subject)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(seen.max(1))
+        /// The fleet's revocation registry (shared through Redis), for `POST /revoke` and the
+        /// revocation check of the HTTP routes.
+        pub(crate) fn revocations(&self) -> wsguard::revoke::Revocations {
+            self.fleet.revocations()
         }
 
         fn channel(&self) -> String {

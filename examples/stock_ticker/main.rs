@@ -10,6 +10,10 @@
 //! `bearer.<token>` subprotocol entry next to `ticker.v1`, or `?token=`) → connection quotas →
 //! socket policy (size, rate, idle, heartbeat, expiry, conflating backpressure).
 //!
+//! `POST /prices` needs a user with the publisher role (`--publisher NAME`; `demo` is not
+//! one) and has its own rate limit per user; `POST /revoke` logs the caller out (one token
+//! or every token of the user), closing the sockets with 1008, with or without `--redis`.
+//!
 //! Fleet mode: `cargo run --release --features redis --example stock_ticker -- --redis
 //! redis://127.0.0.1:6379 --ticket-secret-file ticket.secret` on several instances (each with
 //! its own `--addr` and `--db`) shares handshake rate limits, socket quotas, revocation
@@ -33,6 +37,7 @@ mod server;
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
+    num::NonZeroU32,
     path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
@@ -48,17 +53,19 @@ use axum::{
     routing::{any, get, post},
 };
 use clap::Parser;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use wsguard::{
     auth::{
-        Credential, CredentialSource, HandshakeAuthLayer, Principal, TicketIssuer, TicketKey,
-        TicketVerifier, Verified,
+        Credential, CredentialSource, HandshakeAuthLayer, Principal, Ticket, TicketIssuer,
+        TicketKey, TicketVerifier, TokenFingerprint, Verified,
     },
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+    revoke::{RevocationLayer, Revocations, RevokeError},
     socket::{
         CloseCause, GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer,
     },
@@ -89,10 +96,23 @@ struct Args {
     /// Simulated price changes per second across all symbols (0 turns the simulator off).
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
-    /// Add or update a user, NAME:PASSWORD (repeatable) [default: none; `demo`/`demo` is
-    /// created when the database has no user].
+    /// Add or update a user, NAME:PASSWORD (repeatable); it is a publisher only if
+    /// --publisher names it [default: none; `demo`/`demo`, not a publisher, is created when
+    /// the database has no user].
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
+    /// Give a user the publisher role, stored in the database: only publishers may `POST
+    /// /prices` (repeatable; the user must exist or be added with --user) [default: none:
+    /// roles stay as stored].
+    #[arg(long = "publisher", value_name = "NAME")]
+    publishers: Vec<String>,
+    /// Price changes a publisher may post per minute (`POST /prices`, per user and instance;
+    /// over it: 429 with Retry-After).
+    #[arg(long, default_value_t = NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN))]
+    publish_rate: NonZeroU32,
+    /// Burst of price changes a publisher may post at once.
+    #[arg(long, default_value_t = NonZeroU32::new(30).unwrap_or(NonZeroU32::MIN))]
+    publish_burst: NonZeroU32,
     /// Another origin allowed to open sockets (repeatable) [default: only the server's own
     /// origins].
     #[arg(long = "allow-origin", value_name = "URL")]
@@ -222,6 +242,10 @@ struct App {
     issuer: TicketIssuer,
     verifier: TicketVerifier,
     token_ttl: u64,
+    /// Revoked tokens and users, shared through Redis in fleet mode.
+    revocations: Revocations,
+    /// `POST /prices` per user.
+    publish_limit: Arc<DefaultKeyedRateLimiter<String>>,
     /// Fleet mode (`--redis`).
     fleet: Option<fleet::TickerFleet>,
 }
@@ -244,11 +268,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if name.is_empty() || password.is_empty() {
             return Err(format!("--user {user:?}: name and password must not be empty").into());
         }
-        db.upsert_user(name, password)?;
+        db.upsert_user(name, password, args.publishers.iter().any(|p| p == name))?;
     }
     if db.user_count()? == 0 {
-        db.upsert_user("demo", "demo")?;
+        db.upsert_user("demo", "demo", args.publishers.iter().any(|p| p == "demo"))?;
         println!("no users in {}: created demo / demo", args.db.display());
+    }
+    for name in &args.publishers {
+        if !db.make_publisher(name)? {
+            return Err(format!(
+                "--publisher {name:?}: no such user (add it with --user NAME:PASSWORD)"
+            )
+            .into());
+        }
     }
 
     let key = ticket_key(&args)?;
@@ -275,6 +307,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.tick_hz,
     ));
 
+    let revocations = match &fleet {
+        Some(fleet) => fleet.revocations(),
+        // Remembered as long as a token lives.
+        None => Revocations::builder()
+            .retention(Duration::from_secs(args.token_ttl))
+            .build(),
+    };
+    let publish_limit = Arc::new(RateLimiter::keyed(
+        Quota::per_minute(args.publish_rate).allow_burst(args.publish_burst),
+    ));
+    {
+        let limit = Arc::clone(&publish_limit);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limit.retain_recent();
+                limit.shrink_to_fit();
+            }
+        });
+    }
     let app = App {
         db,
         hub,
@@ -282,6 +335,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
+        revocations,
+        publish_limit,
         fleet,
     };
 
@@ -371,7 +426,9 @@ fn router(
         Some(fleet) => {
             fleet.guard_sockets(ws_route, args.max_conns_per_ip, args.max_conns_per_user)?
         }
-        None => ws_route.layer(quota),
+        None => ws_route
+            .layer(quota)
+            .layer(RevocationLayer::new(app.revocations.clone())),
     };
     let ws_route = ws_route.layer(auth).layer(AuthThrottleLayer::new());
     let ws_route = match &app.fleet {
@@ -503,16 +560,82 @@ struct NewPrice {
     price: f64,
 }
 
-async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+/// The caller of an HTTP route: its bearer token, verified and not revoked; or the refusal.
+async fn caller<'h>(app: &App, headers: &'h HeaderMap) -> Result<(Ticket, &'h str), Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = token else {
-        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
+        return Err(json_error(StatusCode::UNAUTHORIZED, "missing bearer token"));
     };
-    if let Err(e) = app.verifier.verify(token) {
-        return json_error(StatusCode::UNAUTHORIZED, format!("invalid token: {e}"));
+    let ticket = match app.verifier.verify(token) {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            return Err(json_error(
+                StatusCode::UNAUTHORIZED,
+                format!("invalid token: {e}"),
+            ));
+        }
+    };
+    let mut principal = Principal::new(ticket.subject(), Some(ticket.expires_at()));
+    if let Some(issued_at) = ticket.issued_at() {
+        principal = principal.with_issued_at(issued_at);
+    }
+    match app
+        .revocations
+        .check(&principal, Some(&TokenFingerprint::of(token)))
+        .await
+    {
+        Ok(()) => Ok((ticket, token)),
+        Err(RevokeError::Revoked) => Err(json_error(StatusCode::UNAUTHORIZED, "token revoked")),
+        Err(e) => {
+            tracing::error!("revocation check: {e}");
+            Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis is unavailable",
+            ))
+        }
+    }
+}
+
+async fn post_price(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let ticket = match caller(&app, &headers).await {
+        Ok((ticket, _)) => ticket,
+        Err(refusal) => return refusal,
+    };
+    match app.db.is_publisher(ticket.subject()) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(name: "ticker.publish.forbidden", identity = ticket.subject(), "not a publisher");
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "publishing prices needs the publisher role (--publisher NAME)",
+            );
+        }
+        Err(e) => {
+            tracing::error!("database error: {e}");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "database error");
+        }
+    }
+    if let Err(not_until) = app.publish_limit.check_key(&ticket.subject().to_owned()) {
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        tracing::info!(
+            name: "ticker.publish.rate_limited",
+            identity = ticket.subject(),
+            retry_after = secs,
+            "price change refused: over the publish rate"
+        );
+        let mut response = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many price changes: retry in {secs} s"),
+        );
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
     }
     let new: NewPrice = match serde_json::from_slice(&body) {
         Ok(new) => new,
@@ -565,26 +688,14 @@ struct Revoke {
     scope: Option<String>,
 }
 
-/// `POST /revoke` (fleet mode): the caller, authenticated by its bearer token, revokes its
-/// identity (log out everywhere) or just that token. Sockets close with 1008 on every
-/// instance; the revoked tokens are refused afterwards.
+/// `POST /revoke`: the caller, authenticated by its bearer token, revokes its identity (log
+/// out everywhere: every token issued to it so far) or just that token. Sockets close with
+/// 1008 (on every instance in fleet mode); the revoked tokens are refused afterwards by the
+/// handshake, `POST /prices` and `POST /revoke`.
 async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(fleet) = &app.fleet else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "revocation needs fleet mode (--redis)",
-        );
-    };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        return json_error(StatusCode::UNAUTHORIZED, "missing bearer token");
-    };
-    let ticket = match app.verifier.verify(token) {
-        Ok(ticket) => ticket,
-        Err(e) => return json_error(StatusCode::UNAUTHORIZED, format!("invalid token: {e}")),
+    let (ticket, token) = match caller(&app, &headers).await {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
     };
     let request: Revoke = if body.is_empty() {
         Revoke::default()
@@ -604,11 +715,22 @@ async fn revoke(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Resp
             );
         }
     };
-    match fleet.revoke(ticket.subject(), token, whole_user).await {
-        Ok(tokens) => Json(json!({ "revoked_tokens": tokens })).into_response(),
+    let (scope, result) = if whole_user {
+        (
+            "user",
+            app.revocations.revoke_identity(ticket.subject()).await,
+        )
+    } else {
+        ("token", app.revocations.revoke_token(token).await)
+    };
+    match result {
+        Ok(closed) => Json(json!({ "revoked": scope, "closed_sockets": closed })).into_response(),
         Err(e) => {
-            tracing::error!("fleet error: {e}");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable")
+            tracing::error!("revocation not shared: {e}");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis is unavailable: revoked on this instance only",
+            )
         }
     }
 }

@@ -234,7 +234,17 @@ where
                 return Err(AuthError::Invalid);
             }
         }
-        let principal = Principal::new(subject, Some(expires_at));
+        let mut principal = Principal::new(subject, Some(expires_at));
+        // `iat` (a NumericDate, possibly fractional) for revocation by issue time. A token
+        // cannot have been issued after it is presented, so a future `iat` counts as now.
+        if let Some(issued_at) = claims
+            .get("iat")
+            .and_then(Value::as_f64)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+        {
+            principal = principal.with_issued_at(issued_at.min(now));
+        }
         let identity = C::deserialize(&claims).map_err(|_| AuthError::Invalid)?;
         Ok(Verified::new(identity, principal))
     }

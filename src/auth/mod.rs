@@ -6,7 +6,8 @@
 //! on with two request extensions: the application's own identity type (read in the handler
 //! with the [`Identity`] extractor) and a [`Principal`] (subject and expiry), which the quota
 //! and socket-policy layers key on. The socket-policy layer closes the socket at
-//! [`Principal::expires_at`].
+//! [`Principal::expires_at`]; revocation ([`crate::revoke`]) reads its subject and
+//! [`Principal::issued_at`].
 //!
 //! # Where the credential comes from
 //!
@@ -184,6 +185,7 @@ pub use self::jwt::{Algorithm, DecodingKey, JwtAuthenticator, JwtAuthenticatorBu
 pub struct Principal {
     subject: Arc<str>,
     expires_at: Option<SystemTime>,
+    issued_at: Option<SystemTime>,
 }
 
 impl Principal {
@@ -192,7 +194,18 @@ impl Principal {
         Self {
             subject: subject.into(),
             expires_at,
+            issued_at: None,
         }
+    }
+
+    /// The same principal with the time its credential was issued. Replaces an earlier
+    /// value. Default: unknown (`None`), which revocation by issue time treats as issued
+    /// before any time (see [`crate::revoke`]). [`TicketVerifier`] and `JwtAuthenticator`
+    /// (from the `iat` claim) set it.
+    #[must_use]
+    pub fn with_issued_at(mut self, issued_at: SystemTime) -> Self {
+        self.issued_at = Some(issued_at);
+        self
     }
 
     /// The stable subject (user id) this credential was issued to.
@@ -203,6 +216,11 @@ impl Principal {
     /// When the credential stops being valid, if it has an expiry.
     pub fn expires_at(&self) -> Option<SystemTime> {
         self.expires_at
+    }
+
+    /// When the credential was issued, if known.
+    pub fn issued_at(&self) -> Option<SystemTime> {
+        self.issued_at
     }
 }
 

@@ -146,6 +146,11 @@ impl fmt::Debug for TicketKey {
 struct Payload {
     sub: String,
     exp: u64,
+    /// Issue time in milliseconds since the epoch (absent in tickets of earlier versions).
+    /// Milliseconds, so that a ticket issued just after a revocation is not taken for one
+    /// issued before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat_ms: Option<u64>,
     nonce: String,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     claims: Map<String, Value>,
@@ -156,6 +161,7 @@ struct Payload {
 pub struct Ticket {
     subject: Arc<str>,
     expires_at: SystemTime,
+    issued_at: Option<SystemTime>,
     key_id: Arc<str>,
     claims: Arc<Map<String, Value>>,
 }
@@ -169,6 +175,12 @@ impl Ticket {
     /// When the ticket expires.
     pub fn expires_at(&self) -> SystemTime {
         self.expires_at
+    }
+
+    /// When the ticket was issued (`None` for tickets of wsguard versions that did not record
+    /// it).
+    pub fn issued_at(&self) -> Option<SystemTime> {
+        self.issued_at
     }
 
     /// The id of the key that signed it.
@@ -246,6 +258,10 @@ impl TicketIssuer {
             exp: unix_secs(now)
                 .saturating_add(self.ttl.as_secs())
                 .min(MAX_UNIX_SECS),
+            iat_ms: Some(
+                now.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            ),
             nonce: URL_SAFE_NO_PAD.encode(self.nonce(now)),
             claims,
         };
@@ -427,6 +443,10 @@ impl TicketVerifier {
         Ok(Ticket {
             subject,
             expires_at: unix_time(payload.exp),
+            issued_at: payload
+                .iat_ms
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)))
+                .map(|at| at.min(self.clock.now())),
             key_id: key.id.clone(),
             claims: Arc::new(payload.claims),
         })
@@ -439,7 +459,10 @@ impl Authenticator for TicketVerifier {
 
     fn authenticate(&self, _parts: &Parts, credential: Credential) -> Self::Future {
         std::future::ready(self.verify(credential.token()).map(|ticket| {
-            let principal = Principal::new(ticket.subject.clone(), Some(ticket.expires_at));
+            let mut principal = Principal::new(ticket.subject.clone(), Some(ticket.expires_at));
+            if let Some(issued_at) = ticket.issued_at {
+                principal = principal.with_issued_at(issued_at);
+            }
             Verified::new(ticket, principal)
         }))
     }

@@ -1,14 +1,13 @@
 //! [`Fleet`]: the shared Redis connection, its health, and revocation.
 
 use std::{
-    collections::HashMap,
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::StreamExt;
@@ -18,7 +17,11 @@ use redis::{
 };
 
 use super::{FailurePolicy, FleetError, scripts};
-use crate::{auth::TokenFingerprint, rate_limit::ConfigError, socket::CloseSignal};
+use crate::{
+    auth::{Principal, SystemClock, TokenFingerprint},
+    rate_limit::ConfigError,
+    revoke::{Local, Revocations, RevokeError},
+};
 
 /// Builds a [`Fleet`]; see [`Fleet::builder`].
 #[must_use]
@@ -91,9 +94,9 @@ impl FleetBuilder {
         Ok(self)
     }
 
-    /// How long a revoked token stays refused, and how long a subject's tokens are
-    /// remembered for [`Fleet::revoke_identity`]. Make it at least your longest credential
-    /// lifetime. Default 24 h; replaces.
+    /// How long a revocation is remembered: the TTL of its Redis marker, and the retention of
+    /// each instance's registry (see [`crate::revoke`]). Make it at least your longest
+    /// credential lifetime. Default 24 h; replaces.
     pub fn revocation_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
         if ttl < Duration::from_millis(1) {
             return Err(ConfigError::ZeroDuration("the revocation TTL"));
@@ -120,13 +123,13 @@ impl FleetBuilder {
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
-        let registry = Arc::new(Mutex::new(Registry::default()));
+        let local = Arc::new(Local::new(self.revocation_ttl, Arc::new(SystemClock)));
         let channel = format!("{}:revocations", self.prefix);
         let listener = tokio::spawn(listen(
             client,
             channel.clone(),
-            format!("{}:revoked:", self.prefix),
-            Arc::clone(&registry),
+            self.prefix.clone(),
+            Arc::clone(&local),
         ));
         Ok(Fleet {
             inner: Arc::new(Inner {
@@ -138,7 +141,7 @@ impl FleetBuilder {
                 revocation_ttl: self.revocation_ttl,
                 channel,
                 available: AtomicBool::new(true),
-                registry,
+                local,
                 listener: listener.abort_handle(),
             }),
         })
@@ -162,7 +165,7 @@ struct Inner {
     revocation_ttl: Duration,
     channel: String,
     available: AtomicBool,
-    registry: Arc<Mutex<Registry>>,
+    local: Arc<Local>,
     listener: tokio::task::AbortHandle,
 }
 
@@ -245,13 +248,7 @@ impl Fleet {
 
     /// Sockets on this instance that revocation can close.
     pub fn local_sockets(&self) -> usize {
-        let registry = self.inner.registry_lock();
-        registry
-            .by_subject
-            .values()
-            .map(HashMap::len)
-            .sum::<usize>()
-            + registry.anonymous
+        self.revocations().live_sockets()
     }
 
     /// One round trip to Redis (`PING`).
@@ -322,46 +319,46 @@ impl Fleet {
         result
     }
 
-    /// Revokes every token seen for `subject` at a handshake (within the revocation TTL)
-    /// and closes the subject's sockets on every instance with `1008`. Returns how many
-    /// tokens were revoked. Later handshakes with those tokens get `401`; new tokens issued
-    /// to the subject afterwards work.
+    /// The fleet's revocation registry: the API of [`Revocations`](crate::revoke::Revocations),
+    /// shared through Redis. Revocations made through it (or through the methods below)
+    /// close the matching sockets on every instance with `1008`; [`RevocationLayer`]
+    /// (`RevocationLayer::new(&fleet)`) enforces it at the handshake.
     ///
-    /// A token the fleet never saw at a handshake (issued but not yet used) is not known
-    /// here: revoke it with [`revoke_token`](Self::revoke_token) (a logout route has the
-    /// caller's token at hand), or keep credential lifetimes short.
+    /// [`RevocationLayer`]: crate::revoke::RevocationLayer
+    pub fn revocations(&self) -> Revocations {
+        Revocations::shared(Arc::clone(&self.inner.local), self.clone())
+    }
+
+    /// Revokes every credential of `subject` issued up to now (and every one without an
+    /// issue time), and closes the subject's sockets on every instance with `1008`: one
+    /// Redis key and one message, however many tokens the subject has. Later handshakes
+    /// with those credentials get `401`; credentials issued afterwards work. Returns the
+    /// number of sockets closed on this instance. See
+    /// [`Revocations::revoke_identity`](crate::revoke::Revocations::revoke_identity).
     pub async fn revoke_identity(&self, subject: &str) -> Result<usize, FleetError> {
-        let mut conn = self.connection();
-        let tokens_key = self.key(&format!("tokens:{subject}"));
-        let marker_prefix = self.key("revoked:");
-        let ttl = millis(self.inner.revocation_ttl);
-        let channel = self.inner.channel.clone();
-        let message = format!("sub:{subject}");
-        let n = self
-            .run("revoke_identity", async move {
-                scripts::REVOKE_SUBJECT
-                    .key(tokens_key)
-                    .arg(marker_prefix)
-                    .arg(ttl)
-                    .arg(channel)
-                    .arg(message)
-                    .invoke_async::<usize>(&mut conn)
-                    .await
-            })
-            .await?;
-        tracing::info!(
-            name: "wsguard.fleet.revoked",
-            target: "wsguard::fleet",
-            identity = subject,
-            tokens = n,
-            "revoked an identity on every instance"
-        );
-        Ok(n)
+        self.revocations()
+            .revoke_identity(subject)
+            .await
+            .map_err(unshared)
+    }
+
+    /// Revokes every credential of `subject` issued before `before` on every instance; see
+    /// [`Revocations::revoke_issued_before`](crate::revoke::Revocations::revoke_issued_before).
+    pub async fn revoke_issued_before(
+        &self,
+        subject: &str,
+        before: SystemTime,
+    ) -> Result<usize, FleetError> {
+        self.revocations()
+            .revoke_issued_before(subject, before)
+            .await
+            .map_err(unshared)
     }
 
     /// Revokes one token: later handshakes with it get `401`, and the sockets opened with
-    /// it close on every instance with `1008`.
-    pub async fn revoke_token(&self, token: &str) -> Result<(), FleetError> {
+    /// it close on every instance with `1008`. Returns the number of sockets closed on this
+    /// instance.
+    pub async fn revoke_token(&self, token: &str) -> Result<usize, FleetError> {
         self.revoke_fingerprint(TokenFingerprint::of(token)).await
     }
 
@@ -369,6 +366,56 @@ impl Fleet {
     pub async fn revoke_fingerprint(
         &self,
         fingerprint: TokenFingerprint,
+    ) -> Result<usize, FleetError> {
+        self.revocations()
+            .revoke_fingerprint(fingerprint)
+            .await
+            .map_err(unshared)
+    }
+
+    /// Whether Redis holds a revocation of the token with this fingerprint.
+    pub async fn is_revoked(&self, fingerprint: &TokenFingerprint) -> Result<bool, FleetError> {
+        let mut conn = self.connection();
+        let marker = self.key(&format!("revoked:{}", fingerprint.to_hex()));
+        self.run("is_revoked", async move {
+            redis::cmd("EXISTS")
+                .arg(marker)
+                .query_async::<bool>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Stores and announces "credentials of `subject` issued before `before` are revoked".
+    pub(crate) async fn share_revoke_before(
+        &self,
+        subject: &str,
+        before: SystemTime,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection();
+        let marker = self.key(&format!("revoked_sub:{subject}"));
+        let ttl = millis(self.inner.revocation_ttl);
+        let channel = self.inner.channel.clone();
+        let before = epoch_millis_ceil(before);
+        let subject = subject.to_owned();
+        self.run("revoke_before", async move {
+            scripts::REVOKE_BEFORE
+                .key(marker)
+                .arg(before)
+                .arg(ttl)
+                .arg(channel)
+                .arg(subject)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Stores and announces the revocation of one token.
+    pub(crate) async fn share_revoke_token(
+        &self,
+        fingerprint: &TokenFingerprint,
     ) -> Result<(), FleetError> {
         let mut conn = self.connection();
         let hex = fingerprint.to_hex();
@@ -385,170 +432,120 @@ impl Fleet {
                 .invoke_async::<i64>(&mut conn)
                 .await
         })
-        .await?;
-        tracing::info!(
-            name: "wsguard.fleet.revoked",
-            target: "wsguard::fleet",
-            token = %&hex[..8],
-            "revoked a token on every instance"
-        );
-        Ok(())
-    }
-
-    /// Whether the token with this fingerprint is revoked.
-    pub async fn is_revoked(&self, fingerprint: &TokenFingerprint) -> Result<bool, FleetError> {
-        let mut conn = self.connection();
-        let marker = self.key(&format!("revoked:{}", fingerprint.to_hex()));
-        self.run("is_revoked", async move {
-            redis::cmd("EXISTS")
-                .arg(marker)
-                .query_async::<bool>(&mut conn)
-                .await
-        })
         .await
+        .map(drop)
     }
 
-    pub(crate) fn revocation_ttl(&self) -> Duration {
-        self.inner.revocation_ttl
-    }
-
-    /// Registers a socket-to-be so revocations reach it; unregistered when the returned
-    /// guard drops.
-    pub(crate) fn register(
+    /// Whether Redis holds a revocation of this credential: of its token, or of its
+    /// subject's credentials issued before its issue time. One round trip (`MGET`).
+    pub(crate) async fn remote_revoked(
         &self,
-        subject: Option<Arc<str>>,
-        token: Option<TokenFingerprint>,
-        signal: CloseSignal,
-    ) -> Registration {
-        let mut registry = self.inner.registry_lock();
-        registry.next += 1;
-        let id = registry.next;
-        match &subject {
-            Some(s) => {
-                registry
-                    .by_subject
-                    .entry(Arc::clone(s))
-                    .or_default()
-                    .insert(id, signal.clone());
-            }
-            None => registry.anonymous += 1,
+        principal: Option<&Principal>,
+        token: Option<&TokenFingerprint>,
+    ) -> Result<bool, FleetError> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(fp) = token {
+            keys.push(self.key(&format!("revoked:{}", fp.to_hex())));
         }
-        let token = token.map(|fp| fp.to_hex());
-        if let Some(hex) = &token {
-            registry
-                .by_token
-                .entry(hex.clone())
-                .or_default()
-                .insert(id, signal);
+        if let Some(p) = principal {
+            keys.push(self.key(&format!("revoked_sub:{}", p.subject())));
         }
-        Registration {
-            registry: Arc::clone(&self.inner.registry),
-            id,
-            subject,
-            token,
+        if keys.is_empty() {
+            return Ok(false);
         }
+        let mut conn = self.connection();
+        let values: Vec<Option<String>> = self
+            .run("revocation_check", async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
+            })
+            .await?;
+        let mut values = values.into_iter();
+        if token.is_some() && values.next().flatten().is_some() {
+            return Ok(true);
+        }
+        let cutoff = values.next().flatten().and_then(|v| v.parse::<u64>().ok());
+        Ok(match (principal, cutoff) {
+            (Some(p), Some(ms)) => p
+                .issued_at()
+                .is_none_or(|t| t < UNIX_EPOCH + Duration::from_millis(ms)),
+            _ => false,
+        })
     }
 }
 
-impl Inner {
-    fn registry_lock(&self) -> MutexGuard<'_, Registry> {
-        lock(&self.registry)
+fn unshared(error: RevokeError) -> FleetError {
+    match error {
+        RevokeError::Unavailable(e) => FleetError::Unavailable(e),
+        other => FleetError::Redis(other.to_string()),
     }
 }
 
-fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
-    registry.lock().unwrap_or_else(PoisonError::into_inner)
+/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict).
+fn epoch_millis_ceil(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms.saturating_add(1)
+    }
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The live sockets of this instance that revocation can reach.
-#[derive(Default)]
-struct Registry {
-    next: u64,
-    anonymous: usize,
-    by_subject: HashMap<Arc<str>, HashMap<u64, CloseSignal>>,
-    by_token: HashMap<String, HashMap<u64, CloseSignal>>,
+impl From<&Fleet> for Revocations {
+    fn from(fleet: &Fleet) -> Self {
+        fleet.revocations()
+    }
 }
 
-/// Keeps a socket reachable by revocation until dropped.
-pub(crate) struct Registration {
-    registry: Arc<Mutex<Registry>>,
-    id: u64,
-    subject: Option<Arc<str>>,
-    token: Option<String>,
+impl From<Fleet> for Revocations {
+    fn from(fleet: Fleet) -> Self {
+        fleet.revocations()
+    }
 }
 
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut registry = lock(&self.registry);
-        match &self.subject {
-            Some(s) => {
-                if let Some(map) = registry.by_subject.get_mut(s) {
-                    map.remove(&self.id);
-                    if map.is_empty() {
-                        registry.by_subject.remove(s);
-                    }
-                }
-            }
-            None => registry.anonymous = registry.anonymous.saturating_sub(1),
+/// A fingerprint from its 64 hex digits.
+fn parse_hex(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Applies one revocation message to this instance's registry: `tok:<hex fingerprint>`,
+/// `before:<ms since the epoch>:<subject>`, or (from earlier versions) `sub:<subject>`.
+fn apply(local: &Local, message: &str) {
+    if let Some(hex) = message.strip_prefix("tok:") {
+        if let Some(fp) = parse_hex(hex) {
+            local.revoke_token(fp);
         }
-        if let Some(fp) = &self.token
-            && let Some(map) = registry.by_token.get_mut(fp)
+    } else if let Some(rest) = message.strip_prefix("before:") {
+        if let Some((ms, subject)) = rest.split_once(':')
+            && let Ok(ms) = ms.parse::<u64>()
+            && !subject.is_empty()
+            && let Some(before) = UNIX_EPOCH.checked_add(Duration::from_millis(ms))
         {
-            map.remove(&self.id);
-            if map.is_empty() {
-                registry.by_token.remove(fp);
-            }
+            local.revoke_before(subject, before);
         }
-    }
-}
-
-/// Applies one revocation message: `sub:<subject>` or `tok:<hex fingerprint>`.
-fn apply(registry: &Mutex<Registry>, message: &str) {
-    let signals: Vec<CloseSignal> = {
-        let registry = lock(registry);
-        if let Some(subject) = message.strip_prefix("sub:") {
-            registry
-                .by_subject
-                .get(subject)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        } else if let Some(hex) = message.strip_prefix("tok:") {
-            registry
-                .by_token
-                .get(hex)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        }
-    };
-    if !signals.is_empty() {
-        tracing::info!(
-            name: "wsguard.fleet.closing_revoked",
-            target: "wsguard::fleet",
-            sockets = signals.len(),
-            "closing revoked sockets on this instance"
-        );
-    }
-    for signal in signals {
-        signal.revoke();
+    } else if let Some(subject) = message.strip_prefix("sub:")
+        && !subject.is_empty()
+    {
+        local.revoke_before(subject, SystemTime::now());
     }
 }
 
 /// Listens for revocations for the life of the fleet, reconnecting with a capped backoff.
-async fn listen(
-    client: Client,
-    channel: String,
-    marker_prefix: String,
-    registry: Arc<Mutex<Registry>>,
-) {
+async fn listen(client: Client, channel: String, prefix: String, local: Arc<Local>) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match subscribe_and_serve(&client, &channel, &marker_prefix, &registry).await {
+        match subscribe_and_serve(&client, &channel, &prefix, &local).await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => tracing::debug!(
                 name: "wsguard.fleet.listener_error",
@@ -565,8 +562,8 @@ async fn listen(
 async fn subscribe_and_serve(
     client: &Client,
     channel: &str,
-    marker_prefix: &str,
-    registry: &Mutex<Registry>,
+    prefix: &str,
+    local: &Local,
 ) -> RedisResult<()> {
     let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
         .await
@@ -576,8 +573,8 @@ async fn subscribe_and_serve(
     let (mut sink, mut stream) = pubsub.split();
     sink.subscribe(channel).await?;
     // Revocations published while this listener was not subscribed: close the sockets whose
-    // tokens are marked revoked (an identity revocation marks every token seen for it).
-    reconcile(client, marker_prefix, registry).await?;
+    // token or subject carries a revocation marker.
+    reconcile(client, prefix, local).await?;
     tracing::debug!(
         name: "wsguard.fleet.listening",
         target: "wsguard::fleet",
@@ -590,7 +587,7 @@ async fn subscribe_and_serve(
             msg = stream.next() => match msg {
                 Some(msg) => {
                     if let Ok(text) = msg.get_payload::<String>() {
-                        apply(registry, &text);
+                        apply(local, &text);
                     }
                 }
                 None => return Ok(()),
@@ -607,31 +604,51 @@ async fn subscribe_and_serve(
     }
 }
 
-/// Closes the local sockets whose tokens carry a revocation marker.
-async fn reconcile(
-    client: &Client,
-    marker_prefix: &str,
-    registry: &Mutex<Registry>,
-) -> RedisResult<()> {
-    let tokens: Vec<String> = lock(registry).by_token.keys().cloned().collect();
-    if tokens.is_empty() {
+/// Applies the revocation markers of the live sockets' tokens and subjects (in chunks of
+/// 256 keys per `MGET`).
+async fn reconcile(client: &Client, prefix: &str, local: &Local) -> RedisResult<()> {
+    let (subjects, tokens) = local.live_keys();
+    if subjects.is_empty() && tokens.is_empty() {
         return Ok(());
     }
     let mut conn = client.get_multiplexed_async_connection().await?;
     for chunk in tokens.chunks(256) {
         let keys: Vec<String> = chunk
             .iter()
-            .map(|hex| format!("{marker_prefix}{hex}"))
+            .map(|fp| format!("{prefix}:revoked:{}", hex(fp)))
             .collect();
         let marks: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        for (hex, mark) in chunk.iter().zip(marks) {
+        for (fp, mark) in chunk.iter().zip(marks) {
             if mark.is_some() {
-                apply(registry, &format!("tok:{hex}"));
+                local.revoke_token(*fp);
+            }
+        }
+    }
+    for chunk in subjects.chunks(256) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|s| format!("{prefix}:revoked_sub:{s}"))
+            .collect();
+        let marks: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for (subject, mark) in chunk.iter().zip(marks) {
+            if let Some(ms) = mark.and_then(|m| m.parse::<u64>().ok())
+                && let Some(before) = UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+            {
+                local.revoke_before(subject, before);
             }
         }
     }
     Ok(())
+}
+
+fn hex(fp: &[u8; 32]) -> String {
+    use std::fmt::Write;
+    fp.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -690,32 +707,57 @@ mod tests {
         );
     }
 
-    #[test]
-    fn revocation_messages_reach_the_registered_signals_only() {
-        let registry = Mutex::new(Registry::default());
-        let (alice, bob, token) = (CloseSignal::new(), CloseSignal::new(), CloseSignal::new());
+    #[tokio::test]
+    async fn revocation_messages_reach_the_matching_sockets_only() {
+        use crate::auth::Principal;
+        let r = crate::revoke::Revocations::new();
+        let local = r.local();
         let fp = TokenFingerprint::of("t1");
-        {
-            let mut r = lock(&registry);
-            r.by_subject
-                .entry(Arc::from("alice"))
-                .or_default()
-                .insert(1, alice.clone());
-            r.by_subject
-                .entry(Arc::from("bob"))
-                .or_default()
-                .insert(2, bob.clone());
-            r.by_token
-                .entry(fp.to_hex())
-                .or_default()
-                .insert(3, token.clone());
+        let (signals, _permits) = crate::revoke::test_register(
+            local,
+            &[
+                (
+                    Principal::new("alice", None)
+                        .with_issued_at(UNIX_EPOCH + Duration::from_millis(5_000)),
+                    "a1",
+                ),
+                (Principal::new("bob", None), "b1"),
+                (
+                    Principal::new("carol", None)
+                        .with_issued_at(UNIX_EPOCH + Duration::from_secs(9_000)),
+                    "t1",
+                ),
+            ],
+        );
+        let [alice, bob, carol] = &signals[..] else {
+            panic!("three signals");
+        };
+        apply(local, "before:5001:alice");
+        assert!(alice.is_revoked() && !bob.is_revoked() && !carol.is_revoked());
+        apply(local, &format!("tok:{}", fp.to_hex()));
+        assert!(carol.is_revoked() && !bob.is_revoked());
+        for garbage in [
+            "garbage",
+            "sub:",
+            "tok:zz",
+            "before:x:bob",
+            "before:1:",
+            "tok:",
+        ] {
+            apply(local, garbage);
         }
-        apply(&registry, "sub:alice");
-        assert!(alice.is_revoked() && !bob.is_revoked() && !token.is_revoked());
-        apply(&registry, &format!("tok:{}", fp.to_hex()));
-        assert!(token.is_revoked() && !bob.is_revoked());
-        apply(&registry, "garbage");
-        apply(&registry, "sub:");
         assert!(!bob.is_revoked());
+        apply(local, "sub:bob");
+        assert!(
+            bob.is_revoked(),
+            "the message of earlier versions still works"
+        );
+        assert_eq!(parse_hex(&fp.to_hex()), Some(*fp.as_bytes()));
+        assert_eq!(hex(fp.as_bytes()), fp.to_hex());
+        assert_eq!(
+            epoch_millis_ceil(UNIX_EPOCH + Duration::from_micros(1_500)),
+            2
+        );
+        assert_eq!(epoch_millis_ceil(UNIX_EPOCH + Duration::from_millis(7)), 7);
     }
 }

@@ -15,11 +15,17 @@
 //!   ([`FleetBuilder::lease_ttl`]), renewed every third of it while the socket lives and
 //!   released when it closes. An instance that dies leaks nothing: its leases expire. Over
 //!   a cap: `429` (`503` for the global cap).
-//! - [`RevocationLayer`]: refuses revoked tokens (`401`) and makes every socket closable
-//!   from any instance. [`Fleet::revoke_identity`] and [`Fleet::revoke_token`] publish the
-//!   revocation (Redis pub/sub); every instance closes the matching sockets with `1008`
-//!   (through [`CloseSignal`](crate::socket::CloseSignal), which
-//!   [`GuardedUpgrade`](crate::socket::GuardedUpgrade) attaches to the socket).
+//! - Revocation: [`RevocationLayer`] of [`crate::revoke`]
+//!   with the fleet as its backend (`RevocationLayer::new(&fleet)`): the same registry and
+//!   API as on one instance ([`Fleet::revocations`]), shared through Redis. A revocation
+//!   ([`Fleet::revoke_identity`], [`Fleet::revoke_issued_before`], [`Fleet::revoke_token`])
+//!   is applied on this instance, stored in Redis as one marker (a token's, or a subject's
+//!   "issued before" time: constant work however many tokens the subject has) and published
+//!   (pub/sub); every instance applies it to its own registry, closing the matching sockets
+//!   with `1008` (through [`CloseSignal`](crate::socket::CloseSignal), which
+//!   [`GuardedUpgrade`](crate::socket::GuardedUpgrade) attaches to the socket). Handshakes
+//!   check this instance's registry, then the markers (one `MGET`), so revocations made
+//!   before an instance started hold there too; revoked credentials get `401`.
 //!
 //! Switching from local to fleet limits is one line per layer:
 //!
@@ -41,8 +47,12 @@
 //! - [`FailurePolicy::Refuse`]: handshakes get `503 Service Unavailable` with
 //!   [`FleetError::Unavailable`] in the response extensions.
 //!
+//! Revocations made while Redis is unreachable apply on the revoking instance only and fail
+//! with [`RevokeError::Unavailable`](crate::revoke::RevokeError::Unavailable).
+//!
 //! Recovery is automatic: the connection is remade on the next use, the first success logs
-//! `wsguard.fleet.recovered`, the revocation listener resubscribes, and live sockets
+//! `wsguard.fleet.recovered`, the revocation listener resubscribes (and applies the markers
+//! of its live sockets' tokens and subjects it missed), and live sockets
 //! (including those admitted by the local fallback) re-create their leases at their next
 //! renewal, so fleet limits count them again after a Redis restart.
 //!
@@ -109,24 +119,24 @@
 //! # Redis
 //!
 //! One Redis (or a primary with replicas) shared by the instances; keys are
-//! `<prefix>:rate:*`, `<prefix>:quota:*`, `<prefix>:revoked:*`, `<prefix>:tokens:*` and the
-//! channel `<prefix>:revocations`, all with TTLs. Redis Cluster is not supported (the scripts
+//! `<prefix>:rate:*`, `<prefix>:quota:*`, `<prefix>:revoked:<token fingerprint>`,
+//! `<prefix>:revoked_sub:<subject>` and the channel `<prefix>:revocations`, all with TTLs
+//! (revocation markers: [`FleetBuilder::revocation_ttl`]). Redis Cluster is not supported (the scripts
 //! touch keys of different slots). Times come from the Redis server's clock, so instance
 //! clock skew does not matter.
 //!
 //! # Events
 //! `wsguard.fleet.unavailable` (warn) and `wsguard.fleet.recovered` (info) on availability
 //! changes; `wsguard.fleet.fallback` (debug) for each handshake decided locally;
-//! `wsguard.fleet.refused` (warn) for each `503`; `wsguard.fleet.revoked` (info) per
-//! revocation, `wsguard.fleet.closing_revoked` (info) on each instance that closes sockets;
-//! rejections reuse `wsguard.rate_limit.rejected` and `wsguard.rate_limit.quota_exceeded`;
-//! revoked handshakes log `wsguard.fleet.token_revoked` (warn). Tokens are never logged
+//! `wsguard.fleet.refused` (warn) for each `503`; rejections reuse
+//! `wsguard.rate_limit.rejected` and `wsguard.rate_limit.quota_exceeded`; revocation logs the
+//! events of [`crate::revoke`] (`wsguard.revoke.revoked`, `wsguard.revoke.closing` on each
+//! instance that closes sockets, `wsguard.revoke.refused`). Tokens are never logged
 //! (revocation events carry the first 8 hex digits of the token's SHA-256 at most).
 
 mod handle;
 mod quota;
 mod rate;
-mod revoke;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -145,10 +155,12 @@ pub use self::{
     handle::{Fleet, FleetBuilder},
     quota::{FleetLease, FleetQuota, FleetQuotaLayer},
     rate::{FleetRateLimit, FleetRateLimitLayer},
-    revoke::{Revocation, RevocationLayer},
 };
 #[doc(no_inline)]
 pub use crate::rate_limit::{ConfigError, KeyBy, RateLimitError};
+/// The revocation layer of [`crate::revoke`], re-exported: `RevocationLayer::new(&fleet)`.
+#[doc(no_inline)]
+pub use crate::revoke::{Revocation, RevocationLayer};
 
 /// What fleet layers do when Redis does not answer within the timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -173,7 +185,8 @@ impl FailurePolicy {
     }
 }
 
-/// Errors of the fleet: Redis trouble, and revoked credentials.
+/// Errors of the fleet: Redis trouble. (Revoked credentials are
+/// [`RevokeError::Revoked`](crate::revoke::RevokeError::Revoked).)
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FleetError {
@@ -184,8 +197,6 @@ pub enum FleetError {
     Unavailable(String),
     /// Redis answered with an error (a bug or a misconfigured server).
     Redis(String),
-    /// The handshake's token was revoked (`401`).
-    Revoked,
     /// [`FleetBuilder::build`] was called outside a tokio runtime.
     NoRuntime,
 }
@@ -194,7 +205,6 @@ impl FleetError {
     /// The status code of a rejection response for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Revoked => StatusCode::UNAUTHORIZED,
             Self::InvalidUrl(_) | Self::Unavailable(_) | Self::Redis(_) | Self::NoRuntime => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -207,7 +217,6 @@ impl FleetError {
             Self::InvalidUrl(_) => "invalid_url",
             Self::Unavailable(_) => "unavailable",
             Self::Redis(_) => "redis_error",
-            Self::Revoked => "revoked",
             Self::NoRuntime => "no_runtime",
         }
     }
@@ -219,7 +228,6 @@ impl fmt::Display for FleetError {
             Self::InvalidUrl(e) => write!(f, "invalid Redis URL: {e}"),
             Self::Unavailable(e) => write!(f, "Redis is unavailable: {e}"),
             Self::Redis(e) => write!(f, "Redis error: {e}"),
-            Self::Revoked => f.write_str("credential revoked"),
             Self::NoRuntime => f.write_str("the fleet must be built inside a tokio runtime"),
         }
     }
@@ -227,32 +235,17 @@ impl fmt::Display for FleetError {
 
 impl std::error::Error for FleetError {}
 
-/// The response for a fleet error: status, short plain-text body (no Redis details), the
-/// error in the extensions, and `WWW-Authenticate` for `401`.
+/// The response for a fleet error: `503`, `Retry-After`, a short plain-text body (no Redis
+/// details) and the error in the extensions.
 pub(crate) fn fleet_reject(error: FleetError) -> Response {
-    let status = error.status();
-    let text = match &error {
-        FleetError::Revoked => "credential revoked\n",
-        _ => "service unavailable: try again later\n",
-    };
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = status;
+    let mut response = Response::new(Body::from("service unavailable: try again later\n"));
+    *response.status_mut() = error.status();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    match status {
-        StatusCode::UNAUTHORIZED => {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        }
-        _ => {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response.extensions_mut().insert(error);
     response
 }

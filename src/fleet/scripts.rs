@@ -129,40 +129,24 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
     ))
 });
 
-/// At a handshake: is the token revoked? If not, remember it under its subject, so that
-/// revoking the subject revokes it.
+/// Revokes a subject's credentials issued before a time and announces it, in constant
+/// time whatever the number of the subject's tokens: one marker holding the latest cutoff.
 ///
-/// `KEYS[1]`: the token's revocation marker, `KEYS[2]` (optional): the subject's token set.
-/// `ARGV[1]`: fingerprint, `ARGV[2]`: how long to remember it (ms). Returns 1 if revoked.
-pub(crate) static CHECK_TOKEN: LazyLock<Script> = LazyLock::new(|| {
+/// `KEYS[1]`: the subject's marker. `ARGV[1]`: the cutoff (ms since the epoch), `ARGV[2]`:
+/// marker TTL (ms), `ARGV[3]`: channel, `ARGV[4]`: the subject. Publishes
+/// `before:<cutoff>:<subject>` with the marker's (latest) cutoff. Returns 1.
+pub(crate) static REVOKE_BEFORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 1
+local before = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current ~= nil and current > before then
+  before = current
 end
-if KEYS[2] ~= nil then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return 0
-"#,
-    )
-});
-
-/// Revokes every token seen for a subject and announces it.
-///
-/// `KEYS[1]`: the subject's token set. `ARGV[1]`: the marker key prefix, `ARGV[2]`: marker
-/// TTL (ms), `ARGV[3]`: channel, `ARGV[4]`: message. Returns the number of tokens revoked.
-pub(crate) static REVOKE_SUBJECT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local fps = redis.call('SMEMBERS', KEYS[1])
-for _, fp in ipairs(fps) do
-  redis.call('SET', ARGV[1] .. fp, '1', 'PX', ARGV[2])
-end
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return #fps
+local text = string.format('%.0f', before)
+redis.call('SET', KEYS[1], text, 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'before:' .. text .. ':' .. ARGV[4])
+return 1
 "#,
     )
 });

@@ -259,11 +259,22 @@ async fn lease_scripts_cap_expire_renew_and_release() {
 }
 
 fn handshake(ip: [u8; 4], subject: Option<&str>, token: Option<&str>) -> Request<Body> {
+    handshake_issued(ip, subject, token, std::time::SystemTime::now())
+}
+
+/// A handshake whose credential was issued at `issued_at`.
+fn handshake_issued(
+    ip: [u8; 4],
+    subject: Option<&str>,
+    token: Option<&str>,
+    issued_at: std::time::SystemTime,
+) -> Request<Body> {
     let mut req = Request::get("/ws").body(Body::empty()).unwrap();
     req.extensions_mut()
         .insert(ClientIp(std::net::IpAddr::from(ip)));
     if let Some(subject) = subject {
-        req.extensions_mut().insert(Principal::new(subject, None));
+        req.extensions_mut()
+            .insert(Principal::new(subject, None).with_issued_at(issued_at));
     }
     if let Some(token) = token {
         req.extensions_mut().insert(TokenFingerprint::of(token));
@@ -494,7 +505,11 @@ async fn revocation_closes_sockets_on_other_instances_and_refuses_the_token() {
     let redis = RedisServer::start();
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
     let mut svc_b = RevocationLayer::new(&b).layer(service_fn(keep));
-    let on_b = |subject: &str, token: &str| handshake([192, 0, 2, 9], Some(subject), Some(token));
+    // Credentials issued before any revocation in this test.
+    let issued = std::time::SystemTime::now() - Duration::from_secs(10);
+    let on_b = |subject: &str, token: &str| {
+        handshake_issued([192, 0, 2, 9], Some(subject), Some(token), issued)
+    };
 
     // Listeners subscribe in the background: wait until a revocation reaches b.
     let probe = svc_b
@@ -558,14 +573,14 @@ async fn revocation_closes_sockets_on_other_instances_and_refuses_the_token() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
-        res.extensions().get::<FleetError>(),
-        Some(&FleetError::Revoked)
+        res.extensions().get::<crate::revoke::RevokeError>(),
+        Some(&crate::revoke::RevokeError::Revoked)
     );
     assert!(res.headers().contains_key("www-authenticate"));
 
     // The whole identity: its other token too; frank untouched; a new token works.
-    let revoked = a.revoke_identity("erin").await.unwrap();
-    assert!(revoked >= 1, "{revoked}");
+    let closed_on_a = a.revoke_identity("erin").await.unwrap();
+    assert_eq!(closed_on_a, 0, "erin has no socket on a");
     wait_for("erin-2 closed", async || s2.is_revoked()).await;
     assert!(!frank.is_revoked());
     let res = svc_b
@@ -576,15 +591,119 @@ async fn revocation_closes_sockets_on_other_instances_and_refuses_the_token() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // Issued after the revocation (a second later: the cutoff has millisecond precision).
+    let later = std::time::SystemTime::now() + Duration::from_secs(1);
     let res = svc_b
         .ready()
         .await
         .unwrap()
-        .call(on_b("erin", "erin-3"))
+        .call(handshake_issued(
+            [192, 0, 2, 9],
+            Some("erin"),
+            Some("erin-3"),
+            later,
+        ))
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(b.is_revoked(&TokenFingerprint::of("erin-2")).await.unwrap());
+    assert!(b.is_revoked(&TokenFingerprint::of("erin-1")).await.unwrap());
+    assert!(!b.is_revoked(&TokenFingerprint::of("erin-3")).await.unwrap());
+}
+
+#[tokio::test]
+async fn revoking_a_busy_subject_is_one_marker_and_binds_instances_started_later() {
+    let redis = RedisServer::start();
+    let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
+    let mut svc_b = RevocationLayer::new(&b).layer(service_fn(keep));
+    let issued = std::time::SystemTime::now() - Duration::from_secs(10);
+    // A busy subject: many tokens seen at handshakes.
+    let mut kept = Vec::new();
+    for i in 0..300 {
+        let req = handshake_issued(
+            [192, 0, 2, 11],
+            Some("busy"),
+            Some(&format!("busy-{i}")),
+            issued,
+        );
+        let res = svc_b.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        kept.push(res);
+    }
+    let mut c = conn(&redis).await;
+    // Nothing is stored per token seen: the subject's footprint in Redis cannot grow.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("wsguard:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+
+    // Listeners subscribe in the background: revoke until b closes the first socket.
+    let first = kept[0]
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    wait_for("b's listener", async || {
+        a.revoke_identity("busy").await.unwrap();
+        first.is_revoked()
+    })
+    .await;
+    for res in &kept {
+        let signal = res.extensions().get::<CloseSignal>().expect("signal");
+        wait_for("every socket of busy closed", async || signal.is_revoked()).await;
+    }
+    // One marker, with a TTL.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("wsguard:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["wsguard:revoked_sub:busy"]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "{ttl}");
+
+    // An instance started after the revocation refuses the old credentials (from the
+    // marker) and accepts one issued after it.
+    let late = fleet(&redis.url());
+    let mut svc = RevocationLayer::new(&late).layer(service_fn(keep));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 12],
+            Some("busy"),
+            Some("busy-7"),
+            issued,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let fresh = std::time::SystemTime::now() + Duration::from_secs(1);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 12],
+            Some("busy"),
+            Some("busy-new"),
+            fresh,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The same through the API for HTTP routes.
+    let old = Principal::new("busy", None).with_issued_at(issued);
+    assert_eq!(
+        late.revocations().check(&old, None).await,
+        Err(crate::revoke::RevokeError::Revoked)
+    );
 }
 
 #[tokio::test]
@@ -626,9 +745,38 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
         .get::<CloseSignal>()
         .cloned()
         .expect("signal");
+    let issued = std::time::SystemTime::now() - Duration::from_secs(10);
+    let hana = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 10],
+            Some("hana"),
+            Some("hana-1"),
+            issued,
+        ))
+        .await
+        .unwrap();
+    let hana = hana
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
     let mut c = conn(&redis).await;
-    // A revocation marker without the announcement (as if published while b's listener was
-    // disconnected), then b's subscription is cut.
+    // Revocation markers without the announcement (as if published while b's listener was
+    // disconnected), then b's subscription is cut: a token's, and a subject's cutoff.
+    let cutoff = (issued + Duration::from_secs(1))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let _: () = redis::cmd("SET")
+        .arg("wsguard:revoked_sub:hana")
+        .arg(&cutoff)
+        .query_async(&mut c)
+        .await
+        .unwrap();
     let marker = format!(
         "wsguard:revoked:{}",
         TokenFingerprint::of("gina-1").to_hex()
@@ -649,9 +797,56 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        signal.is_revoked()
+        signal.is_revoked() && hana.is_revoked()
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_revocation_redis_does_not_take_applies_here_and_says_so() {
+    let fleet = Fleet::builder(dead_url())
+        .timeout(Duration::from_millis(200))
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut svc = RevocationLayer::new(&fleet).layer(service_fn(keep));
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([192, 0, 2, 13], Some("ivan"), Some("ivan-1")))
+        .await
+        .unwrap();
+    // Fallback policy: admitted on this instance's registry.
+    assert_eq!(res.status(), StatusCode::OK);
+    let signal = res
+        .extensions()
+        .get::<CloseSignal>()
+        .cloned()
+        .expect("signal");
+    let result = fleet.revocations().revoke_identity("ivan").await;
+    assert!(
+        matches!(result, Err(crate::revoke::RevokeError::Unavailable(_))),
+        "{result:?}"
+    );
+    assert!(signal.is_revoked(), "closed on this instance all the same");
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake_issued(
+            [192, 0, 2, 13],
+            Some("ivan"),
+            Some("ivan-1"),
+            std::time::SystemTime::now() - Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "refused here");
+    assert!(matches!(
+        fleet.revoke_token("ivan-2").await,
+        Err(FleetError::Unavailable(_))
+    ));
 }
 
 #[tokio::test]
@@ -762,11 +957,6 @@ fn errors_have_a_status_a_name_and_a_message() {
         name: &'static str,
     }
     let cases = [
-        Case {
-            error: FleetError::Revoked,
-            status: StatusCode::UNAUTHORIZED,
-            name: "revoked",
-        },
         Case {
             error: FleetError::Unavailable("timed out".into()),
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -265,6 +265,8 @@ pub async fn start_example_with_env(name: &str, args: &[&str], env: &[(&str, &st
         .parse()
         .expect("socket address");
     Example { child, addr }
+}
+
 /// A WebSocket handshake to `/ws` (or `path`) sent by hand with the given `Host` and
 /// `Origin` (a client library would not let the test pick `Host`). Returns the status and,
 /// unless the answer is `101`, the body (read until the server closes).
