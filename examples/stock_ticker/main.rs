@@ -59,8 +59,8 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use wsguard::{
     auth::{
-        Credential, CredentialSource, HandshakeAuthLayer, Principal, Ticket, TicketIssuer,
-        TicketKey, TicketVerifier, TokenFingerprint, Verified,
+        Credential, CredentialSource, HandshakeAuthLayer, Ticket, TicketIssuer, TicketKey,
+        TicketVerifier, TokenFingerprint, Verified,
     },
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
@@ -396,7 +396,7 @@ fn router(
             ws_verifier.check(credential.token())
         };
         std::future::ready(checked.map(|ticket| {
-            let principal = Principal::new(ticket.subject(), Some(ticket.expires_at()));
+            let principal = ticket.principal();
             Verified::new(ticket, principal)
         }))
     };
@@ -578,10 +578,7 @@ async fn caller<'h>(app: &App, headers: &'h HeaderMap) -> Result<(Ticket, &'h st
             ));
         }
     };
-    let mut principal = Principal::new(ticket.subject(), Some(ticket.expires_at()));
-    if let Some(issued_at) = ticket.issued_at() {
-        principal = principal.with_issued_at(issued_at);
-    }
+    let principal = ticket.principal();
     match app
         .revocations
         .check(&principal, Some(&TokenFingerprint::of(token)))

@@ -183,6 +183,17 @@ impl Ticket {
         self.issued_at
     }
 
+    /// The [`Principal`] this ticket stands for: its subject, expiry and issue time, as the
+    /// [`Authenticator`] impl gives it to later layers. For authenticators built around a
+    /// verifier (say, one that only checks a one-time ticket without using it up).
+    pub fn principal(&self) -> Principal {
+        let principal = Principal::new(self.subject.clone(), Some(self.expires_at));
+        match self.issued_at {
+            Some(issued_at) => principal.with_issued_at(issued_at),
+            None => principal,
+        }
+    }
+
     /// The id of the key that signed it.
     pub fn key_id(&self) -> &str {
         &self.key_id
@@ -459,10 +470,7 @@ impl Authenticator for TicketVerifier {
 
     fn authenticate(&self, _parts: &Parts, credential: Credential) -> Self::Future {
         std::future::ready(self.verify(credential.token()).map(|ticket| {
-            let mut principal = Principal::new(ticket.subject.clone(), Some(ticket.expires_at));
-            if let Some(issued_at) = ticket.issued_at {
-                principal = principal.with_issued_at(issued_at);
-            }
+            let principal = ticket.principal();
             Verified::new(ticket, principal)
         }))
     }
