@@ -37,37 +37,7 @@ pub struct Example {
 /// Starts an example with `args` (which should bind port 0) and waits for the line on stdout
 /// that names its `http://` or `https://` address.
 pub async fn start_example(name: &str, args: &[&str]) -> Example {
-    let mut child = Command::new(example_path(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the example");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(url) = line
-                .split_whitespace()
-                .find(|word| word.starts_with("http://") || word.starts_with("https://"))
-            {
-                return url.to_owned();
-            }
-        }
-        panic!("the example exited without naming its address");
-    })
-    .await
-    .expect("banner in time");
-    // Keep draining stdout so the example never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let addr = url
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("socket address");
-    Example { child, addr }
+    start_example_with_env(name, args, &[]).await
 }
 
 /// A response as the tests need it.
@@ -257,6 +227,7 @@ pub async fn start_example_with_env(name: &str, args: &[&str], env: &[(&str, &st
     })
     .await
     .expect("banner in time");
+    // Keep draining stdout so the example never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let addr = url
         .trim_start_matches("http://")
