@@ -7,7 +7,7 @@
 //! order that keeps the data path easy to see:
 //!
 //! ```text
-//! request → origin → client IP → rate → auth → quota → socket policy → guarded socket
+//! request → origin → client IP → rate → throttle → auth → revocation → quota → socket policy → guarded socket
 //! ```
 //!
 //! - [`origin`]: refuses cross-site WebSocket hijacking by checking the `Origin` header.
