@@ -148,6 +148,7 @@ mod rate;
 mod service;
 mod signal;
 mod upgrade;
+mod wire;
 
 pub use self::{
     error::{
