@@ -748,6 +748,7 @@ async fn endless_empty_continuations_are_closed_with_1008() {
     }
     assert_eq!(attacker.close_code().await, Some(1008), "after {sent} fragments");
     let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::TooManyFragments));
     assert_eq!(end.stats.received, 0);
     // The server still serves others.
     let mut client = connect(addr).await;
@@ -770,7 +771,31 @@ async fn fragment_flood_is_closed_with_1008_before_the_size_limit() {
     }
     assert_eq!(attacker.close_code().await, Some(1008));
     let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::TooManyFragments));
     assert_eq!(end.stats.received, 0);
+}
+
+#[tokio::test]
+async fn the_fragment_limit_is_configurable() {
+    let limit = std::num::NonZeroU32::new(4).unwrap();
+    let (app, mut rx) = echo_app(quiet().max_fragments(limit));
+    let mut client = raw(serve(app).await).await;
+    // Four fragments make a message; five do not.
+    for (i, fin) in [false, false, false, true].into_iter().enumerate() {
+        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        client.send(fin, op, b"ab").await.unwrap();
+    }
+    let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
+    assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"abababab"[..]));
+    for i in 0..5 {
+        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        let _ = client.send(false, op, b"ab").await;
+    }
+    assert_eq!(client.close_code().await, Some(1008));
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::TooManyFragments)
+    );
 }
 
 #[tokio::test]
@@ -785,35 +810,90 @@ async fn frame_flood_of_tiny_messages_is_closed_with_1008() {
     let _ = attacker.stream.write_all(&frames).await;
     assert_eq!(attacker.close_code().await, Some(1008));
     let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::FrameRate));
     assert!(end.stats.received < 5000, "{}", end.stats.received);
 }
 
 #[tokio::test]
 async fn a_message_that_never_completes_is_closed_at_its_deadline() {
-    let (app, mut rx) = echo_app(quiet());
-    let mut attacker = raw(serve(app).await).await;
-    attacker.send(false, opcode::TEXT, b"never ").await.unwrap();
-    // A fragment now and then: within every rate, yet the message never ends.
-    let code = timeout(LIMIT, async {
-        loop {
-            if attacker.send(false, opcode::CONTINUATION, b"").await.is_err() {
-                break attacker.close_code().await;
-            }
-            if let Ok(frame) = timeout(Duration::from_millis(50), attacker.next_frame()).await {
-                match frame {
-                    Some((_, opcode::CLOSE, payload)) => {
-                        break payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+    struct Case {
+        name: &'static str,
+        /// The bytes that start the message, then an empty fragment every 20 ms if `trickle`.
+        start: fn(&mut RawWs) -> Vec<u8>,
+        trickle: bool,
+    }
+    let cases = [
+        Case {
+            name: "empty fragments now and then, within every rate and the fragment limit",
+            start: |ws| ws.frame(false, opcode::TEXT, b"never "),
+            trickle: true,
+        },
+        Case {
+            name: "a first fragment, then silence",
+            start: |ws| ws.frame(false, opcode::BINARY, b"never"),
+            trickle: false,
+        },
+        Case {
+            name: "half a frame header, then silence",
+            start: |ws| ws.frame(true, opcode::TEXT, b"hello")[..1].to_vec(),
+            trickle: false,
+        },
+        Case {
+            name: "a frame whose payload never all arrives",
+            start: |ws| {
+                let frame = ws.frame(true, opcode::BINARY, &[9u8; 100]);
+                frame[..frame.len() - 1].to_vec()
+            },
+            trickle: false,
+        },
+    ];
+    for case in cases {
+        let layer = quiet().message_deadline(Duration::from_millis(300));
+        let (app, mut rx) = echo_app(layer);
+        let mut attacker = raw(serve(app).await).await;
+        let start = (case.start)(&mut attacker);
+        attacker.stream.write_all(&start).await.unwrap();
+        let code = timeout(LIMIT, async {
+            loop {
+                if case.trickle && attacker.send(false, opcode::CONTINUATION, b"").await.is_err() {
+                    break attacker.close_code().await;
+                }
+                if let Ok(frame) = timeout(Duration::from_millis(20), attacker.next_frame()).await
+                {
+                    match frame {
+                        Some((_, opcode::CLOSE, payload)) => {
+                            break payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                        }
+                        Some(_) => {}
+                        None => break None,
                     }
-                    Some(_) => {}
-                    None => break None,
                 }
             }
-        }
-    })
-    .await
-    .expect("closed in time");
-    assert_eq!(code, Some(1008));
-    assert_eq!(ended(&mut rx).await.stats.received, 0);
+        })
+        .await
+        .expect("closed in time");
+        assert_eq!(code, Some(1008), "{}", case.name);
+        let end = ended(&mut rx).await;
+        assert_eq!(end.cause, Some(CloseCause::MessageDeadline), "{}", case.name);
+        assert_eq!(end.stats.received, 0, "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn slow_but_finished_messages_are_not_cut_off() {
+    let (app, mut rx) = echo_app(quiet().message_deadline(LIMIT));
+    let mut client = raw(serve(app).await).await;
+    // Five fragments over a quarter of a second, then the next message.
+    for (i, fin) in [false, false, false, false, true].into_iter().enumerate() {
+        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        client.send(fin, op, b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
+    assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"xxxxx"[..]));
+    client.send(true, opcode::CLOSE, &1000u16.to_be_bytes()).await.unwrap();
+    assert_eq!(client.close_code().await, Some(1000));
+    assert_eq!(ended(&mut rx).await.cause, None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -928,6 +1008,9 @@ async fn push_only_handler_still_enforces_the_heartbeat() {
     assert_eq!(talker.close_code().await, Some(1001));
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
+    // The queue held 16; the rest were read (so the close could be seen) and dropped.
+    assert_eq!(end.stats.received + end.stats.dropped_unread, 100);
+    assert!(end.stats.dropped_unread >= 84, "{:?}", end.stats);
 }
 
 #[tokio::test]
@@ -955,4 +1038,7 @@ async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
     let (_, _) = until_close(&mut client).await;
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, None);
+    // Sixteen wait in the receive queue (and the close, which always gets through); the other
+    // 34 were dropped and counted.
+    assert_eq!((end.stats.received, end.stats.dropped_unread), (17, 34));
 }
