@@ -866,7 +866,9 @@ async fn blind_pongs_do_not_keep_a_socket_open() {
     while started.elapsed() < target.heartbeat + Duration::from_secs(1) {
         let n = started.elapsed().as_secs();
         for guess in [n, n + 1] {
-            let _ = blind.send(Message::Pong(guess.to_be_bytes().to_vec().into())).await;
+            let _ = blind
+                .send(Message::Pong(guess.to_be_bytes().to_vec().into()))
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -21,6 +21,7 @@ use axum::{
     response::Response,
     routing::{any, post},
 };
+use common::{RawWs, opcode};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::{
@@ -32,7 +33,6 @@ use tokio::{
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tower::ServiceExt;
 use tower_http::limit::RequestBodyLimitLayer;
-use common::{RawWs, opcode};
 use wsguard::{
     auth::Principal,
     client_ip::ClientIp,
@@ -742,18 +742,31 @@ async fn endless_empty_continuations_are_closed_with_1008() {
     let mut sent = 0;
     if attacker.send(false, opcode::TEXT, b"{").await.is_ok() {
         // Empty fragments: the message never grows, never completes, is never counted.
-        while sent < 20_000 && attacker.send(false, opcode::CONTINUATION, b"").await.is_ok() {
+        while sent < 20_000
+            && attacker
+                .send(false, opcode::CONTINUATION, b"")
+                .await
+                .is_ok()
+        {
             sent += 1;
         }
     }
-    assert_eq!(attacker.close_code().await, Some(1008), "after {sent} fragments");
+    assert_eq!(
+        attacker.close_code().await,
+        Some(1008),
+        "after {sent} fragments"
+    );
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, Some(CloseCause::TooManyFragments));
     assert_eq!(end.stats.received, 0);
     // The server still serves others.
     let mut client = connect(addr).await;
     client.send(Message::text("hi")).await.unwrap();
-    let echo = timeout(LIMIT, client.next()).await.unwrap().unwrap().unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo, Message::text("hi"));
 }
 
@@ -767,7 +780,10 @@ async fn fragment_flood_is_closed_with_1008_before_the_size_limit() {
         if !ok {
             break;
         }
-        ok = attacker.send(false, opcode::CONTINUATION, b"x").await.is_ok();
+        ok = attacker
+            .send(false, opcode::CONTINUATION, b"x")
+            .await
+            .is_ok();
     }
     assert_eq!(attacker.close_code().await, Some(1008));
     let end = ended(&mut rx).await;
@@ -782,13 +798,21 @@ async fn the_fragment_limit_is_configurable() {
     let mut client = raw(serve(app).await).await;
     // Four fragments make a message; five do not.
     for (i, fin) in [false, false, false, true].into_iter().enumerate() {
-        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
         client.send(fin, op, b"ab").await.unwrap();
     }
     let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
     assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"abababab"[..]));
     for i in 0..5 {
-        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
         let _ = client.send(false, op, b"ab").await;
     }
     assert_eq!(client.close_code().await, Some(1008));
@@ -855,11 +879,15 @@ async fn a_message_that_never_completes_is_closed_at_its_deadline() {
         attacker.stream.write_all(&start).await.unwrap();
         let code = timeout(LIMIT, async {
             loop {
-                if case.trickle && attacker.send(false, opcode::CONTINUATION, b"").await.is_err() {
+                if case.trickle
+                    && attacker
+                        .send(false, opcode::CONTINUATION, b"")
+                        .await
+                        .is_err()
+                {
                     break attacker.close_code().await;
                 }
-                if let Ok(frame) = timeout(Duration::from_millis(20), attacker.next_frame()).await
-                {
+                if let Ok(frame) = timeout(Duration::from_millis(20), attacker.next_frame()).await {
                     match frame {
                         Some((_, opcode::CLOSE, payload)) => {
                             break payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
@@ -874,7 +902,12 @@ async fn a_message_that_never_completes_is_closed_at_its_deadline() {
         .expect("closed in time");
         assert_eq!(code, Some(1008), "{}", case.name);
         let end = ended(&mut rx).await;
-        assert_eq!(end.cause, Some(CloseCause::MessageDeadline), "{}", case.name);
+        assert_eq!(
+            end.cause,
+            Some(CloseCause::MessageDeadline),
+            "{}",
+            case.name
+        );
         assert_eq!(end.stats.received, 0, "{}", case.name);
     }
 }
@@ -885,13 +918,20 @@ async fn slow_but_finished_messages_are_not_cut_off() {
     let mut client = raw(serve(app).await).await;
     // Five fragments over a quarter of a second, then the next message.
     for (i, fin) in [false, false, false, false, true].into_iter().enumerate() {
-        let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
         client.send(fin, op, b"x").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
     assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"xxxxx"[..]));
-    client.send(true, opcode::CLOSE, &1000u16.to_be_bytes()).await.unwrap();
+    client
+        .send(true, opcode::CLOSE, &1000u16.to_be_bytes())
+        .await
+        .unwrap();
     assert_eq!(client.close_code().await, Some(1000));
     assert_eq!(ended(&mut rx).await.cause, None);
 }
@@ -919,7 +959,10 @@ async fn blind_pongs_do_not_answer_the_heartbeat() {
         for guess in n.saturating_sub(1)..=n + 1 {
             let _ = blind.send(true, opcode::PONG, &guess.to_be_bytes()).await;
         }
-        end = timeout(Duration::from_millis(20), rx.recv()).await.ok().flatten();
+        end = timeout(Duration::from_millis(20), rx.recv())
+            .await
+            .ok()
+            .flatten();
     }
     let end = end.expect("the blind client kept the socket open");
     assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
@@ -951,7 +994,9 @@ async fn echoing_the_real_ping_keeps_the_socket_open() {
         assert_eq!(op, opcode::PING);
         peer.send(true, opcode::PONG, &payload).await.unwrap();
     }
-    peer.send(true, opcode::CLOSE, &1000u16.to_be_bytes()).await.unwrap();
+    peer.send(true, opcode::CLOSE, &1000u16.to_be_bytes())
+        .await
+        .unwrap();
     assert_eq!(ended(&mut rx).await.cause, None);
     let counters: Vec<Vec<u8>> = (1..=10u64).map(|n| n.to_be_bytes().to_vec()).collect();
     assert_ne!(payloads, counters, "the pings are not a counter");
@@ -1023,7 +1068,10 @@ async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
     let mut client = connect(serve(app).await).await;
     // Application-level messages nobody reads, more than the receive queue holds.
     for i in 0..50 {
-        client.send(Message::text(format!("hello {i}"))).await.unwrap();
+        client
+            .send(Message::text(format!("hello {i}")))
+            .await
+            .unwrap();
     }
     // Reading answers the pings; the pushes keep coming for many heartbeat intervals.
     let mut ticks = 0;

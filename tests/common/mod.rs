@@ -331,7 +331,7 @@ impl RawWs {
 
     /// Reads the next frame from the server: `(fin, opcode, payload)`; `None` at the end of
     /// the stream or on an error.
-    pub async fn next_frame(&mut self) -> Option<(bool, u8, Vec<u8>)> {
+    pub async fn next_frame(&mut self) -> Option<RawFrame> {
         loop {
             if let Some((frame, used)) = parse_server_frame(&self.buf) {
                 self.buf.drain(..used);
@@ -363,8 +363,11 @@ impl RawWs {
     }
 }
 
+/// A frame as [`RawWs::next_frame`] returns it: `(fin, opcode, payload)`.
+pub type RawFrame = (bool, u8, Vec<u8>);
+
 /// Parses one unmasked frame at the start of `buf`: the frame and the bytes it took.
-fn parse_server_frame(buf: &[u8]) -> Option<((bool, u8, Vec<u8>), usize)> {
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     let b0 = *buf.first()?;
     let b1 = *buf.get(1)?;
     let (len, mut at) = match b1 & 0x7F {
