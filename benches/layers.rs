@@ -243,7 +243,7 @@ async fn guarded_upgrade(upgrade: GuardedUpgrade) -> Response {
     })
 }
 
-/// A socket policy with the default limits except the message and byte rates, raised so a
+/// A socket policy with the default limits except the message, byte and frame rates, raised so a
 /// benchmark loop does not hit them (their bookkeeping still runs on every message).
 fn high_rate_policy() -> SocketPolicyLayer {
     // 10^15 a second: 10^9 bytes a second is within reach of an in-memory echo of 16 KiB
@@ -257,6 +257,7 @@ fn high_rate_policy() -> SocketPolicyLayer {
         .byte_rate(high)
         .identity_message_rate(high)
         .identity_byte_rate(high)
+        .frame_rate(high)
 }
 
 /// The whole stack in the documented order, limits high enough not to fire.

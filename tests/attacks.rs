@@ -33,16 +33,18 @@
 //! | `WSGUARD_ATTACK_CONNECTIONS` | most sockets opened by the connection flood | `300` |
 //! | `WSGUARD_ATTACK_HEADER_TIMEOUT` | the server's request-header timeout, in seconds | `30` |
 //! | `WSGUARD_ATTACK_HEARTBEAT` | seconds after which a client that stops reading must be gone (ping interval + pong timeout) | `60` |
+//! | `WSGUARD_ATTACK_MESSAGE_DEADLINE` | seconds a message may take once its first frame arrived | `10` |
 //!
 //! An external target needs a token command or a token. The expired-token and replay attacks
 //! fail with a message naming the variable they need; leave them out with
 //! `-- --skip expired_token --skip replayed_token` if your server has no such tokens.
 //! Expected answers: `403` for a foreign or `null` Origin; `401` (with `WWW-Authenticate`) for a
 //! missing, expired, tampered, replayed or misplaced token and `400` for a malformed one; close
-//! `1009` for an oversized or over-fragmented message; close `1008` for ping and message
-//! floods; `429` (or `503` at a global cap) for a connection flood and for handshakes that
+//! `1009` for an oversized message (whole or in small fragments); close `1008` for ping and
+//! message floods, for endless or too many fragments and for a message that never completes; `429` (or `503` at a global cap) for a connection flood and for handshakes that
 //! forge `X-Forwarded-For`; the connection closed without an upgrade for a slow handshake;
-//! close `1001` (heartbeat) or `1013` (slow consumer) for a client that stops reading.
+//! close `1001` (heartbeat) or `1013` (slow consumer) for a client that stops reading, and
+//! `1001` for one that answers pings it never read with guessed pongs.
 
 mod common;
 
@@ -125,6 +127,8 @@ struct Target {
     connections: usize,
     header_timeout: Duration,
     heartbeat: Duration,
+    /// How long a message may take once it has started.
+    message_deadline: Duration,
     /// The ticker this test started, killed on drop.
     _ticker: Option<(Example, TempDir)>,
 }
@@ -201,6 +205,7 @@ async fn target(flags: &[&str]) -> Target {
             connections: env_num("WSGUARD_ATTACK_CONNECTIONS", 300),
             header_timeout: Duration::from_secs(env_num("WSGUARD_ATTACK_HEADER_TIMEOUT", 30)),
             heartbeat: Duration::from_secs(env_num("WSGUARD_ATTACK_HEARTBEAT", 60)),
+            message_deadline: Duration::from_secs(env_num("WSGUARD_ATTACK_MESSAGE_DEADLINE", 10)),
             _ticker: None,
         };
     }
@@ -249,6 +254,8 @@ async fn target(flags: &[&str]) -> Target {
         connections: 50,
         header_timeout: Duration::from_secs(secs("--header-timeout", 10)),
         heartbeat: Duration::from_secs(2 * secs("--heartbeat", 20)),
+        // wsguard's default: the ticker does not change it.
+        message_deadline: Duration::from_secs(10),
         _ticker: Some((example, dir)),
     }
 }
@@ -745,8 +752,9 @@ async fn oversized_message_closes_with_1009() {
 async fn tiny_fragments_making_one_huge_message_close_with_1009() {
     let target = target(&[]).await;
     let mut socket = target.connect(None).await;
-    // Fragments of 64 bytes: each frame is tiny, only the message they make is too big.
-    let fragment = "y".repeat(64);
+    // Small fragments (a 32nd of the limit, so few that no fragment limit applies): each frame
+    // is small, only the message they make is too big.
+    let fragment = "y".repeat((target.max_message / 32).max(64));
     let fragments = target.max_message / fragment.len() + 2;
     let mut sent = 0;
     let mut send = Ok(());
@@ -769,6 +777,102 @@ async fn tiny_fragments_making_one_huge_message_close_with_1009() {
     }
     assert!(sent * fragment.len() > target.max_message || send.is_err());
     assert_eq!(close_code(&mut socket).await, Some(CloseCode::Size));
+    target.assert_served(None).await;
+}
+
+/// An empty continuation frame that does not end its message.
+fn empty_fragment() -> Message {
+    Message::Frame(Frame::message(
+        Vec::<u8>::new(),
+        OpCode::Data(Data::Continue),
+        false,
+    ))
+}
+
+#[tokio::test]
+async fn endless_empty_continuations_close_with_1008() {
+    let target = target(&[]).await;
+    let mut socket = target.connect(None).await;
+    // A message that never grows and never ends: no size limit or message rate sees it.
+    let start = Frame::message("{", OpCode::Data(Data::Text), false);
+    let mut send = socket.feed(Message::Frame(start)).await;
+    let mut sent = 0;
+    while send.is_ok() && sent < 100_000 {
+        send = socket.feed(empty_fragment()).await;
+        sent += 1;
+    }
+    if send.is_ok() {
+        let _ = socket.flush().await;
+    }
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Policy));
+    target.assert_served(None).await;
+}
+
+#[tokio::test]
+async fn fragment_flood_closes_with_1008() {
+    let target = target(&[]).await;
+    let mut socket = target.connect(None).await;
+    // One byte a fragment, up to half the size limit: never too big, only too many pieces.
+    let start = Frame::message("[", OpCode::Data(Data::Text), false);
+    let mut send = socket.feed(Message::Frame(start)).await;
+    let mut sent = 1;
+    while send.is_ok() && sent < target.max_message / 2 {
+        let byte = Frame::message(" ", OpCode::Data(Data::Continue), false);
+        send = socket.feed(Message::Frame(byte)).await;
+        sent += 1;
+    }
+    if send.is_ok() {
+        let _ = socket.flush().await;
+    }
+    assert_eq!(close_code(&mut socket).await, Some(CloseCode::Policy));
+    target.assert_served(None).await;
+}
+
+#[tokio::test]
+async fn message_that_never_completes_closes_with_1008() {
+    let target = target(&[]).await;
+    let mut socket = target.connect(None).await;
+    // Slowly: an empty fragment every half second stays within every rate and fragment
+    // limit; only the deadline for finishing a message ends it.
+    let start = Frame::message("{", OpCode::Data(Data::Text), false);
+    socket.send(Message::Frame(start)).await.expect("send");
+    let give_up = Instant::now() + target.message_deadline + WAIT;
+    let code = loop {
+        assert!(
+            Instant::now() < give_up,
+            "the unfinished message kept the socket open"
+        );
+        match tokio::time::timeout(Duration::from_millis(500), socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => break None,
+            Err(_) => {}
+        }
+        if socket.send(empty_fragment()).await.is_err() {
+            break close_code(&mut socket).await;
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Policy));
+    target.assert_served(None).await;
+}
+
+#[tokio::test]
+async fn blind_pongs_do_not_keep_a_socket_open() {
+    let target = target(&["--heartbeat", "1"]).await;
+    let mut blind = target.connect(None).await;
+    // Never reads the pings; answers them with guessed payloads (the n-th ping as the
+    // big-endian u64 `n`, two guesses a second) for longer than the heartbeat allows.
+    let started = Instant::now();
+    while started.elapsed() < target.heartbeat + Duration::from_secs(1) {
+        let n = started.elapsed().as_secs();
+        for guess in [n, n + 1] {
+            let _ = blind
+                .send(Message::Pong(guess.to_be_bytes().to_vec().into()))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(close_code(&mut blind).await, Some(CloseCode::Away));
     target.assert_served(None).await;
 }
 

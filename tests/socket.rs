@@ -1,5 +1,8 @@
 //! Loopback tests of the socket policy: a real axum server on 127.0.0.1:0 and
-//! tokio-tungstenite clients, one test per limit.
+//! tokio-tungstenite clients, one test per limit; wire-level attacks with hand-made frames
+//! on raw TCP ([`common::RawWs`]).
+
+mod common;
 
 use std::{
     net::SocketAddr,
@@ -18,9 +21,11 @@ use axum::{
     response::Response,
     routing::{any, post},
 };
+use common::{RawWs, opcode};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use tokio::{
+    io::AsyncWriteExt,
     net::{TcpListener, TcpSocket, TcpStream},
     sync::mpsc,
     time::timeout,
@@ -720,4 +725,368 @@ async fn subprotocols_are_negotiated() {
         .unwrap()
         .unwrap();
     assert_eq!(msg, Message::text("chat"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counted on the wire: frames, fragments and the time a message takes.
+
+async fn raw(addr: SocketAddr) -> RawWs {
+    RawWs::connect(addr, "/ws", &[]).await
+}
+
+#[tokio::test]
+async fn endless_empty_continuations_are_closed_with_1008() {
+    let (app, mut rx) = echo_app(quiet());
+    let addr = serve(app).await;
+    let mut attacker = raw(addr).await;
+    let mut sent = 0;
+    if attacker.send(false, opcode::TEXT, b"{").await.is_ok() {
+        // Empty fragments: the message never grows, never completes, is never counted.
+        while sent < 20_000
+            && attacker
+                .send(false, opcode::CONTINUATION, b"")
+                .await
+                .is_ok()
+        {
+            sent += 1;
+        }
+    }
+    assert_eq!(
+        attacker.close_code().await,
+        Some(1008),
+        "after {sent} fragments"
+    );
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::TooManyFragments));
+    assert_eq!(end.stats.received, 0);
+    // The server still serves others.
+    let mut client = connect(addr).await;
+    client.send(Message::text("hi")).await.unwrap();
+    let echo = timeout(LIMIT, client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echo, Message::text("hi"));
+}
+
+#[tokio::test]
+async fn fragment_flood_is_closed_with_1008_before_the_size_limit() {
+    let (app, mut rx) = echo_app(quiet());
+    let mut attacker = raw(serve(app).await).await;
+    // One byte a fragment: 4 KiB is far below the 64 KiB message limit.
+    let mut ok = attacker.send(false, opcode::BINARY, b"x").await.is_ok();
+    for _ in 0..4096 {
+        if !ok {
+            break;
+        }
+        ok = attacker
+            .send(false, opcode::CONTINUATION, b"x")
+            .await
+            .is_ok();
+    }
+    assert_eq!(attacker.close_code().await, Some(1008));
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::TooManyFragments));
+    assert_eq!(end.stats.received, 0);
+}
+
+#[tokio::test]
+async fn the_fragment_limit_is_configurable() {
+    let limit = std::num::NonZeroU32::new(4).unwrap();
+    let (app, mut rx) = echo_app(quiet().max_fragments(limit));
+    let mut client = raw(serve(app).await).await;
+    // Four fragments make a message; five do not.
+    for (i, fin) in [false, false, false, true].into_iter().enumerate() {
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
+        client.send(fin, op, b"ab").await.unwrap();
+    }
+    let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
+    assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"abababab"[..]));
+    for i in 0..5 {
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
+        let _ = client.send(false, op, b"ab").await;
+    }
+    assert_eq!(client.close_code().await, Some(1008));
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::TooManyFragments)
+    );
+}
+
+#[tokio::test]
+async fn frame_flood_of_tiny_messages_is_closed_with_1008() {
+    // No message or byte rate: only the frame rate stands in the way.
+    let (app, mut rx) = echo_app(quiet());
+    let mut attacker = raw(serve(app).await).await;
+    let mut frames = Vec::new();
+    for _ in 0..5000 {
+        frames.extend(attacker.frame(true, opcode::BINARY, b""));
+    }
+    let _ = attacker.stream.write_all(&frames).await;
+    assert_eq!(attacker.close_code().await, Some(1008));
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::FrameRate));
+    assert!(end.stats.received < 5000, "{}", end.stats.received);
+}
+
+#[tokio::test]
+async fn a_message_that_never_completes_is_closed_at_its_deadline() {
+    struct Case {
+        name: &'static str,
+        /// The bytes that start the message, then an empty fragment every 20 ms if `trickle`.
+        start: fn(&mut RawWs) -> Vec<u8>,
+        trickle: bool,
+    }
+    let cases = [
+        Case {
+            name: "empty fragments now and then, within every rate and the fragment limit",
+            start: |ws| ws.frame(false, opcode::TEXT, b"never "),
+            trickle: true,
+        },
+        Case {
+            name: "a first fragment, then silence",
+            start: |ws| ws.frame(false, opcode::BINARY, b"never"),
+            trickle: false,
+        },
+        Case {
+            name: "half a frame header, then silence",
+            start: |ws| ws.frame(true, opcode::TEXT, b"hello")[..1].to_vec(),
+            trickle: false,
+        },
+        Case {
+            name: "a frame whose payload never all arrives",
+            start: |ws| {
+                let frame = ws.frame(true, opcode::BINARY, &[9u8; 100]);
+                frame[..frame.len() - 1].to_vec()
+            },
+            trickle: false,
+        },
+    ];
+    for case in cases {
+        let layer = quiet().message_deadline(Duration::from_millis(300));
+        let (app, mut rx) = echo_app(layer);
+        let mut attacker = raw(serve(app).await).await;
+        let start = (case.start)(&mut attacker);
+        attacker.stream.write_all(&start).await.unwrap();
+        let code = timeout(LIMIT, async {
+            loop {
+                if case.trickle
+                    && attacker
+                        .send(false, opcode::CONTINUATION, b"")
+                        .await
+                        .is_err()
+                {
+                    break attacker.close_code().await;
+                }
+                if let Ok(frame) = timeout(Duration::from_millis(20), attacker.next_frame()).await {
+                    match frame {
+                        Some((_, opcode::CLOSE, payload)) => {
+                            break payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+                        }
+                        Some(_) => {}
+                        None => break None,
+                    }
+                }
+            }
+        })
+        .await
+        .expect("closed in time");
+        assert_eq!(code, Some(1008), "{}", case.name);
+        let end = ended(&mut rx).await;
+        assert_eq!(
+            end.cause,
+            Some(CloseCause::MessageDeadline),
+            "{}",
+            case.name
+        );
+        assert_eq!(end.stats.received, 0, "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn slow_but_finished_messages_are_not_cut_off() {
+    let (app, mut rx) = echo_app(quiet().message_deadline(LIMIT));
+    let mut client = raw(serve(app).await).await;
+    // Five fragments over a quarter of a second, then the next message.
+    for (i, fin) in [false, false, false, false, true].into_iter().enumerate() {
+        let op = if i == 0 {
+            opcode::TEXT
+        } else {
+            opcode::CONTINUATION
+        };
+        client.send(fin, op, b"x").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, op, payload) = timeout(LIMIT, client.next_frame()).await.unwrap().unwrap();
+    assert_eq!((op, payload.as_slice()), (opcode::TEXT, &b"xxxxx"[..]));
+    client
+        .send(true, opcode::CLOSE, &1000u16.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(client.close_code().await, Some(1000));
+    assert_eq!(ended(&mut rx).await.cause, None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Heartbeat pings cannot be answered blindly.
+
+#[tokio::test]
+async fn blind_pongs_do_not_answer_the_heartbeat() {
+    let (app, mut rx) = echo_app(
+        quiet()
+            .heartbeat(Duration::from_millis(100), Duration::from_millis(100))
+            .unwrap()
+            .close_timeout(LIMIT)
+            .unwrap(),
+    );
+    let addr = serve(app).await;
+    let mut blind = raw(addr).await;
+    // Never reads; answers the n-th ping with `n` as a big-endian u64, as if it had read it,
+    // until the server gives up on it (or long after it should have).
+    let start = tokio::time::Instant::now();
+    let mut end = None;
+    while end.is_none() && start.elapsed() < LIMIT / 2 {
+        let n = (start.elapsed().as_millis() / 100) as u64;
+        for guess in n.saturating_sub(1)..=n + 1 {
+            let _ = blind.send(true, opcode::PONG, &guess.to_be_bytes()).await;
+        }
+        end = timeout(Duration::from_millis(20), rx.recv())
+            .await
+            .ok()
+            .flatten();
+    }
+    let end = end.expect("the blind client kept the socket open");
+    assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
+    assert_eq!(blind.close_code().await, Some(1001));
+}
+
+#[tokio::test]
+async fn echoing_the_real_ping_keeps_the_socket_open() {
+    let (app, mut rx) = echo_app(
+        quiet()
+            .heartbeat(Duration::from_millis(20), Duration::from_millis(200))
+            .unwrap(),
+    );
+    let mut peer = raw(serve(app).await).await;
+    let mut payloads = Vec::new();
+    while payloads.len() < 10 {
+        let (_, op, payload) = timeout(LIMIT, peer.next_frame()).await.unwrap().unwrap();
+        assert_eq!(op, opcode::PING, "{payload:?}");
+        peer.send(true, opcode::PONG, &payload).await.unwrap();
+        payloads.push(payload);
+    }
+    peer.send(true, opcode::TEXT, b"still open").await.unwrap();
+    loop {
+        let (_, op, payload) = timeout(LIMIT, peer.next_frame()).await.unwrap().unwrap();
+        if op == opcode::TEXT {
+            assert_eq!(payload, b"still open");
+            break;
+        }
+        assert_eq!(op, opcode::PING);
+        peer.send(true, opcode::PONG, &payload).await.unwrap();
+    }
+    peer.send(true, opcode::CLOSE, &1000u16.to_be_bytes())
+        .await
+        .unwrap();
+    assert_eq!(ended(&mut rx).await.cause, None);
+    let counters: Vec<Vec<u8>> = (1..=10u64).map(|n| n.to_be_bytes().to_vec()).collect();
+    assert_ne!(payloads, counters, "the pings are not a counter");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A handler that never calls `recv()`.
+
+/// A push-only route: the handler pushes a tick every 10 ms and never receives.
+fn push_only_app(layer: SocketPolicyLayer) -> (Router, mpsc::UnboundedReceiver<Ended>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(move |up: GuardedUpgrade| {
+                let tx = tx.clone();
+                async move {
+                    up.on_upgrade(move |socket: GuardedSocket| async move {
+                        let sender = socket.sender();
+                        let mut i = 0u64;
+                        while sender.send(AxMessage::text(format!("tick {i}"))).is_ok() {
+                            i += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let _ = tx.send(Ended {
+                            cause: socket.close_cause(),
+                            stats: socket.stats(),
+                        });
+                    })
+                }
+            }),
+        )
+        .layer(layer);
+    (app, rx)
+}
+
+#[tokio::test]
+async fn push_only_handler_still_enforces_the_heartbeat() {
+    let (app, mut rx) = push_only_app(
+        quiet()
+            .heartbeat(Duration::from_millis(50), Duration::from_millis(50))
+            .unwrap()
+            .close_timeout(LIMIT)
+            .unwrap(),
+    );
+    let mut talker = raw(serve(app).await).await;
+    // More data than the receive queue holds, and no pong, ever.
+    for i in 0..100 {
+        talker
+            .send(true, opcode::TEXT, format!("m{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(talker.close_code().await, Some(1001));
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
+    // The queue held 16; the rest were read (so the close could be seen) and dropped.
+    assert_eq!(end.stats.received + end.stats.dropped_unread, 100);
+    assert!(end.stats.dropped_unread >= 84, "{:?}", end.stats);
+}
+
+#[tokio::test]
+async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
+    let (app, mut rx) = push_only_app(
+        quiet()
+            .heartbeat(Duration::from_millis(20), Duration::from_millis(200))
+            .unwrap(),
+    );
+    let mut client = connect(serve(app).await).await;
+    // Application-level messages nobody reads, more than the receive queue holds.
+    for i in 0..50 {
+        client
+            .send(Message::text(format!("hello {i}")))
+            .await
+            .unwrap();
+    }
+    // Reading answers the pings; the pushes keep coming for many heartbeat intervals.
+    let mut ticks = 0;
+    while ticks < 60 {
+        match timeout(LIMIT, client.next()).await.unwrap() {
+            Some(Ok(Message::Text(_))) => ticks += 1,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    client.close(None).await.unwrap();
+    let (_, _) = until_close(&mut client).await;
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, None);
+    // Sixteen wait in the receive queue (and the close, which always gets through); the other
+    // 34 were dropped and counted.
+    assert_eq!((end.stats.received, end.stats.dropped_unread), (17, 34));
 }

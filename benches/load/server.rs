@@ -99,7 +99,7 @@ async fn serve(kind: Kind, read_buffer: Option<usize>) -> Result<(), Box<dyn Err
 
 /// The full stack in the documented order. Handshake limits are far above what the load
 /// generator can reach; with `defaults` the socket policy is `SocketPolicyLayer::new()`,
-/// otherwise only its message and byte rates are raised (the echo load would hit them);
+/// otherwise only its message, byte and frame rates are raised (the echo load would hit them);
 /// `read_buffer` replaces the read buffer size.
 fn guarded(
     key: TicketKey,
@@ -117,6 +117,7 @@ fn guarded(
             .byte_rate(high)
             .identity_message_rate(high)
             .identity_byte_rate(high)
+            .frame_rate(high)
     };
     if let Some(bytes) = read_buffer {
         policy = policy.read_buffer_size(bytes)?;

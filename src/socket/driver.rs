@@ -23,6 +23,7 @@ use super::{
     policy::{Config, SocketPolicy},
     queue::{OutQueue, message_len},
     rate::{Buckets, RateGate},
+    wire::WireReport,
 };
 use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 
@@ -46,8 +47,13 @@ enum Flow {
     Changed,
 }
 
+/// The bytes of a heartbeat ping: random, so a peer that does not read cannot answer it.
+type PingPayload = [u8; 16];
+
 pub(crate) struct Driver<W> {
     ws: W,
+    /// What the wire adapter under the socket counted, if there is one.
+    wire: Option<Arc<WireReport>>,
     shared: Arc<Shared>,
     policy: SocketPolicy,
     phase: Phase,
@@ -57,17 +63,16 @@ pub(crate) struct Driver<W> {
     idle_at: Option<Instant>,
     next_ping: Option<Instant>,
     pong_due: Option<Instant>,
-    ping_seq: u64,
+    /// The payload of the heartbeat ping waiting in `pending`, not yet written.
+    ping_unwritten: Option<PingPayload>,
+    /// The payload of the last heartbeat ping written: only a pong with it counts.
+    ping_written: Option<PingPayload>,
     expiry_at: Option<Instant>,
     lifetime_at: Option<Instant>,
     close_deadline: Option<Instant>,
     /// A control frame (heartbeat ping or policy close) that goes before the queue.
     pending: Option<Message>,
     unflushed: bool,
-    /// Free slots in the inbound queue known without locking.
-    room: usize,
-    /// Reading stopped because the application is not receiving.
-    paused: bool,
     app_close_queued: bool,
     /// The socket's stream has ended (closing phase).
     read_ended: bool,
@@ -77,6 +82,7 @@ pub(crate) struct Driver<W> {
 /// Builds the application's socket and the driver that serves it.
 pub(crate) fn start<W>(
     ws: W,
+    wire: Option<Arc<WireReport>>,
     protocol: Option<HeaderValue>,
     policy: SocketPolicy,
     permit: Option<ConnectionPermit>,
@@ -116,6 +122,7 @@ pub(crate) fn start<W>(
     ));
     let driver = Driver {
         ws,
+        wire,
         shared: shared.clone(),
         phase: Phase::Open,
         sleep: Box::pin(tokio::time::sleep_until(far_future(now))),
@@ -124,14 +131,13 @@ pub(crate) fn start<W>(
         idle_at: cfg.idle_timeout.and_then(|d| now.checked_add(d)),
         next_ping: cfg.ping_interval.and_then(|d| now.checked_add(d)),
         pong_due: None,
-        ping_seq: 0,
+        ping_unwritten: None,
+        ping_written: None,
         expiry_at,
         lifetime_at: cfg.lifetime().and_then(|d| now.checked_add(d)),
         close_deadline: None,
         pending: None,
         unflushed: false,
-        room: cfg.recv_queue_len.max(1),
-        paused: false,
         app_close_queued: false,
         read_ended: false,
         _permit: permit,
@@ -165,6 +171,22 @@ pub(crate) fn is_too_big(err: &Error) -> bool {
     std::error::Error::source(err)
         .and_then(|source| source.downcast_ref::<tungstenite::Error>())
         .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
+}
+
+/// 16 unpredictable bytes for a heartbeat ping.
+fn ping_payload() -> PingPayload {
+    let mut payload = [0u8; 16];
+    if getrandom::fill(&mut payload).is_err() {
+        // No OS randomness (never seen on supported platforms): std's per-process random
+        // SipHash keys still make the payload unguessable from outside.
+        use std::hash::{BuildHasher, Hasher};
+        for half in payload.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(Instant::now().elapsed().as_nanos());
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+    }
+    payload
 }
 
 fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -223,20 +245,29 @@ where
         if self.lifetime_at.is_some_and(|t| t <= now) {
             return Some(CloseCause::LifetimeElapsed);
         }
-        if !self.paused {
-            if self.pong_due.is_some_and(|t| t <= now) {
-                return Some(CloseCause::HeartbeatTimeout);
+        if let Some(wire) = &self.wire {
+            if let Some(cause) = wire.violation() {
+                return Some(cause);
             }
-            if self.idle_at.is_some_and(|t| t <= now) {
-                return Some(CloseCause::Idle);
+            if self.message_due(wire).is_some_and(|t| t <= now) {
+                return Some(CloseCause::MessageDeadline);
             }
+        }
+        if self.pong_due.is_some_and(|t| t <= now) {
+            return Some(CloseCause::HeartbeatTimeout);
+        }
+        if self.idle_at.is_some_and(|t| t <= now) {
+            return Some(CloseCause::Idle);
         }
         if self.pong_due.is_none()
             && self.next_ping.is_some_and(|t| t <= now)
             && let Some(interval) = self.cfg().ping_interval
         {
-            self.ping_seq = self.ping_seq.wrapping_add(1);
-            self.pending = Some(Message::Ping(self.ping_seq.to_be_bytes().to_vec().into()));
+            let payload = ping_payload();
+            self.ping_unwritten = Some(payload);
+            // An older ping's pong no longer counts.
+            self.ping_written = None;
+            self.pending = Some(Message::Ping(payload.to_vec().into()));
             // The deadline runs from when the ping is due, not written: a peer that
             // stops reading cannot postpone it by blocking the write.
             self.pong_due = now.checked_add(self.cfg().pong_timeout);
@@ -245,14 +276,21 @@ where
         None
     }
 
+    /// When the message in progress on the wire must be finished.
+    fn message_due(&self, wire: &WireReport) -> Option<Instant> {
+        wire.started()
+            .and_then(|t| t.checked_add(self.cfg().message_deadline))
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let mut next = min_opt(self.expiry_at, self.lifetime_at);
         if self.pong_due.is_none() {
             next = min_opt(next, self.next_ping);
         }
-        if !self.paused {
-            next = min_opt(next, self.pong_due);
-            next = min_opt(next, self.idle_at);
+        next = min_opt(next, self.pong_due);
+        next = min_opt(next, self.idle_at);
+        if let Some(wire) = &self.wire {
+            next = min_opt(next, self.message_due(wire));
         }
         if self.phase == Phase::Closing {
             next = self.close_deadline;
@@ -345,21 +383,28 @@ where
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
-            let msg = match self.pending.take() {
-                Some(msg) => msg,
+            let (msg, ours) = match self.pending.take() {
+                Some(msg) => (msg, true),
                 None => {
                     let mut state = self.shared.lock();
                     match state.outbound.pop() {
                         Some(msg) => {
                             state.stats.sent += 1;
-                            msg
+                            (msg, false)
                         }
                         None => break,
                     }
                 }
             };
             let is_close = matches!(msg, Message::Close(_));
+            let heartbeat = match &msg {
+                Message::Ping(_) if ours => self.ping_unwritten.take(),
+                _ => None,
+            };
             Pin::new(&mut self.ws).start_send(msg)?;
+            if heartbeat.is_some() {
+                self.ping_written = heartbeat;
+            }
             self.unflushed = true;
             budget -= 1;
             if is_close && self.phase == Phase::Open {
@@ -381,28 +426,6 @@ where
         loop {
             if budget == 0 {
                 return Flow::Yield;
-            }
-            if self.room == 0 {
-                let cap = self.cfg().recv_queue_len.max(1);
-                let mut state = self.shared.lock();
-                let room = cap.saturating_sub(state.inbound.len());
-                if room == 0 {
-                    state.driver_wants_room = true;
-                    self.paused = true;
-                    return Flow::Wait;
-                }
-                drop(state);
-                self.room = room;
-                if self.paused {
-                    // The application was slow, not the peer: restart the peer's clocks.
-                    self.paused = false;
-                    if self.pong_due.is_some() {
-                        self.pong_due = now.checked_add(self.cfg().pong_timeout);
-                    }
-                    if let Some(idle) = self.cfg().idle_timeout {
-                        self.idle_at = now.checked_add(idle);
-                    }
-                }
             }
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Pending => return Flow::Wait,
@@ -432,10 +455,16 @@ where
 
     fn on_message(&mut self, msg: Message, now: Instant) {
         match &msg {
+            // Only the pong of the ping last written answers the heartbeat; any other pong
+            // (a guess by a peer that does not read) is an ordinary frame.
             Message::Pong(payload)
-                if self.pong_due.is_some() && payload[..] == self.ping_seq.to_be_bytes() =>
+                if self.pong_due.is_some()
+                    && self
+                        .ping_written
+                        .is_some_and(|ping| payload[..] == ping[..]) =>
             {
                 self.pong_due = None;
+                self.ping_written = None;
                 return;
             }
             Message::Close(_) => {
@@ -490,9 +519,30 @@ where
         if state.app_gone {
             return;
         }
+        // A full queue does not stop reading (the heartbeat, idle and wire limits must hold
+        // whatever the application does): messages nobody reads are dropped and counted. A
+        // close or an error, which end the stream, always get through.
+        let ends = matches!(item, Ok(Message::Close(_)) | Err(_));
+        if !ends && state.inbound.len() >= self.cfg().recv_queue_len.max(1) {
+            state.stats.dropped_unread += 1;
+            let dropped = state.stats.dropped_unread;
+            drop(state);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    name: "wsguard.socket.dropped",
+                    target: "wsguard::socket",
+                    cause = "receive_queue_full",
+                    client_ip = self.shared.info.ip_field(),
+                    identity = self.shared.info.identity_field(),
+                    limit = self.cfg().recv_queue_len,
+                    dropped,
+                    "dropped received messages the application is not reading"
+                );
+            }
+            return;
+        }
         state.inbound.push_back(item);
         state.stats.received += 1;
-        self.room = self.room.saturating_sub(1);
         let waker = state.app_waker.take();
         drop(state);
         if let Some(w) = waker {

@@ -40,6 +40,13 @@ pub enum CloseCause {
     /// The socket's credential or identity was revoked through a
     /// [`CloseSignal`](super::CloseSignal): `1008`.
     Revoked,
+    /// The peer sent frames (data, continuation or control, counted on the wire) faster than
+    /// the frame rate allows: `1008`.
+    FrameRate,
+    /// One message came in more fragments than allowed: `1008`.
+    TooManyFragments,
+    /// A message (or frame) was started and not finished within the message deadline: `1008`.
+    MessageDeadline,
 }
 
 impl CloseCause {
@@ -47,7 +54,12 @@ impl CloseCause {
     pub fn close_code(&self) -> u16 {
         match self {
             Self::MessageTooBig => 1009,
-            Self::RateLimited(_) | Self::CredentialExpired | Self::Revoked => 1008,
+            Self::RateLimited(_)
+            | Self::CredentialExpired
+            | Self::Revoked
+            | Self::FrameRate
+            | Self::TooManyFragments
+            | Self::MessageDeadline => 1008,
             Self::Idle | Self::HeartbeatTimeout | Self::LifetimeElapsed => 1001,
             Self::SlowConsumer => 1013,
         }
@@ -67,6 +79,9 @@ impl CloseCause {
             Self::LifetimeElapsed => "lifetime",
             Self::SlowConsumer => "slow_consumer",
             Self::Revoked => "revoked",
+            Self::FrameRate => "frame_rate",
+            Self::TooManyFragments => "fragments",
+            Self::MessageDeadline => "message_deadline",
         }
     }
 
@@ -81,6 +96,9 @@ impl CloseCause {
             Self::LifetimeElapsed => "maximum lifetime reached",
             Self::SlowConsumer => "reading too slowly",
             Self::Revoked => "revoked",
+            Self::FrameRate => "frame rate exceeded",
+            Self::TooManyFragments => "too many fragments",
+            Self::MessageDeadline => "message not finished in time",
         }
     }
 
@@ -103,6 +121,9 @@ impl CloseCause {
             Self::CredentialExpired => "credential expiry".to_owned(),
             Self::LifetimeElapsed => format!("{:?}", cfg.max_lifetime.unwrap_or_default()),
             Self::Revoked => "revocation".to_owned(),
+            Self::FrameRate => rate(Some(cfg.frame_rate), "frames"),
+            Self::TooManyFragments => format!("{} fragments", cfg.max_fragments),
+            Self::MessageDeadline => format!("{:?}", cfg.message_deadline),
             Self::SlowConsumer => format!(
                 "{} messages / {} bytes queued",
                 cfg.send_queue_len, cfg.send_queue_bytes
@@ -155,6 +176,9 @@ pub struct SocketStats {
     pub received: u64,
     /// Received messages dropped by a rate limit.
     pub dropped_incoming: u64,
+    /// Received messages dropped because the receive queue was full: the application was not
+    /// calling [`recv`](super::GuardedSocket::recv) (a push-only handler) or fell behind.
+    pub dropped_unread: u64,
     /// Queued messages dropped by [`SlowConsumer::DropOldest`].
     pub dropped_outgoing: u64,
     /// Queued messages superseded by a newer one with the same key (dropped or replaced).

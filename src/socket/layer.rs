@@ -1,4 +1,4 @@
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, num::NonZeroU32, sync::Arc, time::Duration};
 
 use tower::Layer;
 
@@ -215,11 +215,42 @@ impl SocketPolicyLayer {
         self
     }
 
-    /// How many received messages wait for the application before the socket stops reading
-    /// (and TCP pushes back on the peer). Default 16. Fails on zero.
+    /// How many received messages wait for the application. When the queue is full (the
+    /// handler is push-only and never calls `recv`, or fell behind) the socket keeps reading,
+    /// so that heartbeat, idle and wire limits still hold, and drops further messages,
+    /// counting them in [`SocketStats::dropped_unread`](super::SocketStats::dropped_unread).
+    /// A close from the peer is always delivered. Default 16. Fails on zero.
     pub fn recv_queue(mut self, messages: usize) -> Result<Self, ConfigError> {
         self.config.recv_queue_len = non_zero(messages, "receive queue length")?;
         Ok(self)
+    }
+
+    /// Frames per socket, counted on the wire as they arrive: data, continuation and control
+    /// frames alike, so a peer cannot stay under the message rate by splitting messages into
+    /// many (even empty) fragments. Over the limit, the socket is closed with `1008`. Default
+    /// 200 a second with a burst of 400, a few times the default message rate: raise it
+    /// together with [`message_rate`](Self::message_rate). Replaces the previous value.
+    pub fn frame_rate(mut self, limit: RateLimit) -> Self {
+        self.config.frame_rate = limit;
+        self
+    }
+
+    /// The most frames one message may come in (Node's `ws` calls it `maxFragments`); one
+    /// more closes the socket with `1008`. Browsers send a message as one frame, and clients
+    /// that fragment use kilobyte-sized frames. Default 128. Replaces the previous value.
+    pub fn max_fragments(mut self, fragments: NonZeroU32) -> Self {
+        self.config.max_fragments = fragments.get();
+        self
+    }
+
+    /// How long a message may take once its first byte arrived (any frame, including a
+    /// control frame, counts from its first byte to its last); an unfinished message after
+    /// that closes the socket with `1008`. Catches a message trickled in forever, which no
+    /// size or rate limit sees. Default 10 s: a 64 KiB message needs 6.5 KB/s. Replaces the
+    /// previous value.
+    pub fn message_deadline(mut self, deadline: Duration) -> Self {
+        self.config.message_deadline = deadline;
+        self
     }
 
     /// How long a closing socket waits for the peer's close frame before dropping the

@@ -8,9 +8,10 @@
 //! as a request extension:
 //!
 //! 1. [`SocketPolicyLayer`] puts a [`SocketPolicy`] into the request extensions;
-//! 2. the [`GuardedUpgrade`] extractor (wrapping axum's `WebSocketUpgrade`) applies the size
-//!    and buffer limits to the upgrade, takes the quota [`ConnectionPermit`] and reads the
-//!    [`Principal`] and [`ClientIp`];
+//! 2. the [`GuardedUpgrade`] extractor (validating the handshake with axum's
+//!    `WebSocketUpgrade`) performs the upgrade itself, with an adapter under the WebSocket
+//!    protocol that counts frames on the wire, applies the size and buffer limits, takes the
+//!    quota [`ConnectionPermit`] and reads the [`Principal`] and [`ClientIp`];
 //! 3. the [`GuardedSocket`] handed to the handler (a `Stream` + `Sink` of axum `Message`s)
 //!    enforces the rest, and holds the permit until the socket ends.
 //!
@@ -86,6 +87,9 @@
 //! | Limit | Default | On violation |
 //! |---|---|---|
 //! | message / frame size | 64 KiB / 64 KiB | close `1009` |
+//! | frames per socket, on the wire (data, continuation and control alike) | 200/s, burst 400 | close `1008` |
+//! | fragments per message (Node `ws`'s `maxFragments`: 131072) | 128 | close `1008` |
+//! | message deadline (first byte to last of a message, or of any frame) | 10 s | close `1008` |
 //! | read / write buffer | 4 KiB / 4 KiB (tungstenite: 128 KiB each) | — |
 //! | messages per socket | 50/s, burst 100 | drop and count, or close `1008` |
 //! | bytes per socket | 512 KiB/s, burst 1 MiB | same |
@@ -93,15 +97,25 @@
 //! | bytes per identity | 2 MiB/s, burst 4 MiB | same |
 //! | escalation | close `1008` at the 20th message over a limit | — |
 //! | idle (no text or binary message) | off | close `1001` |
-//! | heartbeat | ping every 30 s, pong within 15 s | close `1001` |
+//! | heartbeat (16 random bytes a ping; only the pong of the ping last written counts) | ping every 30 s, pong within 15 s | close `1001` |
 //! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
 //! | revocation ([`CloseSignal`] in the request extensions) | on when a layer adds one | close `1008` |
 //! | max lifetime | off; jitter a tenth of it | close `1001` |
 //! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
-//! | receive queue | 16 messages, then TCP backpressure | — |
+//! | receive queue | 16 messages | more are read and dropped, counted in [`SocketStats::dropped_unread`] |
 //!
-//! The message and byte limits count every frame the peer sends (pongs answering the
-//! heartbeat excepted), so a ping flood is limited like a message flood.
+//! The message and byte limits count every message the peer sends (pongs answering the
+//! heartbeat excepted), so a ping flood is limited like a message flood. The wire limits
+//! count below the message level, where tungstenite would hide them: a message sent as
+//! endless empty continuation frames never grows, never completes and is never a message,
+//! yet each frame costs a header to parse. They are checked as the bytes arrive; the offending
+//! frame and everything after it never reaches the protocol.
+//!
+//! **Heartbeat**: a ping carries 16 bytes from the OS's random source, and the deadline runs
+//! from when the ping is due, not written. A pong answers it only if its payload is that of
+//! the last ping actually written to the connection, so a peer that stops reading cannot keep
+//! the socket open with guessed pongs; other pongs are delivered like any other frame (and
+//! count against the rates).
 //!
 //! **Credential refresh**: when the application accepts a fresh credential in-band (say a
 //! `{"type":"refresh","token":..}` message it verified itself), it calls
@@ -113,8 +127,16 @@
 //! [`SlowConsumer`] policy decides. With [`SlowConsumer::Conflate`],
 //! [`GuardedSocket::send_keyed`] (or [`Sender::send_keyed`] from another task) keeps only the
 //! latest queued message per key, such as the latest price per symbol. On the receiving side
-//! the driver stops reading when the application has 16 messages waiting, so TCP pushes back
-//! on the peer. Either way a peer cannot grow server memory without bound.
+//! the receive queue holds 16 messages for the application. The driver never stops reading:
+//! with TCP, pausing the data would pause the pongs and the close frames too, and the
+//! heartbeat, idle, expiry and wire limits must hold whatever the application does (a
+//! push-only handler never calls `recv`). So when the queue is full, further messages are
+//! dropped and counted ([`SocketStats::dropped_unread`], one `wsguard.socket.dropped` event
+//! with `cause = "receive_queue_full"` on the 1st, 2nd, 4th, 8th… drop); a close from the
+//! peer always gets through. The message and byte rates bound how fast a peer can make the
+//! server read; an application that must not lose messages keeps calling `recv` (or raises
+//! [`recv_queue`](SocketPolicyLayer::recv_queue)). Either way a peer cannot grow server
+//! memory without bound.
 //!
 //! # Events
 //!
@@ -122,16 +144,20 @@
 //! [`CloseCause::as_str`]), `client_ip`, `identity`, `limit` and `close_code`, and never
 //! message contents:
 //! - `wsguard.socket.closed` (info) when the policy closes a socket;
-//! - `wsguard.socket.dropped` (warn) when rate-limited received messages or slow-consumer
-//!   queued messages are dropped, on the 1st, 2nd, 4th, 8th… drop of a socket (with a
-//!   `dropped` count), so a flood does not flood the logs.
+//!   The wire limits close with the causes `frame_rate`, `fragments` and
+//!   `message_deadline`;
+//! - `wsguard.socket.dropped` (warn) when rate-limited received messages, received messages
+//!   nobody reads (`receive_queue_full`) or slow-consumer queued messages are dropped, on the
+//!   1st, 2nd, 4th, 8th… drop of a socket (with a `dropped` count), so a flood does not flood
+//!   the logs.
 //!
 //! # Deployment
 //!
 //! Proxies in front of the server must pass WebSocket upgrades and usually have their own
 //! idle timeout (nginx's `proxy_read_timeout`, 60 s by default): keep the heartbeat interval
 //! below it. The identity and client address come from the auth and client-IP layers, which
-//! must run before this one.
+//! must run before this one. HTTP/2 extended `CONNECT` (RFC 8441) is answered with `200` as
+//! axum does, when the server enables it.
 //!
 //! [`ConnectionPermit`]: crate::rate_limit::ConnectionPermit
 //! [`Principal`]: crate::auth::Principal
@@ -148,6 +174,7 @@ mod rate;
 mod service;
 mod signal;
 mod upgrade;
+mod wire;
 
 pub use self::{
     error::{

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::{RateAction, RateLimit, SlowConsumer, rate::IdentityRegistry};
+use super::{RateAction, RateLimit, SlowConsumer, rate::IdentityRegistry, wire::WireLimits};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_queue_len: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) frame_rate: RateLimit,
+    pub(crate) max_fragments: u32,
+    pub(crate) message_deadline: Duration,
 }
 
 impl Default for Config {
@@ -69,11 +72,26 @@ impl Default for Config {
             slow_consumer: SlowConsumer::Close,
             recv_queue_len: 16,
             close_timeout: Duration::from_secs(2),
+            // A few times the message rate's burst: room for pongs and some fragmentation.
+            frame_rate: RateLimit {
+                per_second: 200.0,
+                burst: 400,
+            },
+            max_fragments: 128,
+            message_deadline: Duration::from_secs(10),
         }
     }
 }
 
 impl Config {
+    /// The limits the wire adapter counts.
+    pub(crate) fn wire(&self) -> WireLimits {
+        WireLimits {
+            frame_rate: self.frame_rate,
+            max_fragments: self.max_fragments,
+        }
+    }
+
     /// The lifetime of one socket: the maximum minus a random part of the jitter (by default a
     /// tenth of the maximum), so sockets opened together do not all close together.
     pub(crate) fn lifetime(&self) -> Option<Duration> {

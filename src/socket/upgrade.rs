@@ -1,21 +1,37 @@
-use std::{borrow::Cow, fmt, future::Future, sync::Once};
+use std::{
+    borrow::Cow,
+    fmt,
+    future::Future,
+    sync::{Arc, Once},
+};
 
 use axum::{
+    body::Body,
     extract::{
         FromRequestParts,
         ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     response::Response,
 };
-use http::{HeaderValue, request::Parts};
+use http::{HeaderValue, StatusCode, Version, header, request::Parts};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::{CloseSignal, GuardedSocket, driver, policy::SocketPolicy};
+use super::{
+    CloseSignal, GuardedSocket, driver,
+    policy::SocketPolicy,
+    wire::{AxumMessages, WireIo, WireReport},
+};
 use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 
 /// Extractor for a WebSocket upgrade that applies the request's [`SocketPolicy`]: the
 /// guarded counterpart of axum's `WebSocketUpgrade`.
 ///
-/// It extracts axum's `WebSocketUpgrade` (and rejects exactly as it does), then:
+/// It extracts axum's `WebSocketUpgrade` (and rejects exactly as it does), then performs the
+/// upgrade itself, with an adapter under the WebSocket protocol that counts frames on the
+/// wire (see the [module docs](crate::socket)). It also:
 /// - reads the [`SocketPolicy`] put in the extensions by
 ///   [`SocketPolicyLayer`](super::SocketPolicyLayer). Without the layer it uses the
 ///   documented defaults and emits a `wsguard.socket.default_policy` debug event (a warning
@@ -49,6 +65,10 @@ use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 #[must_use]
 pub struct GuardedUpgrade {
     inner: WebSocketUpgrade,
+    /// hyper's upgrade future, cloned before axum's extractor takes it.
+    on_upgrade: Option<OnUpgrade>,
+    /// `None` for HTTP/2 (extended `CONNECT`).
+    key: Option<HeaderValue>,
     policy: SocketPolicy,
     permit: Option<ConnectionPermit>,
     principal: Option<Principal>,
@@ -60,6 +80,7 @@ impl fmt::Debug for GuardedUpgrade {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardedUpgrade")
             .field("inner", &self.inner)
+            .field("http2", &self.key.is_none())
             .field("policy", &self.policy)
             .field("permit", &self.permit)
             .field("principal", &self.principal)
@@ -76,6 +97,14 @@ where
     type Rejection = WebSocketUpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // `OnUpgrade` is a shared handle: axum's extractor validates the handshake (and its
+        // rejections stay axum's) and takes its copy, which is then simply dropped.
+        let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
+        let key = if parts.version <= Version::HTTP_11 {
+            parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned()
+        } else {
+            None
+        };
         let inner = WebSocketUpgrade::from_request_parts(parts, state).await?;
         let policy = match parts.extensions.get::<SocketPolicy>() {
             Some(policy) => policy.clone(),
@@ -98,6 +127,8 @@ where
         };
         Ok(Self {
             inner,
+            on_upgrade,
+            key,
             policy,
             permit: parts.extensions.remove::<ConnectionPermit>(),
             principal: parts.extensions.get::<Principal>().cloned(),
@@ -155,6 +186,8 @@ impl GuardedUpgrade {
     {
         let Self {
             inner,
+            on_upgrade,
+            key,
             policy,
             permit,
             principal,
@@ -162,33 +195,74 @@ impl GuardedUpgrade {
             signal,
         } = self;
         let cfg = policy.config();
-        let mut upgrade = inner
-            .max_message_size(cfg.max_message_size)
-            .max_frame_size(cfg.max_frame_size)
-            .read_buffer_size(cfg.read_buffer_size)
-            .write_buffer_size(cfg.write_buffer_size);
+        let mut config = WebSocketConfig::default();
+        config.max_message_size = Some(cfg.max_message_size);
+        config.max_frame_size = Some(cfg.max_frame_size);
+        config.read_buffer_size = cfg.read_buffer_size;
+        config.write_buffer_size = cfg.write_buffer_size;
         if let Some(max) = cfg.max_write_buffer_size {
-            upgrade = upgrade.max_write_buffer_size(max);
+            config.max_write_buffer_size = max;
         }
-        let protocol = upgrade.selected_protocol().cloned();
-        let ip_field = client_ip.map(|ip| ip.0.to_string());
-        upgrade
-            .on_failed_upgrade(move |error: axum::Error| {
-                tracing::debug!(
-                    name: "wsguard.socket.upgrade_failed",
-                    target: "wsguard::socket",
-                    client_ip = ip_field,
-                    error = %error,
-                    "WebSocket upgrade failed"
-                );
-            })
-            .on_upgrade(move |ws| async move {
-                let (socket, driver) =
-                    driver::start(ws, protocol, policy, permit, principal, client_ip);
-                if let Some(signal) = signal {
-                    signal.attach(driver.shared());
+        let limits = cfg.wire();
+        let protocol = inner.selected_protocol().cloned();
+        let response = switching_protocols(key.as_ref(), protocol.as_ref());
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade {
+                Some(on_upgrade) => on_upgrade.await.map_err(|e| e.to_string()),
+                None => Err("connection not upgradable".to_owned()),
+            };
+            let upgraded = match upgraded {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::debug!(
+                        name: "wsguard.socket.upgrade_failed",
+                        target: "wsguard::socket",
+                        client_ip = client_ip.map(|ip| ip.0.to_string()),
+                        error,
+                        "WebSocket upgrade failed"
+                    );
+                    return;
                 }
-                futures_util::future::join(driver, callback(socket)).await;
-            })
+            };
+            let report = Arc::new(WireReport::default());
+            let io = WireIo::new(TokioIo::new(upgraded), limits, report.clone());
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+            let (socket, driver) = driver::start(
+                AxumMessages(ws),
+                Some(report),
+                protocol,
+                policy,
+                permit,
+                principal,
+                client_ip,
+            );
+            if let Some(signal) = signal {
+                signal.attach(driver.shared());
+            }
+            futures_util::future::join(driver, callback(socket)).await;
+        });
+        response
     }
+}
+
+/// The handshake answer, as axum gives it: `101 Switching Protocols` with
+/// `Sec-WebSocket-Accept` over HTTP/1.1, `200` for HTTP/2's extended `CONNECT` (RFC 8441).
+fn switching_protocols(key: Option<&HeaderValue>, protocol: Option<&HeaderValue>) -> Response {
+    let mut response = Response::new(Body::empty());
+    if let Some(key) = key {
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+    }
+    if let Some(protocol) = protocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+    }
+    response
 }

@@ -301,3 +301,165 @@ pub async fn raw_handshake(
     }
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// A WebSocket client on a raw TCP stream: a hand-made handshake and hand-made masked frames,
+/// for attacks a client library would not make. It reads only when asked, so it never answers
+/// a ping by itself.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    mask: u32,
+}
+
+/// Opcodes of RFC 6455.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+impl RawWs {
+    /// Upgrades `path` on `addr` with `headers` added; panics unless the answer is `101`.
+    pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawWs {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::upgrade(stream, addr, path, headers).await
+    }
+
+    /// Upgrades an open connection; panics unless the answer is `101`.
+    pub async fn upgrade(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> RawWs {
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write the handshake");
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    return end + 4;
+                }
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.expect("read the answer");
+                assert!(n > 0, "the server closed during the handshake: {buf:?}");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("handshake answered in time");
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        buf.drain(..end);
+        RawWs {
+            stream,
+            buf,
+            mask: 0x1234_5678,
+        }
+    }
+
+    /// One masked frame.
+    pub fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        self.mask = self.mask.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let key = self.mask.to_be_bytes();
+        let mut out = Vec::with_capacity(payload.len() + 14);
+        out.push(if fin { 0x80 } else { 0 } | opcode);
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    /// Writes one masked frame.
+    pub async fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        let frame = self.frame(fin, opcode, payload);
+        self.stream.write_all(&frame).await
+    }
+
+    /// Reads the next frame from the server: `(fin, opcode, payload)`; `None` at the end of
+    /// the stream or on an error.
+    pub async fn next_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Reads until the server's close frame (skipping everything else) and returns its code;
+    /// `None` if the stream ended without one. Fails after 10 s.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some((_, op, payload)) = self.next_frame().await {
+                if op == opcode::CLOSE {
+                    return payload
+                        .get(..2)
+                        .map(|code| u16::from_be_bytes([code[0], code[1]]));
+                }
+            }
+            None
+        })
+        .await
+        .expect("the server closed in time")
+    }
+}
+
+/// A frame as [`RawWs::next_frame`] returns it: `(fin, opcode, payload)`.
+pub type RawFrame = (bool, u8, Vec<u8>);
+
+/// Parses one unmasked frame at the start of `buf`: the frame and the bytes it took.
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    let b0 = *buf.first()?;
+    let b1 = *buf.get(1)?;
+    let (len, mut at) = match b1 & 0x7F {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            (u64::from_be_bytes(bytes) as usize, 10)
+        }
+        n => (n as usize, 2),
+    };
+    let mask = if b1 & 0x80 != 0 {
+        let key: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+        at += 4;
+        Some(key)
+    } else {
+        None
+    };
+    let mut payload = buf.get(at..at + len)?.to_vec();
+    if let Some(key) = mask {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    Some(((b0 & 0x80 != 0, b0 & 0x0F, payload), at + len))
+}

@@ -129,7 +129,7 @@ fn setup_with_permit(
         outgoing,
         gate: gate.clone(),
     };
-    let (socket, driver) = start(ws, None, layer.policy(), permit, principal, None);
+    let (socket, driver) = start(ws, None, None, layer.policy(), permit, principal, None);
     let peer = Peer {
         send: Some(to_server),
         recv: from_server,
@@ -588,8 +588,8 @@ async fn conflation_delivers_the_latest_value_per_key() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_slow_application_pauses_reading_without_blaming_the_peer() {
-    let (mut socket, mut peer) = setup(
+async fn an_application_that_does_not_read_drops_messages_not_deadlines() {
+    let (mut socket, peer) = setup(
         quiet()
             .recv_queue(2)
             .unwrap()
@@ -600,25 +600,70 @@ async fn a_slow_application_pauses_reading_without_blaming_the_peer() {
     for i in 0..10 {
         peer.text(&format!("{i}"));
     }
-    // Let the driver fill the receive queue and ping; the app reads nothing for a while.
-    let answered = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        let mut n = 0;
-        while let Some(Ok(m)) = socket.recv().await {
-            n += usize::from(matches!(m, Message::Text(_)));
-            if n == 10 {
-                break;
-            }
-        }
-        (n, socket)
-    });
-    let (n, socket) = answered.await.unwrap();
-    assert_eq!(n, 10, "every message arrives once the application reads");
-    assert_eq!(socket.stats().received, 10);
-    // The pings of that minute were not answered (the peer's pong sat unread behind the
-    // application's backlog) and yet the peer was not blamed.
-    let _ = &mut peer;
-    assert_eq!(socket.close_cause(), None);
+    // The peer answers every ping; the application reads nothing for a minute.
+    let mut peer = peer;
+    let live = tokio::spawn(async move { peer.until_close(true).await });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(socket.close_cause(), None, "the pongs were read meanwhile");
+    let stats = socket.stats();
+    assert_eq!((stats.received, stats.dropped_unread), (2, 8));
+    for expected in ["0", "1"] {
+        let msg = socket.recv().await.unwrap().unwrap();
+        assert_eq!(text_of(&msg), expected, "the queue keeps the oldest");
+    }
+    drop(socket);
+    assert_eq!(live.await.unwrap().1, Some(1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_application_that_does_not_read_is_still_guarded_by_the_heartbeat() {
+    let (socket, mut peer) = setup(
+        quiet()
+            .recv_queue(2)
+            .unwrap()
+            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
+            .unwrap(),
+        None,
+    );
+    for i in 0..10 {
+        peer.text(&format!("{i}"));
+    }
+    // The peer never answers; the application never reads.
+    let (_, code) = peer.until_close(false).await;
+    assert_eq!(code, Some(1001));
+    assert_eq!(socket.close_cause(), Some(CloseCause::HeartbeatTimeout));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_pong_of_the_ping_written_counts() {
+    let (mut socket, mut peer) = setup(
+        quiet()
+            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
+            .unwrap(),
+        None,
+    );
+    // The first ping is written and answered.
+    let Some(Message::Ping(first)) = peer.recv.recv().await else {
+        panic!("expected a ping");
+    };
+    assert_eq!(first.len(), 16);
+    assert_ne!(&first[..], &1u64.to_be_bytes()[..], "not a counter");
+    peer.send(Message::Pong(first.clone()));
+    // The peer stops reading before the second ping is written; it answers the first ping
+    // again, and guesses the counter of old.
+    tokio::task::yield_now().await;
+    peer.gate.set_blocked(true);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    peer.send(Message::Pong(first.clone()));
+    peer.send(Message::Pong(2u64.to_be_bytes().to_vec().into()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(socket.close_cause(), Some(CloseCause::HeartbeatTimeout));
+    // The replayed and the guessed pong were ordinary frames, delivered as axum would.
+    let mut pongs = 0;
+    while let Some(Ok(msg)) = socket.recv().await {
+        pongs += usize::from(matches!(msg, Message::Pong(_)));
+    }
+    assert_eq!(pongs, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -685,7 +730,7 @@ async fn close_signal_closes_with_1008_before_or_after_attaching() {
             outgoing,
             gate: gate.clone(),
         };
-        let (mut socket, driver) = start(ws, None, quiet().policy(), None, None, None);
+        let (mut socket, driver) = start(ws, None, None, quiet().policy(), None, None, None);
         signal.attach(driver.shared());
         let mut peer = Peer {
             send: Some(to_server),

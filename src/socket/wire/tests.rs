@@ -1,0 +1,218 @@
+//! The frame meter on hand-made byte streams, fed whole and split at every byte.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{FrameMeter, WireLimits};
+use crate::socket::{CloseCause, RateLimit};
+
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CONT: u8 = 0x0;
+const PING: u8 = 0x9;
+
+/// A masked client frame.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x11, 0x22, 0x33, 0x44];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn limits(frames: u64, fragments: u32) -> WireLimits {
+    WireLimits {
+        frame_rate: RateLimit::new(frames, Duration::from_secs(3600)).unwrap(),
+        max_fragments: fragments,
+    }
+}
+
+struct Case {
+    name: &'static str,
+    frames: Vec<Vec<u8>>,
+    limits: WireLimits,
+    /// The index of the offending frame and the cause, or `None`.
+    violation: Option<(usize, CloseCause)>,
+    /// Whether a frame or message is unfinished at the end.
+    in_progress: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let big = vec![7u8; 70_000];
+    vec![
+        Case {
+            name: "whole messages of every length encoding",
+            frames: vec![
+                frame(true, TEXT, b"hi"),
+                frame(true, BINARY, &[1u8; 300]),
+                frame(true, BINARY, &big),
+                frame(true, PING, b""),
+            ],
+            limits: limits(10, 2),
+            violation: None,
+            in_progress: false,
+        },
+        Case {
+            name: "fragments within the limit, control frames between them",
+            frames: vec![
+                frame(false, TEXT, b"a"),
+                frame(true, PING, b"p"),
+                frame(false, CONT, b""),
+                frame(true, CONT, b"c"),
+                frame(true, TEXT, b"next"),
+            ],
+            limits: limits(10, 3),
+            violation: None,
+            in_progress: false,
+        },
+        Case {
+            name: "one fragment too many",
+            frames: vec![
+                frame(false, TEXT, b"a"),
+                frame(false, CONT, b""),
+                frame(false, CONT, b""),
+                frame(false, CONT, b""),
+            ],
+            limits: limits(10, 3),
+            violation: Some((3, CloseCause::TooManyFragments)),
+            in_progress: true,
+        },
+        Case {
+            name: "the fragment count restarts with each message",
+            frames: vec![
+                frame(false, BINARY, b"a"),
+                frame(true, CONT, b"b"),
+                frame(false, BINARY, b"a"),
+                frame(true, CONT, b"b"),
+            ],
+            limits: limits(10, 2),
+            violation: None,
+            in_progress: false,
+        },
+        Case {
+            name: "control frames count against the frame rate",
+            frames: vec![frame(true, PING, b""); 4],
+            limits: limits(3, 100),
+            violation: Some((3, CloseCause::FrameRate)),
+            in_progress: false,
+        },
+        Case {
+            name: "an unfinished message is in progress",
+            frames: vec![frame(false, TEXT, b"never"), frame(false, CONT, b"")],
+            limits: limits(10, 10),
+            violation: None,
+            in_progress: true,
+        },
+    ]
+}
+
+/// Feeds `bytes` in chunks of `chunk` bytes; returns the absolute offset of a violation.
+fn run(meter: &mut FrameMeter, bytes: &[u8], chunk: usize) -> Option<(usize, CloseCause)> {
+    let now = Instant::now();
+    let mut offset = 0;
+    for part in bytes.chunks(chunk) {
+        if let Err((at, cause)) = meter.feed(part, now) {
+            return Some((offset + at, cause));
+        }
+        offset += part.len();
+    }
+    None
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_are_counted_however_the_bytes_are_split() {
+    for case in cases() {
+        let bytes: Vec<u8> = case.frames.concat();
+        let starts: Vec<usize> = case
+            .frames
+            .iter()
+            .scan(0, |at, f| {
+                let start = *at;
+                *at += f.len();
+                Some(start)
+            })
+            .collect();
+        // Whole, then split at every size up to a little more than the largest header.
+        for chunk in [bytes.len(), 1, 2, 3, 5, 7, 13, 16, 4096] {
+            let mut meter = FrameMeter::new(case.limits, Instant::now());
+            let got = run(&mut meter, &bytes, chunk);
+            match case.violation {
+                None => assert_eq!(got, None, "{} (chunks of {chunk})", case.name),
+                Some((index, cause)) => {
+                    let (at, got_cause) =
+                        got.unwrap_or_else(|| panic!("{}: no violation", case.name));
+                    assert_eq!(got_cause, cause, "{} (chunks of {chunk})", case.name);
+                    // Nothing of the offending frame goes up: the cut is at its start, or at
+                    // the start of the chunk that completed its header.
+                    let start = starts[index];
+                    let header_end = start + case.frames[index].len();
+                    assert!(
+                        at == start || (at % chunk == 0 && at > start && at < header_end),
+                        "{} (chunks of {chunk}): at {at}, frame at {start}",
+                        case.name
+                    );
+                }
+            }
+            if case.violation.is_none() {
+                assert_eq!(
+                    meter.started().is_some(),
+                    case.in_progress,
+                    "{} (chunks of {chunk})",
+                    case.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_frame_rate_refills_and_the_start_of_a_message_is_kept() {
+    let mut meter = FrameMeter::new(
+        WireLimits {
+            frame_rate: RateLimit::per_second(2).unwrap(),
+            max_fragments: 100,
+        },
+        Instant::now(),
+    );
+    let first = Instant::now();
+    assert!(meter.feed(&frame(false, TEXT, b"a"), first).is_ok());
+    assert_eq!(meter.started(), Some(first));
+    assert!(meter.feed(&frame(false, CONT, b""), first).is_ok());
+    assert!(matches!(
+        meter.feed(&frame(false, CONT, b""), first),
+        Err((0, CloseCause::FrameRate))
+    ));
+
+    let mut meter = FrameMeter::new(
+        WireLimits {
+            frame_rate: RateLimit::per_second(2).unwrap(),
+            max_fragments: 100,
+        },
+        Instant::now(),
+    );
+    assert!(meter.feed(&frame(false, TEXT, b"a"), first).is_ok());
+    for i in 1..10u64 {
+        let later = first + Duration::from_secs(i);
+        assert!(meter.feed(&frame(false, CONT, b""), later).is_ok());
+        // Continuations do not restart the message's clock.
+        assert_eq!(meter.started(), Some(first));
+    }
+    assert!(
+        meter
+            .feed(&frame(true, CONT, b""), first + Duration::from_secs(20))
+            .is_ok()
+    );
+    assert_eq!(meter.started(), None, "the message is complete");
+}
