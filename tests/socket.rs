@@ -1053,9 +1053,75 @@ async fn push_only_handler_still_enforces_the_heartbeat() {
     assert_eq!(talker.close_code().await, Some(1001));
     let end = ended(&mut rx).await;
     assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
-    // The queue held 16; the rest were read (so the close could be seen) and dropped.
+    // The queue held 16; reading paused (the default `recv_stall` of 1 s outlasts the
+    // heartbeat) and the deadline fired all the same.
+    assert_eq!(end.stats.received, 16, "{:?}", end.stats);
+}
+
+#[tokio::test]
+async fn push_only_handler_reads_on_and_drops_after_the_stall() {
+    let (app, mut rx) = push_only_app(
+        quiet()
+            .heartbeat(Duration::from_millis(300), Duration::from_millis(300))
+            .unwrap()
+            .recv_stall(Duration::from_millis(20))
+            .close_timeout(LIMIT)
+            .unwrap(),
+    );
+    let mut talker = raw(serve(app).await).await;
+    for i in 0..100 {
+        talker
+            .send(true, opcode::TEXT, format!("m{i}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(talker.close_code().await, Some(1001));
+    let end = ended(&mut rx).await;
+    assert_eq!(end.cause, Some(CloseCause::HeartbeatTimeout));
+    // The queue held 16; after the stall the rest were read (so a close could be seen) and
+    // dropped.
     assert_eq!(end.stats.received + end.stats.dropped_unread, 100);
-    assert!(end.stats.dropped_unread >= 84, "{:?}", end.stats);
+    assert_eq!(end.stats.dropped_unread, 84, "{:?}", end.stats);
+}
+
+/// A handler that is only briefly slow loses nothing: a full receive queue stops reading
+/// (TCP pushes back on the peer) until the application catches up.
+#[tokio::test]
+async fn a_briefly_slow_handler_loses_no_message() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(move |up: GuardedUpgrade| {
+                let tx = tx.clone();
+                async move {
+                    up.on_upgrade(move |mut socket: GuardedSocket| async move {
+                        // Busy elsewhere while the peer sends more than the queue holds.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let mut texts = 0;
+                        while let Some(Ok(msg)) = socket.recv().await {
+                            if matches!(msg, AxMessage::Text(_)) {
+                                texts += 1;
+                            }
+                        }
+                        let _ = tx.send((texts, socket.stats()));
+                    })
+                }
+            }),
+        )
+        .layer(quiet());
+    let mut client = connect(serve(app).await).await;
+    for i in 0..50 {
+        client
+            .send(Message::text(format!("hello {i}")))
+            .await
+            .unwrap();
+    }
+    client.close(None).await.unwrap();
+    let _ = until_close(&mut client).await;
+    let (texts, stats) = timeout(LIMIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(texts, 50, "{stats:?}");
+    assert_eq!(stats.dropped_unread, 0, "{stats:?}");
 }
 
 #[tokio::test]
@@ -1063,7 +1129,10 @@ async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
     let (app, mut rx) = push_only_app(
         quiet()
             .heartbeat(Duration::from_millis(20), Duration::from_millis(200))
-            .unwrap(),
+            .unwrap()
+            // Well below the pong timeout, as documented: the pongs behind the unread
+            // messages are read in time.
+            .recv_stall(Duration::from_millis(20)),
     );
     let mut client = connect(serve(app).await).await;
     // Application-level messages nobody reads, more than the receive queue holds.

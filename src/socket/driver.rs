@@ -72,6 +72,14 @@ pub(crate) struct Driver<W> {
     close_deadline: Option<Instant>,
     /// A control frame (heartbeat ping or policy close) that goes before the queue.
     pending: Option<Message>,
+    /// Free slots in the inbound queue known without locking.
+    room: usize,
+    /// Since when the inbound queue has been full: reading pauses until `recv_stall` after
+    /// it, then reads on and drops what nobody takes.
+    full_since: Option<Instant>,
+    /// The queue stayed full past `recv_stall`: messages that do not fit are dropped until
+    /// the application takes one.
+    dropping: bool,
     unflushed: bool,
     app_close_queued: bool,
     /// The socket's stream has ended (closing phase).
@@ -137,6 +145,9 @@ pub(crate) fn start<W>(
         lifetime_at: cfg.lifetime().and_then(|d| now.checked_add(d)),
         close_deadline: None,
         pending: None,
+        room: cfg.recv_queue_len.max(1),
+        full_since: None,
+        dropping: false,
         unflushed: false,
         app_close_queued: false,
         read_ended: false,
@@ -276,6 +287,45 @@ where
         None
     }
 
+    /// When a pause for a full inbound queue ends, while one lasts.
+    fn stall_ends(&self) -> Option<Instant> {
+        self.full_since
+            .and_then(|t| t.checked_add(self.cfg().recv_stall))
+    }
+
+    /// Whether reading waits for the application to take a message: the inbound queue is
+    /// full and has been for less than `recv_stall`. Past that, reading goes on and
+    /// [`deliver`](Self::deliver) drops what does not fit.
+    fn wait_for_room(&mut self, now: Instant) -> bool {
+        if self.room > 0 {
+            return false;
+        }
+        let cap = self.cfg().recv_queue_len.max(1);
+        let mut state = self.shared.lock();
+        let room = cap.saturating_sub(state.inbound.len());
+        if room > 0 {
+            drop(state);
+            self.room = room;
+            self.full_since = None;
+            self.dropping = false;
+            return false;
+        }
+        if self.dropping {
+            return false;
+        }
+        let since = *self.full_since.get_or_insert(now);
+        if since
+            .checked_add(self.cfg().recv_stall)
+            .is_some_and(|end| now < end)
+        {
+            state.driver_wants_room = true;
+            return true;
+        }
+        self.full_since = None;
+        self.dropping = true;
+        false
+    }
+
     /// When the message in progress on the wire must be finished.
     fn message_due(&self, wire: &WireReport) -> Option<Instant> {
         wire.started()
@@ -292,6 +342,7 @@ where
         if let Some(wire) = &self.wire {
             next = min_opt(next, self.message_due(wire));
         }
+        next = min_opt(next, self.stall_ends());
         if self.phase == Phase::Closing {
             next = self.close_deadline;
         }
@@ -427,6 +478,9 @@ where
             if budget == 0 {
                 return Flow::Yield;
             }
+            if self.wait_for_room(now) {
+                return Flow::Wait;
+            }
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Pending => return Flow::Wait,
                 Poll::Ready(None) => {
@@ -519,9 +573,10 @@ where
         if state.app_gone {
             return;
         }
-        // A full queue does not stop reading (the heartbeat, idle and wire limits must hold
-        // whatever the application does): messages nobody reads are dropped and counted. A
-        // close or an error, which end the stream, always get through.
+        // A queue that stays full past `recv_stall` does not stop reading (the heartbeat, idle
+        // and wire limits must hold whatever the application does): messages nobody reads
+        // are dropped and counted. A close or an error, which end the stream, always get
+        // through.
         let ends = matches!(item, Ok(Message::Close(_)) | Err(_));
         if !ends && state.inbound.len() >= self.cfg().recv_queue_len.max(1) {
             state.stats.dropped_unread += 1;
@@ -543,6 +598,7 @@ where
         }
         state.inbound.push_back(item);
         state.stats.received += 1;
+        self.room = self.room.saturating_sub(1);
         let waker = state.app_waker.take();
         drop(state);
         if let Some(w) = waker {

@@ -50,6 +50,8 @@ pub(crate) struct State {
     pub(crate) inbound: VecDeque<Result<Message, Error>>,
     pub(crate) app_waker: Option<Waker>,
     pub(crate) driver_waker: Option<Waker>,
+    /// The driver stopped reading because `inbound` was full.
+    pub(crate) driver_wants_room: bool,
     pub(crate) outbound: OutQueue,
     /// No more messages will be accepted for sending (closing or closed).
     pub(crate) send_closed: bool,
@@ -73,6 +75,7 @@ impl Shared {
                 inbound: VecDeque::new(),
                 app_waker: None,
                 driver_waker: None,
+                driver_wants_room: false,
                 outbound,
                 send_closed: false,
                 recv_closed: false,
@@ -299,6 +302,16 @@ impl Stream for GuardedSocket {
         }
         let mut state = self.shared.lock();
         if let Some(item) = state.inbound.pop_front() {
+            let waker = if state.driver_wants_room {
+                state.driver_wants_room = false;
+                state.driver_waker.take()
+            } else {
+                None
+            };
+            drop(state);
+            if let Some(w) = waker {
+                w.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if state.recv_closed {

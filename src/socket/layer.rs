@@ -215,14 +215,28 @@ impl SocketPolicyLayer {
         self
     }
 
-    /// How many received messages wait for the application. When the queue is full (the
-    /// handler is push-only and never calls `recv`, or fell behind) the socket keeps reading,
-    /// so that heartbeat, idle and wire limits still hold, and drops further messages,
-    /// counting them in [`SocketStats::dropped_unread`](super::SocketStats::dropped_unread).
-    /// A close from the peer is always delivered. Default 16. Fails on zero.
+    /// How many received messages wait for the application. When the queue is full the
+    /// socket stops reading, so TCP pushes back on the peer, for at most
+    /// [`recv_stall`](Self::recv_stall); if the application still takes nothing (the handler
+    /// is push-only and never calls `recv`, or is stuck), the socket reads on, so that
+    /// heartbeat, idle and wire limits still hold, and drops further messages, counting them
+    /// in [`SocketStats::dropped_unread`](super::SocketStats::dropped_unread), until the
+    /// application takes one. A close from the peer is always delivered. Default 16. Fails
+    /// on zero.
     pub fn recv_queue(mut self, messages: usize) -> Result<Self, ConfigError> {
         self.config.recv_queue_len = non_zero(messages, "receive queue length")?;
         Ok(self)
+    }
+
+    /// How long a full receive queue may stop reading before the socket reads on and drops
+    /// what nobody takes (see [`recv_queue`](Self::recv_queue)). A handler that is only
+    /// briefly slow loses nothing; one that takes nothing for longer cannot switch off the
+    /// heartbeat and the other limits. Keep it well below the pong timeout, since a pong
+    /// waiting behind unread messages is not seen until reading resumes. Default 1 s;
+    /// `Duration::ZERO` drops at once. Replaces the previous value.
+    pub fn recv_stall(mut self, stall: Duration) -> Self {
+        self.config.recv_stall = stall;
+        self
     }
 
     /// Frames per socket, counted on the wire as they arrive: data, continuation and control

@@ -102,7 +102,7 @@
 //! | revocation ([`CloseSignal`] in the request extensions) | on when a layer adds one | close `1008` |
 //! | max lifetime | off; jitter a tenth of it | close `1001` |
 //! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
-//! | receive queue | 16 messages | more are read and dropped, counted in [`SocketStats::dropped_unread`] |
+//! | receive queue | 16 messages; reading pauses while it is full, at most 1 s (`recv_stall`) | then more are read and dropped, counted in [`SocketStats::dropped_unread`] |
 //!
 //! The message and byte limits count every message the peer sends (pongs answering the
 //! heartbeat excepted), so a ping flood is limited like a message flood. The wire limits
@@ -127,14 +127,17 @@
 //! [`SlowConsumer`] policy decides. With [`SlowConsumer::Conflate`],
 //! [`GuardedSocket::send_keyed`] (or [`Sender::send_keyed`] from another task) keeps only the
 //! latest queued message per key, such as the latest price per symbol. On the receiving side
-//! the receive queue holds 16 messages for the application. The driver never stops reading:
-//! with TCP, pausing the data would pause the pongs and the close frames too, and the
-//! heartbeat, idle, expiry and wire limits must hold whatever the application does (a
-//! push-only handler never calls `recv`). So when the queue is full, further messages are
-//! dropped and counted ([`SocketStats::dropped_unread`], one `wsguard.socket.dropped` event
-//! with `cause = "receive_queue_full"` on the 1st, 2nd, 4th, 8th… drop); a close from the
-//! peer always gets through. The message and byte rates bound how fast a peer can make the
-//! server read; an application that must not lose messages keeps calling `recv` (or raises
+//! the receive queue holds 16 messages for the application. When it is full the driver stops
+//! reading, so TCP pushes back on the peer and a handler that is only briefly slow loses
+//! nothing, but for at most [`recv_stall`](SocketPolicyLayer::recv_stall) (1 s): with TCP,
+//! pausing the data pauses the pongs and the close frames too, and the heartbeat, idle, expiry
+//! and wire limits must hold whatever the application does (a push-only handler never calls
+//! `recv`). Their deadlines keep running during the pause; once it is over, the driver reads on
+//! and drops what does not fit until the application takes a message
+//! ([`SocketStats::dropped_unread`], one `wsguard.socket.dropped` event with
+//! `cause = "receive_queue_full"` on the 1st, 2nd, 4th, 8th… drop); a close from the peer
+//! always gets through. The message and byte rates bound how fast a peer can make the server
+//! read; an application that must not lose messages keeps calling `recv` (or raises
 //! [`recv_queue`](SocketPolicyLayer::recv_queue)). Either way a peer cannot grow server
 //! memory without bound.
 //!

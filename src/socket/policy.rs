@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) send_queue_bytes: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) recv_queue_len: usize,
+    pub(crate) recv_stall: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) frame_rate: RateLimit,
     pub(crate) max_fragments: u32,
@@ -71,6 +72,7 @@ impl Default for Config {
             send_queue_bytes: 1024 * 1024,
             slow_consumer: SlowConsumer::Close,
             recv_queue_len: 16,
+            recv_stall: Duration::from_secs(1),
             close_timeout: Duration::from_secs(2),
             // A few times the message rate's burst: room for pongs and some fragmentation.
             frame_rate: RateLimit {
