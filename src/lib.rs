@@ -100,6 +100,7 @@
 
 pub mod auth;
 pub mod client_ip;
+mod core;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;

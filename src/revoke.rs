@@ -112,21 +112,18 @@
 use std::{
     collections::{BTreeSet, HashMap},
     fmt,
-    future::Future,
     net::IpAddr,
-    pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
-use axum::{body::Body, response::Response};
+use axum::response::Response;
 use http::{HeaderValue, Request, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::{
     auth::{Clock, Principal, SystemClock, TokenFingerprint},
-    client_ip::ClientIp,
     rate_limit::ConnectionPermit,
     socket::CloseSignal,
 };
@@ -186,13 +183,8 @@ impl axum::response::IntoResponse for RevokeError {
             Self::Revoked => "credential revoked\n",
             Self::Unavailable(_) => "service unavailable: try again later\n",
         };
-        let mut response = Response::new(Body::from(text));
-        *response.status_mut() = status;
+        let mut response = crate::core::plain_text(status, text);
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -778,20 +770,7 @@ pub struct Revocation<S> {
 }
 
 impl<S> Revocation<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 fn refuse(ip: Option<IpAddr>, identity: Option<&str>) -> Response {
@@ -810,12 +789,7 @@ fn refuse(ip: Option<IpAddr>, identity: Option<&str>) -> Response {
 fn admit<B>(req: &mut Request<B>, signal: CloseSignal, registration: Registration) {
     req.extensions_mut().insert(signal);
     let permit = ConnectionPermit::holding(registration);
-    match req.extensions_mut().get_mut::<ConnectionPermit>() {
-        Some(existing) => existing.merge(permit),
-        None => {
-            req.extensions_mut().insert(permit);
-        }
-    }
+    crate::core::attach_permit(req.extensions_mut(), permit);
 }
 
 impl<S, B> Service<Request<B>> for Revocation<S>
@@ -834,8 +808,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ip: Option<IpAddr> = req.extensions().get::<ClientIp>().map(|c| c.0);
-        let principal = req.extensions().get::<Principal>().cloned();
+        let ip: Option<IpAddr> = crate::core::client_ip(req.extensions());
+        let principal = crate::core::principal(req.extensions()).cloned();
         let token = req.extensions().get::<TokenFingerprint>().copied();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -852,7 +826,7 @@ where
         if revoked {
             drop(registration);
             let response = refuse(ip, identity.as_deref());
-            return ResponseFuture::new(async move { Ok(response) });
+            return ResponseFuture::rejected(response);
         }
         #[cfg(feature = "redis")]
         if let Some(fleet) = self.revocations.fleet.clone() {
@@ -879,34 +853,8 @@ where
     }
 }
 
-type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send + 'static>>;
-
 /// Response future of [`Revocation`].
-pub struct ResponseFuture<E> {
-    inner: BoxFuture<E>,
-}
-
-impl<E> ResponseFuture<E> {
-    fn new(fut: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
-        Self {
-            inner: Box::pin(fut),
-        }
-    }
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+pub use crate::core::BoxResponseFuture as ResponseFuture;
 
 /// Registers a socket per `(principal, token)` with `local`; the signals, and the permits
 /// that keep them registered.

@@ -1,10 +1,9 @@
 use std::sync::Arc;
 
-use axum::{body::Body, response::Response};
+use axum::response::Response;
 use http::{HeaderValue, StatusCode, header};
 
 use super::{AuthError, SourceKind, layer::Config};
-use crate::client_ip::ClientIp;
 
 pub(super) type OnRejection = Arc<dyn Fn(&AuthError) -> Response + Send + Sync>;
 
@@ -42,8 +41,7 @@ fn default_response(err: &AuthError) -> Response {
             "too many one-time tickets in use for this account; retry later\n",
         ),
     };
-    let mut res = Response::new(Body::from(body));
-    *res.status_mut() = status;
+    let mut res = crate::core::plain_text(status, body);
     if let Some(challenge) = challenge {
         res.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -59,10 +57,6 @@ fn default_response(err: &AuthError) -> Response {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     res
 }
 
@@ -73,7 +67,7 @@ pub(super) fn reject(
     source: Option<SourceKind>,
     extensions: &http::Extensions,
 ) -> Response {
-    let client_ip = extensions.get::<ClientIp>().map(|ip| ip.0);
+    let client_ip = crate::core::client_ip(extensions);
     tracing::info!(
         name: "wsguard.auth.rejected",
         cause = err.as_str(),
@@ -81,10 +75,5 @@ pub(super) fn reject(
         client_ip = client_ip.map(tracing::field::display),
         "handshake authentication failed"
     );
-    let mut res = match &config.on_rejection {
-        Some(f) => f(&err),
-        None => default_response(&err),
-    };
-    res.extensions_mut().insert(err);
-    res
+    crate::core::reject_with(err, config.on_rejection.as_deref(), default_response)
 }

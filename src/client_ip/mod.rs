@@ -83,7 +83,6 @@
 //! # }
 //! ```
 
-mod future;
 mod layer;
 pub(crate) mod parse;
 mod service;
@@ -92,7 +91,8 @@ use std::{fmt, net::IpAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-pub use self::{future::ResponseFuture, layer::ClientIpLayer, service::ClientIpService};
+pub use self::{layer::ClientIpLayer, service::ClientIpService};
+pub use crate::core::ResponseFuture;
 
 /// The client address that every later layer and handler keys on, stored in the request
 /// extensions by [`ClientIpLayer`].

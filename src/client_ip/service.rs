@@ -3,8 +3,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum::{body::Body, extract::ConnectInfo, response::Response};
-use http::{HeaderMap, HeaderValue, Request, header};
+use axum::{extract::ConnectInfo, response::Response};
+use http::{HeaderMap, HeaderValue, Request};
 use tower::Service;
 
 use super::{
@@ -30,20 +30,7 @@ impl<S> ClientIpService<S> {
         ClientIpLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 impl ClientIpLayer {
@@ -100,20 +87,9 @@ impl ClientIpLayer {
     }
 
     fn reject(&self, error: ClientIpError) -> Response {
-        let mut response = match &self.on_rejection {
-            Some(f) => f(&error),
-            None => {
-                let mut r = Response::new(Body::from(format!("{error}\n")));
-                *r.status_mut() = error.status();
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                r
-            }
-        };
-        response.extensions_mut().insert(error);
-        response
+        crate::core::reject_with(error, self.on_rejection.as_deref(), |error| {
+            crate::core::plain_text(error.status(), format!("{error}\n"))
+        })
     }
 }
 

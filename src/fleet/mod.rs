@@ -141,14 +141,9 @@ mod scripts;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    fmt,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::fmt;
 
-use axum::{body::Body, response::Response};
+use axum::response::Response;
 use http::{HeaderValue, StatusCode, header};
 
 pub use self::{
@@ -238,15 +233,13 @@ impl std::error::Error for FleetError {}
 /// The response for a fleet error: `503`, `Retry-After`, a short plain-text body (no Redis
 /// details) and the error in the extensions.
 pub(crate) fn fleet_reject(error: FleetError) -> Response {
-    let mut response = Response::new(Body::from("service unavailable: try again later\n"));
-    *response.status_mut() = error.status();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response.extensions_mut().insert(error);
+    let status = error.status();
+    let mut response = crate::core::reject_with(error, None::<fn(&FleetError) -> Response>, |_| {
+        crate::core::plain_text(status, "service unavailable: try again later\n")
+    });
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -278,31 +271,5 @@ pub(crate) fn note_fallback(layer: &'static str, client_ip: Option<std::net::IpA
     );
 }
 
-type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send + 'static>>;
-
 /// Response future of the fleet layers (one Redis round trip, then the inner service).
-pub struct ResponseFuture<E> {
-    inner: BoxFuture<E>,
-}
-
-impl<E> ResponseFuture<E> {
-    pub(crate) fn new(fut: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
-        Self {
-            inner: Box::pin(fut),
-        }
-    }
-}
-
-impl<E> Future for ResponseFuture<E> {
-    type Output = Result<Response, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<E> fmt::Debug for ResponseFuture<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+pub use crate::core::BoxResponseFuture as ResponseFuture;

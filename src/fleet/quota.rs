@@ -18,8 +18,7 @@ use super::{
     refuse_unavailable, scripts,
 };
 use crate::{
-    auth::Principal,
-    client_ip::{ClientIp, KeyPrefix},
+    client_ip::KeyPrefix,
     rate_limit::{
         ConfigError, ConnectionPermit, ConnectionQuota, ConnectionQuotaLayer, RateLimitError, emit,
         reject,
@@ -265,16 +264,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
-        let identity: Option<Arc<str>> = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| Arc::from(p.subject()));
+        let ip = crate::core::client_ip(req.extensions());
+        let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
         if self.layer.per_ip.is_some() && ip.is_none() {
             let error = RateLimitError::MissingClientIp;
             emit(&error, None, identity.as_deref());
             let response = reject(self.layer.local.on_rejection.as_ref(), error);
-            return ResponseFuture::new(async move { Ok(response) });
+            return ResponseFuture::rejected(response);
         }
         let sets = self.layer.sets(ip, identity.as_deref());
         let clone = self.local.clone();
@@ -313,12 +309,7 @@ where
 
 fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
     let permit = ConnectionPermit::holding(lease);
-    match req.extensions_mut().get_mut::<ConnectionPermit>() {
-        Some(existing) => existing.merge(permit),
-        None => {
-            req.extensions_mut().insert(permit);
-        }
-    }
+    crate::core::attach_permit(req.extensions_mut(), permit);
 }
 
 /// One socket's place in the fleet quota: a member, with an expiry, of each capped Redis set.

@@ -16,8 +16,7 @@ use super::{
     FailurePolicy, Fleet, FleetError, ResponseFuture, note_fallback, refuse_unavailable, scripts,
 };
 use crate::{
-    auth::Principal,
-    client_ip::{ClientIp, KeyPrefix},
+    client_ip::KeyPrefix,
     rate_limit::{ConfigError, KeyBy, RateLimit, RateLimitError, RateLimitLayer, emit, reject},
 };
 
@@ -218,11 +217,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ip: Option<IpAddr> = req.extensions().get::<ClientIp>().map(|c| c.0);
-        let identity: Option<Arc<str>> = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| Arc::from(p.subject()));
+        let ip: Option<IpAddr> = crate::core::client_ip(req.extensions());
+        let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
         let key = match (self.layer.local.key_by, &identity, ip) {
             (KeyBy::Global, _, _) => Some("global".to_owned()),
             (KeyBy::Identity, Some(subject), _) => Some(format!("id:{subject}")),
@@ -233,7 +229,7 @@ where
             let error = RateLimitError::MissingClientIp;
             emit(&error, None, identity.as_deref());
             let response = reject(self.layer.local.on_rejection.as_ref(), error);
-            return ResponseFuture::new(async move { Ok(response) });
+            return ResponseFuture::rejected(response);
         };
         // The service that was polled ready goes with the request; a clone stays.
         let clone = self.local.clone();

@@ -68,12 +68,13 @@ impl Config {
     }
 
     pub(crate) fn rejection(&self, error: OriginError) -> Response {
-        let mut response = match &self.on_rejection {
-            Some(f) => f(error),
-            None => (StatusCode::FORBIDDEN, format!("forbidden: {error}\n")).into_response(),
-        };
-        response.extensions_mut().insert(error);
-        response
+        let hook = self
+            .on_rejection
+            .as_deref()
+            .map(|f| move |e: &OriginError| f(*e));
+        crate::core::reject_with(error, hook, |error| {
+            crate::core::plain_text(StatusCode::FORBIDDEN, format!("forbidden: {error}\n"))
+        })
     }
 }
 

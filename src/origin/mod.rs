@@ -149,14 +149,12 @@ use std::fmt;
 
 use http::request::Parts;
 
-mod future;
 mod layer;
 mod matcher;
 mod service;
 
-pub use self::{
-    future::ResponseFuture, layer::OriginGuardLayer, matcher::Origin, service::OriginGuard,
-};
+pub use self::{layer::OriginGuardLayer, matcher::Origin, service::OriginGuard};
+pub use crate::core::ResponseFuture;
 
 /// Why a handshake's `Origin` was refused. Carried in the extensions of the rejection
 /// response.

@@ -26,20 +26,7 @@ impl<S> OriginGuard<S> {
         OriginGuardLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes the guard, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 impl<S, ReqBody> Service<Request<ReqBody>> for OriginGuard<S>

@@ -26,33 +26,27 @@ pub(crate) enum After {
 }
 
 pin_project! {
-    /// Response future of the middleware in [`rate_limit`](super).
+    /// Response future of the middleware in [`rate_limit`](super): the shared handshake
+    /// future, plus what to do with the inner service's response.
     pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Future { #[pin] future: F, after: After },
-        Rejected { response: Option<Response> },
+        inner: crate::core::ResponseFuture<F>,
+        after: After,
     }
 }
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn future(future: F, after: After) -> Self {
         Self {
-            kind: Kind::Future { future, after },
+            inner: crate::core::ResponseFuture::future(future),
+            after,
         }
     }
 
     pub(crate) fn rejected(response: Response) -> Self {
         Self {
-            kind: Kind::Rejected {
-                response: Some(response),
-            },
+            inner: crate::core::ResponseFuture::rejected(response),
+            after: After::Nothing,
         }
     }
 }
@@ -64,33 +58,26 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Future { future, after } => {
-                let mut response = ready!(future.poll(cx))?;
-                match after {
-                    After::Nothing => {}
-                    After::RateHeaders { limit, remaining } => {
-                        let headers = response.headers_mut();
-                        headers.insert(super::X_RATELIMIT_LIMIT, (*limit).into());
-                        headers.insert(super::X_RATELIMIT_REMAINING, (*remaining).into());
-                    }
-                    After::CountAuthFailure { attempt } => {
-                        if let Some(attempt) = attempt.take() {
-                            if response.extensions().get::<AuthError>().is_some() {
-                                attempt.failed();
-                            } else {
-                                attempt.succeeded();
-                            }
-                        }
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        match this.after {
+            After::Nothing => {}
+            After::RateHeaders { limit, remaining } => {
+                let headers = response.headers_mut();
+                headers.insert(super::X_RATELIMIT_LIMIT, (*limit).into());
+                headers.insert(super::X_RATELIMIT_REMAINING, (*remaining).into());
+            }
+            After::CountAuthFailure { attempt } => {
+                if let Some(attempt) = attempt.take() {
+                    if response.extensions().get::<AuthError>().is_some() {
+                        attempt.failed();
+                    } else {
+                        attempt.succeeded();
                     }
                 }
-                Poll::Ready(Ok(response))
             }
-            KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => panic!("ResponseFuture polled after completion"),
-            },
         }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -91,8 +91,8 @@ mod throttle;
 
 use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
-use axum::{body::Body, response::Response};
-use http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use http::{HeaderName, StatusCode, header};
 
 pub use self::{
     future::ResponseFuture,
@@ -298,26 +298,17 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
 /// The rejection response for `error`: the custom one if configured, else status + plain
 /// text. `Retry-After` is added if missing, and the error goes into the extensions.
 pub(crate) fn reject(custom: Option<&RejectFn>, error: RateLimitError) -> Response {
-    let mut response = match custom {
-        Some(f) => f(&error),
-        None => {
-            let mut r = Response::new(Body::from(format!("{error}\n")));
-            *r.status_mut() = error.status();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            r
-        }
-    };
-    if let Some(wait) = error.retry_after()
+    let retry_after = error.retry_after();
+    let mut response = crate::core::reject_with(error, custom.map(|f| &**f), |error| {
+        crate::core::plain_text(error.status(), format!("{error}\n"))
+    });
+    if let Some(wait) = retry_after
         && !response.headers().contains_key(header::RETRY_AFTER)
     {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
     }
-    response.extensions_mut().insert(error);
     response
 }
 

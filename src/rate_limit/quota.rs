@@ -14,10 +14,9 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use super::{
-    ClientIp, ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
+    ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
     future::After, reject,
 };
-use crate::auth::Principal;
 
 #[derive(Default)]
 struct Counts {
@@ -282,20 +281,7 @@ impl<S> ConnectionQuota<S> {
         ConnectionQuotaLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 impl<S, ReqBody> Service<Request<ReqBody>> for ConnectionQuota<S>
@@ -311,16 +297,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let ip = req.extensions().get::<ClientIp>().map(|c| c.0);
-        let identity = req.extensions().get::<Principal>().map(|p| p.subject());
+        let ip = crate::core::client_ip(req.extensions());
+        let identity = crate::core::identity(req.extensions());
         match self.layer.acquire(ip, identity) {
             Ok(permit) => {
-                match req.extensions_mut().get_mut::<ConnectionPermit>() {
-                    Some(existing) => existing.merge(permit),
-                    None => {
-                        req.extensions_mut().insert(permit);
-                    }
-                }
+                crate::core::attach_permit(req.extensions_mut(), permit);
                 ResponseFuture::future(self.inner.call(req), After::Nothing)
             }
             Err(error) => {

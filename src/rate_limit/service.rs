@@ -10,13 +10,12 @@ use http::{HeaderValue, Request};
 use tower::Service;
 
 use super::{
-    ClientIp, KeyBy, RateLimitError, RateLimitLayer, ResponseFuture, X_RATELIMIT_AFTER,
-    X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
+    KeyBy, RateLimitError, RateLimitLayer, ResponseFuture, X_RATELIMIT_AFTER, X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING,
     future::After,
     layer::{RateKey, prune},
     reject, retry_after_secs,
 };
-use crate::auth::Principal;
 
 /// Middleware that limits the handshake rate. Made by [`RateLimitLayer`]; see the
 /// [module docs](super).
@@ -30,20 +29,7 @@ impl<S, C: Clock + Clone> RateLimit<S, C> {
         Self { inner, layer }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 impl<S> RateLimit<S> {
@@ -86,11 +72,8 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let layer = &self.layer;
-        let ip: Option<IpAddr> = req.extensions().get::<ClientIp>().map(|c| c.0);
-        let identity: Option<Arc<str>> = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| Arc::from(p.subject()));
+        let ip: Option<IpAddr> = crate::core::client_ip(req.extensions());
+        let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
         let key = match (layer.key_by, &identity, ip) {
             (KeyBy::Global, _, _) => Some(RateKey::Global),
             (KeyBy::Identity, Some(subject), _) => Some(RateKey::Identity(Arc::clone(subject))),

@@ -607,20 +607,7 @@ impl<S> AuthThrottle<S> {
 }
 
 impl<S, C: Clock> AuthThrottle<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 }
 
 impl<S: Clone, C: Clock> Clone for AuthThrottle<S, C> {

@@ -25,20 +25,7 @@ impl<S> SocketPolicyService<S> {
         SocketPolicyLayer::new()
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, consuming this one.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::core::define_inner_service_accessors!();
 
     /// The policy this service inserts.
     pub fn policy(&self) -> &SocketPolicy {
