@@ -879,6 +879,8 @@ pub(crate) fn test_register(
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+
     use std::{
         sync::atomic::{AtomicU64, Ordering},
         time::UNIX_EPOCH,
