@@ -5,6 +5,7 @@
 //! re-export, because they appear in `Service::Future`.
 
 use std::{
+    any::Any,
     fmt,
     future::Future,
     net::IpAddr,
@@ -45,11 +46,15 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    /// Answers `response` without calling the inner service.
-    pub(crate) fn rejected(response: Response<B>) -> Self {
+    /// Answers `response` without calling the inner service, its body converted to `B`
+    /// (see [`convert_body`]).
+    pub(crate) fn rejected(response: Response) -> Self
+    where
+        B: Default + 'static,
+    {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(convert_body(response)),
             },
         }
     }
@@ -84,53 +89,83 @@ impl<F, B> fmt::Debug for ResponseFuture<F, B> {
     }
 }
 
-type BoxFuture<E> = Pin<Box<dyn Future<Output = Result<Response, E>> + Send + 'static>>;
+type BoxFuture<E, B> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send + 'static>>;
 
 /// Response future of a middleware that awaits something of its own (a Redis round trip)
 /// before it calls the inner service.
-pub struct BoxResponseFuture<E> {
-    inner: BoxFuture<E>,
+///
+/// `B` is the response body, axum's [`Body`] by default.
+pub struct BoxResponseFuture<E, B = Body> {
+    inner: BoxFuture<E, B>,
 }
 
-impl<E> BoxResponseFuture<E> {
-    pub(crate) fn new(fut: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+impl<E, B> BoxResponseFuture<E, B> {
+    pub(crate) fn new(fut: impl Future<Output = Result<Response<B>, E>> + Send + 'static) -> Self {
         Self {
             inner: Box::pin(fut),
         }
     }
 
-    /// Answers `response` without calling the inner service.
+    /// Answers `response` without calling the inner service, its body converted to `B`.
     pub(crate) fn rejected(response: Response) -> Self
     where
         E: Send + 'static,
+        B: Default + Send + 'static,
     {
-        Self::new(std::future::ready(Ok(response)))
+        Self::new(std::future::ready(Ok(convert_body(response))))
     }
 }
 
-impl<E> Future for BoxResponseFuture<E> {
-    type Output = Result<Response, E>;
+impl<E, B> Future for BoxResponseFuture<E, B> {
+    type Output = Result<Response<B>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
     }
 }
 
-impl<E> fmt::Debug for BoxResponseFuture<E> {
+impl<E, B> fmt::Debug for BoxResponseFuture<E, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
+/// The text of a default rejection, kept beside the body until [`convert_body`] decides.
+#[derive(Clone)]
+struct RejectionText(String);
+
 /// A short `text/plain` response with `status`: the body of every default rejection.
-pub(crate) fn plain_text(status: StatusCode, text: impl Into<Body>) -> Response {
-    let mut response = Response::new(text.into());
+pub(crate) fn plain_text(status: StatusCode, text: impl Into<String>) -> Response {
+    let text = text.into();
+    let mut response = Response::new(Body::from(text.clone()));
+    response.extensions_mut().insert(RejectionText(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// A rejection built as an axum response, with its body as a `B`: axum's [`Body`] is kept
+/// as it is, a `String` body gets the plain text of a default rejection, and any other body
+/// type (socketioxide's, for one) gets `B::default()`, usually empty. Status, headers and the
+/// typed error in the extensions are the same for every body type.
+pub(crate) fn convert_body<B: Default + 'static>(response: Response) -> Response<B> {
+    let (mut parts, body) = response.into_parts();
+    let text = parts.extensions.remove::<RejectionText>();
+    let mut axum_body = Some(body);
+    if let Some(same) = (&mut axum_body as &mut dyn Any).downcast_mut::<Option<B>>()
+        && let Some(body) = same.take()
+    {
+        return Response::from_parts(parts, body);
+    }
+    let mut string = text.map(|t| t.0);
+    let body = match (&mut string as &mut dyn Any).downcast_mut::<Option<B>>() {
+        Some(body) => body.take().unwrap_or_default(),
+        None => B::default(),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// The rejection for `error`: the user's `on_rejection` hook if there is one, else
@@ -201,3 +236,213 @@ macro_rules! define_inner_service_accessors {
 }
 
 pub(crate) use define_inner_service_accessors;
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, net::SocketAddr};
+
+    use axum::extract::ConnectInfo;
+    use http::{Request, StatusCode};
+    use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
+
+    use crate::{
+        auth::{AuthError, HandshakeAuthLayer, StaticTokens},
+        client_ip::{ClientIpError, ClientIpLayer},
+        origin::{OriginError, OriginGuardLayer},
+        rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitError, RateLimitLayer},
+        revoke::{RevocationLayer, Revocations},
+    };
+
+    /// A body type that is not axum's and has no `From<String>`, only `Default`, like
+    /// socketioxide's `ResponseBody<B>` (engineioxide's enum of empty / custom / inner body).
+    #[derive(Debug, Default, PartialEq)]
+    enum ForeignBody {
+        #[default]
+        Empty,
+        Inner(&'static str),
+    }
+
+    fn handshake(origin: &str, token: Option<&str>, peer: [u8; 4]) -> Request<()> {
+        let mut req = Request::get("/ws")
+            .header("host", "api.example.com")
+            .header("origin", origin)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let mut req = req.body(()).unwrap_or_default();
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 50000))));
+        req
+    }
+
+    /// Every handshake layer, in the documented order, over an inner service whose response
+    /// body is `B`.
+    fn stack<B>(
+        make: fn() -> B,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    where
+        B: Default + Send + 'static,
+    {
+        let inner = service_fn(move |_req: Request<()>| async move {
+            Ok::<_, Infallible>(http::Response::new(make()))
+        });
+        let tokens = StaticTokens::new().token("s3cret", "alice", ());
+        ServiceBuilder::new()
+            .layer(
+                OriginGuardLayer::new()
+                    .allow_origin("https://app.example.com")
+                    .unwrap_or_default(),
+            )
+            .layer(ClientIpLayer::new())
+            .layer(RateLimitLayer::new().burst(2).unwrap_or_default())
+            .layer(AuthThrottleLayer::new())
+            .layer(HandshakeAuthLayer::new(tokens))
+            .layer(RevocationLayer::new(Revocations::new()))
+            .layer(ConnectionQuotaLayer::new())
+            .service(inner)
+    }
+
+    struct Case {
+        name: &'static str,
+        origin: &'static str,
+        token: Option<&'static str>,
+        peer: [u8; 4],
+        status: StatusCode,
+        text: &'static str,
+    }
+
+    const CASES: &[Case] = &[
+        Case {
+            name: "cross-site origin",
+            origin: "https://evil.example",
+            token: Some("s3cret"),
+            peer: [192, 0, 2, 1],
+            status: StatusCode::FORBIDDEN,
+            text: "forbidden",
+        },
+        Case {
+            name: "no credential",
+            origin: "https://app.example.com",
+            token: None,
+            peer: [192, 0, 2, 2],
+            status: StatusCode::UNAUTHORIZED,
+            text: "authentication required\n",
+        },
+        Case {
+            name: "accepted",
+            origin: "https://app.example.com",
+            token: Some("s3cret"),
+            peer: [192, 0, 2, 3],
+            status: StatusCode::OK,
+            text: "inner",
+        },
+    ];
+
+    #[tokio::test]
+    async fn a_string_body_gets_the_plain_text_rejections() {
+        let svc = stack(|| String::from("inner"));
+        for case in CASES {
+            let res = svc
+                .clone()
+                .oneshot(handshake(case.origin, case.token, case.peer))
+                .await
+                .unwrap_or_else(|e| match e {});
+            assert_eq!(res.status(), case.status, "{}", case.name);
+            assert!(
+                res.body().starts_with(case.text),
+                "{}: {:?}",
+                case.name,
+                res.body()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_foreign_body_composes_and_carries_the_typed_rejection() {
+        let svc = stack(|| ForeignBody::Inner("inner"));
+        for case in CASES {
+            let res = svc
+                .clone()
+                .oneshot(handshake(case.origin, case.token, case.peer))
+                .await
+                .unwrap_or_else(|e| match e {});
+            assert_eq!(res.status(), case.status, "{}", case.name);
+            if case.status == StatusCode::OK {
+                assert_eq!(res.body(), &ForeignBody::Inner("inner"), "{}", case.name);
+            } else {
+                assert_eq!(res.body(), &ForeignBody::Empty, "{}", case.name);
+            }
+        }
+        let res = svc
+            .clone()
+            .oneshot(handshake("https://evil.example", None, [192, 0, 2, 9]))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert!(res.extensions().get::<OriginError>().is_some());
+        let res = svc
+            .clone()
+            .oneshot(handshake("https://app.example.com", None, [192, 0, 2, 9]))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(
+            res.extensions().get::<AuthError>(),
+            Some(&AuthError::Missing)
+        );
+        // The origin layer refused the first before the rate limit counted it; the second
+        // and this one spend the burst of 2 per IP, so the next one is 429.
+        let res = svc
+            .clone()
+            .oneshot(handshake(
+                "https://app.example.com",
+                Some("s3cret"),
+                [192, 0, 2, 9],
+            ))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = svc
+            .clone()
+            .oneshot(handshake(
+                "https://app.example.com",
+                Some("s3cret"),
+                [192, 0, 2, 9],
+            ))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(res.headers().contains_key(http::header::RETRY_AFTER));
+        assert!(matches!(
+            res.extensions().get::<RateLimitError>(),
+            Some(RateLimitError::TooManyHandshakes { .. })
+        ));
+        assert_eq!(res.body(), &ForeignBody::Empty);
+    }
+
+    #[tokio::test]
+    async fn a_missing_connect_info_is_a_500_with_any_body() {
+        let mut req = handshake("https://app.example.com", Some("s3cret"), [192, 0, 2, 1]);
+        req.extensions_mut().remove::<ConnectInfo<SocketAddr>>();
+        let inner = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(ForeignBody::Inner("inner")))
+        });
+        let res = ClientIpLayer::new()
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            res.extensions().get::<ClientIpError>(),
+            Some(&ClientIpError::MissingConnectInfo)
+        );
+    }
+}

@@ -792,16 +792,17 @@ fn admit<B>(req: &mut Request<B>, signal: CloseSignal, registration: Registratio
     crate::core::attach_permit(req.extensions_mut(), permit);
 }
 
-impl<S, B> Service<Request<B>> for Revocation<S>
+impl<S, B, ResBody> Service<Request<B>> for Revocation<S>
 where
-    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Error, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -836,10 +837,14 @@ where
                     .await
                 {
                     Ok(false) => {}
-                    Ok(true) => return Ok(refuse(ip, identity.as_deref())),
+                    Ok(true) => {
+                        return Ok(crate::core::convert_body(refuse(ip, identity.as_deref())));
+                    }
                     Err(error) => {
                         if fleet.failure_policy() == crate::fleet::FailurePolicy::Refuse {
-                            return Ok(crate::fleet::refuse_unavailable("revocation", error, ip));
+                            let response =
+                                crate::fleet::refuse_unavailable("revocation", error, ip);
+                            return Ok(crate::core::convert_body(response));
                         }
                         crate::fleet::note_fallback("revocation", ip);
                     }

@@ -45,7 +45,7 @@ pin_project! {
             fut: S::Future,
         },
         Rejected {
-            response: Option<Response>,
+            response: Option<S::Response>,
         },
     }
 }
@@ -55,10 +55,14 @@ where
     S: Service<Request<B>>,
     A: Authenticator,
 {
-    pub(super) fn rejected(response: Response) -> Self {
+    pub(super) fn rejected<ResBody>(response: Response) -> Self
+    where
+        S: Service<Request<B>, Response = Response<ResBody>>,
+        ResBody: Default + 'static,
+    {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(crate::core::convert_body(response)),
             },
         }
     }
@@ -82,12 +86,13 @@ where
     }
 }
 
-impl<S, A, B> Future for ResponseFuture<S, A, B>
+impl<S, A, B, ResBody> Future for ResponseFuture<S, A, B>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
     A: Authenticator,
+    ResBody: Default + 'static,
 {
-    type Output = Result<Response, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut kind = self.project().kind;
@@ -125,7 +130,7 @@ where
                         Err(err) => {
                             let response = reject(config, err, Some(*source), request.extensions());
                             kind.set(Kind::Rejected { response: None });
-                            return Poll::Ready(Ok(response));
+                            return Poll::Ready(Ok(crate::core::convert_body(response)));
                         }
                     }
                 }

@@ -47,12 +47,13 @@ impl<S, A> HandshakeAuth<S, A> {
     crate::core::define_inner_service_accessors!();
 }
 
-impl<S, A, B> Service<Request<B>> for HandshakeAuth<S, A>
+impl<S, A, B, ResBody> Service<Request<B>> for HandshakeAuth<S, A>
 where
-    S: Service<Request<B>, Response = Response> + Clone,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     A: Authenticator,
+    ResBody: Default + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, A, B>;
 

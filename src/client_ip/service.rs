@@ -93,13 +93,14 @@ impl ClientIpLayer {
     }
 }
 
-impl<S, ReqBody> Service<Request<ReqBody>> for ClientIpService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientIpService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

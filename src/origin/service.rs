@@ -29,13 +29,14 @@ impl<S> OriginGuard<S> {
     crate::core::define_inner_service_accessors!();
 }
 
-impl<S, ReqBody> Service<Request<ReqBody>> for OriginGuard<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OriginGuard<S>
 where
-    S: Service<Request<ReqBody>, Response = Response>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -4,7 +4,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use axum::response::Response;
+use axum::{body::Body, response::Response};
 use pin_project_lite::pin_project;
 
 use super::throttle::AuthAttempt;
@@ -28,14 +28,16 @@ pub(crate) enum After {
 pin_project! {
     /// Response future of the middleware in [`rate_limit`](super): the shared handshake
     /// future, plus what to do with the inner service's response.
-    pub struct ResponseFuture<F> {
+    ///
+    /// `B` is the response body, axum's [`Body`] by default.
+    pub struct ResponseFuture<F, B = Body> {
         #[pin]
-        inner: crate::core::ResponseFuture<F>,
+        inner: crate::core::ResponseFuture<F, B>,
         after: After,
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn future(future: F, after: After) -> Self {
         Self {
             inner: crate::core::ResponseFuture::future(future),
@@ -43,7 +45,10 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn rejected(response: Response) -> Self {
+    pub(crate) fn rejected(response: Response) -> Self
+    where
+        B: Default + 'static,
+    {
         Self {
             inner: crate::core::ResponseFuture::rejected(response),
             after: After::Nothing,
@@ -51,11 +56,11 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, E> Future for ResponseFuture<F>
+impl<F, B, E> Future for ResponseFuture<F, B>
 where
-    F: Future<Output = Result<Response, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -81,7 +86,7 @@ where
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

@@ -284,13 +284,14 @@ impl<S> ConnectionQuota<S> {
     crate::core::define_inner_service_accessors!();
 }
 
-impl<S, ReqBody> Service<Request<ReqBody>> for ConnectionQuota<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ConnectionQuota<S>
 where
-    S: Service<Request<ReqBody>, Response = Response>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

@@ -57,14 +57,15 @@ impl<S: std::fmt::Debug, C: Clock> std::fmt::Debug for RateLimit<S, C> {
     }
 }
 
-impl<S, C, ReqBody> Service<Request<ReqBody>> for RateLimit<S, C>
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
     C: Clock + Clone,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

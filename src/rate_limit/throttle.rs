@@ -628,15 +628,16 @@ impl<S: fmt::Debug, C: Clock> fmt::Debug for AuthThrottle<S, C> {
     }
 }
 
-impl<S, C, ReqBody> Service<Request<ReqBody>> for AuthThrottle<S, C>
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for AuthThrottle<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     C: Clock + Send + Sync + 'static,
     C::Instant: Send + Sync,
+    ResBody: Default + 'static,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
