@@ -10,6 +10,7 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
+    sync::{Arc, OnceLock, Weak},
     task::{Context, Poll},
 };
 
@@ -212,6 +213,53 @@ pub(crate) fn principal(extensions: &Extensions) -> Option<&Principal> {
 /// The authenticated identity's subject, if any.
 pub(crate) fn identity(extensions: &Extensions) -> Option<&str> {
     principal(extensions).map(Principal::subject)
+}
+
+/// A layer's shared state (limiter, counters), created when it is first needed: the first
+/// `layer()` call, or the first request. Building, configuring or cloning a layer allocates an
+/// empty slot only; clones share the slot, so the services made by one layer and its clones
+/// count together (axum's `Router::layer` calls `layer()` once per route, and a per-IP limit
+/// must not become a per-route one). A setter that changes what the state is built from
+/// calls [`reset`](Self::reset), which gives this copy a new empty slot and leaves the
+/// services already made untouched.
+pub(crate) struct LazyState<T>(Arc<OnceLock<T>>);
+
+impl<T> LazyState<T> {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(OnceLock::new()))
+    }
+
+    /// The state, built with `init` if nothing has built it yet.
+    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(init)
+    }
+
+    /// The state, if it was built.
+    pub(crate) fn get(&self) -> Option<&T> {
+        self.0.get()
+    }
+
+    /// A new empty slot for this copy; the services already made keep theirs.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// A handle that does not keep the state alive (for background pruners).
+    pub(crate) fn downgrade(&self) -> Weak<OnceLock<T>> {
+        Arc::downgrade(&self.0)
+    }
+}
+
+impl<T> Clone for LazyState<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Default for LazyState<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// `get_ref`, `get_mut` and `into_inner` for a middleware whose inner service is the field

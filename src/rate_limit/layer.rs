@@ -2,7 +2,7 @@ use std::{
     fmt,
     hash::Hash,
     num::NonZeroU32,
-    sync::{Arc, Weak, atomic::AtomicU64},
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -15,6 +15,8 @@ use governor::{
 };
 use ipnet::IpNet;
 use tower::Layer;
+
+use crate::core::LazyState;
 
 use super::{ConfigError, KeyBy, KeyPrefix, RateLimit, RateLimitError, RejectFn};
 
@@ -37,10 +39,13 @@ pub(crate) struct RateShared<C: Clock> {
 /// Layer that limits the handshake rate per client IP, per identity or globally. See the
 /// [module docs](super).
 ///
-/// Clones share one set of counters. `C` is the clock, [`DefaultClock`] unless replaced with
+/// A layer is configuration: the counters are created when the layer first makes a service
+/// (or first counts a request), and are then shared by every service made from this layer
+/// and its clones, so one layer on an axum `Router` limits a key across all its routes. A
+/// setter called afterwards gives that copy new counters of its own. `C` is the clock, [`DefaultClock`] unless replaced with
 /// [`clock`](Self::clock) (tests use [`FakeRelativeClock`](super::FakeRelativeClock)).
 pub struct RateLimitLayer<C: Clock = DefaultClock> {
-    pub(crate) shared: Arc<RateShared<C>>,
+    state: LazyState<RateShared<C>>,
     clock: C,
     count: NonZeroU32,
     period: Duration,
@@ -59,18 +64,11 @@ impl RateLimitLayer<DefaultClock> {
     /// for IPv6), no `X-RateLimit-*` headers, idle keys pruned every 1024 requests.
     #[must_use]
     pub fn new() -> Self {
-        let clock = DefaultClock::default();
-        let period = Duration::from_secs(1);
-        let limiter = build(DEFAULT_PER_SECOND, period, None, clock.clone())
-            .unwrap_or_else(|_| unreachable!("the default quota is valid"));
         Self {
-            shared: Arc::new(RateShared {
-                limiter,
-                requests: AtomicU64::new(0),
-            }),
-            clock,
+            state: LazyState::new(),
+            clock: DefaultClock::default(),
             count: DEFAULT_PER_SECOND,
-            period,
+            period: Duration::from_secs(1),
             burst: None,
             key_by: KeyBy::ClientIp,
             prefix: KeyPrefix::DEFAULT,
@@ -87,28 +85,33 @@ impl Default for RateLimitLayer<DefaultClock> {
     }
 }
 
-fn build<C: Clock>(
-    count: NonZeroU32,
-    period: Duration,
-    burst: Option<NonZeroU32>,
-    clock: C,
-) -> Result<Limiter<C>, ConfigError> {
-    let quota = Quota::with_period(period / count.get()).ok_or(ConfigError::RateTooHigh)?;
-    let quota = quota.allow_burst(burst.unwrap_or(count));
-    Ok(RateLimiter::new(
-        quota,
-        DefaultKeyedStateStore::default(),
-        clock,
-    ))
+/// The governor quota for `count` per `period`; `None` when the interval is below governor's
+/// resolution (zero).
+fn quota(count: NonZeroU32, period: Duration, burst: Option<NonZeroU32>) -> Option<Quota> {
+    Quota::with_period(period / count.get()).map(|q| q.allow_burst(burst.unwrap_or(count)))
 }
 
 impl<C: Clock + Clone> RateLimitLayer<C> {
+    /// The counters, created on first use.
+    pub(crate) fn shared(&self) -> &RateShared<C> {
+        self.state.get_or_init(|| {
+            // The setters only accept rates that make a quota.
+            let quota = quota(self.count, self.period, self.burst)
+                .unwrap_or_else(|| Quota::per_second(DEFAULT_PER_SECOND));
+            RateShared {
+                limiter: RateLimiter::new(
+                    quota,
+                    DefaultKeyedStateStore::default(),
+                    self.clock.clone(),
+                ),
+                requests: AtomicU64::new(0),
+            }
+        })
+    }
+
     fn rebuild(mut self) -> Result<Self, ConfigError> {
-        let limiter = build(self.count, self.period, self.burst, self.clock.clone())?;
-        self.shared = Arc::new(RateShared {
-            limiter,
-            requests: AtomicU64::new(0),
-        });
+        quota(self.count, self.period, self.burst).ok_or(ConfigError::RateTooHigh)?;
+        self.state.reset();
         Ok(self)
     }
 
@@ -183,16 +186,11 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
     }
 
     /// Replaces the clock, e.g. with a
-    /// [`FakeRelativeClock`](super::FakeRelativeClock) in tests. Resets the counters.
+    /// [`FakeRelativeClock`](super::FakeRelativeClock) in tests. Gives this copy new counters.
     #[must_use]
     pub fn clock<C2: Clock + Clone>(self, clock: C2) -> RateLimitLayer<C2> {
-        let limiter = build(self.count, self.period, self.burst, clock.clone())
-            .unwrap_or_else(|_| unreachable!("the quota was validated by the setters"));
         RateLimitLayer {
-            shared: Arc::new(RateShared {
-                limiter,
-                requests: AtomicU64::new(0),
-            }),
+            state: LazyState::new(),
             clock,
             count: self.count,
             period: self.period,
@@ -208,12 +206,15 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
     /// Removes the keys whose state is back to fresh (no handshake within the time the
     /// burst takes to refill) and releases the freed memory.
     pub fn prune(&self) {
-        prune(&self.shared);
+        if let Some(shared) = self.state.get() {
+            prune(shared);
+        }
     }
 
-    /// The number of keys currently held (an estimate while requests are in flight).
+    /// The number of keys currently held (an estimate while requests are in flight); 0
+    /// before the layer has made a service.
     pub fn tracked_keys(&self) -> usize {
-        self.shared.limiter.len()
+        self.state.get().map_or(0, |shared| shared.limiter.len())
     }
 }
 
@@ -238,7 +239,7 @@ where
     /// itself once the layer and every service made from it are dropped (or when the
     /// returned handle is aborted). Must be called inside a tokio runtime.
     pub fn spawn_pruner(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<RateShared<C>> = Arc::downgrade(&self.shared);
+        let weak = self.state.downgrade();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(every.max(Duration::from_millis(1)));
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -246,7 +247,11 @@ where
             loop {
                 interval.tick().await;
                 match weak.upgrade() {
-                    Some(shared) => prune(&shared),
+                    Some(slot) => {
+                        if let Some(shared) = slot.get() {
+                            prune(shared);
+                        }
+                    }
                     None => break,
                 }
             }
@@ -257,7 +262,7 @@ where
 impl<C: Clock + Clone> Clone for RateLimitLayer<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            state: self.state.clone(),
             clock: self.clock.clone(),
             count: self.count,
             period: self.period,
@@ -281,7 +286,10 @@ impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
             .field("prefix", &self.prefix)
             .field("headers", &self.headers)
             .field("prune_every", &self.prune_every)
-            .field("tracked_keys", &self.shared.limiter.len())
+            .field(
+                "tracked_keys",
+                &self.state.get().map_or(0, |shared| shared.limiter.len()),
+            )
             .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
             .finish()
     }
@@ -291,6 +299,7 @@ impl<S, C: Clock + Clone> Layer<S> for RateLimitLayer<C> {
     type Service = RateLimit<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.shared();
         RateLimit::new(inner, self.clone())
     }
 }

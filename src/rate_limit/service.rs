@@ -87,7 +87,7 @@ where
             return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
         };
 
-        let shared = &layer.shared;
+        let shared = layer.shared();
         let seen = shared
             .requests
             .fetch_add(1, Ordering::Relaxed)

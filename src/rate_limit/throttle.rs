@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use crate::core::LazyState;
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock, Reference};
 use http::Request;
@@ -45,7 +46,7 @@ impl Entry {
 const IN_FLIGHT_RETRY: Duration = Duration::from_secs(1);
 
 struct ThrottleShared<C: Clock> {
-    clock: C,
+    clock: Arc<C>,
     start: C::Instant,
     max_failures: NonZeroU32,
     window: Duration,
@@ -55,7 +56,7 @@ struct ThrottleShared<C: Clock> {
 }
 
 impl<C: Clock> ThrottleShared<C> {
-    fn new(clock: C, max_failures: NonZeroU32, window: Duration, block_for: Duration) -> Self {
+    fn new(clock: Arc<C>, max_failures: NonZeroU32, window: Duration, block_for: Duration) -> Self {
         Self {
             start: clock.now(),
             clock,
@@ -221,7 +222,11 @@ where
 /// # }
 /// ```
 pub struct FailureThrottle<C: Clock = DefaultClock> {
-    shared: Arc<ThrottleShared<C>>,
+    state: LazyState<Arc<ThrottleShared<C>>>,
+    clock: Arc<C>,
+    max_failures: NonZeroU32,
+    window: Duration,
+    block_for: Duration,
     prefix: KeyPrefix,
 }
 
@@ -234,12 +239,11 @@ impl FailureThrottle<DefaultClock> {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            shared: Arc::new(ThrottleShared::new(
-                DefaultClock::default(),
-                DEFAULT_MAX_FAILURES,
-                DEFAULT_WINDOW,
-                DEFAULT_WINDOW,
-            )),
+            state: LazyState::new(),
+            clock: Arc::new(DefaultClock::default()),
+            max_failures: DEFAULT_MAX_FAILURES,
+            window: DEFAULT_WINDOW,
+            block_for: DEFAULT_WINDOW,
             prefix: KeyPrefix::DEFAULT,
         }
     }
@@ -252,49 +256,38 @@ impl Default for FailureThrottle<DefaultClock> {
 }
 
 impl<C: Clock + Clone> FailureThrottle<C> {
-    fn with(
-        self,
-        clock: C,
-        max_failures: NonZeroU32,
-        window: Duration,
-        block_for: Duration,
-    ) -> Self {
-        Self {
-            shared: Arc::new(ThrottleShared::new(clock, max_failures, window, block_for)),
-            prefix: self.prefix,
-        }
-    }
-
     /// How many failures within the window lock a client out. Replaces; default 5. Fails if
-    /// `n` is 0. Resets the counters.
-    pub fn max_failures(self, n: u32) -> Result<Self, ConfigError> {
-        let n = NonZeroU32::new(n).ok_or(ConfigError::Zero("max_failures"))?;
-        let s = Arc::clone(&self.shared);
-        Ok(self.with(s.clock.clone(), n, s.window, s.block_for))
+    /// `n` is 0. Gives this copy new counters.
+    pub fn max_failures(mut self, n: u32) -> Result<Self, ConfigError> {
+        self.max_failures = NonZeroU32::new(n).ok_or(ConfigError::Zero("max_failures"))?;
+        self.state.reset();
+        Ok(self)
     }
 
     /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Any
-    /// length is accepted (`Duration::MAX`: failures are never forgotten). Resets the
-    /// counters.
-    pub fn window(self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
+    /// length is accepted (`Duration::MAX`: failures are never forgotten). Gives this copy
+    /// new counters.
+    pub fn window(mut self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
         let window = window.into();
         if window.is_zero() {
             return Err(ConfigError::ZeroDuration("window"));
         }
-        let s = Arc::clone(&self.shared);
-        Ok(self.with(s.clock.clone(), s.max_failures, window, s.block_for))
+        self.window = window;
+        self.state.reset();
+        Ok(self)
     }
 
     /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero. Any length is
     /// accepted: the end of a lock-out saturates, so `Duration::MAX` locks out for the life
-    /// of the process. Resets the counters.
-    pub fn block_for(self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
+    /// of the process. Gives this copy new counters.
+    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
         let block_for = block_for.into();
         if block_for.is_zero() {
             return Err(ConfigError::ZeroDuration("block_for"));
         }
-        let s = Arc::clone(&self.shared);
-        Ok(self.with(s.clock.clone(), s.max_failures, s.window, block_for))
+        self.block_for = block_for;
+        self.state.reset();
+        Ok(self)
     }
 
     /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
@@ -305,22 +298,33 @@ impl<C: Clock + Clone> FailureThrottle<C> {
     }
 
     /// Replaces the clock (tests use [`FakeRelativeClock`](super::FakeRelativeClock)).
-    /// Resets the counters.
+    /// Gives this copy new counters.
     #[must_use]
     pub fn clock<C2: Clock + Clone>(self, clock: C2) -> FailureThrottle<C2> {
         FailureThrottle {
-            shared: Arc::new(ThrottleShared::new(
-                clock,
-                self.shared.max_failures,
-                self.shared.window,
-                self.shared.block_for,
-            )),
+            state: LazyState::new(),
+            clock: Arc::new(clock),
+            max_failures: self.max_failures,
+            window: self.window,
+            block_for: self.block_for,
             prefix: self.prefix,
         }
     }
 }
 
 impl<C: Clock> FailureThrottle<C> {
+    /// The counters, created on first use and shared by every clone.
+    fn shared(&self) -> &Arc<ThrottleShared<C>> {
+        self.state.get_or_init(|| {
+            Arc::new(ThrottleShared::new(
+                Arc::clone(&self.clock),
+                self.max_failures,
+                self.window,
+                self.block_for,
+            ))
+        })
+    }
+
     /// The key `ip` is counted under: `ip` masked by the [`KeyPrefix`].
     pub fn key(&self, ip: IpAddr) -> IpNet {
         self.prefix.key(ip)
@@ -328,12 +332,14 @@ impl<C: Clock> FailureThrottle<C> {
 
     /// Removes the counters whose window and lock-out have both ended.
     pub fn prune(&self) {
-        self.shared.prune();
+        if let Some(shared) = self.state.get() {
+            shared.prune();
+        }
     }
 
     /// The number of clients with a live counter, lock-out or attempt in flight.
     pub fn tracked_keys(&self) -> usize {
-        self.shared.entries().len()
+        self.state.get().map_or(0, |shared| shared.entries().len())
     }
 }
 
@@ -353,9 +359,9 @@ where
     pub fn begin(&self, ip: IpAddr) -> Result<AuthAttempt, RateLimitError> {
         let ip = ip.to_canonical();
         let key = self.prefix.key(ip);
-        match self.shared.begin(key) {
+        match self.shared().begin(key) {
             Ok(()) => Ok(AuthAttempt {
-                sink: Some(Arc::clone(&self.shared) as Arc<dyn Settle>),
+                sink: Some(Arc::clone(self.shared()) as Arc<dyn Settle>),
                 key,
                 ip,
             }),
@@ -370,7 +376,11 @@ where
 impl<C: Clock> Clone for FailureThrottle<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            state: self.state.clone(),
+            clock: Arc::clone(&self.clock),
+            max_failures: self.max_failures,
+            window: self.window,
+            block_for: self.block_for,
             prefix: self.prefix,
         }
     }
@@ -379,9 +389,9 @@ impl<C: Clock> Clone for FailureThrottle<C> {
 impl<C: Clock> fmt::Debug for FailureThrottle<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FailureThrottle")
-            .field("max_failures", &self.shared.max_failures)
-            .field("window", &self.shared.window)
-            .field("block_for", &self.shared.block_for)
+            .field("max_failures", &self.max_failures)
+            .field("window", &self.window)
+            .field("block_for", &self.block_for)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -447,8 +457,15 @@ impl fmt::Debug for AuthAttempt {
 /// potential failure until its response is known, so at most `max_failures` handshakes of
 /// one client reach the authenticator at once; the others get `429` with `Retry-After: 1`
 /// ([`RateLimitError::AuthAttemptsInFlight`]). A success gives its slot back and does not
-/// reset the count. Clones share one set of counters, a [`FailureThrottle`]
-/// ([`throttle`](Self::throttle)).
+/// reset the count.
+///
+/// A layer is configuration: its counters, a [`FailureThrottle`] ([`throttle`](Self::throttle)),
+/// are created when it first makes a service (or when [`throttle`](Self::throttle) is first
+/// called), then shared by every service made from this layer and its clones, so one layer
+/// on an axum `Router` counts a client's failures across all its routes. To share counters
+/// with code outside the layer, build the layer from a throttle:
+/// `AuthThrottleLayer::from(throttle.clone())`. A setter called afterwards gives that copy
+/// new counters of its own.
 pub struct AuthThrottleLayer<C: Clock = DefaultClock> {
     throttle: FailureThrottle<C>,
     prune_every: u64,
@@ -484,14 +501,14 @@ impl<C: Clock> From<FailureThrottle<C>> for AuthThrottleLayer<C> {
 
 impl<C: Clock + Clone> AuthThrottleLayer<C> {
     /// How many failures within the window lock a client out. Replaces; default 5. Fails if
-    /// `n` is 0. Resets the counters.
+    /// `n` is 0. Gives this copy new counters.
     pub fn max_failures(mut self, n: u32) -> Result<Self, ConfigError> {
         self.throttle = self.throttle.max_failures(n)?;
         Ok(self)
     }
 
-    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Resets the
-    /// counters.
+    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Gives this
+    /// copy new counters.
     pub fn window(mut self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
         self.throttle = self.throttle.window(window)?;
         Ok(self)
@@ -499,7 +516,7 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
 
     /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero; any other length
     /// is accepted and saturates (`Duration::MAX` locks out for the life of the process).
-    /// Resets the counters.
+    /// Gives this copy new counters.
     pub fn block_for(mut self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
         self.throttle = self.throttle.block_for(block_for)?;
         Ok(self)
@@ -533,7 +550,7 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
     }
 
     /// Replaces the clock (tests use [`FakeRelativeClock`](super::FakeRelativeClock)).
-    /// Resets the counters.
+    /// Gives this copy new counters.
     #[must_use]
     pub fn clock<C2: Clock + Clone>(self, clock: C2) -> AuthThrottleLayer<C2> {
         AuthThrottleLayer {
@@ -585,6 +602,7 @@ impl<S, C: Clock> Layer<S> for AuthThrottleLayer<C> {
     type Service = AuthThrottle<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.throttle.shared();
         AuthThrottle {
             inner,
             layer: self.clone(),
@@ -650,7 +668,7 @@ where
             super::emit(&error, None, None);
             return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
         };
-        let shared = &layer.throttle.shared;
+        let shared = layer.throttle.shared();
         let seen = shared
             .requests
             .fetch_add(1, Ordering::Relaxed)
