@@ -293,9 +293,10 @@ mod tests {
     use http::{Request, StatusCode};
     use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
+    use super::ConnectionPermit;
     use crate::{
         auth::{AuthError, HandshakeAuthLayer, StaticTokens},
-        client_ip::{ClientIpError, ClientIpLayer},
+        client_ip::{ClientIp, ClientIpError, ClientIpLayer},
         origin::{OriginError, OriginGuardLayer},
         rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitError, RateLimitLayer},
         revoke::{RevocationLayer, Revocations},
@@ -492,5 +493,114 @@ mod tests {
             res.extensions().get::<ClientIpError>(),
             Some(&ClientIpError::MissingConnectInfo)
         );
+    }
+
+    fn from_ip(last: u8) -> Request<()> {
+        let mut req = Request::get("/ws").body(()).unwrap_or_default();
+        req.extensions_mut()
+            .insert(ClientIp(std::net::IpAddr::from([192, 0, 2, last])));
+        req
+    }
+
+    fn ok_service() -> impl tower::Service<
+        Request<()>,
+        Response = http::Response<String>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(String::new()))
+        })
+    }
+
+    #[tokio::test]
+    async fn a_layer_creates_its_counters_on_first_use_and_its_services_share_them() {
+        let layer = RateLimitLayer::new().burst(1).unwrap_or_default();
+        assert_eq!(layer.tracked_keys(), 0, "configuring creates no counters");
+        // Two routes of one layer (axum calls `layer()` once per route) count together.
+        let route_a = layer.layer(ok_service());
+        let route_b = layer.clone().layer(ok_service());
+        let res = route_a
+            .oneshot(from_ip(1))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::OK);
+        let res = route_b
+            .oneshot(from_ip(1))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(layer.tracked_keys(), 1);
+        // A setter on a copy gives that copy counters of its own.
+        let other = layer.clone().burst(2).unwrap_or_default();
+        assert_eq!(other.tracked_keys(), 0);
+        let res = other
+            .layer(ok_service())
+            .oneshot(from_ip(1))
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(layer.tracked_keys(), 1);
+
+        let throttle = AuthThrottleLayer::new().max_failures(1).unwrap_or_default();
+        assert_eq!(
+            throttle.tracked_keys(),
+            0,
+            "configuring creates no counters"
+        );
+        let shared = throttle.throttle();
+        let _attempt = shared.begin(std::net::IpAddr::from([192, 0, 2, 1]));
+        assert_eq!(
+            throttle.tracked_keys(),
+            1,
+            "throttle() shares the layer's counters"
+        );
+
+        let quota = ConnectionQuotaLayer::new();
+        let permits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&permits);
+        let holder = service_fn(move |req: Request<()>| {
+            let keep = std::sync::Arc::clone(&keep);
+            async move {
+                if let Some(permit) = req.extensions().get::<ConnectionPermit>() {
+                    keep.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(permit.clone());
+                }
+                Ok::<_, Infallible>(http::Response::new(String::new()))
+            }
+        });
+        assert_eq!(quota.active(), 0);
+        for route in [quota.layer(holder.clone()), quota.clone().layer(holder)] {
+            let res = route
+                .oneshot(from_ip(1))
+                .await
+                .unwrap_or_else(|e| match e {});
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        assert_eq!(quota.active(), 2, "the routes of one layer count together");
+        permits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        assert_eq!(quota.active(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pruner_of_a_layer_prunes_the_counters_its_services_made() {
+        let clock = crate::rate_limit::FakeRelativeClock::default();
+        let layer = RateLimitLayer::new()
+            .per_second(1000)
+            .unwrap_or_default()
+            .clock(clock.clone());
+        let pruner = layer.spawn_pruner(std::time::Duration::from_secs(1));
+        let svc = layer.layer(ok_service());
+        let res = svc.oneshot(from_ip(7)).await.unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(layer.tracked_keys(), 1);
+        clock.advance(std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert_eq!(layer.tracked_keys(), 0, "the idle key was pruned");
+        pruner.abort();
     }
 }

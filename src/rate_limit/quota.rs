@@ -13,6 +13,8 @@ use http::Request;
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
+use crate::core::LazyState;
+
 use super::{
     ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
     future::After, reject,
@@ -75,10 +77,16 @@ impl Drop for Slot {
 ///
 /// The per-IP cap needs [`ClientIp`] (`ClientIpLayer` in front; a request without it is a
 /// `500` configuration error). The per-identity cap needs the auth layer in front; requests
-/// without a [`Principal`] are not counted per identity. Clones share one set of counters.
+/// without a [`Principal`] are not counted per identity.
+///
+/// A layer is configuration: the counts are created when the layer first makes a service
+/// (or first admits a socket), then shared by every service made from this layer and its
+/// clones, so one layer on an axum `Router` caps a client across all its routes. The caps
+/// are read at each handshake: a setter changes the caps of that copy only, and the counts
+/// stay shared with the copies it was cloned from.
 #[derive(Clone)]
 pub struct ConnectionQuotaLayer {
-    shared: Arc<QuotaShared>,
+    state: LazyState<Arc<QuotaShared>>,
     per_ip: Option<NonZeroUsize>,
     per_identity: Option<NonZeroUsize>,
     global: Option<NonZeroUsize>,
@@ -93,7 +101,7 @@ impl ConnectionQuotaLayer {
     #[must_use]
     pub fn new() -> Self {
         Self {
-            shared: Arc::default(),
+            state: LazyState::new(),
             per_ip: None,
             per_identity: None,
             global: None,
@@ -151,31 +159,35 @@ impl ConnectionQuotaLayer {
         self
     }
 
+    /// The counts, created on first use.
+    fn shared(&self) -> &Arc<QuotaShared> {
+        self.state.get_or_init(Arc::default)
+    }
+
+    /// Reads the counts; 0 for everything before the layer has made a service.
+    fn read(&self, f: impl FnOnce(&Counts) -> usize) -> usize {
+        self.state.get().map_or(0, |shared| f(&shared.counts()))
+    }
+
     /// Sockets currently holding a slot, in total.
     pub fn active(&self) -> usize {
-        self.shared.counts().global
+        self.read(|counts| counts.global)
     }
 
     /// Sockets currently holding a slot for `ip`'s key (counted only with a per-IP cap).
     pub fn active_for_ip(&self, ip: IpAddr) -> usize {
         let key = self.prefix.key(ip);
-        self.shared.counts().by_ip.get(&key).copied().unwrap_or(0)
+        self.read(|counts| counts.by_ip.get(&key).copied().unwrap_or(0))
     }
 
     /// Sockets currently holding a slot for `subject` (counted only with a per-identity cap).
     pub fn active_for_identity(&self, subject: &str) -> usize {
-        self.shared
-            .counts()
-            .by_identity
-            .get(subject)
-            .copied()
-            .unwrap_or(0)
+        self.read(|counts| counts.by_identity.get(subject).copied().unwrap_or(0))
     }
 
     /// The number of per-IP and per-identity entries held (keys with at least one socket).
     pub fn tracked_keys(&self) -> usize {
-        let counts = self.shared.counts();
-        counts.by_ip.len() + counts.by_identity.len()
+        self.read(|counts| counts.by_ip.len() + counts.by_identity.len())
     }
 
     /// Takes a slot for a socket from `ip` (when known) and `identity`, or says which cap is
@@ -195,7 +207,8 @@ impl ConnectionQuotaLayer {
             _ => None,
         };
         let retry_after = self.retry_after;
-        let mut counts = self.shared.counts();
+        let shared = self.shared();
+        let mut counts = shared.counts();
         if let (Some(cap), Some(key)) = (self.per_ip, &ip_key)
             && counts.by_ip.get(key).copied().unwrap_or(0) >= cap.get()
         {
@@ -229,7 +242,7 @@ impl ConnectionQuotaLayer {
         }
         drop(counts);
         Ok(ConnectionPermit::holding(Slot {
-            shared: Arc::clone(&self.shared),
+            shared: Arc::clone(shared),
             ip: ip_key,
             identity,
         }))
@@ -260,6 +273,7 @@ impl<S> Layer<S> for ConnectionQuotaLayer {
     type Service = ConnectionQuota<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        self.shared();
         ConnectionQuota {
             inner,
             layer: self.clone(),

@@ -14,13 +14,14 @@ use super::{
 /// Every setter replaces the previous value and documents its default; the defaults are
 /// meant to be safe on the internet. See the [module docs](crate::socket).
 ///
-/// The per-identity rate state is created with the layer and shared by every service it
-/// makes and by its clones, so an identity's rate spans all the routes of one layer.
+/// A layer is configuration: the per-identity rate state is created when the layer first
+/// makes a service, then shared by every service made from this layer and its clones, so an
+/// identity's rate spans all the routes of one layer.
 #[derive(Clone)]
 #[must_use]
 pub struct SocketPolicyLayer {
     config: Config,
-    identities: Arc<IdentityRegistry>,
+    identities: crate::core::LazyState<Arc<IdentityRegistry>>,
 }
 
 impl Default for SocketPolicyLayer {
@@ -58,7 +59,7 @@ impl SocketPolicyLayer {
     pub fn new() -> Self {
         Self {
             config: Config::default(),
-            identities: Arc::default(),
+            identities: crate::core::LazyState::new(),
         }
     }
 
@@ -277,7 +278,10 @@ impl SocketPolicyLayer {
     /// The policy this layer inserts, for use without the layer (for example in a
     /// `axum::Extension`).
     pub fn policy(&self) -> SocketPolicy {
-        SocketPolicy::new(self.config.clone(), self.identities.clone())
+        SocketPolicy::new(
+            self.config.clone(),
+            Arc::clone(self.identities.get_or_init(Arc::default)),
+        )
     }
 }
 
