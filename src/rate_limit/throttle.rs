@@ -201,7 +201,10 @@ where
 /// times within one [`window`](Self::window) (a fixed window starting at its first counted
 /// failure). A success gives its slot back and does not reset the count.
 ///
-/// Clones share one set of counters.
+/// This is the explicit handle to shared state: the counters are created on its first use
+/// and shared by every clone, so a login route can [`begin`](Self::begin) attempts against
+/// the same counters as an [`AuthThrottleLayer`] built `from` a clone. Its setters configure
+/// and give that copy new counters.
 ///
 /// ```
 /// use std::net::IpAddr;
