@@ -75,9 +75,9 @@ impl Drop for Slot {
 /// upgraded socket must own it (`Extension<ConnectionPermit>` moved into `on_upgrade`, or
 /// `wsguard::socket`'s extractor). A handshake that is not upgraded drops it with the request.
 ///
-/// The per-IP cap needs [`ClientIp`] (`ClientIpLayer` in front; a request without it is a
+/// The per-IP cap needs [`ClientIp`](super::ClientIp) (`ClientIpLayer` in front; a request without it is a
 /// `500` configuration error). The per-identity cap needs the auth layer in front; requests
-/// without a [`Principal`] are not counted per identity.
+/// without a [`Principal`](crate::auth::Principal) are not counted per identity.
 ///
 /// A layer is configuration: the counts are created when the layer first makes a service
 /// (or first admits a socket), then shared by every service made from this layer and its
