@@ -100,6 +100,7 @@
 
 pub mod auth;
 pub mod client_ip;
+mod guard;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
@@ -107,6 +108,67 @@ pub mod origin;
 pub mod rate_limit;
 pub mod revoke;
 pub mod socket;
+
+pub use guard::WsGuard;
+
+/// A setting of [`WsGuard`] (or of one of the per-concern layers it wraps) that could not be
+/// parsed. Each variant wraps the error of the module that parsed it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An origin or host, see [`origin::ConfigError`].
+    Origin(origin::ConfigError),
+    /// A trusted proxy or header, see [`client_ip::ConfigError`].
+    ClientIp(client_ip::ConfigError),
+    /// A rate, quota or throttle setting, see [`rate_limit::ConfigError`].
+    RateLimit(rate_limit::ConfigError),
+    /// An authentication setting, see [`auth::ConfigError`].
+    Auth(auth::ConfigError),
+    /// A socket policy setting, see [`socket::ConfigError`].
+    Socket(socket::ConfigError),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Origin(e) => write!(f, "origin: {e}"),
+            Self::ClientIp(e) => write!(f, "client ip: {e}"),
+            Self::RateLimit(e) => write!(f, "rate limit: {e}"),
+            Self::Auth(e) => write!(f, "auth: {e}"),
+            Self::Socket(e) => write!(f, "socket policy: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Origin(e) => Some(e),
+            Self::ClientIp(e) => Some(e),
+            Self::RateLimit(e) => Some(e),
+            Self::Auth(e) => Some(e),
+            Self::Socket(e) => Some(e),
+        }
+    }
+}
+
+macro_rules! config_error_from {
+    ($($module:ident => $variant:ident),* $(,)?) => {$(
+        impl From<$module::ConfigError> for ConfigError {
+            fn from(e: $module::ConfigError) -> Self {
+                Self::$variant(e)
+            }
+        }
+    )*};
+}
+
+config_error_from!(
+    origin => Origin,
+    client_ip => ClientIp,
+    rate_limit => RateLimit,
+    auth => Auth,
+    socket => Socket,
+);
 
 #[cfg(test)]
 mod test_support;
