@@ -42,7 +42,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let guard = WsGuard::new(StaticTokens::new([("s3cret-token", "alice")]))
+//! let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
 //!     .allow_origin("https://app.example.com")?
 //!     .allow_host("api.example.com")?;
 //! let app = Router::new().route("/ws", any(ws)).layer(guard);
@@ -151,19 +151,22 @@ type QuotaStage = tower::util::Either<FleetQuotaLayer, ConnectionQuotaLayer>;
 #[cfg(not(feature = "redis"))]
 type QuotaStage = ConnectionQuotaLayer;
 
+/// A part that may be off (`ServiceBuilder::option_layer`'s type).
+type Opt<L> = tower::util::Either<L, NoLayer>;
+
 /// The stack, innermost first (`Stack<Inner, Outer>`): the request meets the origin guard
 /// first and the socket policy last.
 type Layers<A> = Stack<
     SocketPolicyLayer,
     Stack<
-        Option<QuotaStage>,
+        Opt<QuotaStage>,
         Stack<
-            Option<RevocationLayer>,
+            Opt<RevocationLayer>,
             Stack<
                 HandshakeAuthLayer<A>,
                 Stack<
-                    Option<AuthThrottleLayer>,
-                    Stack<Option<RateStage>, Stack<ClientIpLayer, Stack<OriginGuardLayer, NoLayer>>>,
+                    Opt<AuthThrottleLayer>,
+                    Stack<Opt<RateStage>, Stack<ClientIpLayer, Stack<OriginGuardLayer, NoLayer>>>,
                 >,
             >,
         >,
@@ -428,11 +431,11 @@ impl<A> WsGuard<A> {
         tower::ServiceBuilder::new()
             .layer(self.origin.clone())
             .layer(self.client_ip.clone())
-            .layer(self.rate_stage())
-            .layer(self.throttle.resolve(AuthThrottleLayer::new))
+            .option_layer(self.rate_stage())
+            .option_layer(self.throttle.resolve(AuthThrottleLayer::new))
             .layer(self.auth.clone())
-            .layer(self.revocation_stage())
-            .layer(self.quota_stage())
+            .option_layer(self.revocation_stage())
+            .option_layer(self.quota_stage())
             .layer(
                 self.socket
                     .resolve(SocketPolicyLayer::new)
