@@ -80,7 +80,9 @@ where
 struct Head {
     status: u16,
     head: String,
-    stream: TcpStream,
+    body: String,
+    /// Keeps an upgraded socket open until dropped.
+    _stream: TcpStream,
 }
 
 impl Head {
@@ -125,11 +127,26 @@ async fn handshake(addr: SocketAddr, host: &str, origin: Option<&str>, token: Op
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    Head {
+    let mut res = Head {
         status,
         head,
-        stream,
+        body: String::new(),
+        _stream: stream,
+    };
+    if status != 101 {
+        let len: usize = res
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+            .min(16 * 1024);
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(10), res._stream.read_exact(&mut body))
+            .await
+            .expect("body within 10 s")
+            .unwrap();
+        res.body = String::from_utf8_lossy(&body).into_owned();
     }
+    res
 }
 
 /// A legitimate browser handshake for `token`.
@@ -226,7 +243,7 @@ async fn default_guard_caps_sockets_per_identity() {
     }
     let res = good(addr, ALICE).await;
     assert_eq!(res.status, 429, "{}", res.head);
-    assert!(res.head.contains("too many open sockets for this user"), "{}", res.head);
+    assert!(res.body.contains("too many open sockets for this user"), "{}", res.body);
     assert!(res.header("retry-after").is_some(), "{}", res.head);
     // Another identity from the same address still gets in (the per-IP cap is 16).
     assert_eq!(good(addr, BOB).await.status, 101);
@@ -239,14 +256,14 @@ async fn default_guard_refuses_a_handshake_flood_with_retry_after() {
     let mut limited = None;
     for _ in 0..50 {
         let res = handshake(addr, HOST, Some(ORIGIN), Some(ALICE)).await;
-        if res.head.contains("too many handshakes") {
+        if res.body.contains("too many handshakes") {
             limited = Some(res);
             break;
         }
         drop(res);
     }
     let res = limited.expect("the default rate limit refused part of the flood");
-    assert_eq!(res.status, 429, "{}", res.head);
+    assert_eq!(res.status, 429, "{}", res.body);
     assert!(res.header("retry-after").is_some(), "{}", res.head);
 }
 
@@ -260,7 +277,7 @@ async fn default_guard_locks_out_a_credential_guesser() {
     // Locked out: even the right token is refused now.
     let res = good(addr, ALICE).await;
     assert_eq!(res.status, 429, "{}", res.head);
-    assert!(res.head.contains("too many failed authentications"), "{}", res.head);
+    assert!(res.body.contains("too many failed authentications"), "{}", res.body);
     assert!(res.header("retry-after").is_some(), "{}", res.head);
 }
 
@@ -374,7 +391,7 @@ async fn hand_stacked_identity_quota_outside_auth_counts_nobody_but_wsguard_enfo
     assert_eq!(first.status, 101);
     let second = good(addr, ALICE).await;
     assert_eq!(second.status, 429, "{}", second.head);
-    assert!(second.head.contains("too many open sockets for this user"));
+    assert!(second.body.contains("too many open sockets for this user"));
     assert_eq!(quota.active_for_identity("alice"), 1);
 }
 
@@ -397,7 +414,7 @@ async fn hand_stacked_quota_without_client_ip_is_a_500_but_wsguard_cannot_build_
     assert_eq!(first.status, 101, "{}", first.head);
     let second = good(addr, BOB).await;
     assert_eq!(second.status, 429, "{}", second.head);
-    assert!(second.head.contains("too many open sockets from this address"));
+    assert!(second.body.contains("too many open sockets from this address"));
 }
 
 #[cfg(feature = "redis")]
@@ -435,7 +452,7 @@ mod fleet {
         assert_eq!(first.status, 101, "{}", first.head);
         let second = good(addr_b, ALICE).await;
         assert_eq!(second.status, 429, "{}", second.head);
-        assert!(second.head.contains("too many open sockets for this user"));
+        assert!(second.body.contains("too many open sockets for this user"));
         assert_eq!(good(addr_b, BOB).await.status, 101);
 
     }
