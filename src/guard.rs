@@ -102,6 +102,8 @@ use tower::{
     layer::util::{Identity as NoLayer, Stack},
 };
 
+#[cfg(feature = "redis")]
+use crate::fleet::{Fleet, FleetQuotaLayer, FleetRateLimitLayer};
 use crate::{
     ConfigError,
     auth::{Authenticator, HandshakeAuthLayer},
@@ -111,8 +113,6 @@ use crate::{
     revoke::{RevocationLayer, Revocations},
     socket::SocketPolicyLayer,
 };
-#[cfg(feature = "redis")]
-use crate::fleet::{Fleet, FleetQuotaLayer, FleetRateLimitLayer};
 
 /// Default open sockets per client IP network ([`KeyPrefix::DEFAULT`](crate::client_ip::KeyPrefix::DEFAULT)).
 const DEFAULT_SOCKETS_PER_IP: NonZeroUsize = NonZeroUsize::new(16).unwrap();

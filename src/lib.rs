@@ -27,9 +27,18 @@
 //! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a
 //!   service through Redis, and revocation that closes sockets on every instance.
 //!
-//! # The whole stack
+//! # One guard
 //!
-//! With axum's `Router::layer`, the layer added last runs first, so the stack is written from
+//! [`WsGuard`] assembles every layer in that order, each limit at a secure default, and is
+//! one [`Layer`](tower::Layer): `WsGuard::new(authenticator).allow_origin(..)?` and
+//! `Router::layer(guard)`. Each part is tuned by handing it the per-concern layer
+//! (`.quota(ConnectionQuotaLayer::new()..)`) or switched off explicitly (`.without_quota()`),
+//! and `.fleet(&fleet)` (feature `redis`) shares the limits and revocation through Redis.
+//! See the [`WsGuard`] docs.
+//!
+//! # The whole stack, by hand
+//!
+//! The per-concern layers stay public for custom stacks. With axum's `Router::layer`, the layer added last runs first, so the stack is written from
 //! the socket outwards:
 //!
 //! ```
@@ -100,10 +109,10 @@
 
 pub mod auth;
 pub mod client_ip;
-mod guard;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
+mod guard;
 pub mod origin;
 pub mod rate_limit;
 pub mod revoke;

@@ -96,7 +96,12 @@ impl Head {
 
 /// A WebSocket handshake over raw TCP with `Host`, `Origin` (if any) and a bearer token (if
 /// any); reads the response head only.
-async fn handshake(addr: SocketAddr, host: &str, origin: Option<&str>, token: Option<&str>) -> Head {
+async fn handshake(
+    addr: SocketAddr,
+    host: &str,
+    origin: Option<&str>,
+    token: Option<&str>,
+) -> Head {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
         "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -117,7 +122,10 @@ async fn handshake(addr: SocketAddr, host: &str, origin: Option<&str>, token: Op
             .await
             .expect("response head within 10 s")
             .unwrap();
-        assert!(n == 1, "connection closed before the end of the head: {head:?}");
+        assert!(
+            n == 1,
+            "connection closed before the end of the head: {head:?}"
+        );
         head.push(byte[0]);
         assert!(head.len() < 16 * 1024, "response head too long");
     }
@@ -243,7 +251,11 @@ async fn default_guard_caps_sockets_per_identity() {
     }
     let res = good(addr, ALICE).await;
     assert_eq!(res.status, 429, "{}", res.head);
-    assert!(res.body.contains("too many open sockets for this user"), "{}", res.body);
+    assert!(
+        res.body.contains("too many open sockets for this user"),
+        "{}",
+        res.body
+    );
     assert!(res.header("retry-after").is_some(), "{}", res.head);
     // Another identity from the same address still gets in (the per-IP cap is 16).
     assert_eq!(good(addr, BOB).await.status, 101);
@@ -277,7 +289,11 @@ async fn default_guard_locks_out_a_credential_guesser() {
     // Locked out: even the right token is refused now.
     let res = good(addr, ALICE).await;
     assert_eq!(res.status, 429, "{}", res.head);
-    assert!(res.body.contains("too many failed authentications"), "{}", res.body);
+    assert!(
+        res.body.contains("too many failed authentications"),
+        "{}",
+        res.body
+    );
     assert!(res.header("retry-after").is_some(), "{}", res.head);
 }
 
@@ -359,7 +375,9 @@ async fn revocations_refuse_the_handshake_and_close_the_live_socket() {
 #[tokio::test]
 async fn without_revocation_switches_the_check_off() {
     let revocations = Revocations::new();
-    let guard = guard().revocations(revocations.clone()).without_revocation();
+    let guard = guard()
+        .revocations(revocations.clone())
+        .without_revocation();
     let addr = serve(guard).await;
     revocations.revoke_identity("alice").await.unwrap();
     assert_eq!(good(addr, ALICE).await.status, 101);
@@ -414,7 +432,11 @@ async fn hand_stacked_quota_without_client_ip_is_a_500_but_wsguard_cannot_build_
     assert_eq!(first.status, 101, "{}", first.head);
     let second = good(addr, BOB).await;
     assert_eq!(second.status, 429, "{}", second.head);
-    assert!(second.body.contains("too many open sockets from this address"));
+    assert!(
+        second
+            .body
+            .contains("too many open sockets from this address")
+    );
 }
 
 #[cfg(feature = "redis")]
@@ -454,7 +476,6 @@ mod fleet {
         assert_eq!(second.status, 429, "{}", second.head);
         assert!(second.body.contains("too many open sockets for this user"));
         assert_eq!(good(addr_b, BOB).await.status, 101);
-
     }
 
     /// In fleet mode the revocation check is on by default, with the fleet's registry.
