@@ -1,99 +1,4 @@
-//! [`WsGuard`]: every layer of the crate in the documented order, one builder, one [`Layer`].
-//!
-//! ```text
-//! request → origin → client IP → rate → throttle → auth → revocation → quota → socket policy → handler
-//! ```
-//!
-//! Hand-stacking the per-concern layers works, but `Router::layer` runs the layer added last
-//! first, and a stack in the wrong order builds and runs: a [`ConnectionQuotaLayer`] with a
-//! per-identity cap placed in front of the auth layer never sees an identity and counts
-//! nobody; one in front of [`ClientIpLayer`] answers every handshake with `500`. `WsGuard`
-//! owns the order, so those mistakes cannot be written. Every part starts at a secure
-//! default, can be replaced by a tuned per-concern layer (`.rate_limit(RateLimitLayer::..)`),
-//! and is switched off only by an explicit `without_*` call.
-//!
-//! | part | default | tune | switch off |
-//! |------|---------|------|------------|
-//! | origin | same-origin only ([`OriginGuardLayer::new`]) | [`allow_origin`](WsGuard::allow_origin), [`allow_host`](WsGuard::allow_host), [`origin`](WsGuard::origin) | never |
-//! | client IP | the peer address, no trusted proxy | [`client_ip`](WsGuard::client_ip) | never |
-//! | rate | 10 handshakes/s, burst 10, per client IP | [`rate_limit`](WsGuard::rate_limit) | [`without_rate_limit`](WsGuard::without_rate_limit) |
-//! | throttle | 60 s lockout after 5 failed credentials in 60 s | [`throttle`](WsGuard::throttle) | [`without_throttle`](WsGuard::without_throttle) |
-//! | auth | the authenticator given to [`new`](WsGuard::new) | [`auth`](WsGuard::auth) | never |
-//! | revocation | off locally (nobody could revoke); the fleet's registry with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |
-//! | quota | 16 sockets per client IP, 8 per identity | [`quota`](WsGuard::quota) | [`without_quota`](WsGuard::without_quota) |
-//! | socket policy | [`SocketPolicyLayer::new`] (64 KiB messages, heartbeat, idle timeout, …) | [`socket_policy`](WsGuard::socket_policy) | never |
-//!
-//! The handler takes [`GuardedUpgrade`](crate::socket::GuardedUpgrade) (it carries the
-//! socket policy, the quota permit and the revocation signal onto the socket), and the server
-//! must provide the peer address (`into_make_service_with_connect_info::<SocketAddr>()`).
-//!
-//! # Example
-//!
-//! ```
-//! use std::net::SocketAddr;
-//! use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
-//! use http::{Request, StatusCode};
-//! use tower::ServiceExt;
-//! use wsguard::{WsGuard, auth::StaticTokens, socket::GuardedUpgrade};
-//!
-//! async fn ws(upgrade: GuardedUpgrade) -> Response {
-//!     upgrade.on_upgrade(|_socket| async {})
-//! }
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
-//!     .allow_origin("https://app.example.com")?
-//!     .allow_host("api.example.com")?;
-//! let app = Router::new().route("/ws", any(ws)).layer(guard);
-//!
-//! let handshake = |origin: &str, token: Option<&str>| {
-//!     let mut req = Request::get("/ws")
-//!         .header("host", "api.example.com")
-//!         .header("origin", origin)
-//!         .header("connection", "upgrade")
-//!         .header("upgrade", "websocket")
-//!         .header("sec-websocket-version", "13")
-//!         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-//!     if let Some(token) = token {
-//!         req = req.header("authorization", format!("Bearer {token}"));
-//!     }
-//!     let mut req = req.body(Body::empty())?;
-//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
-//!     Ok::<_, http::Error>(req)
-//! };
-//! let res = app.clone().oneshot(handshake("https://evil.example", None)?).await?;
-//! assert_eq!(res.status(), StatusCode::FORBIDDEN);
-//! let res = app.clone().oneshot(handshake("https://app.example.com", None)?).await?;
-//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-//! // Through every layer; `oneshot` cannot upgrade, so axum answers 426 instead of 101.
-//! let res = app.oneshot(handshake("https://app.example.com", Some("s3cret-token"))?).await?;
-//! assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # No guard without authentication
-//!
-//! [`WsGuard::new`] takes the authenticator: the identity quota, the revocation check and the
-//! per-identity socket rates all key on the authenticated identity, so a guard without one
-//! would quietly switch them off. A public (anonymous) route stacks the layers it needs by
-//! hand ([`OriginGuardLayer`], [`ClientIpLayer`], [`RateLimitLayer`],
-//! [`ConnectionQuotaLayer::per_ip`], [`SocketPolicyLayer`]).
-//!
-//! # Shared state
-//!
-//! Building or cloning a `WsGuard` creates no limiter, counter or task. The default rate
-//! limit, throttle, quota and socket registry are created by [`Layer::layer`], once per
-//! call: two routes layered with clones of one guard are limited separately. A layer handed
-//! in (`.rate_limit(layer)`, `.quota(layer)`, ...) keeps its own counters, which its clones
-//! share, as when it is used alone.
-//!
-//! # Fleet mode
-//!
-//! With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
-//! revocation check to Redis (the fleet counterparts of the same settings), so the limits
-//! hold across every instance; the throttle and the socket policy stay per instance.
+//! [`WsGuard`]: every layer of the crate in the documented order, one builder, one `Layer`.
 
 use std::{fmt, num::NonZeroUsize};
 
@@ -174,10 +79,103 @@ type Layers<A> = Stack<
 >;
 
 /// Every wsguard layer in the documented order, each at a secure default: the front door of
-/// the crate. See the [module docs](self).
-///
-/// `WsGuard` is itself a [`Layer`]: `Router::new().route("/ws", any(ws)).layer(guard)`.
+/// the crate. `WsGuard` is itself a [`Layer`]: `Router::new().route("/ws", any(ws)).layer(guard)`.
 /// Setters replace the part they name unless their doc says they add.
+///
+/// ```text
+/// request → origin → client IP → rate → throttle → auth → revocation → quota → socket policy → handler
+/// ```
+///
+/// Hand-stacking the per-concern layers works, but `Router::layer` runs the layer added last
+/// first, and a stack in the wrong order builds and runs: a [`ConnectionQuotaLayer`] with a
+/// per-identity cap placed in front of the auth layer never sees an identity and counts
+/// nobody; one in front of [`ClientIpLayer`] answers every handshake with `500`. `WsGuard`
+/// owns the order, so those mistakes cannot be written. Every part starts at a secure
+/// default, can be replaced by a tuned per-concern layer (`.rate_limit(RateLimitLayer::..)`),
+/// and is switched off only by an explicit `without_*` call.
+///
+/// | part | default | tune | switch off |
+/// |------|---------|------|------------|
+/// | origin | same-origin only ([`OriginGuardLayer::new`]) | [`allow_origin`](WsGuard::allow_origin), [`allow_host`](WsGuard::allow_host), [`origin`](WsGuard::origin) | never |
+/// | client IP | the peer address, no trusted proxy | [`client_ip`](WsGuard::client_ip) | never |
+/// | rate | 10 handshakes/s, burst 10, per client IP | [`rate_limit`](WsGuard::rate_limit) | [`without_rate_limit`](WsGuard::without_rate_limit) |
+/// | throttle | 60 s lockout after 5 failed credentials in 60 s | [`throttle`](WsGuard::throttle) | [`without_throttle`](WsGuard::without_throttle) |
+/// | auth | the authenticator given to [`new`](WsGuard::new) | [`auth`](WsGuard::auth) | never |
+/// | revocation | off locally (nobody could revoke); the fleet's registry with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |
+/// | quota | 16 sockets per client IP, 8 per identity | [`quota`](WsGuard::quota) | [`without_quota`](WsGuard::without_quota) |
+/// | socket policy | [`SocketPolicyLayer::new`] (64 KiB messages, heartbeat, idle timeout, …) | [`socket_policy`](WsGuard::socket_policy) | never |
+///
+/// The handler takes [`GuardedUpgrade`](crate::socket::GuardedUpgrade) (it carries the
+/// socket policy, the quota permit and the revocation signal onto the socket), and the server
+/// must provide the peer address (`into_make_service_with_connect_info::<SocketAddr>()`).
+///
+/// # Example
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
+/// use http::{Request, StatusCode};
+/// use tower::ServiceExt;
+/// use wsguard::{WsGuard, auth::StaticTokens, socket::GuardedUpgrade};
+///
+/// async fn ws(upgrade: GuardedUpgrade) -> Response {
+///     upgrade.on_upgrade(|_socket| async {})
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
+///     .allow_origin("https://app.example.com")?
+///     .allow_host("api.example.com")?;
+/// let app = Router::new().route("/ws", any(ws)).layer(guard);
+///
+/// let handshake = |origin: &str, token: Option<&str>| {
+///     let mut req = Request::get("/ws")
+///         .header("host", "api.example.com")
+///         .header("origin", origin)
+///         .header("connection", "upgrade")
+///         .header("upgrade", "websocket")
+///         .header("sec-websocket-version", "13")
+///         .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+///     if let Some(token) = token {
+///         req = req.header("authorization", format!("Bearer {token}"));
+///     }
+///     let mut req = req.body(Body::empty())?;
+///     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
+///     Ok::<_, http::Error>(req)
+/// };
+/// let res = app.clone().oneshot(handshake("https://evil.example", None)?).await?;
+/// assert_eq!(res.status(), StatusCode::FORBIDDEN);
+/// let res = app.clone().oneshot(handshake("https://app.example.com", None)?).await?;
+/// assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+/// // Through every layer; `oneshot` cannot upgrade, so axum answers 426 instead of 101.
+/// let res = app.oneshot(handshake("https://app.example.com", Some("s3cret-token"))?).await?;
+/// assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # No guard without authentication
+///
+/// [`WsGuard::new`] takes the authenticator: the identity quota, the revocation check and the
+/// per-identity socket rates all key on the authenticated identity, so a guard without one
+/// would quietly switch them off. A public (anonymous) route stacks the layers it needs by
+/// hand ([`OriginGuardLayer`], [`ClientIpLayer`], [`RateLimitLayer`],
+/// [`ConnectionQuotaLayer::per_ip`], [`SocketPolicyLayer`]).
+///
+/// # Shared state
+///
+/// Building or cloning a `WsGuard` creates no limiter, counter or task. The default rate
+/// limit, throttle, quota and socket registry are created by [`Layer::layer`], once per
+/// call: two routes layered with clones of one guard are limited separately. A layer handed
+/// in (`.rate_limit(layer)`, `.quota(layer)`, ...) keeps its own counters, which its clones
+/// share, as when it is used alone.
+///
+/// # Fleet mode
+///
+/// With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
+/// revocation check to Redis (the fleet counterparts of the same settings), so the limits
+/// hold across every instance; the throttle and the socket policy stay per instance.
 #[must_use]
 pub struct WsGuard<A> {
     origin: OriginGuardLayer,
@@ -196,7 +194,7 @@ impl<A: Authenticator> WsGuard<A> {
     /// A guard that authenticates every handshake with `authenticator` (from the
     /// `Authorization: Bearer` header and the other default
     /// [`CredentialSource`](crate::auth::CredentialSource)s), with every other part at its
-    /// default (see the [module docs](self)). Allow the application's origins and hosts
+    /// default (see [`WsGuard`]). Allow the application's origins and hosts
     /// before use: by default only same-origin handshakes and handshakes without `Origin`
     /// pass.
     pub fn new(authenticator: A) -> Self {
