@@ -7,7 +7,11 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use axum::{Router, response::Response, routing::any};
+use axum::{
+    Router,
+    response::Response,
+    routing::{any, get},
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -95,16 +99,27 @@ impl Head {
 }
 
 /// A WebSocket handshake over raw TCP with `Host`, `Origin` (if any) and a bearer token (if
-/// any); reads the response head only.
+/// any) to `/ws`; reads the response head, and the body of a rejection.
 async fn handshake(
     addr: SocketAddr,
     host: &str,
     origin: Option<&str>,
     token: Option<&str>,
 ) -> Head {
+    handshake_to(addr, "/ws", host, origin, token).await
+}
+
+/// [`handshake`] on another path.
+async fn handshake_to(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    origin: Option<&str>,
+    token: Option<&str>,
+) -> Head {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     );
     if let Some(origin) = origin {
@@ -259,6 +274,33 @@ async fn default_guard_caps_sockets_per_identity() {
     assert!(res.header("retry-after").is_some(), "{}", res.head);
     // Another identity from the same address still gets in (the per-IP cap is 16).
     assert_eq!(good(addr, BOB).await.status, 101);
+}
+
+/// `Router::layer` layers every route (and method) separately; the guard's default limits
+/// are still one set of counters, so a second route is not a second quota.
+#[tokio::test]
+async fn default_limits_span_every_route_of_the_router() {
+    let app = Router::new()
+        .route("/ws", any(echo))
+        .route("/ws2", get(echo))
+        .layer(guard());
+    let addr = serve_router(app).await;
+    let mut open = Vec::new();
+    for n in 0..8 {
+        let path = if n % 2 == 0 { "/ws" } else { "/ws2" };
+        let res = handshake_to(addr, path, HOST, Some(ORIGIN), Some(ALICE)).await;
+        assert_eq!(res.status, 101, "socket {n}: {}", res.head);
+        open.push(res);
+    }
+    for path in ["/ws", "/ws2"] {
+        let res = handshake_to(addr, path, HOST, Some(ORIGIN), Some(ALICE)).await;
+        assert_eq!(res.status, 429, "{path}: {}", res.head);
+        assert!(
+            res.body.contains("too many open sockets for this user"),
+            "{}",
+            res.body
+        );
+    }
 }
 
 #[tokio::test]
