@@ -1,6 +1,10 @@
 //! [`WsGuard`]: every layer of the crate in the documented order, one builder, one `Layer`.
 
-use std::{fmt, num::NonZeroUsize};
+use std::{
+    fmt,
+    num::NonZeroUsize,
+    sync::{Arc, OnceLock},
+};
 
 use tower::{
     Layer,
@@ -32,14 +36,11 @@ enum Part<L> {
     Off,
 }
 
-impl<L> Part<L> {
-    /// The layer to use, `None` when off; the default is made by `default`.
-    fn resolve(&self, default: impl FnOnce() -> L) -> Option<L>
-    where
-        L: Clone,
-    {
+impl<L: Clone> Part<L> {
+    /// The layer to use, `None` when off; `default` when not set.
+    fn resolve(&self, default: &L) -> Option<L> {
         match self {
-            Part::Default => Some(default()),
+            Part::Default => Some(default.clone()),
             Part::Custom(layer) => Some(layer.clone()),
             Part::Off => None,
         }
@@ -55,6 +56,31 @@ type RateStage = RateLimitLayer;
 type QuotaStage = tower::util::Either<FleetQuotaLayer, ConnectionQuotaLayer>;
 #[cfg(not(feature = "redis"))]
 type QuotaStage = ConnectionQuotaLayer;
+
+/// The default layers, made by the first `layer()` call of a guard (or of one of its clones)
+/// and shared by the later ones: axum's `Router::layer` calls `layer()` once per route and
+/// method, and one guard must stay one set of counters across them.
+#[derive(Clone, Debug)]
+struct Defaults {
+    rate: RateLimitLayer,
+    throttle: AuthThrottleLayer,
+    quota: ConnectionQuotaLayer,
+    socket: SocketPolicyLayer,
+}
+
+impl Defaults {
+    fn new() -> Self {
+        let mut quota = ConnectionQuotaLayer::new();
+        quota.per_ip = Some(DEFAULT_SOCKETS_PER_IP);
+        quota.per_identity = Some(DEFAULT_SOCKETS_PER_IDENTITY);
+        Self {
+            rate: RateLimitLayer::new(),
+            throttle: AuthThrottleLayer::new(),
+            quota,
+            socket: SocketPolicyLayer::new(),
+        }
+    }
+}
 
 /// A part that may be off (`ServiceBuilder::option_layer`'s type).
 type Opt<L> = tower::util::Either<L, NoLayer>;
@@ -165,11 +191,13 @@ type Layers<A> = Stack<
 ///
 /// # Shared state
 ///
-/// Building or cloning a `WsGuard` creates no limiter, counter or task. The default rate
-/// limit, throttle, quota and socket registry are created by [`Layer::layer`], once per
-/// call: two routes layered with clones of one guard are limited separately. A layer handed
-/// in (`.rate_limit(layer)`, `.quota(layer)`, ...) keeps its own counters, which its clones
-/// share, as when it is used alone.
+/// Building a `WsGuard` creates no limiter, counter or task. The default rate limit,
+/// throttle, quota and socket registry are created by the first [`Layer::layer`] call and
+/// shared by every later one, of this guard and of its clones: axum's `Router::layer` calls
+/// `layer()` for every route (and method), and they all count against one set of limits, as
+/// with a per-concern layer, whose clones share its counters. A layer handed in
+/// (`.rate_limit(layer)`, `.quota(layer)`, ...) keeps its own counters. For separate limits
+/// on two routers, build two guards.
 ///
 /// # Fleet mode
 ///
@@ -188,6 +216,8 @@ pub struct WsGuard<A> {
     socket: Part<SocketPolicyLayer>,
     #[cfg(feature = "redis")]
     fleet: Option<Fleet>,
+    /// Empty until the first `layer()` call.
+    defaults: Arc<OnceLock<Defaults>>,
 }
 
 impl<A: Authenticator> WsGuard<A> {
@@ -213,6 +243,7 @@ impl<A: Authenticator> WsGuard<A> {
             socket: Part::Default,
             #[cfg(feature = "redis")]
             fleet: None,
+            defaults: Arc::default(),
         }
     }
 }
@@ -334,6 +365,7 @@ impl<A> WsGuard<A> {
             socket: self.socket,
             #[cfg(feature = "redis")]
             fleet: self.fleet,
+            defaults: self.defaults,
         }
     }
 
@@ -384,15 +416,8 @@ impl<A> WsGuard<A> {
         self
     }
 
-    fn default_quota() -> ConnectionQuotaLayer {
-        let mut quota = ConnectionQuotaLayer::new();
-        quota.per_ip = Some(DEFAULT_SOCKETS_PER_IP);
-        quota.per_identity = Some(DEFAULT_SOCKETS_PER_IDENTITY);
-        quota
-    }
-
-    fn rate_stage(&self) -> Option<RateStage> {
-        let local = self.rate.resolve(RateLimitLayer::new)?;
+    fn rate_stage(&self, defaults: &Defaults) -> Option<RateStage> {
+        let local = self.rate.resolve(&defaults.rate)?;
         #[cfg(feature = "redis")]
         let local = match &self.fleet {
             Some(fleet) => RateStage::Left(FleetRateLimitLayer::from_local(fleet, local)),
@@ -401,8 +426,8 @@ impl<A> WsGuard<A> {
         Some(local)
     }
 
-    fn quota_stage(&self) -> Option<QuotaStage> {
-        let local = self.quota.resolve(Self::default_quota)?;
+    fn quota_stage(&self, defaults: &Defaults) -> Option<QuotaStage> {
+        let local = self.quota.resolve(&defaults.quota)?;
         #[cfg(feature = "redis")]
         let local = match &self.fleet {
             Some(fleet) => QuotaStage::Left(FleetQuotaLayer::from_local(fleet, local)),
@@ -426,18 +451,19 @@ impl<A> WsGuard<A> {
     where
         A: Clone,
     {
+        let defaults = self.defaults.get_or_init(Defaults::new);
         tower::ServiceBuilder::new()
             .layer(self.origin.clone())
             .layer(self.client_ip.clone())
-            .option_layer(self.rate_stage())
-            .option_layer(self.throttle.resolve(AuthThrottleLayer::new))
+            .option_layer(self.rate_stage(defaults))
+            .option_layer(self.throttle.resolve(&defaults.throttle))
             .layer(self.auth.clone())
             .option_layer(self.revocation_stage())
-            .option_layer(self.quota_stage())
+            .option_layer(self.quota_stage(defaults))
             .layer(
                 self.socket
-                    .resolve(SocketPolicyLayer::new)
-                    .unwrap_or_default(),
+                    .resolve(&defaults.socket)
+                    .unwrap_or_else(|| defaults.socket.clone()),
             )
             .into_inner()
     }
@@ -456,6 +482,7 @@ impl<A: Clone> Clone for WsGuard<A> {
             socket: self.socket.clone(),
             #[cfg(feature = "redis")]
             fleet: self.fleet.clone(),
+            defaults: Arc::clone(&self.defaults),
         }
     }
 }
@@ -486,5 +513,71 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         self.layers().layer(inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::StaticTokens;
+
+    fn guard() -> WsGuard<StaticTokens<()>> {
+        WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
+            .allow_origin("https://app.example.com")
+            .unwrap()
+    }
+
+    #[test]
+    fn building_and_cloning_create_no_state_and_layer_creates_it_once() {
+        let guard = guard();
+        let clone = guard.clone().without_rate_limit();
+        assert!(guard.defaults.get().is_none());
+        assert!(clone.defaults.get().is_none());
+        let _service = guard.layer(tower::service_fn(
+            |_: http::Request<axum::body::Body>| async {
+                Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                    axum::body::Body::empty(),
+                ))
+            },
+        ));
+        // The clone sees the state the first `layer()` made, and uses it.
+        let made = guard.defaults.get().map(std::ptr::from_ref);
+        assert!(made.is_some());
+        assert_eq!(clone.defaults.get().map(std::ptr::from_ref), made);
+    }
+
+    #[test]
+    fn setters_reject_unparsable_values_with_the_crate_error() {
+        struct Case {
+            name: &'static str,
+            result: Result<WsGuard<StaticTokens<()>>, ConfigError>,
+        }
+        let cases = [
+            Case {
+                name: "origin with a path",
+                result: guard().allow_origin("https://app.example.com/path"),
+            },
+            Case {
+                name: "host with a scheme",
+                result: guard().allow_host("https://api.example.com"),
+            },
+            Case {
+                name: "pattern without a wildcard label",
+                result: guard().allow_origin_pattern("https://*x.example.com"),
+            },
+        ];
+        for case in cases {
+            match case.result {
+                Err(ConfigError::Origin(_)) => {}
+                other => panic!("{}: {:?}", case.name, other.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_credential() {
+        let text = format!("{:?}", guard());
+        assert!(text.contains("WsGuard"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }
