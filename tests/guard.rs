@@ -520,6 +520,28 @@ mod fleet {
         assert_eq!(good(addr_b, BOB).await.status, 101);
     }
 
+    /// The rate limit handed to the guard is counted in Redis in fleet mode: one handshake
+    /// per minute per client IP across both instances.
+    #[tokio::test]
+    async fn fleet_guard_shares_the_rate_limit_between_instances() {
+        let prefix = format!("wsguard-test-guard-rate-{}", std::process::id());
+        let (a, b) = (fleet(&prefix), fleet(&prefix));
+        let rate = || {
+            RateLimitLayer::new()
+                .per_minute(1)
+                .unwrap()
+                .burst(1)
+                .unwrap()
+        };
+        let addr_a = serve(guard().rate_limit(rate()).fleet(&a)).await;
+        let addr_b = serve(guard().rate_limit(rate()).fleet(&b)).await;
+        assert_eq!(good(addr_a, ALICE).await.status, 101);
+        let res = good(addr_b, BOB).await;
+        assert_eq!(res.status, 429, "{}", res.head);
+        assert!(res.body.contains("too many handshakes"), "{}", res.body);
+        assert!(res.header("retry-after").is_some(), "{}", res.head);
+    }
+
     /// In fleet mode the revocation check is on by default, with the fleet's registry.
     #[tokio::test]
     async fn fleet_guard_enforces_the_fleets_revocations_by_default() {
