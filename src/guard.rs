@@ -66,6 +66,7 @@ struct Defaults {
     throttle: AuthThrottleLayer,
     quota: ConnectionQuotaLayer,
     socket: SocketPolicyLayer,
+    revocations: Revocations,
 }
 
 impl Defaults {
@@ -78,6 +79,7 @@ impl Defaults {
             throttle: AuthThrottleLayer::new(),
             quota,
             socket: SocketPolicyLayer::new(),
+            revocations: Revocations::new(),
         }
     }
 }
@@ -127,7 +129,7 @@ type Layers<A> = Stack<
 /// | rate | 10 handshakes/s, burst 10, per client IP | [`rate_limit`](WsGuard::rate_limit) | [`without_rate_limit`](WsGuard::without_rate_limit) |
 /// | throttle | 60 s lockout after 5 failed credentials in 60 s | [`throttle`](WsGuard::throttle) | [`without_throttle`](WsGuard::without_throttle) |
 /// | auth | the authenticator given to [`new`](WsGuard::new) | [`auth`](WsGuard::auth) | never |
-/// | revocation | off locally (nobody could revoke); the fleet's registry with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |
+/// | revocation | on: the guard's own registry ([`revocation_registry`](WsGuard::revocation_registry)), the fleet's with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |
 /// | quota | 16 sockets per client IP, 8 per identity | [`quota`](WsGuard::quota) | [`without_quota`](WsGuard::without_quota) |
 /// | socket policy | [`SocketPolicyLayer::new`] (64 KiB messages, heartbeat, idle timeout, …) | [`socket_policy`](WsGuard::socket_policy) | never |
 ///
@@ -370,9 +372,9 @@ impl<A> WsGuard<A> {
     }
 
     /// Enforces `revocations` (a [`Revocations`], or a `&Fleet`): revoked credentials get
-    /// `401` and their live sockets close with `1008`. Replaces; default: no revocation check
-    /// on one instance (no registry exists that anyone could revoke through), the fleet's
-    /// registry in fleet mode.
+    /// `401` and their live sockets close with `1008`. Replaces; default: the guard's own
+    /// registry (see [`revocation_registry`](Self::revocation_registry)), or the fleet's in
+    /// fleet mode.
     pub fn revocations(mut self, revocations: impl Into<Revocations>) -> Self {
         self.revocation = Part::Custom(revocations.into());
         self
@@ -436,15 +438,35 @@ impl<A> WsGuard<A> {
         Some(local)
     }
 
-    fn revocation_stage(&self) -> Option<RevocationLayer> {
+    fn revocation_stage(&self, defaults: &Defaults) -> Option<RevocationLayer> {
         match &self.revocation {
-            Part::Custom(revocations) => Some(RevocationLayer::new(revocations.clone())),
             Part::Off => None,
-            #[cfg(feature = "redis")]
-            Part::Default => self.fleet.as_ref().map(RevocationLayer::new),
-            #[cfg(not(feature = "redis"))]
-            Part::Default => None,
+            _ => Some(RevocationLayer::new(self.registry(defaults))),
         }
+    }
+
+    /// The registry the revocation check uses: the one handed in, the fleet's, or the
+    /// guard's own.
+    fn registry(&self, defaults: &Defaults) -> Revocations {
+        match &self.revocation {
+            Part::Custom(revocations) => revocations.clone(),
+            #[cfg(feature = "redis")]
+            _ if self.fleet.is_some() => self
+                .fleet
+                .as_ref()
+                .map_or_else(|| defaults.revocations.clone(), Fleet::revocations),
+            _ => defaults.revocations.clone(),
+        }
+    }
+
+    /// The revocation registry this guard checks, for the application's logout and
+    /// password-change routes: [`Revocations::revoke_identity`] and friends refuse the
+    /// credentials from then on and close their live sockets with `1008`. It is the one
+    /// handed to [`revocations`](Self::revocations), the fleet's in fleet mode, or else the
+    /// guard's own, made on first use and shared by every clone and route of this guard.
+    /// With [`without_revocation`](Self::without_revocation) nothing checks it.
+    pub fn revocation_registry(&self) -> Revocations {
+        self.registry(self.defaults.get_or_init(Defaults::new))
     }
 
     fn layers(&self) -> Layers<A>
@@ -458,7 +480,7 @@ impl<A> WsGuard<A> {
             .option_layer(self.rate_stage(defaults))
             .option_layer(self.throttle.resolve(&defaults.throttle))
             .layer(self.auth.clone())
-            .option_layer(self.revocation_stage())
+            .option_layer(self.revocation_stage(defaults))
             .option_layer(self.quota_stage(defaults))
             .layer(
                 self.socket

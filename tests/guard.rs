@@ -414,6 +414,21 @@ async fn revocations_refuse_the_handshake_and_close_the_live_socket() {
     assert_eq!(good(addr, BOB).await.status, 101);
 }
 
+/// Revocation is on by default: the guard's own registry, reachable for a logout route.
+#[tokio::test]
+async fn the_default_guard_checks_its_own_revocation_registry() {
+    let guard = guard();
+    let registry = guard.revocation_registry();
+    let addr = serve(guard).await;
+    let mut ws = client(addr, ALICE).await;
+    ws.send(Message::text("ping")).await.unwrap();
+    let _ = ws.next().await;
+    assert_eq!(registry.revoke_identity("alice").await.unwrap(), 1);
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Policy));
+    assert_eq!(good(addr, ALICE).await.status, 401);
+    assert_eq!(good(addr, BOB).await.status, 101);
+}
+
 #[tokio::test]
 async fn without_revocation_switches_the_check_off() {
     let revocations = Revocations::new();
