@@ -27,9 +27,18 @@
 //! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a
 //!   service through Redis, and revocation that closes sockets on every instance.
 //!
-//! # The whole stack
+//! # One guard
 //!
-//! With axum's `Router::layer`, the layer added last runs first, so the stack is written from
+//! [`WsGuard`] assembles every layer in that order, each limit at a secure default, and is
+//! one [`Layer`](tower::Layer): `WsGuard::new(authenticator).allow_origin(..)?` and
+//! `Router::layer(guard)`. Each part is tuned by handing it the per-concern layer
+//! (`.quota(ConnectionQuotaLayer::new()..)`) or switched off explicitly (`.without_quota()`),
+//! and `.fleet(&fleet)` (feature `redis`) shares the limits and revocation through Redis.
+//! See the [`WsGuard`] docs.
+//!
+//! # The whole stack, by hand
+//!
+//! The per-concern layers stay public for custom stacks. With axum's `Router::layer`, the layer added last runs first, so the stack is written from
 //! the socket outwards:
 //!
 //! ```
@@ -104,10 +113,72 @@ mod core;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
+mod guard;
 pub mod origin;
 pub mod rate_limit;
 pub mod revoke;
 pub mod socket;
+
+pub use guard::WsGuard;
+
+/// A setting of [`WsGuard`] (or of one of the per-concern layers it wraps) that could not be
+/// parsed. Each variant wraps the error of the module that parsed it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// An origin or host, see [`origin::ConfigError`].
+    Origin(origin::ConfigError),
+    /// A trusted proxy or header, see [`client_ip::ConfigError`].
+    ClientIp(client_ip::ConfigError),
+    /// A rate, quota or throttle setting, see [`rate_limit::ConfigError`].
+    RateLimit(rate_limit::ConfigError),
+    /// An authentication setting, see [`auth::ConfigError`].
+    Auth(auth::ConfigError),
+    /// A socket policy setting, see [`socket::ConfigError`].
+    Socket(socket::ConfigError),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Origin(e) => write!(f, "origin: {e}"),
+            Self::ClientIp(e) => write!(f, "client ip: {e}"),
+            Self::RateLimit(e) => write!(f, "rate limit: {e}"),
+            Self::Auth(e) => write!(f, "auth: {e}"),
+            Self::Socket(e) => write!(f, "socket policy: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Origin(e) => Some(e),
+            Self::ClientIp(e) => Some(e),
+            Self::RateLimit(e) => Some(e),
+            Self::Auth(e) => Some(e),
+            Self::Socket(e) => Some(e),
+        }
+    }
+}
+
+macro_rules! config_error_from {
+    ($($module:ident => $variant:ident),* $(,)?) => {$(
+        impl From<$module::ConfigError> for ConfigError {
+            fn from(e: $module::ConfigError) -> Self {
+                Self::$variant(e)
+            }
+        }
+    )*};
+}
+
+config_error_from!(
+    origin => Origin,
+    client_ip => ClientIp,
+    rate_limit => RateLimit,
+    auth => Auth,
+    socket => Socket,
+);
 
 #[cfg(test)]
 mod test_support;

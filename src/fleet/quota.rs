@@ -76,6 +76,19 @@ impl FleetQuotaLayer {
         }
     }
 
+    /// The fleet counterpart of `local`: the same caps, keys and rejection, counted in Redis
+    /// (`WsGuard::fleet` uses it so one `ConnectionQuotaLayer` configures both modes).
+    pub(crate) fn from_local(fleet: &Fleet, local: ConnectionQuotaLayer) -> Self {
+        Self {
+            fleet: fleet.clone(),
+            per_ip: local.per_ip,
+            per_identity: local.per_identity,
+            global: local.global,
+            local,
+            name: Arc::from("sockets"),
+        }
+    }
+
     /// At most `n` open sockets per client address across the fleet. Over it: `429`.
     /// Replaces; default: no cap. Fails if `n` is 0.
     pub fn per_ip(mut self, n: usize) -> Result<Self, ConfigError> {

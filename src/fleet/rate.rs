@@ -66,6 +66,19 @@ impl FleetRateLimitLayer {
         }
     }
 
+    /// The fleet counterpart of `local`: the same rate, burst, key and rejection, counted in
+    /// Redis (`WsGuard::fleet` uses it so one `RateLimitLayer` configures both modes).
+    pub(crate) fn from_local(fleet: &Fleet, local: RateLimitLayer) -> Self {
+        Self {
+            fleet: fleet.clone(),
+            count: local.count.get(),
+            period: local.period,
+            burst: local.burst.map(std::num::NonZeroU32::get),
+            local,
+            name: Arc::from("handshake"),
+        }
+    }
+
     /// `n` handshakes per second per key, fleet-wide. Replaces. Fails if `n` is 0 or above
     /// one million.
     pub fn per_second(self, n: u32) -> Result<Self, ConfigError> {

@@ -47,9 +47,9 @@ pub(crate) struct RateShared<C: Clock> {
 pub struct RateLimitLayer<C: Clock = DefaultClock> {
     state: LazyState<RateShared<C>>,
     clock: C,
-    count: NonZeroU32,
-    period: Duration,
-    burst: Option<NonZeroU32>,
+    pub(crate) count: NonZeroU32,
+    pub(crate) period: Duration,
+    pub(crate) burst: Option<NonZeroU32>,
     pub(crate) key_by: KeyBy,
     pub(crate) prefix: KeyPrefix,
     pub(crate) headers: bool,

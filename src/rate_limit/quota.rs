@@ -87,9 +87,9 @@ impl Drop for Slot {
 #[derive(Clone)]
 pub struct ConnectionQuotaLayer {
     state: LazyState<Arc<QuotaShared>>,
-    per_ip: Option<NonZeroUsize>,
-    per_identity: Option<NonZeroUsize>,
-    global: Option<NonZeroUsize>,
+    pub(crate) per_ip: Option<NonZeroUsize>,
+    pub(crate) per_identity: Option<NonZeroUsize>,
+    pub(crate) global: Option<NonZeroUsize>,
     pub(crate) prefix: KeyPrefix,
     pub(crate) retry_after: Duration,
     pub(crate) on_rejection: Option<RejectFn>,
