@@ -2,6 +2,7 @@
 //! and scripts, and the wsguard layers in front of socketioxide's Engine.IO endpoint. The
 //! Socket.IO conversation itself is tested with real clients in tests/socketio/.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::{http, start_example};

@@ -1,7 +1,7 @@
 //! The stock ticker: live prices pushed from an embedded SQLite database to a browser page over
 //! a WebSocket guarded by every wsguard layer.
 //!
-//! Run: `cargo run --release --example stock_ticker`, then open <http://127.0.0.1:8000> and
+//! Run: `cargo run --release -p stock-ticker`, then open <http://127.0.0.1:8000> and
 //! sign in (`demo` / `demo` on a new database). `--tls` serves https/wss with a self-signed
 //! certificate; `--help` lists every flag with its default.
 //!
@@ -14,7 +14,7 @@
 //! one) and has its own rate limit per user; `POST /revoke` logs the caller out (one token
 //! or every token of the user), closing the sockets with 1008, with or without `--redis`.
 //!
-//! Fleet mode: `cargo run --release --features redis --example stock_ticker -- --redis
+//! Fleet mode: `cargo run --release -p stock-ticker --features redis -- --redis
 //! redis://127.0.0.1:6379 --ticket-secret-file ticket.secret` on several instances (each with
 //! its own `--addr` and `--db`) shares handshake rate limits, socket quotas, revocation
 //! (`POST /revoke`) and prices through Redis; see `fleet.rs`.
