@@ -155,23 +155,6 @@ async fn missing_origin_follows_the_policy() {
     );
 }
 
-/// `cargo run --example echo` serves and answers as the README says.
-#[tokio::test]
-async fn echo_example_serves_and_guards() {
-    let example = common::start_example("echo", &["--addr", "127.0.0.1:0"]).await;
-    let addr = example.addr;
-    let own = format!("http://localhost:{}", addr.port());
-    assert_eq!(
-        connect(addr, Some(&own)).await,
-        StatusCode::SWITCHING_PROTOCOLS
-    );
-    assert_eq!(
-        connect(addr, Some("http://evil.test")).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(connect(addr, None).await, StatusCode::SWITCHING_PROTOCOLS);
-}
-
 /// Issue 13, point 11: DNS rebinding. A page on `http://attacker.example:PORT` whose name
 /// the attacker re-points at this server's address sends `Host: attacker.example:PORT` and
 /// `Origin: http://attacker.example:PORT`; the same-origin default used to call that same

@@ -66,8 +66,8 @@ struct Args {
     /// Idle sockets for the memory scenario.
     #[arg(long, default_value_t = 10_000)]
     idle_sockets: usize,
-    /// The stock ticker binary (default: built now with `cargo build --release --example
-    /// stock_ticker`).
+    /// The stock ticker binary (default: built now with `cargo build --release -p
+    /// stock-ticker`).
     #[arg(long)]
     ticker: Option<PathBuf>,
     /// Where the report and the chart go.
@@ -405,25 +405,23 @@ async fn echo_scenario(
     }
 }
 
-/// Builds the stock ticker example in release mode and returns its path.
+/// Builds the stock ticker example crate in release mode and returns its path.
 fn build_ticker() -> Result<PathBuf, BoxError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    println!("building the stock ticker: cargo build --release --example stock_ticker");
+    println!("building the stock ticker: cargo build --release -p stock-ticker");
     let status = std::process::Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--release", "--example", "stock_ticker"])
+        .args(["build", "--release", "-p", "stock-ticker"])
         .status()?;
     if !status.success() {
-        return Err("cargo build --release --example stock_ticker failed".into());
+        return Err("cargo build --release -p stock-ticker failed".into());
     }
     let exe = std::env::current_exe()?;
     let release = exe
         .parent()
         .and_then(Path::parent)
         .ok_or("cannot find target/release")?;
-    Ok(release
-        .join("examples")
-        .join(format!("stock_ticker{}", std::env::consts::EXE_SUFFIX)))
+    Ok(release.join(format!("stock-ticker{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// Starts the stock ticker on port 0 with its simulator off (the harness publishes through

@@ -10,19 +10,18 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// `target/<profile>/examples/<name>`: `cargo test` builds the examples next to the tests.
+/// `target/<profile>/<name>`: the binary of a workspace example crate. `cargo test --workspace`
+/// builds every crate's binaries before its tests; `cargo test -p <crate>` builds that crate's.
 pub fn example_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
-    let path = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} not built: run through `cargo test`",
+        "{} not built: run through `cargo test --workspace --all-features`",
         path.display()
     );
     path

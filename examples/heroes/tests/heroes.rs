@@ -1,7 +1,8 @@
 //! The heroes example's HTTP surface, tested against the real program on loopback: its page
 //! and scripts, and the wsguard layers in front of socketioxide's Engine.IO endpoint. The
-//! Socket.IO conversation itself is tested with real clients in tests/socketio/.
+//! Socket.IO conversation itself is tested with real clients in tests/socketio/ (next to this file).
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::{http, start_example};

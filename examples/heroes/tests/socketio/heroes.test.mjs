@@ -1,5 +1,5 @@
-// The heroes example through the real npm `socket.io-client` (Node). Run after `cargo test` has
-// built the example (target/debug/examples/heroes): `npm test`. HEROES_BIN overrides the path.
+// The heroes example through the real npm `socket.io-client` (Node). Run after `cargo test --workspace --all-features` has
+// built the example (target/debug/heroes): `npm test`. HEROES_BIN overrides the path.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -8,8 +8,8 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { io } from "socket.io-client";
 
-const ROOT = new URL("../..", import.meta.url).pathname;
-const BIN = process.env.HEROES_BIN || join(ROOT, "target/debug/examples/heroes");
+const ROOT = new URL("../../../..", import.meta.url).pathname;
+const BIN = process.env.HEROES_BIN || join(ROOT, "target/debug/heroes");
 const MAX_PAYLOAD = 2048;
 const HEROES = {
   ironMan: "Tony Stark",
@@ -24,7 +24,7 @@ const WAIT_MS = 15000;
 let server, base;
 
 function startHeroes() {
-  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test (or cargo build --example heroes) first`);
+  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test --workspace --all-features (or cargo build -p heroes) first`);
   const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--user", "alice:wonderland",
     "--max-payload", String(MAX_PAYLOAD), "--connect-burst", "1000", "--connect-rate", "1000",
     "--max-login-failures", "1000", "--ping-interval", "1", "--ping-timeout", "10"],

@@ -60,7 +60,10 @@ mod disabled {
         pub(crate) async fn connect(
             _: &super::Options,
         ) -> Result<Self, Box<dyn std::error::Error>> {
-            Err("--redis needs the `redis` feature: cargo run --features redis --example stock_ticker".into())
+            Err(
+                "--redis needs the `redis` feature: cargo run -p stock-ticker --features redis"
+                    .into(),
+            )
         }
         pub(crate) async fn prepare(
             &self,

@@ -1,8 +1,8 @@
 //! A command-line client for the stock ticker: logs in, opens the guarded WebSocket with the
 //! token as a `bearer.<token>` subprotocol entry next to `ticker.v1`, and prints live prices.
 //!
-//! Run the server (`cargo run --release --example stock_ticker`), then:
-//! `cargo run --example ticker_client -- --user demo --password demo [--symbols AAPL,MSFT]`.
+//! Run the server (`cargo run --release -p stock-ticker`), then:
+//! `cargo run -p stock-ticker --bin ticker-client -- --user demo --password demo [--symbols AAPL,MSFT]`.
 //! `--count N` stops after N price updates. Against a server started with `--tls --cert C
 //! --key K`, add `--tls --ca C` (and name the server as its certificate does, e.g.
 //! `--server localhost:8000`).

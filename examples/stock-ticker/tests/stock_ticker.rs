@@ -1,5 +1,6 @@
 //! The stock ticker's contract, tested against the real example program on loopback.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::{net::SocketAddr, time::Duration};
@@ -60,7 +61,7 @@ async fn ticker(extra: &[&str]) -> Ticker {
         args.extend_from_slice(&["--tick-hz", "0"]);
     }
     args.extend_from_slice(extra);
-    let example = start_example("stock_ticker", &args).await;
+    let example = start_example("stock-ticker", &args).await;
     Ticker { example, _dir: dir }
 }
 
@@ -716,11 +717,11 @@ async fn login_is_throttled_per_client_ip() {
     assert_eq!(ticker.login("alice", "wonderland").await.status, 429);
 }
 
-/// Runs examples/ticker_client with `args`; returns its stdout lines, checking that each
+/// Runs the ticker-client binary with `args`; returns its stdout lines, checking that each
 /// arrives in time (`on_line` sees each line as it comes) and that it exits successfully.
 async fn run_client(args: &[&str], mut on_line: impl AsyncFnMut(&str)) -> Vec<String> {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let mut child = tokio::process::Command::new(common::example_path("ticker_client"))
+    let mut child = tokio::process::Command::new(common::example_path("ticker-client"))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -832,7 +833,7 @@ async fn ticker_client_speaks_wss() {
 
 #[test]
 fn help_lists_every_flag_with_its_default() {
-    let output = std::process::Command::new(common::example_path("stock_ticker"))
+    let output = std::process::Command::new(common::example_path("stock-ticker"))
         .arg("--help")
         .output()
         .expect("run --help");
@@ -1033,7 +1034,7 @@ async fn demo_cannot_publish_unless_named_a_publisher() {
     let db = dir.file("ticker.db");
     let args = ["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"];
     // A new database: demo / demo is created, and is not a publisher.
-    let ticker = start_example("stock_ticker", &args).await;
+    let ticker = start_example("stock-ticker", &args).await;
     let token = login_token(ticker.addr, "demo", "demo").await;
     let res = post_price_to(ticker.addr, &token).await;
     assert_eq!(res.status, 403, "{}", res.body);
@@ -1048,7 +1049,7 @@ async fn demo_cannot_publish_unless_named_a_publisher() {
 
     // The same database, with the flag.
     let with_flag = [&args[..], &["--publisher", "demo"]].concat();
-    let ticker = start_example("stock_ticker", &with_flag).await;
+    let ticker = start_example("stock-ticker", &with_flag).await;
     let token = login_token(ticker.addr, "demo", "demo").await;
     let res = post_price_to(ticker.addr, &token).await;
     assert_eq!(res.status, 200, "{}", res.body);
@@ -1056,12 +1057,12 @@ async fn demo_cannot_publish_unless_named_a_publisher() {
 
     // The role is stored: a restart without the flag keeps it; naming the user again with
     // --user and no --publisher takes it away.
-    let ticker = start_example("stock_ticker", &args).await;
+    let ticker = start_example("stock-ticker", &args).await;
     let token = login_token(ticker.addr, "demo", "demo").await;
     assert_eq!(post_price_to(ticker.addr, &token).await.status, 200);
     drop(ticker);
     let demoted = [&args[..], &["--user", "demo:demo"]].concat();
-    let ticker = start_example("stock_ticker", &demoted).await;
+    let ticker = start_example("stock-ticker", &demoted).await;
     let token = login_token(ticker.addr, "demo", "demo").await;
     assert_eq!(post_price_to(ticker.addr, &token).await.status, 403);
 }
@@ -1086,18 +1087,18 @@ async fn a_database_of_the_previous_schema_is_migrated_without_publishers() {
         .expect("old user");
     }
     let args = ["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"];
-    let ticker = start_example("stock_ticker", &args).await;
+    let ticker = start_example("stock-ticker", &args).await;
     let token = login_token(ticker.addr, "carol", "secret").await;
     assert_eq!(post_price_to(ticker.addr, &token).await.status, 403);
     drop(ticker);
     let with_flag = [&args[..], &["--publisher", "carol"]].concat();
-    let ticker = start_example("stock_ticker", &with_flag).await;
+    let ticker = start_example("stock-ticker", &with_flag).await;
     let token = login_token(ticker.addr, "carol", "secret").await;
     assert_eq!(post_price_to(ticker.addr, &token).await.status, 200);
     drop(ticker);
     // Naming a user that does not exist is refused at start-up.
     let unknown = [&args[..], &["--publisher", "nobody"]].concat();
-    let output = std::process::Command::new(common::example_path("stock_ticker"))
+    let output = std::process::Command::new(common::example_path("stock-ticker"))
         .args(&unknown)
         .output()
         .expect("run");

@@ -1,7 +1,7 @@
 //! A price ticker that pushes to every client through a guarded socket, conflating by
 //! symbol so a slow client gets the latest price per symbol instead of a growing backlog.
 //!
-//! Run with `cargo run --example socket_ticker`, then connect with any WebSocket client,
+//! Run with `cargo run -p socket-ticker`, then connect with any WebSocket client,
 //! e.g. `websocat ws://127.0.0.1:3000/ws`.
 
 use std::time::Duration;

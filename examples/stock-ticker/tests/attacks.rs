@@ -2,8 +2,8 @@
 //! wsguard-protected server must answer with, then checks that a well-behaved client is still
 //! served.
 //!
-//! By default every test starts its own stock ticker (`examples/stock_ticker`) on loopback with
-//! short limits, so the suite runs in CI: `cargo test --test attacks`.
+//! By default every test starts its own stock ticker (`examples/stock-ticker`) on loopback with
+//! short limits, so the suite runs in CI: `cargo test -p stock-ticker --test attacks`.
 //!
 //! # Pointing it at your own server
 //!
@@ -15,7 +15,7 @@
 //! WSGUARD_ATTACK_TOKEN=$(curl -s -H content-type:application/json \
 //!   -d '{"username":"demo","password":"demo"}' http://127.0.0.1:8000/login | jq -r .token) \
 //! WSGUARD_ATTACK_MAX_MESSAGE=4096 \
-//! cargo test --test attacks -- --test-threads=1 --skip expired_token --skip replayed_token
+//! cargo test -p stock-ticker --test attacks -- --test-threads=1 --skip expired_token --skip replayed_token
 //! ```
 //!
 //! | variable | meaning | default |
@@ -46,6 +46,7 @@
 //! close `1001` (heartbeat) or `1013` (slow consumer) for a client that stops reading, and
 //! `1001` for one that answers pings it never read with guessed pongs.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -238,7 +239,7 @@ async fn target(flags: &[&str]) -> Target {
     let max_message = flag(&args, "--max-message-bytes")
         .and_then(|v| v.parse().ok())
         .expect("--max-message-bytes");
-    let example = start_example("stock_ticker", &args).await;
+    let example = start_example("stock-ticker", &args).await;
     let addr = example.addr;
     Target {
         url: format!("ws://{addr}/ws"),

@@ -2,7 +2,7 @@
 //! server that is itself a tower service) behind wsguard's origin guard, client IP, handshake
 //! rate limit and connection quota.
 //!
-//! Run: `cargo run --example heroes`, open <http://127.0.0.1:8000> and sign in (`demo` / `demo`
+//! Run: `cargo run -p heroes`, open <http://127.0.0.1:8000> and sign in (`demo` / `demo`
 //! unless you pass `--user NAME:PASSWORD`, repeatable). Each hero button emits `get_name` with
 //! `{"hero": "ironMan"}`; the server answers that client only with `name` and
 //! `{"hero_name": "Tony Stark"}`. `--help` lists every flag with its default.

@@ -1,5 +1,5 @@
 // Browser test of the stock ticker in real headless Chromium (Debian's `chromium`, driven by
-// playwright-core). Run after `cargo test` has built the example: `npm test`.
+// playwright-core). Run after `cargo test --workspace --all-features` has built the example: `npm test`.
 // CHROMIUM_PATH and TICKER_BIN override the defaults.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -11,15 +11,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const ROOT = new URL("../..", import.meta.url).pathname;
-const BIN = process.env.TICKER_BIN || join(ROOT, "target/debug/examples/stock_ticker");
+const ROOT = new URL("../../../..", import.meta.url).pathname;
+const BIN = process.env.TICKER_BIN || join(ROOT, "target/debug/stock-ticker");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const SHOTS = join(ROOT, "target/browser");
 
 let ticker, base, browser, dir;
 
 function startTicker() {
-  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test (or cargo build --example stock_ticker) first`);
+  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test --workspace --all-features (or cargo build -p stock-ticker) first`);
   dir = mkdtempSync(join(tmpdir(), "wsguard-browser-"));
   const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--db", join(dir, "t.db"), "--tick-hz", "20",
     "--user", "alice:wonderland"], { stdio: ["ignore", "pipe", "ignore"] });

@@ -1,6 +1,6 @@
 //! A WebSocket echo server behind wsguard's origin guard.
 //!
-//! Run it with `cargo run --example echo` and open <http://127.0.0.1:8000> in a browser, or
+//! Run it with `cargo run -p echo` and open <http://127.0.0.1:8000> in a browser, or
 //! connect a WebSocket client to `ws://127.0.0.1:8000/ws`. Handshakes whose `Origin` is not
 //! `http://127.0.0.1:PORT` or `http://localhost:PORT` (the port it listens on) or one given
 //! with `--allow-origin` are refused with `403 Forbidden`; clients that send no `Origin`

@@ -4,10 +4,11 @@
 //! stop and restart Redis always spawn their own. They fail, never skip, when `redis-server`
 //! is missing (`apt-get install -y redis-server`).
 //!
-//! Run after building the example with the feature (`cargo test --all-features` does both):
-//! `cargo build --all-features --example stock_ticker && cargo test --all-features --test fleet`.
+//! Run after building the example with the feature (`cargo test --workspace --all-features` does both):
+//! `cargo test -p stock-ticker --features redis --test fleet`.
 #![cfg(feature = "redis")]
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::{
@@ -166,7 +167,7 @@ async fn ticker(redis_url: &str, prefix: &str, extra: &[&str]) -> Ticker {
         args.extend_from_slice(&["--ticket-secret-file", &secret_file]);
     }
     args.extend_from_slice(extra);
-    let example = start_example("stock_ticker", &args).await;
+    let example = start_example("stock-ticker", &args).await;
     Ticker { example, _dir: dir }
 }
 
@@ -591,7 +592,7 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
     let db = dir.file("ticker.db");
     let output = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::new(common::example_path("stock_ticker"))
+        tokio::process::Command::new(common::example_path("stock-ticker"))
             .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
             .args(["--redis", &redis.url(), "--redis-prefix", &p])
             .env_remove("TICKER_TICKET_SECRET")
@@ -611,7 +612,7 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
     // A secret shorter than 32 bytes is refused too.
     let output = tokio::time::timeout(
         Duration::from_secs(30),
-        tokio::process::Command::new(common::example_path("stock_ticker"))
+        tokio::process::Command::new(common::example_path("stock-ticker"))
             .args(["--addr", "127.0.0.1:0", "--db", &db, "--tick-hz", "0"])
             .args(["--redis", &redis.url(), "--redis-prefix", &p])
             .env("TICKER_TICKET_SECRET", "short")
@@ -634,7 +635,7 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
     let db_b = dir_b.file("ticker.db");
     let secret = ticket_secret(&p);
     let b = start_example_with_env(
-        "stock_ticker",
+        "stock-ticker",
         &[
             "--addr",
             "127.0.0.1:0",

@@ -1,5 +1,5 @@
 // The heroes page in real headless Chromium: the login form, the hero buttons, the refusal
-// message. Run after `cargo test` has built the example: `npm test`. HEROES_BIN and
+// message. Run after `cargo test --workspace --all-features` has built the example: `npm test`. HEROES_BIN and
 // CHROMIUM_PATH override the defaults.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -10,8 +10,8 @@ import { mkdirSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
-const ROOT = new URL("../..", import.meta.url).pathname;
-const BIN = process.env.HEROES_BIN || join(ROOT, "target/debug/examples/heroes");
+const ROOT = new URL("../../../..", import.meta.url).pathname;
+const BIN = process.env.HEROES_BIN || join(ROOT, "target/debug/heroes");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const SHOTS = join(ROOT, "target/browser");
 const WAIT = { timeout: 15000 };
@@ -19,7 +19,7 @@ const WAIT = { timeout: 15000 };
 let server, base, browser;
 
 function startHeroes() {
-  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test (or cargo build --example heroes) first`);
+  assert.ok(existsSync(BIN), `${BIN} missing: run cargo test --workspace --all-features (or cargo build -p heroes) first`);
   const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--user", "alice:wonderland"],
     { stdio: ["ignore", "pipe", "ignore"] });
   return new Promise((resolve, reject) => {

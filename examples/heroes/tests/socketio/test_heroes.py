@@ -1,8 +1,8 @@
 """The heroes example through the real PyPI `python-socketio` client.
 
-Run after `cargo test` has built the example (target/debug/examples/heroes):
-`.venv/bin/python -m pytest tests/socketio` (`.ci/run` makes the venv from
-tests/socketio/requirements.txt). HEROES_BIN overrides the path of the example.
+Run after `cargo test --workspace --all-features` has built the example (target/debug/heroes):
+`.venv/bin/python -m pytest examples/heroes/tests/socketio` (`.ci/run` makes the venv from
+examples/heroes/tests/socketio/requirements.txt). HEROES_BIN overrides the path of the example.
 """
 
 import os
@@ -15,8 +15,8 @@ import pytest
 import requests
 import socketio
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("HEROES_BIN", str(ROOT / "target/debug/examples/heroes"))
+ROOT = pathlib.Path(__file__).resolve().parents[4]
+BIN = os.environ.get("HEROES_BIN", str(ROOT / "target/debug/heroes"))
 MAX_PAYLOAD = 2048
 HEROES = {
     "ironMan": "Tony Stark",
@@ -33,7 +33,7 @@ GOOD = {"username": "alice", "password": "wonderland"}
 
 @pytest.fixture(scope="module")
 def base():
-    assert os.path.exists(BIN), f"{BIN} missing: run cargo test first"
+    assert os.path.exists(BIN), f"{BIN} missing: run cargo test --workspace --all-features first"
     child = subprocess.Popen(
         [BIN, "--addr", "127.0.0.1:0", "--user", "alice:wonderland",
          "--max-payload", str(MAX_PAYLOAD), "--connect-rate", "1000", "--connect-burst", "1000",

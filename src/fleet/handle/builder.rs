@@ -1,0 +1,209 @@
+//! [`FleetBuilder`]: the fleet's settings, checked when they are set, and the connection.
+
+use super::{listener::listen, *};
+
+/// Builds a [`Fleet`]; see [`Fleet::builder`].
+#[must_use]
+pub struct FleetBuilder {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    on_failure: FailurePolicy,
+    lease_ttl: Duration,
+    revocation_ttl: Duration,
+}
+
+impl fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("on_failure", &self.on_failure)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("revocation_ttl", &self.revocation_ttl)
+            .finish()
+    }
+}
+
+/// The URL without a password, for `Debug`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://<redacted>{}", &url[..scheme], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl FleetBuilder {
+    /// The prefix of every Redis key and channel the fleet uses. Default `"wsguard"`;
+    /// replaces. Instances that share limits must share the prefix; unrelated services on
+    /// one Redis must not.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one Redis round trip may take before the [`FailurePolicy`] applies, so a
+    /// handshake never hangs on Redis. Default 250 ms; replaces.
+    pub fn timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("the Redis timeout"));
+        }
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// What handshakes get while Redis is unreachable. Default
+    /// [`FailurePolicy::FallBackToLocal`]; replaces.
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// How long a socket's quota lease lives without renewal. Live sockets renew theirs
+    /// every third of it; the leases of an instance that dies expire after at most this
+    /// long. Default 30 s (at least 30 ms); replaces.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        if ttl < Duration::from_millis(30) {
+            return Err(ConfigError::ZeroDuration("the lease TTL (at least 30 ms)"));
+        }
+        self.lease_ttl = ttl;
+        Ok(self)
+    }
+
+    /// How long a revocation is remembered: the TTL of its Redis marker, and the retention of
+    /// each instance's registry (see [`crate::revoke`]). Make it at least your longest
+    /// credential lifetime. Default 24 h; replaces.
+    pub fn revocation_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
+        if ttl < Duration::from_millis(1) {
+            return Err(ConfigError::ZeroDuration("the revocation TTL"));
+        }
+        self.revocation_ttl = ttl;
+        Ok(self)
+    }
+
+    /// Builds the fleet without waiting for Redis: the connection is made on first use and
+    /// remade automatically after failures. Must be called inside a tokio runtime (it
+    /// spawns the revocation listener, which ends when the last clone of the fleet drops);
+    /// outside one it fails with [`FleetError::NoRuntime`].
+    pub fn build(self) -> Result<Fleet, FleetError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(FleetError::NoRuntime);
+        }
+        let client =
+            Client::open(self.url.as_str()).map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
+        let local = Arc::new(Local::new(self.revocation_ttl, Arc::new(SystemClock)));
+        let channel = format!("{}:revocations", self.prefix);
+        let listener = tokio::spawn(listen(
+            client,
+            channel.clone(),
+            self.prefix.clone(),
+            Arc::clone(&local),
+        ));
+        Ok(Fleet {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: self.prefix,
+                timeout: self.timeout,
+                on_failure: self.on_failure,
+                lease_ttl: self.lease_ttl,
+                revocation_ttl: self.revocation_ttl,
+                channel,
+                available: AtomicBool::new(true),
+                local,
+                listener: listener.abort_handle(),
+            }),
+        })
+    }
+
+    /// [`build`](Self::build), then one round trip to Redis: fails with
+    /// [`FleetError::Unavailable`] if Redis does not answer within the timeout.
+    pub async fn connect(self) -> Result<Fleet, FleetError> {
+        let fleet = self.build()?;
+        fleet.ping().await?;
+        Ok(fleet)
+    }
+}
+
+impl Fleet {
+    /// A builder for a fleet on the Redis at `url` (`redis://[:password@]host:port[/db]`),
+    /// with the defaults: prefix `"wsguard"`, timeout 250 ms, fall back to local limits when
+    /// Redis is unreachable, lease TTL 30 s, revocation TTL 24 h.
+    pub fn builder(url: impl Into<String>) -> FleetBuilder {
+        FleetBuilder {
+            url: url.into(),
+            prefix: "wsguard".to_owned(),
+            timeout: Duration::from_millis(250),
+            on_failure: FailurePolicy::default(),
+            lease_ttl: Duration::from_secs(30),
+            revocation_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_the_password() {
+        struct Case {
+            url: &'static str,
+            shown: &'static str,
+        }
+        let cases = [
+            Case {
+                url: "redis://:hunter2@127.0.0.1:6379/0",
+                shown: "redis://<redacted>@127.0.0.1:6379/0",
+            },
+            Case {
+                url: "redis://127.0.0.1:6379",
+                shown: "redis://127.0.0.1:6379",
+            },
+        ];
+        for case in cases {
+            let debug = format!("{:?}", Fleet::builder(case.url));
+            assert!(debug.contains(case.shown), "{debug}");
+            assert!(!debug.contains("hunter2"));
+        }
+    }
+
+    #[test]
+    fn build_outside_a_runtime_is_an_error_not_a_panic() {
+        let error = Fleet::builder("redis://127.0.0.1:1").build().map(drop);
+        assert_eq!(error, Err(FleetError::NoRuntime));
+        let error = Fleet::builder("not a url").build().map(drop);
+        assert_eq!(error, Err(FleetError::NoRuntime));
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_refused() {
+        let error = Fleet::builder("not a url").build().map(drop);
+        assert!(matches!(error, Err(FleetError::InvalidUrl(_))), "{error:?}");
+    }
+
+    #[test]
+    fn builder_refuses_bad_settings() {
+        assert!(Fleet::builder("redis://x").timeout(Duration::ZERO).is_err());
+        assert!(
+            Fleet::builder("redis://x")
+                .lease_ttl(Duration::from_millis(5))
+                .is_err()
+        );
+        assert!(
+            Fleet::builder("redis://x")
+                .revocation_ttl(Duration::ZERO)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! [`Fleet`]: the shared Redis connection, its health, and revocation: the handle here, its
+//! builder in `builder`, the revocation registry in `registry`, the revocation listener in
+//! `listener`.
+
+mod builder;
+mod listener;
+mod registry;
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::StreamExt;
+use redis::{
+    Client, RedisResult,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+
+pub use self::builder::FleetBuilder;
+use super::{FailurePolicy, FleetError, scripts};
+use crate::{
+    auth::{Principal, SystemClock, TokenFingerprint},
+    rate_limit::ConfigError,
+    revoke::{Local, Revocations, RevokeError},
+};
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    on_failure: FailurePolicy,
+    lease_ttl: Duration,
+    revocation_ttl: Duration,
+    channel: String,
+    available: AtomicBool,
+    local: Arc<Local>,
+    listener: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// A handle on the Redis that instances of a service share: the fleet layers
+/// ([`FleetRateLimitLayer`](super::FleetRateLimitLayer),
+/// [`FleetQuotaLayer`](super::FleetQuotaLayer), [`RevocationLayer`](super::RevocationLayer))
+/// take one, and it revokes identities and tokens on every instance. Cheap to clone; clones
+/// share the connection. See the [module docs](super).
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .field("on_failure", &self.inner.on_failure)
+            .field("lease_ttl", &self.inner.lease_ttl)
+            .field("revocation_ttl", &self.inner.revocation_ttl)
+            .field("available", &self.is_available())
+            .field("local_sockets", &self.local_sockets())
+            .finish()
+    }
+}
+
+impl Fleet {
+    /// Whether the last Redis round trip succeeded.
+    pub fn is_available(&self) -> bool {
+        self.inner.available.load(Ordering::Relaxed)
+    }
+
+    /// The policy applied while Redis is unreachable.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.inner.on_failure
+    }
+
+    /// The quota lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.lease_ttl
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// `<prefix>:<suffix>`: a key in the fleet's namespace, for the application's own data.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.inner.prefix)
+    }
+
+    /// A clone of the reconnecting connection, for the application's own commands (the
+    /// stock ticker publishes prices with it). Wrap calls in [`run`](Self::run) to get the
+    /// fleet's timeout and health tracking.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Sockets on this instance that revocation can close.
+    pub fn local_sockets(&self) -> usize {
+        self.revocations().live_sockets()
+    }
+
+    /// One round trip to Redis (`PING`).
+    pub async fn ping(&self) -> Result<(), FleetError> {
+        let mut conn = self.connection();
+        self.run("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs one Redis operation with the fleet's timeout, tracking availability: the first
+    /// failure logs `wsguard.fleet.unavailable` (warn), the first success after it
+    /// `wsguard.fleet.recovered` (info).
+    pub async fn run<T>(
+        &self,
+        what: &'static str,
+        op: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, FleetError> {
+        let result = match tokio::time::timeout(self.inner.timeout, op).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error() =>
+            {
+                Err(FleetError::Unavailable(e.to_string()))
+            }
+            Ok(Err(e)) => Err(FleetError::Redis(e.to_string())),
+            Err(_) => Err(FleetError::Unavailable(format!(
+                "no answer within {:?}",
+                self.inner.timeout
+            ))),
+        };
+        match &result {
+            Ok(_) => {
+                if !self.inner.available.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        name: "wsguard.fleet.recovered",
+                        target: "wsguard::fleet",
+                        operation = what,
+                        "Redis is reachable again: fleet-wide limits apply"
+                    );
+                }
+            }
+            Err(FleetError::Unavailable(reason)) => {
+                if self.inner.available.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        name: "wsguard.fleet.unavailable",
+                        target: "wsguard::fleet",
+                        operation = what,
+                        reason = %reason,
+                        policy = self.inner.on_failure.as_str(),
+                        "Redis is unreachable"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(
+                name: "wsguard.fleet.redis_error",
+                target: "wsguard::fleet",
+                operation = what,
+                error = %e,
+                "Redis refused a fleet command"
+            ),
+        }
+        result
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,188 @@
+//! The fleet's revocation registry: revocations shared through Redis.
+
+use super::*;
+
+impl Fleet {
+    /// The fleet's revocation registry: the API of [`Revocations`](crate::revoke::Revocations),
+    /// shared through Redis. Revocations made through it (or through the methods below)
+    /// close the matching sockets on every instance with `1008`; [`RevocationLayer`]
+    /// (`RevocationLayer::new(&fleet)`) enforces it at the handshake.
+    ///
+    /// [`RevocationLayer`]: crate::revoke::RevocationLayer
+    pub fn revocations(&self) -> Revocations {
+        Revocations::shared(Arc::clone(&self.inner.local), self.clone())
+    }
+
+    /// Revokes every credential of `subject` issued up to now (and every one without an
+    /// issue time), and closes the subject's sockets on every instance with `1008`: one
+    /// Redis key and one message, however many tokens the subject has. Later handshakes
+    /// with those credentials get `401`; credentials issued afterwards work. Returns the
+    /// number of sockets closed on this instance. See
+    /// [`Revocations::revoke_identity`](crate::revoke::Revocations::revoke_identity).
+    pub async fn revoke_identity(&self, subject: &str) -> Result<usize, FleetError> {
+        self.revocations()
+            .revoke_identity(subject)
+            .await
+            .map_err(unshared)
+    }
+
+    /// Revokes every credential of `subject` issued before `before` on every instance; see
+    /// [`Revocations::revoke_issued_before`](crate::revoke::Revocations::revoke_issued_before).
+    pub async fn revoke_issued_before(
+        &self,
+        subject: &str,
+        before: SystemTime,
+    ) -> Result<usize, FleetError> {
+        self.revocations()
+            .revoke_issued_before(subject, before)
+            .await
+            .map_err(unshared)
+    }
+
+    /// Revokes one token: later handshakes with it get `401`, and the sockets opened with
+    /// it close on every instance with `1008`. Returns the number of sockets closed on this
+    /// instance.
+    pub async fn revoke_token(&self, token: &str) -> Result<usize, FleetError> {
+        self.revoke_fingerprint(TokenFingerprint::of(token)).await
+    }
+
+    /// [`revoke_token`](Self::revoke_token) by the token's fingerprint.
+    pub async fn revoke_fingerprint(
+        &self,
+        fingerprint: TokenFingerprint,
+    ) -> Result<usize, FleetError> {
+        self.revocations()
+            .revoke_fingerprint(fingerprint)
+            .await
+            .map_err(unshared)
+    }
+
+    /// Whether Redis holds a revocation of the token with this fingerprint.
+    pub async fn is_revoked(&self, fingerprint: &TokenFingerprint) -> Result<bool, FleetError> {
+        let mut conn = self.connection();
+        let marker = self.key(&format!("revoked:{}", fingerprint.to_hex()));
+        self.run("is_revoked", async move {
+            redis::cmd("EXISTS")
+                .arg(marker)
+                .query_async::<bool>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Stores and announces "credentials of `subject` issued before `before` are revoked".
+    pub(crate) async fn share_revoke_before(
+        &self,
+        subject: &str,
+        before: SystemTime,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection();
+        let marker = self.key(&format!("revoked_sub:{subject}"));
+        let ttl = millis(self.inner.revocation_ttl);
+        let channel = self.inner.channel.clone();
+        let before = epoch_millis_ceil(before);
+        let subject = subject.to_owned();
+        self.run("revoke_before", async move {
+            scripts::REVOKE_BEFORE
+                .key(marker)
+                .arg(before)
+                .arg(ttl)
+                .arg(channel)
+                .arg(subject)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Stores and announces the revocation of one token.
+    pub(crate) async fn share_revoke_token(
+        &self,
+        fingerprint: &TokenFingerprint,
+    ) -> Result<(), FleetError> {
+        let mut conn = self.connection();
+        let hex = fingerprint.to_hex();
+        let marker = self.key(&format!("revoked:{hex}"));
+        let ttl = millis(self.inner.revocation_ttl);
+        let channel = self.inner.channel.clone();
+        let message = format!("tok:{hex}");
+        self.run("revoke_token", async move {
+            scripts::REVOKE_TOKEN
+                .key(marker)
+                .arg(ttl)
+                .arg(channel)
+                .arg(message)
+                .invoke_async::<i64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Whether Redis holds a revocation of this credential: of its token, or of its
+    /// subject's credentials issued before its issue time. One round trip (`MGET`).
+    pub(crate) async fn remote_revoked(
+        &self,
+        principal: Option<&Principal>,
+        token: Option<&TokenFingerprint>,
+    ) -> Result<bool, FleetError> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(fp) = token {
+            keys.push(self.key(&format!("revoked:{}", fp.to_hex())));
+        }
+        if let Some(p) = principal {
+            keys.push(self.key(&format!("revoked_sub:{}", p.subject())));
+        }
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut conn = self.connection();
+        let values: Vec<Option<String>> = self
+            .run("revocation_check", async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
+            })
+            .await?;
+        let mut values = values.into_iter();
+        if token.is_some() && values.next().flatten().is_some() {
+            return Ok(true);
+        }
+        let cutoff = values.next().flatten().and_then(|v| v.parse::<u64>().ok());
+        Ok(match (principal, cutoff) {
+            (Some(p), Some(ms)) => p
+                .issued_at()
+                .is_none_or(|t| t < UNIX_EPOCH + Duration::from_millis(ms)),
+            _ => false,
+        })
+    }
+}
+
+fn unshared(error: RevokeError) -> FleetError {
+    match error {
+        RevokeError::Unavailable(e) => FleetError::Unavailable(e),
+        other => FleetError::Redis(other.to_string()),
+    }
+}
+
+/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict).
+pub(super) fn epoch_millis_ceil(t: SystemTime) -> u64 {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms.saturating_add(1)
+    }
+}
+
+impl From<&Fleet> for Revocations {
+    fn from(fleet: &Fleet) -> Self {
+        fleet.revocations()
+    }
+}
+
+impl From<Fleet> for Revocations {
+    fn from(fleet: Fleet) -> Self {
+        fleet.revocations()
+    }
+}
