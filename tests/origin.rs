@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use axum::{
     Router,
@@ -11,9 +11,7 @@ use axum::{
     response::Response,
     routing::get,
 };
-use futures_util::{SinkExt, StreamExt};
-use http::{HeaderValue, StatusCode, header};
-use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+use http::StatusCode;
 use wsguard::origin::OriginGuardLayer;
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {
@@ -38,43 +36,7 @@ async fn serve(guard: OriginGuardLayer) -> SocketAddr {
     addr
 }
 
-/// Connects with the given Origin (or none) and returns the HTTP status of the handshake
-/// answer, after checking that an accepted socket echoes.
-async fn connect(addr: SocketAddr, origin: Option<&str>) -> StatusCode {
-    let mut request = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("client request");
-    if let Some(origin) = origin {
-        request.headers_mut().insert(
-            header::ORIGIN,
-            HeaderValue::from_str(origin).expect("origin value"),
-        );
-    }
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((mut socket, response)) => {
-            socket.send(Message::text("hello")).await.expect("send");
-            let reply = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
-            assert_eq!(
-                reply
-                    .expect("echo in time")
-                    .expect("a message")
-                    .expect("no error"),
-                Message::text("hello")
-            );
-            socket.close(None).await.expect("close");
-            response.status()
-        }
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response.body().as_deref().unwrap_or_default();
-            assert!(
-                String::from_utf8_lossy(body).starts_with("forbidden: "),
-                "plain-text reason, got {body:?}"
-            );
-            response.status()
-        }
-        Err(other) => panic!("unexpected handshake error: {other}"),
-    }
-}
+use common::echo_handshake as connect;
 
 #[tokio::test]
 async fn allowed_origin_upgrades_and_echoes() {

@@ -462,3 +462,53 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     }
     Some(((b0 & 0x80 != 0, b0 & 0x0F, payload), at + len))
 }
+
+/// Connects with the given Origin (or none) and returns the HTTP status of the handshake
+/// answer, after checking that an accepted socket echoes (the origin tests and the echo
+/// example's test).
+pub async fn echo_handshake(addr: SocketAddr, origin: Option<&str>) -> http::StatusCode {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}/ws"
+        ))
+        .expect("client request");
+    if let Some(origin) = origin {
+        request.headers_mut().insert(
+            http::header::ORIGIN,
+            http::HeaderValue::from_str(origin).expect("origin value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((mut socket, response)) => {
+            futures_util::SinkExt::send(
+                &mut socket,
+                tokio_tungstenite::tungstenite::Message::text("hello"),
+            )
+            .await
+            .expect("send");
+            let reply = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures_util::StreamExt::next(&mut socket),
+            )
+            .await;
+            assert_eq!(
+                reply
+                    .expect("echo in time")
+                    .expect("a message")
+                    .expect("no error"),
+                tokio_tungstenite::tungstenite::Message::text("hello")
+            );
+            socket.close(None).await.expect("close");
+            response.status()
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            assert!(
+                String::from_utf8_lossy(body).starts_with("forbidden: "),
+                "plain-text reason, got {body:?}"
+            );
+            response.status()
+        }
+        Err(other) => panic!("unexpected handshake error: {other}"),
+    }
+}
