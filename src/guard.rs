@@ -12,7 +12,7 @@ use tower::{
 };
 
 #[cfg(feature = "redis")]
-use crate::fleet::{Fleet, FleetQuotaLayer, FleetRateLimitLayer};
+use crate::fleet::Fleet;
 use crate::{
     ConfigError,
     auth::{Authenticator, HandshakeAuthLayer},
@@ -46,16 +46,6 @@ impl<L: Clone> Part<L> {
         }
     }
 }
-
-#[cfg(feature = "redis")]
-type RateStage = tower::util::Either<FleetRateLimitLayer, RateLimitLayer>;
-#[cfg(not(feature = "redis"))]
-type RateStage = RateLimitLayer;
-
-#[cfg(feature = "redis")]
-type QuotaStage = tower::util::Either<FleetQuotaLayer, ConnectionQuotaLayer>;
-#[cfg(not(feature = "redis"))]
-type QuotaStage = ConnectionQuotaLayer;
 
 /// The default layers, made by the first `layer()` call of a guard (or of one of its clones)
 /// and shared by the later ones: axum's `Router::layer` calls `layer()` once per route and
@@ -92,14 +82,17 @@ type Opt<L> = tower::util::Either<L, NoLayer>;
 type Layers<A> = Stack<
     SocketPolicyLayer,
     Stack<
-        Opt<QuotaStage>,
+        Opt<ConnectionQuotaLayer>,
         Stack<
             Opt<RevocationLayer>,
             Stack<
                 HandshakeAuthLayer<A>,
                 Stack<
                     Opt<AuthThrottleLayer>,
-                    Stack<Opt<RateStage>, Stack<ClientIpLayer, Stack<OriginGuardLayer, NoLayer>>>,
+                    Stack<
+                        Opt<RateLimitLayer>,
+                        Stack<ClientIpLayer, Stack<OriginGuardLayer, NoLayer>>,
+                    >,
                 >,
             >,
         >,
@@ -204,8 +197,9 @@ type Layers<A> = Stack<
 /// # Fleet mode
 ///
 /// With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
-/// revocation check to Redis (the fleet counterparts of the same settings), so the limits
-/// hold across every instance; the throttle and the socket policy stay per instance.
+/// revocation check to Redis (the same layers and settings with the fleet as their backend:
+/// [`RateLimitLayer::fleet`], [`ConnectionQuotaLayer::fleet`]), so the limits hold across
+/// every instance; the throttle and the socket policy stay per instance.
 #[must_use]
 pub struct WsGuard<A> {
     origin: OriginGuardLayer,
@@ -418,24 +412,26 @@ impl<A> WsGuard<A> {
         self
     }
 
-    fn rate_stage(&self, defaults: &Defaults) -> Option<RateStage> {
-        let local = self.rate.resolve(&defaults.rate)?;
+    /// The rate limit, on the guard's fleet unless it has a fleet backend of its own.
+    fn rate_stage(&self, defaults: &Defaults) -> Option<RateLimitLayer> {
+        let layer = self.rate.resolve(&defaults.rate)?;
         #[cfg(feature = "redis")]
-        let local = match &self.fleet {
-            Some(fleet) => RateStage::Left(FleetRateLimitLayer::from_local(fleet, local)),
-            None => RateStage::Right(local),
+        let layer = match &self.fleet {
+            Some(fleet) if layer.backend.fleet().is_none() => layer.fleet(fleet),
+            _ => layer,
         };
-        Some(local)
+        Some(layer)
     }
 
-    fn quota_stage(&self, defaults: &Defaults) -> Option<QuotaStage> {
-        let local = self.quota.resolve(&defaults.quota)?;
+    /// The quota, on the guard's fleet unless it has a fleet backend of its own.
+    fn quota_stage(&self, defaults: &Defaults) -> Option<ConnectionQuotaLayer> {
+        let layer = self.quota.resolve(&defaults.quota)?;
         #[cfg(feature = "redis")]
-        let local = match &self.fleet {
-            Some(fleet) => QuotaStage::Left(FleetQuotaLayer::from_local(fleet, local)),
-            None => QuotaStage::Right(local),
+        let layer = match &self.fleet {
+            Some(fleet) if layer.backend.fleet().is_none() => layer.fleet(fleet),
+            _ => layer,
         };
-        Some(local)
+        Some(layer)
     }
 
     fn revocation_stage(&self, defaults: &Defaults) -> Option<RevocationLayer> {

@@ -5,16 +5,16 @@
 //! 1 on 10 instances allows 10 sockets, and a logout closes sockets on one instance only.
 //! This module moves those decisions into Redis, each one an atomic Lua script:
 //!
-//! - [`FleetRateLimitLayer`]: the handshake rate limit of
-//!   [`RateLimitLayer`](crate::rate_limit::RateLimitLayer), with the same builder and keys,
-//!   as a GCRA (generic cell rate algorithm) in Redis: "n per second, burst b" holds for the
-//!   whole fleet. Over the limit: `429` with `Retry-After`.
-//! - [`FleetQuotaLayer`]: the concurrent-socket caps of
-//!   [`ConnectionQuotaLayer`](crate::rate_limit::ConnectionQuotaLayer) (per client IP, per
-//!   identity, global) as **leases**: each socket holds a lease with a TTL
-//!   ([`FleetBuilder::lease_ttl`]), renewed every third of it while the socket lives and
-//!   released when it closes. An instance that dies leaks nothing: its leases expire. Over
-//!   a cap: `429` (`503` for the global cap).
+//! - Rate limit: [`RateLimitLayer`](crate::rate_limit::RateLimitLayer) with the fleet as its
+//!   backend ([`RateLimitLayer::fleet`](crate::rate_limit::RateLimitLayer::fleet)): the same
+//!   builder and keys, counted as a GCRA (generic cell rate algorithm) in Redis: "n per
+//!   second, burst b" holds for the whole fleet. Over the limit: `429` with `Retry-After`.
+//! - Quota: [`ConnectionQuotaLayer`](crate::rate_limit::ConnectionQuotaLayer) with the fleet
+//!   as its backend ([`ConnectionQuotaLayer::fleet`](crate::rate_limit::ConnectionQuotaLayer::fleet)):
+//!   the caps per client IP, per identity and global as **leases**: each socket holds a
+//!   lease with a TTL ([`FleetBuilder::lease_ttl`]), renewed every third of it while the
+//!   socket lives and released when it closes. An instance that dies leaks nothing: its
+//!   leases expire. Over a cap: `429` (`503` for the global cap).
 //! - Revocation: [`RevocationLayer`] of [`crate::revoke`]
 //!   with the fleet as its backend (`RevocationLayer::new(&fleet)`): the same registry and
 //!   API as on one instance ([`Fleet::revocations`]), shared through Redis. A revocation
@@ -27,13 +27,13 @@
 //!   check this instance's registry, then the markers (one `MGET`), so revocations made
 //!   before an instance started hold there too; revoked credentials get `401`.
 //!
-//! Switching from local to fleet limits is one line per layer:
+//! Switching from local to fleet limits is one call: [`WsGuard::fleet`](crate::WsGuard::fleet)
+//! for the whole guard, or `.fleet(&fleet)` on a hand-stacked layer:
 //!
 //! ```text
-//! RateLimitLayer::new().per_second(5)?.burst(10)?          // this instance
-//! FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)? // the fleet
-//! ConnectionQuotaLayer::new().per_ip(8)?.per_identity(4)?
-//! FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?
+//! WsGuard::new(authenticator).allow_origin(..)?.fleet(&fleet)     // rate, quota, revocation
+//! RateLimitLayer::new().fleet(&fleet)                              // one layer
+//! RevocationLayer::new(&fleet)
 //! ```
 //!
 //! # When Redis is unreachable
@@ -58,7 +58,7 @@
 //!
 //! # Order
 //! ```text
-//! request → origin → client IP → fleet rate → auth → revocation → fleet quota → socket policy
+//! request → origin → client IP → rate → throttle → auth → revocation → quota → socket policy
 //! ```
 //! [`RevocationLayer`] needs the auth layer in front (it reads the
 //! [`Principal`](crate::auth::Principal) and [`TokenFingerprint`](crate::auth::TokenFingerprint)
@@ -74,20 +74,14 @@
 //! use std::time::Duration;
 //! use axum::{Router, response::Response, routing::any};
 //! use wsguard::{
-//!     auth::{HandshakeAuthLayer, TicketKey, TicketVerifier},
-//!     client_ip::ClientIpLayer,
-//!     fleet::{FailurePolicy, Fleet, FleetQuotaLayer, FleetRateLimitLayer, RevocationLayer},
-//!     socket::{GuardedSocket, GuardedUpgrade, SocketPolicyLayer},
+//!     WsGuard,
+//!     auth::{TicketKey, TicketVerifier},
+//!     fleet::{FailurePolicy, Fleet},
+//!     socket::GuardedUpgrade,
 //! };
 //!
 //! async fn ws(up: GuardedUpgrade) -> Response {
-//!     up.on_upgrade(|mut socket: GuardedSocket| async move {
-//!         while let Some(Ok(msg)) = socket.recv().await {
-//!             if socket.send(msg).await.is_err() {
-//!                 break;
-//!             }
-//!         }
-//!     })
+//!     up.on_upgrade(|_socket| async {})
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -100,14 +94,10 @@
 //!     .connect()
 //!     .await?;
 //! let key = TicketKey::new("k1", b"a secret shared by every instance")?;
-//! let app: Router = Router::new()
-//!     .route("/ws", any(ws))
-//!     .layer(SocketPolicyLayer::new())
-//!     .layer(FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?)
-//!     .layer(RevocationLayer::new(&fleet))
-//!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
-//!     .layer(FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)?)
-//!     .layer(ClientIpLayer::new());
+//! let guard = WsGuard::new(TicketVerifier::new(key))
+//!     .allow_origin("https://app.example.com")?
+//!     .fleet(&fleet); // rate limit, quota and revocation through Redis
+//! let app: Router = Router::new().route("/ws", any(ws)).layer(guard);
 //!
 //! // On logout, from any instance: every socket of "alice" closes with 1008.
 //! fleet.revoke_identity("alice").await?;
@@ -135,8 +125,8 @@
 //! (revocation events carry the first 8 hex digits of the token's SHA-256 at most).
 
 mod handle;
-mod quota;
-mod rate;
+pub(crate) mod quota;
+pub(crate) mod rate;
 mod scripts;
 #[cfg(test)]
 mod tests;
@@ -146,11 +136,7 @@ use std::fmt;
 use axum::response::Response;
 use http::{HeaderValue, StatusCode, header};
 
-pub use self::{
-    handle::{Fleet, FleetBuilder},
-    quota::{FleetLease, FleetQuota, FleetQuotaLayer},
-    rate::{FleetRateLimit, FleetRateLimitLayer},
-};
+pub use self::handle::{Fleet, FleetBuilder};
 #[doc(no_inline)]
 pub use crate::rate_limit::{ConfigError, KeyBy, RateLimitError};
 /// The revocation layer of [`crate::revoke`], re-exported: `RevocationLayer::new(&fleet)`.
@@ -271,5 +257,24 @@ pub(crate) fn note_fallback(layer: &'static str, client_ip: Option<std::net::IpA
     );
 }
 
-/// Response future of the fleet layers (one Redis round trip, then the inner service).
-pub use crate::core::BoxResponseFuture as ResponseFuture;
+/// Where a [`RateLimitLayer`](crate::rate_limit::RateLimitLayer) or
+/// [`ConnectionQuotaLayer`](crate::rate_limit::ConnectionQuotaLayer) counts: this instance's
+/// memory (no fleet), or a fleet's Redis under a name.
+#[derive(Clone, Debug)]
+pub(crate) struct Backend {
+    pub(crate) fleet: Option<Fleet>,
+    pub(crate) name: std::sync::Arc<str>,
+}
+
+impl Backend {
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            fleet: None,
+            name: name.into(),
+        }
+    }
+
+    pub(crate) fn fleet(&self) -> Option<&Fleet> {
+        self.fleet.as_ref()
+    }
+}

@@ -1,207 +1,102 @@
-//! [`FleetQuotaLayer`]: concurrent-socket caps as Redis leases with a TTL.
+//! The fleet backend of [`ConnectionQuotaLayer`]: concurrent-socket caps as Redis leases
+//! with a TTL.
 
-use std::{
-    fmt,
-    net::IpAddr,
-    num::NonZeroUsize,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::Request;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{
-    FailurePolicy, Fleet, FleetError, ResponseFuture, handle::millis, note_fallback,
-    refuse_unavailable, scripts,
+    FailurePolicy, Fleet, FleetError, handle::millis, note_fallback, refuse_unavailable, scripts,
 };
-use crate::{
-    client_ip::KeyPrefix,
-    rate_limit::{
-        ConfigError, ConnectionPermit, ConnectionQuota, ConnectionQuotaLayer, RateLimitError, emit,
-        reject,
-    },
+use crate::rate_limit::{
+    ConnectionPermit, ConnectionQuota, ConnectionQuotaLayer, RateLimitError, emit, reject,
 };
 
-/// Layer that caps concurrently open sockets per client IP, per identity and in total across
-/// every instance sharing a [`Fleet`]: the fleet counterpart of [`ConnectionQuotaLayer`],
-/// with the same builder and rejections (`429`, `503` for the global cap). See the
-/// [module docs](super).
-///
-/// Each admitted handshake takes a [`FleetLease`] in Redis (one member per capped set, with a
-/// TTL of [`FleetBuilder::lease_ttl`](super::FleetBuilder::lease_ttl)) and carries it in the
-/// request's [`ConnectionPermit`]; [`GuardedUpgrade`](crate::socket::GuardedUpgrade) keeps
-/// the permit until the socket ends. While the lease lives it is renewed every third of the
-/// TTL; when it drops it is released. If the instance dies, the lease expires.
-///
-/// While Redis is unreachable, under [`FailurePolicy::FallBackToLocal`], the embedded local
-/// [`ConnectionQuotaLayer`] with the same caps decides, and the admitted socket still gets a
-/// lease, which its renewals create in Redis once Redis is back.
-#[derive(Clone)]
-pub struct FleetQuotaLayer {
-    fleet: Fleet,
-    local: ConnectionQuotaLayer,
-    per_ip: Option<NonZeroUsize>,
-    per_identity: Option<NonZeroUsize>,
-    global: Option<NonZeroUsize>,
-    name: Arc<str>,
-}
-
-impl fmt::Debug for FleetQuotaLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetQuotaLayer")
-            .field("name", &self.name)
-            .field("per_ip", &self.per_ip)
-            .field("per_identity", &self.per_identity)
-            .field("global", &self.global)
-            .field("local", &self.local)
-            .finish()
-    }
-}
-
-impl FleetQuotaLayer {
-    /// No caps (nothing is refused), keys /32 for IPv4 and /64 for IPv6, `Retry-After: 1`,
-    /// named `"sockets"`: [`ConnectionQuotaLayer::new`]'s defaults.
+impl ConnectionQuotaLayer {
+    /// Counts the sockets in `fleet`'s Redis, so the caps hold for every instance sharing it.
+    /// Replaces; default: this instance's memory.
+    ///
+    /// Each admitted handshake takes a lease in Redis (one member per capped set, with a TTL
+    /// of [`FleetBuilder::lease_ttl`](super::FleetBuilder::lease_ttl)) and carries it in the
+    /// request's [`ConnectionPermit`]; [`GuardedUpgrade`](crate::socket::GuardedUpgrade)
+    /// keeps the permit until the socket ends. While the lease lives it is renewed every
+    /// third of the TTL; when it drops it is released; if the instance dies, it expires.
+    /// While Redis is unreachable the fleet's [`FailurePolicy`] decides: this instance's
+    /// counts with the same caps (the socket still gets a lease, which its renewals create
+    /// in Redis once Redis is back), or `503`. See the [fleet docs](crate::fleet).
     #[must_use]
-    pub fn new(fleet: &Fleet) -> Self {
-        Self {
-            fleet: fleet.clone(),
-            local: ConnectionQuotaLayer::new(),
-            per_ip: None,
-            per_identity: None,
-            global: None,
-            name: Arc::from("sockets"),
-        }
-    }
-
-    /// The fleet counterpart of `local`: the same caps, keys and rejection, counted in Redis
-    /// (`WsGuard::fleet` uses it so one `ConnectionQuotaLayer` configures both modes).
-    pub(crate) fn from_local(fleet: &Fleet, local: ConnectionQuotaLayer) -> Self {
-        Self {
-            fleet: fleet.clone(),
-            per_ip: local.per_ip,
-            per_identity: local.per_identity,
-            global: local.global,
-            local,
-            name: Arc::from("sockets"),
-        }
-    }
-
-    /// At most `n` open sockets per client address across the fleet. Over it: `429`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn per_ip(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.per_ip(n)?;
-        self.per_ip = NonZeroUsize::new(n);
-        Ok(self)
-    }
-
-    /// At most `n` open sockets per authenticated subject across the fleet. Over it: `429`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn per_identity(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.per_identity(n)?;
-        self.per_identity = NonZeroUsize::new(n);
-        Ok(self)
-    }
-
-    /// At most `n` open sockets through this layer on all instances. Over it: `503`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn global(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.global(n)?;
-        self.global = NonZeroUsize::new(n);
-        Ok(self)
-    }
-
-    /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
-        self.local = self.local.key_prefix(prefix);
+    pub fn fleet(mut self, fleet: &Fleet) -> Self {
+        self.backend.fleet = Some(fleet.clone());
         self
     }
 
-    /// The `Retry-After` hint of quota rejections. Replaces; default 1 s.
-    #[must_use]
-    pub fn retry_after(mut self, wait: impl Into<Duration>) -> Self {
-        self.local = self.local.retry_after(wait);
-        self
-    }
-
-    /// The name of this quota in Redis (`<prefix>:quota:<name>:*`). Replaces; default
-    /// `"sockets"`.
+    /// The name of these caps in Redis (`<prefix>:quota:<name>:…`), with a
+    /// [`fleet`](Self::fleet) backend. Replaces; default `"sockets"`. Give each fleet quota
+    /// of a service its own name: two quotas with one name share counts.
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = name.into();
+        self.backend.name = name.into();
         self
     }
 
-    /// Builds the rejection response, as [`ConnectionQuotaLayer::on_rejection`]. Replaces.
-    #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
-    {
-        self.local = self.local.on_rejection(f);
-        self
+    /// Live sockets of `subject` on every instance, with a [`fleet`](Self::fleet) backend;
+    /// on this instance ([`active_for_identity`](Self::active_for_identity)) without.
+    pub async fn fleet_active_for_identity(&self, subject: &str) -> Result<usize, FleetError> {
+        match self.backend.fleet() {
+            Some(fleet) => count(fleet, self.identity_key(fleet, subject)).await,
+            None => Ok(self.active_for_identity(subject)),
+        }
     }
 
-    /// The Redis set of leases for an identity.
-    fn identity_key(&self, subject: &str) -> String {
-        self.fleet.key(&format!("quota:{}:id:{subject}", self.name))
+    /// Live sockets of `ip`'s key on every instance, with a [`fleet`](Self::fleet) backend;
+    /// on this instance ([`active_for_ip`](Self::active_for_ip)) without.
+    pub async fn fleet_active_for_ip(&self, ip: IpAddr) -> Result<usize, FleetError> {
+        match self.backend.fleet() {
+            Some(fleet) => count(fleet, self.ip_key(fleet, ip)).await,
+            None => Ok(self.active_for_ip(ip)),
+        }
     }
 
-    fn ip_key(&self, ip: IpAddr) -> String {
-        self.fleet.key(&format!(
+    /// Live sockets under the global cap on every instance, with a [`fleet`](Self::fleet)
+    /// backend; on this instance ([`active`](Self::active)) without.
+    pub async fn fleet_active(&self) -> Result<usize, FleetError> {
+        match self.backend.fleet() {
+            Some(fleet) => count(fleet, self.global_key(fleet)).await,
+            None => Ok(self.active()),
+        }
+    }
+
+    fn identity_key(&self, fleet: &Fleet, subject: &str) -> String {
+        fleet.key(&format!("quota:{}:id:{subject}", self.backend.name))
+    }
+
+    fn ip_key(&self, fleet: &Fleet, ip: IpAddr) -> String {
+        fleet.key(&format!(
             "quota:{}:ip:{}",
-            self.name,
-            self.local.prefix.key(ip)
+            self.backend.name,
+            self.prefix.key(ip)
         ))
     }
 
-    fn global_key(&self) -> String {
-        self.fleet.key(&format!("quota:{}:global", self.name))
-    }
-
-    /// Live leases (sockets) of `subject` on every instance.
-    pub async fn active_for_identity(&self, subject: &str) -> Result<usize, FleetError> {
-        self.count(self.identity_key(subject)).await
-    }
-
-    /// Live leases (sockets) of `ip`'s key on every instance.
-    pub async fn active_for_ip(&self, ip: IpAddr) -> Result<usize, FleetError> {
-        self.count(self.ip_key(ip)).await
-    }
-
-    /// Live leases under the global cap on every instance.
-    pub async fn active(&self) -> Result<usize, FleetError> {
-        self.count(self.global_key()).await
-    }
-
-    async fn count(&self, key: String) -> Result<usize, FleetError> {
-        let mut conn = self.fleet.connection();
-        self.fleet
-            .run("quota_count", async move {
-                scripts::COUNT
-                    .key(key)
-                    .arg("")
-                    .invoke_async::<usize>(&mut conn)
-                    .await
-            })
-            .await
+    fn global_key(&self, fleet: &Fleet) -> String {
+        fleet.key(&format!("quota:{}:global", self.backend.name))
     }
 
     /// The capped sets this handshake counts in, with their caps and the error for each.
     fn sets(
         &self,
+        fleet: &Fleet,
         ip: Option<IpAddr>,
         identity: Option<&str>,
     ) -> Vec<(String, usize, RateLimitError)> {
-        let retry_after = self.local.retry_after;
+        let retry_after = self.retry_after;
         let mut sets = Vec::with_capacity(3);
         if let (Some(limit), Some(ip)) = (self.per_ip, ip) {
             let limit = limit.get();
             sets.push((
-                self.ip_key(ip),
+                self.ip_key(fleet, ip),
                 limit,
                 RateLimitError::ClientIpQuota { limit, retry_after },
             ));
@@ -209,7 +104,7 @@ impl FleetQuotaLayer {
         if let (Some(limit), Some(subject)) = (self.per_identity, identity) {
             let limit = limit.get();
             sets.push((
-                self.identity_key(subject),
+                self.identity_key(fleet, subject),
                 limit,
                 RateLimitError::IdentityQuota { limit, retry_after },
             ));
@@ -217,7 +112,7 @@ impl FleetQuotaLayer {
         if let Some(limit) = self.global {
             let limit = limit.get();
             sets.push((
-                self.global_key(),
+                self.global_key(fleet),
                 limit,
                 RateLimitError::GlobalQuota { limit, retry_after },
             ));
@@ -226,97 +121,73 @@ impl FleetQuotaLayer {
     }
 }
 
-impl<S> Layer<S> for FleetQuotaLayer {
-    type Service = FleetQuota<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        FleetQuota {
-            local: self.local.layer(inner),
-            layer: self.clone(),
-        }
-    }
-}
-
-/// Middleware that caps concurrently open sockets fleet-wide. Made by [`FleetQuotaLayer`].
-#[derive(Clone, Debug)]
-pub struct FleetQuota<S> {
-    local: ConnectionQuota<S>,
-    layer: FleetQuotaLayer,
-}
-
-impl<S> FleetQuota<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        self.local.get_ref()
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        self.local.get_mut()
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.local.into_inner()
-    }
-}
-
-impl<S, B> Service<Request<B>> for FleetQuota<S>
-where
-    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.local.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ip = crate::core::client_ip(req.extensions());
-        let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
-        if self.layer.per_ip.is_some() && ip.is_none() {
-            let error = RateLimitError::MissingClientIp;
-            emit(&error, None, identity.as_deref());
-            let response = reject(self.layer.local.on_rejection.as_ref(), error);
-            return ResponseFuture::rejected(response);
-        }
-        let sets = self.layer.sets(ip, identity.as_deref());
-        let clone = self.local.clone();
-        let mut local = std::mem::replace(&mut self.local, clone);
-        let layer = self.layer.clone();
-        ResponseFuture::new(async move {
-            if sets.is_empty() {
-                return local.get_mut().call(req).await;
-            }
-            let lease = FleetLease::new(&layer.fleet, sets.iter().map(|s| s.0.clone()).collect());
-            match lease.acquire(&sets).await {
-                Ok(None) => {
-                    attach(&mut req, lease);
-                    local.get_mut().call(req).await
-                }
-                Ok(Some(error)) => {
-                    lease.forget();
-                    emit(&error, ip, identity.as_deref());
-                    Ok(reject(layer.local.on_rejection.as_ref(), error))
-                }
-                Err(error) => {
-                    if layer.fleet.failure_policy() == FailurePolicy::Refuse {
-                        // Dropped with a release: Redis may have taken it after the timeout.
-                        drop(lease);
-                        return Ok(refuse_unavailable("quota", error, ip));
-                    }
-                    note_fallback("quota", ip);
-                    // Counted by its renewals once Redis is back.
-                    attach(&mut req, lease);
-                    local.call(req).await
-                }
-            }
+async fn count(fleet: &Fleet, key: String) -> Result<usize, FleetError> {
+    let mut conn = fleet.connection();
+    fleet
+        .run("quota_count", async move {
+            scripts::COUNT
+                .key(key)
+                .arg("")
+                .invoke_async::<usize>(&mut conn)
+                .await
         })
+        .await
+}
+
+/// The fleet path of [`ConnectionQuota`]: takes the lease in Redis, then calls `svc`'s inner
+/// service (which was polled ready), rejects, or under the fallback policy lets this
+/// instance's counts decide.
+pub(crate) async fn admit<S, ReqBody, ResBody>(
+    mut svc: ConnectionQuota<S>,
+    fleet: Fleet,
+    mut req: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
+{
+    let layer = &svc.layer;
+    let ip = crate::core::client_ip(req.extensions());
+    let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
+    if layer.per_ip.is_some() && ip.is_none() {
+        let error = RateLimitError::MissingClientIp;
+        emit(&error, None, identity.as_deref());
+        return Ok(crate::core::convert_body(reject(
+            layer.on_rejection.as_ref(),
+            error,
+        )));
+    }
+    let sets = layer.sets(&fleet, ip, identity.as_deref());
+    if sets.is_empty() {
+        return svc.inner.call(req).await;
+    }
+    let lease = FleetLease::new(&fleet, sets.iter().map(|s| s.0.clone()).collect());
+    match lease.acquire(&sets).await {
+        Ok(None) => {
+            attach(&mut req, lease);
+            svc.inner.call(req).await
+        }
+        Ok(Some(error)) => {
+            lease.forget();
+            emit(&error, ip, identity.as_deref());
+            Ok(crate::core::convert_body(reject(
+                layer.on_rejection.as_ref(),
+                error,
+            )))
+        }
+        Err(error) => {
+            if fleet.failure_policy() == FailurePolicy::Refuse {
+                // Dropped with a release: Redis may have taken it after the timeout.
+                drop(lease);
+                return Ok(crate::core::convert_body(refuse_unavailable(
+                    "quota", error, ip,
+                )));
+            }
+            note_fallback("quota", ip);
+            // Counted by its renewals once Redis is back.
+            attach(&mut req, lease);
+            svc.admit_local(req).await
+        }
     }
 }
 
@@ -328,7 +199,7 @@ fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
 /// One socket's place in the fleet quota: a member, with an expiry, of each capped Redis set.
 /// Renewed every third of the lease TTL while it lives, released when dropped. Held in the
 /// [`ConnectionPermit`] of the request.
-pub struct FleetLease {
+pub(crate) struct FleetLease {
     fleet: Fleet,
     keys: Arc<[String]>,
     id: Arc<str>,

@@ -1,167 +1,55 @@
-//! [`FleetRateLimitLayer`]: the handshake rate limit, shared through Redis.
+//! The fleet backend of [`RateLimitLayer`]: the handshake rate limit as a GCRA in Redis.
 
-use std::{
-    fmt,
-    net::IpAddr,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::response::Response;
-use http::Request;
-use tower::{Layer, Service};
+use http::{HeaderValue, Request};
+use tower::Service;
 
-use super::{
-    FailurePolicy, Fleet, FleetError, ResponseFuture, note_fallback, refuse_unavailable, scripts,
-};
-use crate::{
-    client_ip::KeyPrefix,
-    rate_limit::{ConfigError, KeyBy, RateLimit, RateLimitError, RateLimitLayer, emit, reject},
+use super::{FailurePolicy, Fleet, FleetError, note_fallback, refuse_unavailable, scripts};
+use crate::rate_limit::{
+    Clock, RateLimit, RateLimitLayer, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, layer::RateKey,
 };
 
-/// Layer that limits the handshake rate across every instance sharing a [`Fleet`]: the
-/// fleet counterpart of [`RateLimitLayer`], with the same builder, keys and rejections
-/// (`429` with `Retry-After` and [`RateLimitError::TooManyHandshakes`] in the extensions).
-/// See the [module docs](super).
-///
-/// It embeds a local [`RateLimitLayer`] with the same settings, which decides while Redis is
-/// unreachable under [`FailurePolicy::FallBackToLocal`]. `X-RateLimit-*` headers are not
-/// sent. Clones share one limit; two layers on one fleet share counters only if they have the
-/// same [`name`](Self::name).
-#[derive(Clone)]
-pub struct FleetRateLimitLayer {
-    fleet: Fleet,
-    local: RateLimitLayer,
-    name: Arc<str>,
-    count: u32,
-    period: Duration,
-    burst: Option<u32>,
-}
-
-impl fmt::Debug for FleetRateLimitLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FleetRateLimitLayer")
-            .field("name", &self.name)
-            .field("count", &self.count)
-            .field("period", &self.period)
-            .field("burst", &self.burst_size())
-            .field("local", &self.local)
-            .finish()
-    }
-}
-
-impl FleetRateLimitLayer {
-    /// 10 handshakes per second with a burst of 10 across the fleet, keyed by client IP, named
-    /// `"handshake"`: [`RateLimitLayer::new`]'s defaults.
+impl<C: Clock + Clone> RateLimitLayer<C> {
+    /// Counts the handshakes in `fleet`'s Redis, so the rate holds for every instance
+    /// sharing it, as a GCRA (generic cell rate algorithm) in one atomic script. Replaces;
+    /// default: this instance's memory. Keys, rejections and `X-RateLimit-*` headers are
+    /// the same. While Redis is unreachable the fleet's [`FailurePolicy`] decides: this
+    /// instance's limiter with the same settings, or `503`. See the [fleet docs](crate::fleet).
     #[must_use]
-    pub fn new(fleet: &Fleet) -> Self {
-        Self {
-            fleet: fleet.clone(),
-            local: RateLimitLayer::new(),
-            name: Arc::from("handshake"),
-            count: 10,
-            period: Duration::from_secs(1),
-            burst: None,
-        }
-    }
-
-    /// The fleet counterpart of `local`: the same rate, burst, key and rejection, counted in
-    /// Redis (`WsGuard::fleet` uses it so one `RateLimitLayer` configures both modes).
-    pub(crate) fn from_local(fleet: &Fleet, local: RateLimitLayer) -> Self {
-        Self {
-            fleet: fleet.clone(),
-            count: local.count.get(),
-            period: local.period,
-            burst: local.burst.map(std::num::NonZeroU32::get),
-            local,
-            name: Arc::from("handshake"),
-        }
-    }
-
-    /// `n` handshakes per second per key, fleet-wide. Replaces. Fails if `n` is 0 or above
-    /// one million.
-    pub fn per_second(self, n: u32) -> Result<Self, ConfigError> {
-        self.rate(n, Duration::from_secs(1))
-    }
-
-    /// `n` handshakes per minute per key, fleet-wide. Replaces. Fails if `n` is 0.
-    pub fn per_minute(self, n: u32) -> Result<Self, ConfigError> {
-        self.rate(n, Duration::from_secs(60))
-    }
-
-    fn rate(mut self, n: u32, period: Duration) -> Result<Self, ConfigError> {
-        if n == 0 {
-            return Err(ConfigError::Zero("the rate"));
-        }
-        if (period / n).as_micros() == 0 {
-            return Err(ConfigError::RateTooHigh);
-        }
-        self.local = if period == Duration::from_secs(1) {
-            self.local.per_second(n)?
-        } else {
-            self.local.per_minute(n)?
-        };
-        self.count = n;
-        self.period = period;
-        Ok(self)
-    }
-
-    /// Handshakes allowed at once after a quiet period. Replaces; default: the rate's `n`.
-    /// Fails if `b` is 0.
-    pub fn burst(mut self, b: u32) -> Result<Self, ConfigError> {
-        self.local = self.local.burst(b)?;
-        self.burst = Some(b);
-        Ok(self)
-    }
-
-    /// What the limit is keyed on. Replaces; default [`KeyBy::ClientIp`].
-    #[must_use]
-    pub fn key(mut self, key_by: KeyBy) -> Self {
-        self.local = self.local.key(key_by);
+    pub fn fleet(mut self, fleet: &Fleet) -> Self {
+        self.backend.fleet = Some(fleet.clone());
         self
     }
 
-    /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: KeyPrefix) -> Self {
-        self.local = self.local.key_prefix(prefix);
-        self
-    }
-
-    /// The name of this limit in Redis (`<prefix>:rate:<name>:<key>`). Replaces; default
-    /// `"handshake"`. Give each fleet rate limit of a service its own name.
+    /// The name of this limit in Redis (`<prefix>:rate:<name>:<key>`), with a
+    /// [`fleet`](Self::fleet) backend. Replaces; default `"handshake"`. Give each fleet
+    /// rate limit of a service its own name: two limits with one name share counters.
     #[must_use]
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Builds the rejection response, as [`RateLimitLayer::on_rejection`]. Replaces.
-    #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
-    {
-        self.local = self.local.on_rejection(f);
+        self.backend.name = name.into();
         self
     }
 
     fn burst_size(&self) -> u32 {
-        self.burst.unwrap_or(self.count)
+        self.burst.unwrap_or(self.count).get()
     }
 
     /// Asks Redis about one handshake under `key`: `Ok(Ok(remaining))` if allowed,
     /// `Ok(Err(wait))` if not.
-    async fn check(&self, key: String) -> Result<Result<u64, Duration>, FleetError> {
-        let interval_us = u64::try_from((self.period / self.count).as_micros())
+    async fn fleet_check(
+        &self,
+        fleet: &Fleet,
+        key: &RateKey,
+    ) -> Result<Result<u64, Duration>, FleetError> {
+        let interval_us = u64::try_from((self.period / self.count.get()).as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         let burst = self.burst_size();
-        let mut conn = self.fleet.connection();
-        let redis_key = self.fleet.key(&format!("rate:{}:{key}", self.name));
-        let reply: (i64, i64) = self
-            .fleet
+        let mut conn = fleet.connection();
+        let redis_key = fleet.key(&format!("rate:{}:{}", self.backend.name, fleet_key(key)));
+        let reply: (i64, i64) = fleet
             .run("rate_limit", async move {
                 scripts::GCRA
                     .key(redis_key)
@@ -179,94 +67,55 @@ impl FleetRateLimitLayer {
     }
 }
 
-impl<S> Layer<S> for FleetRateLimitLayer {
-    type Service = FleetRateLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        FleetRateLimit {
-            local: self.local.layer(inner),
-            layer: self.clone(),
-        }
+/// The key's part of the Redis key.
+fn fleet_key(key: &RateKey) -> String {
+    match key {
+        RateKey::Global => "global".to_owned(),
+        RateKey::Identity(subject) => format!("id:{subject}"),
+        RateKey::Ip(net) => format!("ip:{net}"),
     }
 }
 
-/// Middleware that limits the handshake rate fleet-wide. Made by [`FleetRateLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct FleetRateLimit<S> {
-    local: RateLimit<S>,
-    layer: FleetRateLimitLayer,
-}
-
-impl<S> FleetRateLimit<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        self.local.get_ref()
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        self.local.get_mut()
-    }
-
-    /// Consumes `self`, returning the inner service.
-    pub fn into_inner(self) -> S {
-        self.local.into_inner()
-    }
-}
-
-impl<S, B> Service<Request<B>> for FleetRateLimit<S>
+/// The fleet path of [`RateLimit`]: one Redis round trip, then `svc`'s inner service (which
+/// was polled ready), a `429`, or under the fallback policy the local limiter.
+pub(crate) async fn check<S, C, ReqBody, ResBody>(
+    mut svc: RateLimit<S, C>,
+    fleet: Fleet,
+    key: RateKey,
+    ip: Option<IpAddr>,
+    identity: Option<Arc<str>>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
 where
-    S: Service<Request<B>, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default + 'static,
+    C: Clock + Clone,
 {
-    type Response = Response;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.local.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ip: Option<IpAddr> = crate::core::client_ip(req.extensions());
-        let identity: Option<Arc<str>> = crate::core::identity(req.extensions()).map(Arc::from);
-        let key = match (self.layer.local.key_by, &identity, ip) {
-            (KeyBy::Global, _, _) => Some("global".to_owned()),
-            (KeyBy::Identity, Some(subject), _) => Some(format!("id:{subject}")),
-            (_, _, Some(ip)) => Some(format!("ip:{}", self.layer.local.prefix.key(ip))),
-            (_, _, None) => None,
-        };
-        let Some(key) = key else {
-            let error = RateLimitError::MissingClientIp;
-            emit(&error, None, identity.as_deref());
-            let response = reject(self.layer.local.on_rejection.as_ref(), error);
-            return ResponseFuture::rejected(response);
-        };
-        // The service that was polled ready goes with the request; a clone stays.
-        let clone = self.local.clone();
-        let mut local = std::mem::replace(&mut self.local, clone);
-        let layer = self.layer.clone();
-        ResponseFuture::new(async move {
-            match layer.check(key).await {
-                Ok(Ok(_remaining)) => local.get_mut().call(req).await,
-                Ok(Err(wait)) => {
-                    let error = RateLimitError::TooManyHandshakes {
-                        limit: layer.burst_size(),
-                        retry_after: wait,
-                    };
-                    emit(&error, ip, identity.as_deref());
-                    Ok(reject(layer.local.on_rejection.as_ref(), error))
-                }
-                Err(error) => match layer.fleet.failure_policy() {
-                    FailurePolicy::Refuse => Ok(refuse_unavailable("rate_limit", error, ip)),
-                    _ => {
-                        note_fallback("rate_limit", ip);
-                        local.call(req).await
-                    }
-                },
+    match svc.layer.fleet_check(&fleet, &key).await {
+        Ok(Ok(remaining)) => {
+            let mut response = svc.inner.call(req).await?;
+            if svc.layer.headers {
+                let headers = response.headers_mut();
+                headers.insert(X_RATELIMIT_LIMIT, svc.layer.burst_size().into());
+                headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(remaining));
             }
-        })
+            Ok(response)
+        }
+        Ok(Err(wait)) => {
+            let limit = svc.layer.burst_size();
+            let response = svc.layer.too_many(limit, wait, ip, identity.as_deref());
+            Ok(crate::core::convert_body(response))
+        }
+        Err(error) => match fleet.failure_policy() {
+            FailurePolicy::Refuse => Ok(crate::core::convert_body(refuse_unavailable(
+                "rate_limit",
+                error,
+                ip,
+            ))),
+            _ => {
+                note_fallback("rate_limit", ip);
+                svc.check_local(req, &key, ip, identity.as_deref()).await
+            }
+        },
     }
 }

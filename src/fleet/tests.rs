@@ -16,7 +16,7 @@ use super::*;
 use crate::{
     auth::{Principal, TokenFingerprint},
     client_ip::ClientIp,
-    rate_limit::ConnectionPermit,
+    rate_limit::{ConnectionPermit, ConnectionQuotaLayer, RateLimitLayer},
     socket::CloseSignal,
 };
 
@@ -300,7 +300,8 @@ async fn rate_limit_spans_instances() {
     let redis = RedisServer::start();
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
     let layer = |f: &Fleet| {
-        FleetRateLimitLayer::new(f)
+        RateLimitLayer::new()
+            .fleet(f)
             .per_minute(1)
             .unwrap()
             .burst(3)
@@ -344,6 +345,63 @@ async fn rate_limit_spans_instances() {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
+#[tokio::test]
+async fn fleet_rate_limit_sends_the_same_headers_as_the_local_one() {
+    let redis = RedisServer::start();
+    let a = fleet(&redis.url());
+    let mut svc = RateLimitLayer::new()
+        .fleet(&a)
+        .name("headers")
+        .per_minute(1)
+        .unwrap()
+        .burst(2)
+        .unwrap()
+        .rate_limit_headers(true)
+        .layer(service_fn(keep));
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(handshake([203, 0, 113, 9], None, None))
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("2"));
+        remaining.push((res.status(), header("x-ratelimit-remaining")));
+    }
+    assert_eq!(
+        remaining,
+        [
+            (StatusCode::OK, Some("1".to_owned())),
+            (StatusCode::OK, Some("0".to_owned())),
+            (StatusCode::TOO_MANY_REQUESTS, Some("0".to_owned())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn quota_counts_are_this_instances_without_a_fleet() {
+    let quota = ConnectionQuotaLayer::new().per_identity(2).unwrap();
+    let res = quota
+        .clone()
+        .layer(service_fn(keep))
+        .oneshot(handshake([203, 0, 113, 10], Some("bob"), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(quota.fleet_active_for_identity("bob").await, Ok(1));
+    assert_eq!(quota.fleet_active().await, Ok(1));
+    drop(res);
+    assert_eq!(quota.fleet_active_for_identity("bob").await, Ok(0));
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !check().await {
@@ -359,12 +417,14 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn quota_spans_instances_and_releases_on_drop() {
     let redis = RedisServer::start();
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
-    let layer_a = FleetQuotaLayer::new(&a)
+    let layer_a = ConnectionQuotaLayer::new()
+        .fleet(&a)
         .per_identity(1)
         .unwrap()
         .per_ip(5)
         .unwrap();
-    let layer_b = FleetQuotaLayer::new(&b)
+    let layer_b = ConnectionQuotaLayer::new()
+        .fleet(&b)
         .per_identity(1)
         .unwrap()
         .per_ip(5)
@@ -385,7 +445,7 @@ async fn quota_spans_instances_and_releases_on_drop() {
         .get::<ConnectionPermit>()
         .cloned()
         .expect("permit");
-    assert_eq!(layer_a.active_for_identity("alice").await.unwrap(), 1);
+    assert_eq!(layer_a.fleet_active_for_identity("alice").await.unwrap(), 1);
 
     let refused = svc_b
         .ready()
@@ -412,7 +472,7 @@ async fn quota_spans_instances_and_releases_on_drop() {
     drop(held);
     drop(permit);
     wait_for("the lease release", async || {
-        layer_a.active_for_identity("alice").await.unwrap() == 0
+        layer_a.fleet_active_for_identity("alice").await.unwrap() == 0
     })
     .await;
     let res = svc_b
@@ -463,12 +523,16 @@ async fn unreachable_redis_falls_back_to_local_limits_or_refuses() {
             .on_failure(case.policy)
             .build()
             .unwrap();
-        let rate = FleetRateLimitLayer::new(&fleet)
+        let rate = RateLimitLayer::new()
+            .fleet(&fleet)
             .per_minute(1)
             .unwrap()
             .burst(1)
             .unwrap();
-        let quota = FleetQuotaLayer::new(&fleet).per_identity(1).unwrap();
+        let quota = ConnectionQuotaLayer::new()
+            .fleet(&fleet)
+            .per_identity(1)
+            .unwrap();
         let mut svc = tower::ServiceBuilder::new()
             .layer(rate)
             .layer(RevocationLayer::new(&fleet))
@@ -855,26 +919,44 @@ async fn each_cap_refuses_with_its_status() {
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
     struct Case {
         name: &'static str,
-        layer: fn(&Fleet) -> FleetQuotaLayer,
+        layer: fn(&Fleet) -> ConnectionQuotaLayer,
         second: ([u8; 4], &'static str),
         status: StatusCode,
     }
     let cases = [
         Case {
             name: "per ip",
-            layer: |f| FleetQuotaLayer::new(f).name("ip").per_ip(1).unwrap(),
+            layer: |f| {
+                ConnectionQuotaLayer::new()
+                    .fleet(f)
+                    .name("ip")
+                    .per_ip(1)
+                    .unwrap()
+            },
             second: ([203, 0, 113, 50], "other"),
             status: StatusCode::TOO_MANY_REQUESTS,
         },
         Case {
             name: "per identity",
-            layer: |f| FleetQuotaLayer::new(f).name("id").per_identity(1).unwrap(),
+            layer: |f| {
+                ConnectionQuotaLayer::new()
+                    .fleet(f)
+                    .name("id")
+                    .per_identity(1)
+                    .unwrap()
+            },
             second: ([203, 0, 113, 51], "same"),
             status: StatusCode::TOO_MANY_REQUESTS,
         },
         Case {
             name: "global",
-            layer: |f| FleetQuotaLayer::new(f).name("global").global(1).unwrap(),
+            layer: |f| {
+                ConnectionQuotaLayer::new()
+                    .fleet(f)
+                    .name("global")
+                    .global(1)
+                    .unwrap()
+            },
             second: ([203, 0, 113, 52], "other"),
             status: StatusCode::SERVICE_UNAVAILABLE,
         },
@@ -911,7 +993,8 @@ async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();
-    let mut svc = FleetRateLimitLayer::new(&fleet)
+    let mut svc = RateLimitLayer::new()
+        .fleet(&fleet)
         .per_second(100)
         .unwrap()
         .layer(service_fn(keep));

@@ -27,21 +27,38 @@ pub(crate) enum After {
 
 pin_project! {
     /// Response future of the middleware in [`rate_limit`](super): the shared handshake
-    /// future, plus what to do with the inner service's response.
+    /// future plus what to do with the inner service's response or, with a
+    /// [fleet](crate::fleet) backend, the Redis round trip and then the inner service.
     ///
     /// `B` is the response body, axum's [`Body`] by default.
-    pub struct ResponseFuture<F, B = Body> {
+    pub struct ResponseFuture<F: Future, B = Body> {
         #[pin]
-        inner: crate::core::ResponseFuture<F, B>,
-        after: After,
+        kind: Kind<F, B>,
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F: Future, B> {
+        Local {
+            #[pin]
+            inner: crate::core::ResponseFuture<F, B>,
+            after: After,
+        },
+        // Only made with the `redis` feature.
+        Boxed { future: BoxFuture<F::Output> },
+    }
+}
+
+impl<F: Future, B> ResponseFuture<F, B> {
     pub(crate) fn future(future: F, after: After) -> Self {
         Self {
-            inner: crate::core::ResponseFuture::future(future),
-            after,
+            kind: Kind::Local {
+                inner: crate::core::ResponseFuture::future(future),
+                after,
+            },
         }
     }
 
@@ -50,8 +67,20 @@ impl<F, B> ResponseFuture<F, B> {
         B: Default + 'static,
     {
         Self {
-            inner: crate::core::ResponseFuture::rejected(response),
-            after: After::Nothing,
+            kind: Kind::Local {
+                inner: crate::core::ResponseFuture::rejected(response),
+                after: After::Nothing,
+            },
+        }
+    }
+
+    /// A future of its own (the fleet backend's Redis round trip, then the inner service).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn boxed(future: impl Future<Output = F::Output> + Send + 'static) -> Self {
+        Self {
+            kind: Kind::Boxed {
+                future: Box::pin(future),
+            },
         }
     }
 }
@@ -63,9 +92,12 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = ready!(this.inner.poll(cx))?;
-        match this.after {
+        let (inner, after) = match self.project().kind.project() {
+            KindProj::Boxed { future } => return future.as_mut().poll(cx),
+            KindProj::Local { inner, after } => (inner, after),
+        };
+        let mut response = ready!(inner.poll(cx))?;
+        match after {
             After::Nothing => {}
             After::RateHeaders { limit, remaining } => {
                 let headers = response.headers_mut();
@@ -86,7 +118,7 @@ where
     }
 }
 
-impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+impl<F: Future, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

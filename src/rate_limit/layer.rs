@@ -55,6 +55,9 @@ pub struct RateLimitLayer<C: Clock = DefaultClock> {
     pub(crate) headers: bool,
     pub(crate) prune_every: u64,
     pub(crate) on_rejection: Option<RejectFn>,
+    /// Where the limit counts: in memory, or in a fleet's Redis.
+    #[cfg(feature = "redis")]
+    pub(crate) backend: crate::fleet::Backend,
 }
 
 const DEFAULT_PER_SECOND: NonZeroU32 = NonZeroU32::new(10).unwrap();
@@ -75,6 +78,8 @@ impl RateLimitLayer<DefaultClock> {
             headers: false,
             prune_every: 1024,
             on_rejection: None,
+            #[cfg(feature = "redis")]
+            backend: crate::fleet::Backend::new("handshake"),
         }
     }
 }
@@ -200,6 +205,8 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
             headers: self.headers,
             prune_every: self.prune_every,
             on_rejection: self.on_rejection,
+            #[cfg(feature = "redis")]
+            backend: self.backend,
         }
     }
 
@@ -272,14 +279,16 @@ impl<C: Clock + Clone> Clone for RateLimitLayer<C> {
             headers: self.headers,
             prune_every: self.prune_every,
             on_rejection: self.on_rejection.clone(),
+            #[cfg(feature = "redis")]
+            backend: self.backend.clone(),
         }
     }
 }
 
 impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimitLayer")
-            .field("count", &self.count)
+        let mut f = f.debug_struct("RateLimitLayer");
+        f.field("count", &self.count)
             .field("period", &self.period)
             .field("burst", &self.burst.unwrap_or(self.count))
             .field("key_by", &self.key_by)
@@ -290,8 +299,10 @@ impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
                 "tracked_keys",
                 &self.state.get().map_or(0, |shared| shared.limiter.len()),
             )
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
-            .finish()
+            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."));
+        #[cfg(feature = "redis")]
+        f.field("backend", &self.backend);
+        f.finish()
     }
 }
 

@@ -83,9 +83,9 @@
 //! enforces its own limits.
 
 mod future;
-mod layer;
+pub(crate) mod layer;
 mod permit;
-mod quota;
+pub(crate) mod quota;
 mod service;
 mod throttle;
 

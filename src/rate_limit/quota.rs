@@ -93,6 +93,9 @@ pub struct ConnectionQuotaLayer {
     pub(crate) prefix: KeyPrefix,
     pub(crate) retry_after: Duration,
     pub(crate) on_rejection: Option<RejectFn>,
+    /// Where the sockets count: in memory, or as leases in a fleet's Redis.
+    #[cfg(feature = "redis")]
+    pub(crate) backend: crate::fleet::Backend,
 }
 
 impl ConnectionQuotaLayer {
@@ -108,6 +111,8 @@ impl ConnectionQuotaLayer {
             prefix: KeyPrefix::DEFAULT,
             retry_after: Duration::from_secs(1),
             on_rejection: None,
+            #[cfg(feature = "redis")]
+            backend: crate::fleet::Backend::new("sockets"),
         }
     }
 
@@ -257,15 +262,17 @@ impl Default for ConnectionQuotaLayer {
 
 impl fmt::Debug for ConnectionQuotaLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConnectionQuotaLayer")
-            .field("per_ip", &self.per_ip)
+        let mut f = f.debug_struct("ConnectionQuotaLayer");
+        f.field("per_ip", &self.per_ip)
             .field("per_identity", &self.per_identity)
             .field("global", &self.global)
             .field("prefix", &self.prefix)
             .field("retry_after", &self.retry_after)
             .field("active", &self.active())
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
-            .finish()
+            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."));
+        #[cfg(feature = "redis")]
+        f.field("backend", &self.backend);
+        f.finish()
     }
 }
 
@@ -285,8 +292,8 @@ impl<S> Layer<S> for ConnectionQuotaLayer {
 /// the [module docs](super).
 #[derive(Clone, Debug)]
 pub struct ConnectionQuota<S> {
-    inner: S,
-    layer: ConnectionQuotaLayer,
+    pub(crate) inner: S,
+    pub(crate) layer: ConnectionQuotaLayer,
 }
 
 impl<S> ConnectionQuota<S> {
@@ -296,22 +303,16 @@ impl<S> ConnectionQuota<S> {
     }
 
     crate::core::define_inner_service_accessors!();
-}
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ConnectionQuota<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default + 'static,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    /// Takes this instance's slot for the socket and calls the inner service, or rejects.
+    pub(crate) fn admit_local<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Default + 'static,
+    {
         let ip = crate::core::client_ip(req.extensions());
         let identity = crate::core::identity(req.extensions());
         match self.layer.acquire(ip, identity) {
@@ -324,5 +325,34 @@ where
                 ResponseFuture::rejected(reject(self.layer.on_rejection.as_ref(), error))
             }
         }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ConnectionQuota<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = self.layer.backend.fleet() {
+            let fleet = fleet.clone();
+            // The service that was polled ready goes with the request; a clone stays.
+            let clone = self.clone();
+            let ready = std::mem::replace(self, clone);
+            return ResponseFuture::boxed(crate::fleet::quota::admit(ready, fleet, req));
+        }
+        self.admit_local(req)
     }
 }

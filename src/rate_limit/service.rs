@@ -20,8 +20,8 @@ use super::{
 /// Middleware that limits the handshake rate. Made by [`RateLimitLayer`]; see the
 /// [module docs](super).
 pub struct RateLimit<S, C: Clock = DefaultClock> {
-    inner: S,
-    layer: RateLimitLayer<C>,
+    pub(crate) inner: S,
+    pub(crate) layer: RateLimitLayer<C>,
 }
 
 impl<S, C: Clock + Clone> RateLimit<S, C> {
@@ -59,9 +59,12 @@ impl<S: std::fmt::Debug, C: Clock> std::fmt::Debug for RateLimit<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default + 'static,
-    C: Clock + Clone,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+    C: Clock + Clone + Send + Sync + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -86,7 +89,35 @@ where
             super::emit(&error, None, identity.as_deref());
             return ResponseFuture::rejected(reject(layer.on_rejection.as_ref(), error));
         };
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = layer.backend.fleet() {
+            let fleet = fleet.clone();
+            // The service that was polled ready goes with the request; a clone stays.
+            let clone = self.clone();
+            let ready = std::mem::replace(self, clone);
+            return ResponseFuture::boxed(crate::fleet::rate::check(
+                ready, fleet, key, ip, identity, req,
+            ));
+        }
+        self.check_local(req, &key, ip, identity.as_deref())
+    }
+}
 
+impl<S, C: Clock + Clone> RateLimit<S, C> {
+    /// Counts the handshake in this instance's limiter and calls the inner service or
+    /// rejects.
+    pub(crate) fn check_local<ReqBody, ResBody>(
+        &mut self,
+        req: Request<ReqBody>,
+        key: &RateKey,
+        ip: Option<IpAddr>,
+        identity: Option<&str>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Default + 'static,
+    {
+        let layer = &self.layer;
         let shared = layer.shared();
         let seen = shared
             .requests
@@ -96,7 +127,7 @@ where
             prune(shared);
         }
 
-        match shared.limiter.check_key(&key) {
+        match shared.limiter.check_key(key) {
             Ok(snapshot) => {
                 let after = if layer.headers {
                     After::RateHeaders {
@@ -111,20 +142,33 @@ where
             Err(not_until) => {
                 let limit = not_until.quota().burst_size().get();
                 let wait = not_until.wait_time_from(shared.limiter.clock().now());
-                let error = RateLimitError::TooManyHandshakes {
-                    limit,
-                    retry_after: wait,
-                };
-                super::emit(&error, ip, identity.as_deref());
-                let mut response = reject(layer.on_rejection.as_ref(), error);
-                if layer.headers {
-                    let headers = response.headers_mut();
-                    headers.insert(X_RATELIMIT_LIMIT, limit.into());
-                    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
-                    headers.insert(X_RATELIMIT_AFTER, retry_after_secs(wait).into());
-                }
-                ResponseFuture::rejected(response)
+                ResponseFuture::rejected(self.layer.too_many(limit, wait, ip, identity))
             }
         }
+    }
+}
+
+impl<C: Clock + Clone> RateLimitLayer<C> {
+    /// The `429` of a key over its limit of `limit`, free again after `wait`.
+    pub(crate) fn too_many(
+        &self,
+        limit: u32,
+        wait: std::time::Duration,
+        ip: Option<IpAddr>,
+        identity: Option<&str>,
+    ) -> Response {
+        let error = RateLimitError::TooManyHandshakes {
+            limit,
+            retry_after: wait,
+        };
+        super::emit(&error, ip, identity);
+        let mut response = reject(self.on_rejection.as_ref(), error);
+        if self.headers {
+            let headers = response.headers_mut();
+            headers.insert(X_RATELIMIT_LIMIT, limit.into());
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
+            headers.insert(X_RATELIMIT_AFTER, retry_after_secs(wait).into());
+        }
+        response
     }
 }

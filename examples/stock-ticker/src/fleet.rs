@@ -105,8 +105,9 @@ mod enabled {
     use futures_util::StreamExt;
     use redis::Script;
     use serde::Deserialize;
-    use wsguard::fleet::{
-        FailurePolicy, Fleet, FleetError, FleetQuotaLayer, FleetRateLimitLayer, RevocationLayer,
+    use wsguard::{
+        fleet::{FailurePolicy, Fleet, FleetError, RevocationLayer},
+        rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     };
 
     use super::{OnFailure, Options};
@@ -196,7 +197,8 @@ return 0
             per_ip: usize,
             per_user: usize,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            let quota = FleetQuotaLayer::new(&self.fleet)
+            let quota = ConnectionQuotaLayer::new()
+                .fleet(&self.fleet)
                 .per_ip(per_ip)?
                 .per_identity(per_user)?;
             Ok(route.layer(quota).layer(RevocationLayer::new(&self.fleet)))
@@ -209,7 +211,8 @@ return 0
             per_second: u32,
             burst: u32,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            let rate = FleetRateLimitLayer::new(&self.fleet)
+            let rate = RateLimitLayer::new()
+                .fleet(&self.fleet)
                 .per_second(per_second)?
                 .burst(burst)?;
             Ok(route.layer(rate))

@@ -49,10 +49,12 @@ impl Drop for Inner {
     }
 }
 
-/// A handle on the Redis that instances of a service share: the fleet layers
-/// ([`FleetRateLimitLayer`](super::FleetRateLimitLayer),
-/// [`FleetQuotaLayer`](super::FleetQuotaLayer), [`RevocationLayer`](super::RevocationLayer))
-/// take one, and it revokes identities and tokens on every instance. Cheap to clone; clones
+/// A handle on the Redis that instances of a service share: the backend of
+/// [`WsGuard::fleet`](crate::WsGuard::fleet),
+/// [`RateLimitLayer::fleet`](crate::rate_limit::RateLimitLayer::fleet),
+/// [`ConnectionQuotaLayer::fleet`](crate::rate_limit::ConnectionQuotaLayer::fleet) and
+/// [`RevocationLayer::new`](super::RevocationLayer::new), and it revokes identities and
+/// tokens on every instance. Cheap to clone; clones
 /// share the connection. See the [module docs](super).
 #[derive(Clone)]
 pub struct Fleet {
