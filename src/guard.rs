@@ -184,6 +184,29 @@ type Layers<A> = Stack<
 /// hand ([`OriginGuardLayer`], [`ClientIpLayer`], [`RateLimitLayer`],
 /// [`ConnectionQuotaLayer::per_ip`], [`SocketPolicyLayer`]).
 ///
+/// # Misconfigurations that do not compile
+///
+/// What a hand-made stack gets wrong at run time is a type error here. Without a
+/// [`ClientIpLayer`] in front, the per-IP rate limit and quota answer every handshake with
+/// `500` (`RateLimitError::MissingClientIp`); a guard always resolves the client address
+/// first, and has no way to leave it out:
+///
+/// ```compile_fail
+/// # use wsguard::{WsGuard, auth::StaticTokens};
+/// let guard = WsGuard::new(StaticTokens::new().token("t", "alice", ())).without_client_ip();
+/// ```
+///
+/// Without an authenticator in front, the identity quota and revocation check see nobody; a
+/// guard cannot be made without one:
+///
+/// ```compile_fail
+/// # use wsguard::WsGuard;
+/// let guard = WsGuard::new();
+/// ```
+///
+/// `tests/guard.rs` runs both hand-made stacks against a real server (`500`, and an identity
+/// cap that counts nobody) beside the same intent through `WsGuard` (`429`).
+///
 /// # Shared state
 ///
 /// Building a `WsGuard` creates no limiter, counter or task. The default rate limit,
