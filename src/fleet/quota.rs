@@ -136,10 +136,13 @@ impl FleetQuotaLayer {
     }
 
     /// Builds the rejection response, as [`ConnectionQuotaLayer::on_rejection`]. Replaces.
+    /// The hook also answers the `503` of [`FailurePolicy::Refuse`]
+    /// ([`Rejection::Fleet`](crate::Rejection::Fleet)).
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+        F: Fn(&crate::Rejection) -> R + Send + Sync + 'static,
+        R: axum::response::IntoResponse,
     {
         self.local = self.local.on_rejection(f);
         self
@@ -308,7 +311,12 @@ where
                     if layer.fleet.failure_policy() == FailurePolicy::Refuse {
                         // Dropped with a release: Redis may have taken it after the timeout.
                         drop(lease);
-                        return Ok(refuse_unavailable("quota", error, ip));
+                        return Ok(refuse_unavailable(
+                            layer.local.on_rejection.as_ref(),
+                            "quota",
+                            error,
+                            ip,
+                        ));
                     }
                     note_fallback("quota", ip);
                     // Counted by its renewals once Redis is back.

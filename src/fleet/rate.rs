@@ -138,10 +138,13 @@ impl FleetRateLimitLayer {
     }
 
     /// Builds the rejection response, as [`RateLimitLayer::on_rejection`]. Replaces.
+    /// The hook also answers the `503` of [`FailurePolicy::Refuse`]
+    /// ([`Rejection::Fleet`](crate::Rejection::Fleet)).
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+        F: Fn(&crate::Rejection) -> R + Send + Sync + 'static,
+        R: axum::response::IntoResponse,
     {
         self.local = self.local.on_rejection(f);
         self
@@ -260,7 +263,12 @@ where
                     Ok(reject(layer.local.on_rejection.as_ref(), error))
                 }
                 Err(error) => match layer.fleet.failure_policy() {
-                    FailurePolicy::Refuse => Ok(refuse_unavailable("rate_limit", error, ip)),
+                    FailurePolicy::Refuse => Ok(refuse_unavailable(
+                        layer.local.on_rejection.as_ref(),
+                        "rate_limit",
+                        error,
+                        ip,
+                    )),
                     _ => {
                         note_fallback("rate_limit", ip);
                         local.call(req).await
