@@ -1,5 +1,6 @@
 //! What every middleware module would otherwise repeat: the response future, the plain-text
-//! rejection, the inner-service accessors, permit attachment and identity lookup.
+//! body of rejections (built by [`Rejection`](crate::Rejection) in `crate::rejection`), the
+//! inner-service accessors, permit attachment and identity lookup.
 //!
 //! Crate-private; the futures are public only through each module's `ResponseFuture`
 //! re-export, because they appear in `Service::Future`.
@@ -169,26 +170,6 @@ pub(crate) fn convert_body<B: Default + 'static>(response: Response) -> Response
     Response::from_parts(parts, body)
 }
 
-/// The rejection for `error`: the user's `on_rejection` hook if there is one, else
-/// `default`; either way `error` ends up in the response extensions, for outer layers,
-/// handlers of the response and tests to read the typed cause.
-pub(crate) fn reject_with<T, H>(
-    error: T,
-    hook: Option<H>,
-    default: impl FnOnce(&T) -> Response,
-) -> Response
-where
-    T: Clone + Send + Sync + 'static,
-    H: FnOnce(&T) -> Response,
-{
-    let mut response = match hook {
-        Some(hook) => hook(&error),
-        None => default(&error),
-    };
-    response.extensions_mut().insert(error);
-    response
-}
-
 /// Adds `permit` to the [`ConnectionPermit`] in `extensions` (several layers may each hold
 /// slots for the same socket), or inserts it.
 pub(crate) fn attach_permit(extensions: &mut Extensions, permit: ConnectionPermit) {
@@ -289,12 +270,16 @@ pub(crate) use define_inner_service_accessors;
 mod tests {
     use std::{convert::Infallible, net::SocketAddr};
 
-    use axum::extract::ConnectInfo;
+    use axum::{
+        extract::ConnectInfo,
+        response::{IntoResponse, Response},
+    };
     use http::{Request, StatusCode};
     use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
     use super::ConnectionPermit;
     use crate::{
+        Rejection,
         auth::{AuthError, HandshakeAuthLayer, StaticTokens},
         client_ip::{ClientIp, ClientIpError, ClientIpLayer},
         origin::{OriginError, OriginGuardLayer},
@@ -328,6 +313,17 @@ mod tests {
         req
     }
 
+    /// A rejection hook, as the tests set it on every layer.
+    type Hook = fn(&Rejection) -> Response;
+
+    /// `layer` with `hook`, if any.
+    fn hooked<L>(layer: L, hook: Option<Hook>, set: fn(L, Hook) -> L) -> L {
+        match hook {
+            Some(hook) => set(layer, hook),
+            None => layer,
+        }
+    }
+
     /// Every handshake layer, in the documented order, over an inner service whose response
     /// body is `B`.
     fn stack<B>(
@@ -341,22 +337,51 @@ mod tests {
     where
         B: Default + Send + 'static,
     {
+        hooked_stack(make, None)
+    }
+
+    /// [`stack`], with `hook` on every layer.
+    fn hooked_stack<B>(
+        make: fn() -> B,
+        hook: Option<Hook>,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    where
+        B: Default + Send + 'static,
+    {
         let inner = service_fn(move |_req: Request<()>| async move {
             Ok::<_, Infallible>(http::Response::new(make()))
         });
         let tokens = StaticTokens::new().token("s3cret", "alice", ());
+        let origin = OriginGuardLayer::new()
+            .allow_origin("https://app.example.com")
+            .unwrap_or_default();
         ServiceBuilder::new()
-            .layer(
-                OriginGuardLayer::new()
-                    .allow_origin("https://app.example.com")
-                    .unwrap_or_default(),
-            )
-            .layer(ClientIpLayer::new())
-            .layer(RateLimitLayer::new().burst(2).unwrap_or_default())
-            .layer(AuthThrottleLayer::new())
-            .layer(HandshakeAuthLayer::new(tokens))
-            .layer(RevocationLayer::new(Revocations::new()))
-            .layer(ConnectionQuotaLayer::new())
+            .layer(hooked(origin, hook, |l, h| l.on_rejection(h)))
+            .layer(hooked(ClientIpLayer::new(), hook, |l, h| l.on_rejection(h)))
+            .layer(hooked(
+                RateLimitLayer::new().burst(2).unwrap_or_default(),
+                hook,
+                |l, h| l.on_rejection(h),
+            ))
+            .layer(hooked(AuthThrottleLayer::new(), hook, |l, h| {
+                l.on_rejection(h)
+            }))
+            .layer(hooked(HandshakeAuthLayer::new(tokens), hook, |l, h| {
+                l.on_rejection(h)
+            }))
+            .layer(hooked(
+                RevocationLayer::new(Revocations::new()),
+                hook,
+                |l, h| l.on_rejection(h),
+            ))
+            .layer(hooked(ConnectionQuotaLayer::new(), hook, |l, h| {
+                l.on_rejection(h)
+            }))
             .service(inner)
     }
 
@@ -474,6 +499,79 @@ mod tests {
             Some(RateLimitError::TooManyHandshakes { .. })
         ));
         assert_eq!(res.body(), &ForeignBody::Empty);
+    }
+
+    /// A hook's response is an axum response too: its status, headers and the typed
+    /// rejection reach any body type; its body reaches axum bodies only, except that a hook
+    /// returning the default response keeps the plain text for `String` bodies.
+    #[tokio::test]
+    async fn a_hook_composes_with_any_body() {
+        struct HookCase {
+            name: &'static str,
+            hook: Hook,
+            status_of: fn(&Case) -> StatusCode,
+            /// Whether the `String` body is right.
+            string_body: fn(&Case, &str) -> bool,
+        }
+        let hook_cases = [
+            HookCase {
+                name: "the default, from the hook",
+                hook: |rejection| rejection.clone().into_response(),
+                status_of: |case| case.status,
+                string_body: |case, body| body.starts_with(case.text),
+            },
+            HookCase {
+                name: "a teapot",
+                hook: |_| (StatusCode::IM_A_TEAPOT, "hooked").into_response(),
+                status_of: |_| StatusCode::IM_A_TEAPOT,
+                // The hook's body is an axum body: a `String` body gets its default.
+                string_body: |_, body| body.is_empty(),
+            },
+        ];
+        for hook_case in &hook_cases {
+            let strings = hooked_stack(|| String::from("inner"), Some(hook_case.hook));
+            let foreign = hooked_stack(|| ForeignBody::Inner("inner"), Some(hook_case.hook));
+            for case in CASES {
+                let name = format!("{} / {}", hook_case.name, case.name);
+                let res = strings
+                    .clone()
+                    .oneshot(handshake(case.origin, case.token, case.peer))
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                let foreign_res = foreign
+                    .clone()
+                    .oneshot(handshake(case.origin, case.token, case.peer))
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                if case.status == StatusCode::OK {
+                    assert_eq!(res.status(), StatusCode::OK, "{name}");
+                    assert_eq!(res.body(), "inner", "{name}");
+                    assert_eq!(foreign_res.body(), &ForeignBody::Inner("inner"), "{name}");
+                    continue;
+                }
+                let status = (hook_case.status_of)(case);
+                assert_eq!(res.status(), status, "{name}");
+                assert!(
+                    (hook_case.string_body)(case, res.body()),
+                    "{name}: {:?}",
+                    res.body()
+                );
+                assert_eq!(foreign_res.status(), status, "{name}");
+                assert_eq!(foreign_res.body(), &ForeignBody::Empty, "{name}");
+                for extensions in [res.extensions(), foreign_res.extensions()] {
+                    let rejection = extensions.get::<Rejection>();
+                    match rejection {
+                        Some(Rejection::Origin(e)) => {
+                            assert_eq!(extensions.get::<OriginError>(), Some(e), "{name}");
+                        }
+                        Some(Rejection::Auth(e)) => {
+                            assert_eq!(extensions.get::<AuthError>(), Some(e), "{name}");
+                        }
+                        other => panic!("{name}: {other:?}"),
+                    }
+                }
+            }
+        }
     }
 
     #[tokio::test]

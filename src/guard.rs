@@ -6,6 +6,7 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
+use axum::response::IntoResponse;
 use tower::{
     Layer,
     layer::util::{Identity as NoLayer, Stack},
@@ -14,11 +15,12 @@ use tower::{
 #[cfg(feature = "redis")]
 use crate::fleet::Fleet;
 use crate::{
-    ConfigError,
+    ConfigError, Rejection,
     auth::{Authenticator, HandshakeAuthLayer},
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+    rejection::OnRejection,
     revoke::{RevocationLayer, Revocations},
     socket::SocketPolicyLayer,
 };
@@ -45,6 +47,21 @@ impl<L: Clone> Part<L> {
             Part::Off => None,
         }
     }
+}
+
+/// `$layer` with the guard's rejection hook `$hook` (an `Option<&OnRejection>`) as its
+/// `on_rejection`, when the guard has one.
+macro_rules! hooked {
+    ($layer:expr, $hook:expr) => {{
+        let layer = $layer;
+        match $hook {
+            Some(hook) => {
+                let hook: OnRejection = hook.clone();
+                layer.on_rejection(move |rejection: &Rejection| hook.call(rejection))
+            }
+            None => layer,
+        }
+    }};
 }
 
 /// The default layers, made by the first `layer()` call of a guard (or of one of its clones)
@@ -217,6 +234,26 @@ type Layers<A> = Stack<
 /// (`.rate_limit(layer)`, `.quota(layer)`, ...) keeps its own counters. For separate limits
 /// on two routers, build two guards.
 ///
+/// # Rejections
+///
+/// Every part refuses with its own status (`403` origin, `401` auth, `429` rate, ...), a short
+/// plain-text body, and the typed cause and the crate's [`Rejection`] in the response
+/// extensions. [`on_rejection`](WsGuard::on_rejection) replaces the response of all of them
+/// with one hook over the [`Rejection`]:
+///
+/// ```
+/// use axum::{Json, response::IntoResponse};
+/// use http::StatusCode;
+/// use wsguard::{Rejection, WsGuard, auth::StaticTokens};
+///
+/// let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
+///     .on_rejection(|rejection: &Rejection| {
+///         let body = serde_json::json!({ "error": rejection.to_string() });
+///         (rejection.status(), Json(body)).into_response()
+///     });
+/// # let _ = guard;
+/// ```
+///
 /// # Fleet mode
 ///
 /// With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
@@ -235,6 +272,8 @@ pub struct WsGuard<A> {
     socket: Part<SocketPolicyLayer>,
     #[cfg(feature = "redis")]
     fleet: Option<Fleet>,
+    /// Set on every part by `layer()`, when set.
+    on_rejection: Option<OnRejection>,
     /// Empty until the first `layer()` call.
     defaults: Arc<OnceLock<Defaults>>,
 }
@@ -262,6 +301,7 @@ impl<A: Authenticator> WsGuard<A> {
             socket: Part::Default,
             #[cfg(feature = "redis")]
             fleet: None,
+            on_rejection: None,
             defaults: Arc::default(),
         }
     }
@@ -384,6 +424,7 @@ impl<A> WsGuard<A> {
             socket: self.socket,
             #[cfg(feature = "redis")]
             fleet: self.fleet,
+            on_rejection: self.on_rejection,
             defaults: self.defaults,
         }
     }
@@ -435,9 +476,33 @@ impl<A> WsGuard<A> {
         self
     }
 
+    /// Builds the rejection response of every part (origin, client IP, rate limit,
+    /// throttle, auth, revocation, quota, and in fleet mode the `503` of the fleet's
+    /// `FailurePolicy::Refuse`) from the [`Rejection`] instead of the default, which is
+    /// [`Rejection::into_response`]. Replaces the guard's previous hook, and the hook of
+    /// every part, the default ones and the ones handed in (`.rate_limit(..)`,
+    /// `.origin(..)`, before or after this call) alike: the hook matches on the
+    /// [`Rejection`] variant to treat one part differently. Default: none, every part keeps
+    /// its own hook, if it has one.
+    ///
+    /// Whatever the hook returns, the typed cause and the [`Rejection`] are put in the
+    /// response extensions, and `Retry-After` is added when the response lacks it and the
+    /// cause knows the wait ([`Rejection::retry_after`]); `WWW-Authenticate` is not added (a
+    /// hook may answer with another status: start from `rejection.clone().into_response()`
+    /// to keep every default header).
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
+    where
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
+    {
+        self.on_rejection = Some(OnRejection::new(f));
+        self
+    }
+
     /// The rate limit, on the guard's fleet unless it has a fleet backend of its own.
     fn rate_stage(&self, defaults: &Defaults) -> Option<RateLimitLayer> {
         let layer = self.rate.resolve(&defaults.rate)?;
+        let layer = hooked!(layer, self.on_rejection.as_ref());
         #[cfg(feature = "redis")]
         let layer = match &self.fleet {
             Some(fleet) if layer.backend.fleet().is_none() => layer.fleet(fleet),
@@ -449,6 +514,7 @@ impl<A> WsGuard<A> {
     /// The quota, on the guard's fleet unless it has a fleet backend of its own.
     fn quota_stage(&self, defaults: &Defaults) -> Option<ConnectionQuotaLayer> {
         let layer = self.quota.resolve(&defaults.quota)?;
+        let layer = hooked!(layer, self.on_rejection.as_ref());
         #[cfg(feature = "redis")]
         let layer = match &self.fleet {
             Some(fleet) if layer.backend.fleet().is_none() => layer.fleet(fleet),
@@ -460,7 +526,10 @@ impl<A> WsGuard<A> {
     fn revocation_stage(&self, defaults: &Defaults) -> Option<RevocationLayer> {
         match &self.revocation {
             Part::Off => None,
-            _ => Some(RevocationLayer::new(self.registry(defaults))),
+            _ => Some(hooked!(
+                RevocationLayer::new(self.registry(defaults)),
+                self.on_rejection.as_ref()
+            )),
         }
     }
 
@@ -493,12 +562,17 @@ impl<A> WsGuard<A> {
         A: Clone,
     {
         let defaults = self.defaults.get_or_init(Defaults::new);
+        let hook = self.on_rejection.as_ref();
+        let origin = hooked!(self.origin.clone(), hook);
+        let client_ip = hooked!(self.client_ip.clone(), hook);
+        let throttle = (self.throttle.resolve(&defaults.throttle)).map(|l| hooked!(l, hook));
+        let auth = hooked!(self.auth.clone(), hook);
         tower::ServiceBuilder::new()
-            .layer(self.origin.clone())
-            .layer(self.client_ip.clone())
+            .layer(origin)
+            .layer(client_ip)
             .option_layer(self.rate_stage(defaults))
-            .option_layer(self.throttle.resolve(&defaults.throttle))
-            .layer(self.auth.clone())
+            .option_layer(throttle)
+            .layer(auth)
             .option_layer(self.revocation_stage(defaults))
             .option_layer(self.quota_stage(defaults))
             .layer(
@@ -523,6 +597,7 @@ impl<A: Clone> Clone for WsGuard<A> {
             socket: self.socket.clone(),
             #[cfg(feature = "redis")]
             fleet: self.fleet.clone(),
+            on_rejection: self.on_rejection.clone(),
             defaults: Arc::clone(&self.defaults),
         }
     }
@@ -538,7 +613,8 @@ impl<A> fmt::Debug for WsGuard<A> {
             .field("auth", &self.auth)
             .field("revocation", &self.revocation)
             .field("quota", &self.quota)
-            .field("socket", &self.socket);
+            .field("socket", &self.socket)
+            .field("on_rejection", &self.on_rejection);
         #[cfg(feature = "redis")]
         d.field("fleet", &self.fleet.as_ref().map(Fleet::prefix));
         d.finish()
@@ -560,7 +636,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::StaticTokens;
+    use crate::{auth::StaticTokens, revoke::RevokeError};
 
     fn guard() -> WsGuard<StaticTokens<()>> {
         WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
@@ -612,6 +688,248 @@ mod tests {
                 Err(ConfigError::Origin(_)) => {}
                 other => panic!("{}: {:?}", case.name, other.map(|_| ())),
             }
+        }
+    }
+
+    /// One hook on the guard answers for every part: it sees each refusal as its
+    /// [`Rejection`] variant, and the response keeps the typed cause and the `Rejection`.
+    #[tokio::test]
+    async fn one_hook_on_the_guard_sees_every_part_s_rejection() {
+        use std::{
+            net::SocketAddr,
+            sync::{Arc, Mutex, PoisonError},
+        };
+
+        use axum::{body::Body, extract::ConnectInfo, response::Response};
+        use http::{Request, StatusCode, header};
+        use tower::ServiceExt;
+
+        use crate::{auth::AuthError, origin::OriginError, rate_limit::RateLimitError};
+
+        let seen: Arc<Mutex<Vec<Rejection>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let guard = guard().on_rejection(move |rejection: &Rejection| {
+            record
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(rejection.clone());
+            (StatusCode::IM_A_TEAPOT, "refused")
+        });
+        let registry = guard.revocation_registry();
+        let svc = guard.layer(tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }));
+        let handshake = |origin: &str, token: Option<&str>| {
+            let mut req = Request::get("/ws")
+                .header("host", "api.example.com")
+                .header("origin", origin)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+            if let Some(token) = token {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
+            let mut req = req.body(Body::empty()).unwrap_or_default();
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
+            req
+        };
+        let call = |req| {
+            let svc = svc.clone();
+            async move { svc.oneshot(req).await.unwrap_or_else(|e| match e {}) }
+        };
+
+        struct Case {
+            name: &'static str,
+            origin: &'static str,
+            token: Option<&'static str>,
+            status: StatusCode,
+            rejection: Option<fn(&Rejection) -> bool>,
+        }
+        let bad = Some("guess");
+        let good = Some("s3cret-token");
+        let failed_auth: fn(&Rejection) -> bool =
+            |r| matches!(r, Rejection::Auth(AuthError::Invalid));
+        let cases = [
+            Case {
+                name: "cross-site origin",
+                origin: "https://evil.example",
+                token: good,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(|r| matches!(r, Rejection::Origin(OriginError::NotAllowed))),
+            },
+            Case {
+                name: "no credential",
+                origin: "https://app.example.com",
+                token: None,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(|r| matches!(r, Rejection::Auth(AuthError::Missing))),
+            },
+            Case {
+                name: "accepted",
+                origin: "https://app.example.com",
+                token: good,
+                status: StatusCode::OK,
+                rejection: None,
+            },
+            // Four more failures reach the default throttle's 5 …
+            Case {
+                name: "failure 2",
+                origin: "https://app.example.com",
+                token: bad,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(failed_auth),
+            },
+            Case {
+                name: "failure 3",
+                origin: "https://app.example.com",
+                token: bad,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(failed_auth),
+            },
+            Case {
+                name: "failure 4",
+                origin: "https://app.example.com",
+                token: bad,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(failed_auth),
+            },
+            Case {
+                name: "failure 5",
+                origin: "https://app.example.com",
+                token: bad,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(failed_auth),
+            },
+            // … and the client is locked out before the authenticator runs.
+            Case {
+                name: "locked out",
+                origin: "https://app.example.com",
+                token: good,
+                status: StatusCode::IM_A_TEAPOT,
+                rejection: Some(|r| {
+                    matches!(
+                        r,
+                        Rejection::RateLimit(RateLimitError::TooManyFailedAuth { .. })
+                    )
+                }),
+            },
+        ];
+        let mut expected = Vec::new();
+        for case in &cases {
+            let res = call(handshake(case.origin, case.token)).await;
+            assert_eq!(res.status(), case.status, "{}", case.name);
+            let carried = res.extensions().get::<Rejection>();
+            match case.rejection {
+                None => assert!(carried.is_none(), "{}", case.name),
+                Some(is) => {
+                    let Some(rejection) = carried else {
+                        panic!("{}: no Rejection in the extensions", case.name);
+                    };
+                    assert!(is(rejection), "{}: {rejection:?}", case.name);
+                    let typed = match rejection {
+                        Rejection::Origin(e) => res.extensions().get::<OriginError>() == Some(e),
+                        Rejection::Auth(e) => res.extensions().get::<AuthError>() == Some(e),
+                        Rejection::RateLimit(e) => {
+                            res.extensions().get::<RateLimitError>() == Some(e)
+                        }
+                        _ => false,
+                    };
+                    assert!(typed, "{}: the typed cause is in the extensions", case.name);
+                    assert_eq!(
+                        res.headers().contains_key(header::RETRY_AFTER),
+                        rejection.retry_after().is_some(),
+                        "{}",
+                        case.name
+                    );
+                    expected.push(rejection.clone());
+                }
+            }
+        }
+
+        // The revocation check answers through the same hook (from another address: the
+        // first one is locked out).
+        let revoked = registry.revoke_identity("alice").await;
+        assert!(revoked.is_ok());
+        let mut req = handshake("https://app.example.com", good);
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 8], 50000))));
+        let res = call(req).await;
+        assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+        let carried = res.extensions().get::<Rejection>().cloned();
+        assert!(
+            matches!(carried, Some(Rejection::Revoke(RevokeError::Revoked))),
+            "{carried:?}"
+        );
+        expected.extend(carried);
+
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        assert_eq!(seen, expected, "the hook saw each rejection once, in order");
+    }
+
+    /// A part handed in keeps its own hook, until the guard's hook replaces it.
+    #[tokio::test]
+    async fn the_guard_s_hook_replaces_the_hook_of_a_part_handed_in() {
+        use axum::{body::Body, response::Response};
+        use http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let origin = OriginGuardLayer::new()
+            .allow_origin("https://app.example.com")
+            .unwrap_or_default()
+            .on_rejection(|_: &Rejection| StatusCode::NOT_FOUND);
+        let request = || {
+            Request::get("/ws")
+                .header("host", "api.example.com")
+                .header("origin", "https://evil.example")
+                .header("upgrade", "websocket")
+                .body(Body::empty())
+                .unwrap_or_default()
+        };
+        let inner = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        });
+        struct Case {
+            name: &'static str,
+            guard: WsGuard<StaticTokens<()>>,
+            status: StatusCode,
+        }
+        let cases = [
+            Case {
+                name: "the part's own hook",
+                guard: guard().origin(origin.clone()),
+                status: StatusCode::NOT_FOUND,
+            },
+            Case {
+                name: "the guard's hook, set before",
+                guard: guard()
+                    .on_rejection(|_: &Rejection| StatusCode::IM_A_TEAPOT)
+                    .origin(origin.clone()),
+                status: StatusCode::IM_A_TEAPOT,
+            },
+            Case {
+                name: "the guard's hook, set after",
+                guard: guard()
+                    .origin(origin)
+                    .on_rejection(|_: &Rejection| StatusCode::IM_A_TEAPOT),
+                status: StatusCode::IM_A_TEAPOT,
+            },
+        ];
+        for case in cases {
+            let res = case
+                .guard
+                .layer(inner)
+                .oneshot(request())
+                .await
+                .unwrap_or_else(|e| match e {});
+            assert_eq!(res.status(), case.status, "{}", case.name);
+            assert_eq!(
+                res.extensions().get::<Rejection>(),
+                Some(&Rejection::Origin(crate::origin::OriginError::NotAllowed)),
+                "{}",
+                case.name
+            );
         }
     }
 

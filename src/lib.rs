@@ -102,9 +102,16 @@
 //! # }
 //! ```
 //!
+//! # Rejections
+//!
 //! Every rejection is an ordinary HTTP response with a precise status code, a short plain-text
 //! body and the typed error in the response extensions, so the layers never change the
-//! service's error type.
+//! service's error type. One type names them all: [`Rejection`], an enum with one variant per
+//! layer wrapping that layer's cause ([`origin::OriginError`], [`auth::AuthError`], ...),
+//! which is in the extensions of every rejection too. Every layer, and [`WsGuard`] for all of
+//! them at once, takes the same hook, `on_rejection(|rejection: &Rejection| ..)`, returning
+//! anything that implements [`IntoResponse`](axum::response::IntoResponse);
+//! `rejection.clone().into_response()` is the default response.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auth;
@@ -116,10 +123,12 @@ pub mod fleet;
 mod guard;
 pub mod origin;
 pub mod rate_limit;
+mod rejection;
 pub mod revoke;
 pub mod socket;
 
 pub use guard::WsGuard;
+pub use rejection::Rejection;
 
 /// A setting of [`WsGuard`] (or of one of the per-concern layers it wraps) that could not be
 /// parsed. Each variant wraps the error of the module that parsed it.

@@ -22,8 +22,10 @@
 //! # Rejections
 //!
 //! A revoked credential gets `401 Unauthorized` with `WWW-Authenticate: Bearer
-//! error="invalid_token"`, a short plain-text body and [`RevokeError::Revoked`] in the response
-//! extensions: like an expired credential, the client must sign in again. A live socket whose
+//! error="invalid_token"`, a short plain-text body, and [`RevokeError::Revoked`] and the
+//! crate's [`Rejection`] ([`Rejection::Revoke`]) in the response extensions: like an expired
+//! credential, the client must sign in again. [`RevocationLayer::on_rejection`] replaces the
+//! response with a hook over the `Rejection`, as on every layer. A live socket whose
 //! credential is revoked closes with `1008` (policy violation, reason `revoked`).
 //!
 //! # Memory
@@ -118,13 +120,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use axum::response::Response;
-use http::{HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http::{Request, StatusCode};
 use tower::{Layer, Service};
 
 use crate::{
+    Rejection,
     auth::{Clock, Principal, SystemClock, TokenFingerprint},
     rate_limit::ConnectionPermit,
+    rejection::OnRejection,
     socket::CloseSignal,
 };
 
@@ -177,24 +181,11 @@ impl fmt::Display for RevokeError {
 impl std::error::Error for RevokeError {}
 
 impl axum::response::IntoResponse for RevokeError {
+    /// The response of [`Rejection::Revoke`]: `401` with `WWW-Authenticate: Bearer
+    /// error="invalid_token"` or `503` with `Retry-After: 1`, a short plain-text body, and the
+    /// error and the [`Rejection`] in the extensions.
     fn into_response(self) -> Response {
-        let status = self.status();
-        let text = match self {
-            Self::Revoked => "credential revoked\n",
-            Self::Unavailable(_) => "service unavailable: try again later\n",
-        };
-        let mut response = crate::core::plain_text(status, text);
-        let headers = response.headers_mut();
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
-        } else {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response.extensions_mut().insert(self);
-        response
+        Rejection::from(self).into_response()
     }
 }
 
@@ -734,6 +725,7 @@ impl Drop for Registration {
 #[derive(Clone, Debug)]
 pub struct RevocationLayer {
     revocations: Revocations,
+    on_rejection: Option<OnRejection>,
 }
 
 impl RevocationLayer {
@@ -742,7 +734,25 @@ impl RevocationLayer {
     pub fn new(revocations: impl Into<Revocations>) -> Self {
         Self {
             revocations: revocations.into(),
+            on_rejection: None,
         }
+    }
+
+    /// Builds the rejection response from the [`Rejection`]: [`Rejection::Revoke`] for a
+    /// revoked credential and, in fleet mode under the `Refuse` policy, `Rejection::Fleet`
+    /// when Redis cannot be asked. Replaces the previous hook; default: none, which answers
+    /// [`Rejection::into_response`] (`401` with `WWW-Authenticate`, or `503` with
+    /// `Retry-After`). The [`RevokeError`] (or `FleetError`) and the [`Rejection`] are put in
+    /// the extensions of whatever `f` returns, and `Retry-After` when it lacks one on a
+    /// `503` cause; `WWW-Authenticate` is not added.
+    #[must_use]
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
+    where
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
+    {
+        self.on_rejection = Some(OnRejection::new(f));
+        self
     }
 
     /// The registry this layer enforces.
@@ -758,6 +768,7 @@ impl<S> Layer<S> for RevocationLayer {
         Revocation {
             inner,
             revocations: self.revocations.clone(),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -767,13 +778,14 @@ impl<S> Layer<S> for RevocationLayer {
 pub struct Revocation<S> {
     inner: S,
     revocations: Revocations,
+    on_rejection: Option<OnRejection>,
 }
 
 impl<S> Revocation<S> {
     crate::core::define_inner_service_accessors!();
 }
 
-fn refuse(ip: Option<IpAddr>, identity: Option<&str>) -> Response {
+fn refuse(hook: Option<&OnRejection>, ip: Option<IpAddr>, identity: Option<&str>) -> Response {
     tracing::warn!(
         name: "wsguard.revoke.refused",
         target: "wsguard::revoke",
@@ -783,7 +795,7 @@ fn refuse(ip: Option<IpAddr>, identity: Option<&str>) -> Response {
         status = 401,
         "handshake refused: the credential was revoked"
     );
-    axum::response::IntoResponse::into_response(RevokeError::Revoked)
+    crate::rejection::reject(hook, RevokeError::Revoked)
 }
 
 fn admit<B>(req: &mut Request<B>, signal: CloseSignal, registration: Registration) {
@@ -826,11 +838,12 @@ where
         let identity = principal.as_ref().map(|p| p.subject().to_owned());
         if revoked {
             drop(registration);
-            let response = refuse(ip, identity.as_deref());
+            let response = refuse(self.on_rejection.as_ref(), ip, identity.as_deref());
             return ResponseFuture::rejected(response);
         }
         #[cfg(feature = "redis")]
         if let Some(fleet) = self.revocations.fleet.clone() {
+            let hook = self.on_rejection.clone();
             return ResponseFuture::new(async move {
                 match fleet
                     .remote_revoked(principal.as_ref(), token.as_ref())
@@ -838,12 +851,17 @@ where
                 {
                     Ok(false) => {}
                     Ok(true) => {
-                        return Ok(crate::core::convert_body(refuse(ip, identity.as_deref())));
+                        let response = refuse(hook.as_ref(), ip, identity.as_deref());
+                        return Ok(crate::core::convert_body(response));
                     }
                     Err(error) => {
                         if fleet.failure_policy() == crate::fleet::FailurePolicy::Refuse {
-                            let response =
-                                crate::fleet::refuse_unavailable("revocation", error, ip);
+                            let response = crate::fleet::refuse_unavailable(
+                                hook.as_ref(),
+                                "revocation",
+                                error,
+                                ip,
+                            );
                             return Ok(crate::core::convert_body(response));
                         }
                         crate::fleet::note_fallback("revocation", ip);
@@ -1096,7 +1114,7 @@ mod tests {
             res.extensions().get::<RevokeError>(),
             Some(&RevokeError::Revoked)
         );
-        assert!(res.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert!(res.headers().contains_key(http::header::WWW_AUTHENTICATE));
         let res = svc.oneshot(request("t2")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(r.live_sockets(), 0, "registrations end with the request");

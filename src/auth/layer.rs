@@ -1,11 +1,10 @@
 use std::{fmt, sync::Arc};
 
-use axum::response::Response;
+use axum::response::IntoResponse;
 use tower::Layer;
 
-use super::{
-    AuthError, Authenticator, ConfigError, CredentialSource, HandshakeAuth, rejection::OnRejection,
-};
+use super::{Authenticator, ConfigError, CredentialSource, HandshakeAuth};
+use crate::{Rejection, rejection::OnRejection};
 
 /// Default for [`HandshakeAuthLayer::max_credential_len`]: 8 KiB.
 const DEFAULT_MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -64,21 +63,30 @@ impl<A: Authenticator> HandshakeAuthLayer<A> {
         Ok(self)
     }
 
-    /// Builds the rejection response from the [`AuthError`] instead of the default
-    /// (`401`/`400`, `WWW-Authenticate`, plain-text body). The error is still added to the
-    /// response's extensions afterwards. Replaces the previous function. Default: none.
-    #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&AuthError) -> Response + Send + Sync + 'static,
-    {
-        self.config.on_rejection = Some(Arc::new(f));
-        self
-    }
-
     /// The authenticator.
     pub fn authenticator(&self) -> &A {
         &self.authenticator
+    }
+}
+
+impl<A> HandshakeAuthLayer<A> {
+    /// Builds the rejection response from the [`Rejection`] (always [`Rejection::Auth`]
+    /// here) instead of the default, which is [`Rejection::into_response`]
+    /// (`401`/`400` with `WWW-Authenticate`, `429` with `Retry-After`, a plain-text body; see
+    /// the [module docs](super#rejections)). The [`AuthError`](super::AuthError) and the
+    /// [`Rejection`] are still added to the response's extensions afterwards, and
+    /// `Retry-After` when the response lacks it and the error has a wait
+    /// ([`AuthError::TooManyTickets`](super::AuthError::TooManyTickets));
+    /// `WWW-Authenticate` is not added (the hook may answer with another status). Replaces
+    /// the previous hook. Default: none.
+    #[must_use]
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
+    where
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
+    {
+        self.config.on_rejection = Some(OnRejection::new(f));
+        self
     }
 }
 
@@ -99,7 +107,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("sources", &self.sources)
             .field("max_credential_len", &self.max_credential_len)
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| "<fn>"))
+            .field("on_rejection", &self.on_rejection)
             .finish()
     }
 }
@@ -110,10 +118,7 @@ impl<A> fmt::Debug for HandshakeAuthLayer<A> {
             .field("authenticator", &std::any::type_name::<A>())
             .field("sources", &self.config.sources)
             .field("max_credential_len", &self.config.max_credential_len)
-            .field(
-                "on_rejection",
-                &self.config.on_rejection.as_ref().map(|_| "<fn>"),
-            )
+            .field("on_rejection", &self.config.on_rejection)
             .finish()
     }
 }

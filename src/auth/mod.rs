@@ -61,11 +61,14 @@
 //! | [`AuthError::TooManyTickets`] | 429 with `Retry-After` | none |
 //!
 //! An unknown user and a wrong secret get the same answer. Every rejection carries the
-//! [`AuthError`] in its response extensions (the rate limiter counts failed authentications
-//! per client with it), has a short plain-text body and emits one `tracing` event named
-//! `wsguard.auth.rejected` with the fields `cause`, `source` and `client_ip` (never the
-//! token). [`HandshakeAuthLayer::on_rejection`] replaces the response; the [`AuthError`] is
-//! still added to its extensions.
+//! [`AuthError`] and the crate's [`Rejection`](crate::Rejection)
+//! ([`Rejection::Auth`](crate::Rejection::Auth)) in its response extensions (the rate limiter
+//! counts failed authentications per client with the `AuthError`), has a short plain-text
+//! body and emits one `tracing` event named `wsguard.auth.rejected` with the fields `cause`,
+//! `source` and `client_ip` (never the token). [`HandshakeAuthLayer::on_rejection`] replaces
+//! the response with a hook over the `Rejection`, as on every layer; the [`AuthError`] and
+//! the `Rejection` are still added to its extensions, and `Retry-After` when it lacks one
+//! ([`AuthError::TooManyTickets`]). `WWW-Authenticate` is the hook's to set.
 //!
 //! # Example
 //!

@@ -14,6 +14,7 @@ use tower::{Layer, ServiceExt};
 use tower_test::mock;
 
 use super::*;
+use crate::Rejection;
 
 const TOKEN: &str = "tok-alice";
 
@@ -527,8 +528,8 @@ async fn closure_authenticators_see_the_request_and_can_fail() {
 
 #[tokio::test]
 async fn custom_rejections_still_carry_the_error() {
-    let layer = HandshakeAuthLayer::new(static_tokens()).on_rejection(|err: &AuthError| {
-        let mut res = Response::new(Body::from(format!("nope: {err}")));
+    let layer = HandshakeAuthLayer::new(static_tokens()).on_rejection(|rejection: &Rejection| {
+        let mut res = Response::new(Body::from(format!("nope: {rejection}")));
         *res.status_mut() = StatusCode::IM_A_TEAPOT;
         res
     });
@@ -544,6 +545,17 @@ async fn custom_rejections_still_carry_the_error() {
         let outcome = run(layer.clone(), req.body(Body::empty()).unwrap()).await;
         assert_eq!(outcome.response.status(), StatusCode::IM_A_TEAPOT);
         assert_eq!(outcome.response.extensions().get::<AuthError>(), Some(&err));
+        assert_eq!(
+            outcome.response.extensions().get::<Rejection>(),
+            Some(&Rejection::Auth(err.clone()))
+        );
+        assert!(
+            !outcome
+                .response
+                .headers()
+                .contains_key(header::WWW_AUTHENTICATE),
+            "the hook's response gets no challenge added"
+        );
         assert!(outcome.inner.is_none());
     }
 }

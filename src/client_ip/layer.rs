@@ -1,12 +1,11 @@
 use std::{fmt, sync::Arc};
 
-use axum::response::Response;
+use axum::response::IntoResponse;
 use ipnet::IpNet;
 use tower::Layer;
 
-use super::{ClientIpError, ClientIpService, ConfigError, ProxyHeader};
-
-pub(crate) type RejectFn = Arc<dyn Fn(&ClientIpError) -> Response + Send + Sync>;
+use super::{ClientIpService, ConfigError, ProxyHeader};
+use crate::{Rejection, rejection::OnRejection};
 
 /// Layer that resolves the real client address and stores it as
 /// [`ClientIp`](super::ClientIp) in the request extensions. See the [module docs](super).
@@ -14,7 +13,7 @@ pub(crate) type RejectFn = Arc<dyn Fn(&ClientIpError) -> Response + Send + Sync>
 pub struct ClientIpLayer {
     pub(crate) trusted: Arc<[IpNet]>,
     pub(crate) header: ProxyHeader,
-    pub(crate) on_rejection: Option<RejectFn>,
+    pub(crate) on_rejection: Option<OnRejection>,
 }
 
 impl ClientIpLayer {
@@ -59,16 +58,20 @@ impl ClientIpLayer {
         self
     }
 
-    /// Builds the response for a request that cannot be served: a missing `ConnectInfo`
+    /// Builds the response for a request that cannot be served, a missing `ConnectInfo`
     /// (default `500`) or a trusted proxy's forwarding header without a usable client
-    /// address (default `400`). Replaces; default: [`ClientIpError::status`] with a
-    /// plain-text explanation. The error is put in the response extensions either way.
+    /// address (default `400`), from the [`Rejection`] (always [`Rejection::ClientIp`]
+    /// here). Replaces the previous hook; default: none, which answers
+    /// [`Rejection::into_response`] ([`ClientIpError::status`](super::ClientIpError::status)
+    /// with a plain-text explanation). The [`ClientIpError`](super::ClientIpError) and the
+    /// [`Rejection`] are put in the response extensions either way.
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&ClientIpError) -> Response + Send + Sync + 'static,
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
-        self.on_rejection = Some(Arc::new(f));
+        self.on_rejection = Some(OnRejection::new(f));
         self
     }
 
@@ -90,7 +93,7 @@ impl fmt::Debug for ClientIpLayer {
         f.debug_struct("ClientIpLayer")
             .field("trusted", &self.trusted)
             .field("header", &self.header)
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
+            .field("on_rejection", &self.on_rejection)
             .finish()
     }
 }

@@ -39,8 +39,10 @@
 //! with `into_make_service_with_connect_info::<SocketAddr>()`. Without it the layer cannot
 //! work: every request is answered `500 Internal Server Error` with a body that says so, an
 //! error event `wsguard.client_ip.missing_connect_info` is emitted, and the
-//! [`ClientIpError::MissingConnectInfo`] error is in the response extensions. It never
-//! panics.
+//! [`ClientIpError::MissingConnectInfo`] error is in the response extensions, with the crate's
+//! [`Rejection`](crate::Rejection) ([`Rejection::ClientIp`](crate::Rejection::ClientIp)), as
+//! in every rejection of this layer. It never panics. [`ClientIpLayer::on_rejection`] replaces
+//! the response, with a hook over the `Rejection` as on every layer.
 //!
 //! # Deployment
 //! Behind a reverse proxy the TCP peer is the proxy. List the proxies' addresses (or

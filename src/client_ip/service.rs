@@ -87,9 +87,7 @@ impl ClientIpLayer {
     }
 
     fn reject(&self, error: ClientIpError) -> Response {
-        crate::core::reject_with(error, self.on_rejection.as_deref(), |error| {
-            crate::core::plain_text(error.status(), format!("{error}\n"))
-        })
+        crate::rejection::reject(self.on_rejection.as_ref(), error)
     }
 }
 

@@ -335,7 +335,7 @@ async fn inserts_client_ip_and_rejects_missing_connect_info() {
     );
 
     let custom = ServiceBuilder::new()
-        .layer(ClientIpLayer::new().on_rejection(|_| {
+        .layer(ClientIpLayer::new().on_rejection(|_: &crate::Rejection| {
             let mut r = Response::new(Body::from("nope"));
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             r
@@ -347,6 +347,12 @@ async fn inserts_client_ip_and_rejects_missing_connect_info() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.extensions().get::<ClientIpError>().is_some());
+    assert_eq!(
+        res.extensions().get::<crate::Rejection>(),
+        Some(&crate::Rejection::ClientIp(
+            ClientIpError::MissingConnectInfo
+        ))
+    );
 }
 
 /// A request from a trusted proxy whose chain holds no usable client address is refused

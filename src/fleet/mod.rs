@@ -44,8 +44,9 @@
 //! - [`FailurePolicy::FallBackToLocal`] (default): the same limits are enforced per instance
 //!   (each fleet layer embeds the local layer), revoked-token checks are skipped, and the
 //!   fleet logs `wsguard.fleet.unavailable` (warn) once;
-//! - [`FailurePolicy::Refuse`]: handshakes get `503 Service Unavailable` with
-//!   [`FleetError::Unavailable`] in the response extensions.
+//! - [`FailurePolicy::Refuse`]: handshakes get `503 Service Unavailable` with `Retry-After`,
+//!   and [`FleetError::Unavailable`] and the crate's [`Rejection::Fleet`](crate::Rejection::Fleet)
+//!   in the response extensions; the layer's `on_rejection` hook can replace the response.
 //!
 //! Revocations made while Redis is unreachable apply on the revoking instance only and fail
 //! with [`RevokeError::Unavailable`](crate::revoke::RevokeError::Unavailable).
@@ -134,7 +135,7 @@ mod tests;
 use std::fmt;
 
 use axum::response::Response;
-use http::{HeaderValue, StatusCode, header};
+use http::StatusCode;
 
 pub use self::handle::{Fleet, FleetBuilder};
 #[doc(no_inline)]
@@ -216,21 +217,11 @@ impl fmt::Display for FleetError {
 
 impl std::error::Error for FleetError {}
 
-/// The response for a fleet error: `503`, `Retry-After`, a short plain-text body (no Redis
-/// details) and the error in the extensions.
-pub(crate) fn fleet_reject(error: FleetError) -> Response {
-    let status = error.status();
-    let mut response = crate::core::reject_with(error, None::<fn(&FleetError) -> Response>, |_| {
-        crate::core::plain_text(status, "service unavailable: try again later\n")
-    });
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
-}
-
-/// Logs and answers a handshake refused because Redis is unreachable (policy `Refuse`).
+/// Logs and answers a handshake refused because Redis is unreachable (policy `Refuse`):
+/// `hook`'s response to [`Rejection::Fleet`](crate::Rejection::Fleet), or the default `503`
+/// with `Retry-After` and a short plain-text body (no Redis details).
 pub(crate) fn refuse_unavailable(
+    hook: Option<&crate::rejection::OnRejection>,
     layer: &'static str,
     error: FleetError,
     client_ip: Option<std::net::IpAddr>,
@@ -243,7 +234,7 @@ pub(crate) fn refuse_unavailable(
         client_ip = client_ip.map(tracing::field::display),
         "handshake refused: Redis is unavailable"
     );
-    fleet_reject(error)
+    crate::rejection::reject(hook, error)
 }
 
 /// Logs a handshake decided by the local fallback.

@@ -180,7 +180,10 @@ where
                 // Dropped with a release: Redis may have taken it after the timeout.
                 drop(lease);
                 return Ok(crate::core::convert_body(refuse_unavailable(
-                    "quota", error, ip,
+                    layer.on_rejection.as_ref(),
+                    "quota",
+                    error,
+                    ip,
                 )));
             }
             note_fallback("quota", ip);

@@ -108,6 +108,7 @@ where
         }
         Err(error) => match fleet.failure_policy() {
             FailurePolicy::Refuse => Ok(crate::core::convert_body(refuse_unavailable(
+                svc.layer.on_rejection.as_ref(),
                 "rate_limit",
                 error,
                 ip,

@@ -1065,9 +1065,149 @@ fn errors_have_a_status_a_name_and_a_message() {
         assert_eq!(case.error.status(), case.status, "{}", case.name);
         assert_eq!(case.error.as_str(), case.name);
         assert!(!case.error.to_string().is_empty());
-        let response = fleet_reject(case.error.clone());
+        let response = refuse_unavailable(None, "test", case.error.clone(), None);
         assert_eq!(response.status(), case.status);
         assert_eq!(response.extensions().get::<FleetError>(), Some(&case.error));
+        assert_eq!(
+            response.headers().get(http::header::RETRY_AFTER),
+            Some(&http::HeaderValue::from_static("1"))
+        );
+        assert_eq!(
+            response.extensions().get::<crate::Rejection>(),
+            Some(&crate::Rejection::Fleet(case.error.clone()))
+        );
     }
     assert_eq!(FailurePolicy::default(), FailurePolicy::FallBackToLocal);
+}
+
+/// Under `Refuse`, every fleet layer answers an unreachable Redis through the one rejection
+/// path: by default `Rejection::Fleet`'s response, else the layer's hook (also set by
+/// `WsGuard::on_rejection`), with `FleetError` and the `Rejection` in the extensions and
+/// `Retry-After` either way.
+#[tokio::test]
+async fn a_refusing_fleet_answers_through_the_rejection_path() {
+    use crate::Rejection;
+    use axum::response::IntoResponse;
+
+    type Hook = fn(&Rejection) -> Response;
+    let teapot: Hook = |_| StatusCode::IM_A_TEAPOT.into_response();
+    let fleet = Fleet::builder(dead_url())
+        .timeout(Duration::from_millis(200))
+        .unwrap()
+        .on_failure(FailurePolicy::Refuse)
+        .build()
+        .unwrap();
+    struct Case {
+        name: &'static str,
+        service: tower::util::BoxCloneSyncService<Request<Body>, Response, Infallible>,
+        hooked: bool,
+    }
+    let rate = |hook: Option<Hook>| {
+        let layer = RateLimitLayer::new().fleet(&fleet);
+        let layer = match hook {
+            Some(hook) => layer.on_rejection(hook),
+            None => layer,
+        };
+        tower::util::BoxCloneSyncService::new(layer.layer(service_fn(keep)))
+    };
+    let revocation = |hook: Option<Hook>| {
+        let layer = RevocationLayer::new(&fleet);
+        let layer = match hook {
+            Some(hook) => layer.on_rejection(hook),
+            None => layer,
+        };
+        tower::util::BoxCloneSyncService::new(layer.layer(service_fn(keep)))
+    };
+    let guard = |hook: Option<Hook>| {
+        let guard = crate::WsGuard::new(crate::auth::StaticTokens::new().token("t", "dave", ()))
+            .fleet(&fleet)
+            .without_rate_limit();
+        let guard = match hook {
+            Some(hook) => guard.on_rejection(hook),
+            None => guard,
+        };
+        tower::util::BoxCloneSyncService::new(guard.layer(service_fn(keep)))
+    };
+    let cases = [
+        Case {
+            name: "rate limit",
+            service: rate(None),
+            hooked: false,
+        },
+        Case {
+            name: "rate limit, hooked",
+            service: rate(Some(teapot)),
+            hooked: true,
+        },
+        Case {
+            name: "revocation",
+            service: revocation(None),
+            hooked: false,
+        },
+        Case {
+            name: "revocation, hooked",
+            service: revocation(Some(teapot)),
+            hooked: true,
+        },
+        Case {
+            name: "guard",
+            service: guard(None),
+            hooked: false,
+        },
+        Case {
+            name: "guard, hooked",
+            service: guard(Some(teapot)),
+            hooked: true,
+        },
+    ];
+    for case in cases {
+        let mut req = handshake([192, 0, 2, 30], Some("dave"), Some("t"));
+        // The guard authenticates by itself: a same-origin handshake with the token.
+        req.headers_mut()
+            .insert("authorization", http::HeaderValue::from_static("Bearer t"));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [192, 0, 2, 30],
+                50000,
+            ))));
+        let res = tokio::time::timeout(Duration::from_secs(30), case.service.oneshot(req))
+            .await
+            .expect("no hang")
+            .unwrap();
+        let carried = res.extensions().get::<Rejection>().cloned();
+        let Some(Rejection::Fleet(error)) = carried else {
+            panic!("{}: {carried:?}", case.name);
+        };
+        assert!(matches!(error, FleetError::Unavailable(_)), "{}", case.name);
+        assert_eq!(
+            res.extensions().get::<FleetError>(),
+            Some(&error),
+            "{}",
+            case.name
+        );
+        let rejection = Rejection::Fleet(error);
+        assert_eq!(
+            res.headers().get(http::header::RETRY_AFTER),
+            Some(&http::HeaderValue::from_static("1")),
+            "{}",
+            case.name
+        );
+        if case.hooked {
+            assert_eq!(res.status(), StatusCode::IM_A_TEAPOT, "{}", case.name);
+        } else {
+            let expected = rejection.clone().into_response();
+            assert_eq!(
+                res.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                case.name
+            );
+            assert_eq!(res.headers(), expected.headers(), "{}", case.name);
+            let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+            let want = axum::body::to_bytes(expected.into_body(), 1024)
+                .await
+                .unwrap();
+            assert_eq!(body, want, "{}", case.name);
+        }
+    }
 }

@@ -1,15 +1,14 @@
 use std::{fmt, sync::Arc};
 
 use axum::response::{IntoResponse, Response};
-use http::{StatusCode, header, request::Parts};
+use http::{header, request::Parts};
 use tower::Layer;
 
 use super::{
     ConfigError, OriginError, OriginGuard, OriginPredicate,
     matcher::{AllowList, HostRule, Origin, Pattern, host_allowed},
 };
-
-type RejectFn = dyn Fn(OriginError) -> Response + Send + Sync;
+use crate::{Rejection, rejection::OnRejection};
 
 /// Builds [`OriginGuard`] services: checks the `Origin` of WebSocket handshakes.
 ///
@@ -28,7 +27,7 @@ pub(crate) struct Config {
     pub(crate) tls: bool,
     pub(crate) require_origin: bool,
     pub(crate) check_all_requests: bool,
-    pub(crate) on_rejection: Option<Arc<RejectFn>>,
+    pub(crate) on_rejection: Option<OnRejection>,
 }
 
 impl Config {
@@ -68,13 +67,7 @@ impl Config {
     }
 
     pub(crate) fn rejection(&self, error: OriginError) -> Response {
-        let hook = self
-            .on_rejection
-            .as_deref()
-            .map(|f| move |e: &OriginError| f(*e));
-        crate::core::reject_with(error, hook, |error| {
-            crate::core::plain_text(StatusCode::FORBIDDEN, format!("forbidden: {error}\n"))
-        })
+        crate::rejection::reject(self.on_rejection.as_ref(), error)
     }
 }
 
@@ -275,14 +268,17 @@ impl OriginGuardLayer {
         self.with(|c| c.check_all_requests = check)
     }
 
-    /// Replaces the `403` rejection response. The [`OriginError`] is still inserted into the
-    /// extensions of whatever `f` returns. Replaces the previous setting.
+    /// Builds the rejection response from the [`Rejection`] (always
+    /// [`Rejection::Origin`] here) instead of the default, which is
+    /// [`Rejection::into_response`]: `403`, a plain-text reason. The [`OriginError`] and the
+    /// [`Rejection`] are still put in the extensions of whatever `f` returns. Replaces the
+    /// previous hook; default: none.
     pub fn on_rejection<F, R>(self, f: F) -> Self
     where
-        F: Fn(OriginError) -> R + Send + Sync + 'static,
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
         R: IntoResponse,
     {
-        let f: Arc<RejectFn> = Arc::new(move |error| f(error).into_response());
+        let f = OnRejection::new(f);
         self.with(|c| c.on_rejection = Some(f))
     }
 }
@@ -309,10 +305,7 @@ impl fmt::Debug for OriginGuardLayer {
             .field("tls", &self.config.tls)
             .field("require_origin", &self.config.require_origin)
             .field("check_all_requests", &self.config.check_all_requests)
-            .field(
-                "on_rejection",
-                &self.config.on_rejection.as_ref().map(|_| "<fn>"),
-            )
+            .field("on_rejection", &self.config.on_rejection)
             .finish()
     }
 }

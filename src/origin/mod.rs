@@ -92,7 +92,11 @@
 //! `403 Forbidden` with a short plain-text reason that never echoes the header, the
 //! [`OriginError`] in the response extensions, and one `tracing` event named
 //! `wsguard.origin.rejected` with the fields `reason`, `origin` (canonical, or escaped and
-//! truncated when malformed) and `host` (the `Host` header, escaped and truncated). [`OriginGuardLayer::on_rejection`] replaces the response.
+//! truncated when malformed) and `host` (the `Host` header, escaped and truncated).
+//! [`OriginGuardLayer::on_rejection`] replaces the response; its hook takes the crate's
+//! [`Rejection`](crate::Rejection) ([`Rejection::Origin`](crate::Rejection::Origin)), as every
+//! layer's does, and the [`OriginError`] and the `Rejection` are in the extensions whatever
+//! it returns.
 //!
 //! # Example
 //!

@@ -6,6 +6,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_test::mock;
 
 use super::{ConfigError, OriginError, OriginGuardLayer};
+use crate::Rejection;
 
 fn ok_service()
 -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone
@@ -665,8 +666,9 @@ async fn rejection_is_403_plain_text_and_never_echoes_the_header() {
 
 #[tokio::test]
 async fn rejection_can_be_replaced() {
-    let layer = configured().on_rejection(|err: OriginError| {
-        (StatusCode::NOT_FOUND, format!("nope ({})", err.as_str()))
+    let layer = configured().on_rejection(|rejection: &Rejection| match rejection {
+        Rejection::Origin(err) => (StatusCode::NOT_FOUND, format!("nope ({})", err.as_str())),
+        other => (other.status(), String::from("not an origin rejection")),
     });
     let res = layer
         .layer(ok_service())
@@ -677,6 +679,10 @@ async fn rejection_can_be_replaced() {
     assert_eq!(
         res.extensions().get::<OriginError>(),
         Some(&OriginError::NotAllowed)
+    );
+    assert_eq!(
+        res.extensions().get::<Rejection>(),
+        Some(&Rejection::Origin(OriginError::NotAllowed))
     );
     let body = axum::body::to_bytes(res.into_body(), 1024)
         .await

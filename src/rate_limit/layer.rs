@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use axum::response::Response;
+use axum::response::IntoResponse;
 use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock},
@@ -18,7 +18,8 @@ use tower::Layer;
 
 use crate::core::LazyState;
 
-use super::{ConfigError, KeyBy, KeyPrefix, RateLimit, RateLimitError, RejectFn};
+use super::{ConfigError, KeyBy, KeyPrefix, RateLimit};
+use crate::{Rejection, rejection::OnRejection};
 
 /// The key a handshake is counted under.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +55,7 @@ pub struct RateLimitLayer<C: Clock = DefaultClock> {
     pub(crate) prefix: KeyPrefix,
     pub(crate) headers: bool,
     pub(crate) prune_every: u64,
-    pub(crate) on_rejection: Option<RejectFn>,
+    pub(crate) on_rejection: Option<OnRejection>,
     /// Where the limit counts: in memory, or in a fleet's Redis.
     #[cfg(feature = "redis")]
     pub(crate) backend: crate::fleet::Backend,
@@ -178,15 +179,20 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
         self
     }
 
-    /// Builds the rejection response. Replaces; default: the error's status, a plain-text
-    /// body and `Retry-After`. `Retry-After` is added if the custom response lacks it, and
-    /// the [`RateLimitError`] is always put in the extensions.
+    /// Builds the rejection response from the [`Rejection`] (always
+    /// [`Rejection::RateLimit`] here). Replaces the previous hook; default: none, which
+    /// answers [`Rejection::into_response`] (the error's status, a plain-text body and
+    /// `Retry-After`). `Retry-After` is added if the hook's response lacks it, the
+    /// `X-RateLimit-*` headers when [`rate_limit_headers`](Self::rate_limit_headers) is on,
+    /// and the [`RateLimitError`](super::RateLimitError) and the [`Rejection`] are always
+    /// put in the extensions.
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
-        self.on_rejection = Some(Arc::new(f));
+        self.on_rejection = Some(OnRejection::new(f));
         self
     }
 
@@ -299,7 +305,7 @@ impl<C: Clock> fmt::Debug for RateLimitLayer<C> {
                 "tracked_keys",
                 &self.state.get().map_or(0, |shared| shared.limiter.len()),
             )
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."));
+            .field("on_rejection", &self.on_rejection);
         #[cfg(feature = "redis")]
         f.field("backend", &self.backend);
         f.finish()

@@ -21,11 +21,14 @@
 //!   cap: `429`; over the global cap: `503 Service Unavailable`.
 //!
 //! Every rejection is a response (the service error type is unchanged) with a short
-//! plain-text body, the [`RateLimitError`] in its extensions, and a `tracing` event:
-//! `wsguard.rate_limit.rejected`, `wsguard.rate_limit.auth_throttled` or
+//! plain-text body, the [`RateLimitError`] and the crate's [`Rejection`](crate::Rejection)
+//! ([`Rejection::RateLimit`](crate::Rejection::RateLimit)) in its extensions, and a `tracing`
+//! event: `wsguard.rate_limit.rejected`, `wsguard.rate_limit.auth_throttled` or
 //! `wsguard.rate_limit.quota_exceeded` at `WARN` with the fields `cause`, `client_ip`,
 //! `identity` (the principal's subject, when known) and `limit`. The response can be
-//! replaced with `on_rejection` on each layer.
+//! replaced with `on_rejection` on each layer, a hook over the `Rejection` as on every
+//! layer; the errors stay in the extensions and `Retry-After` is added when the hook's
+//! response lacks it.
 //!
 //! # Order
 //! ```text
@@ -89,10 +92,9 @@ pub(crate) mod quota;
 mod service;
 mod throttle;
 
-use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
+use std::{fmt, net::IpAddr, time::Duration};
 
-use axum::response::Response;
-use http::{HeaderName, StatusCode, header};
+use http::{HeaderName, StatusCode};
 
 pub use self::{
     future::ResponseFuture,
@@ -285,32 +287,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-pub(crate) type RejectFn = Arc<dyn Fn(&RateLimitError) -> Response + Send + Sync>;
-
-/// `Retry-After` in whole seconds: rounded up, at least 1, saturating at `u64::MAX`.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait
-        .as_secs()
-        .saturating_add(u64::from(wait.subsec_nanos() > 0));
-    secs.max(1)
-}
-
-/// The rejection response for `error`: the custom one if configured, else status + plain
-/// text. `Retry-After` is added if missing, and the error goes into the extensions.
-pub(crate) fn reject(custom: Option<&RejectFn>, error: RateLimitError) -> Response {
-    let retry_after = error.retry_after();
-    let mut response = crate::core::reject_with(error, custom.map(|f| &**f), |error| {
-        crate::core::plain_text(error.status(), format!("{error}\n"))
-    });
-    if let Some(wait) = retry_after
-        && !response.headers().contains_key(header::RETRY_AFTER)
-    {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, retry_after_secs(wait).into());
-    }
-    response
-}
+pub(crate) use crate::rejection::{reject, retry_after_secs};
 
 /// Emits the one event of an enforcement.
 pub(crate) fn emit(error: &RateLimitError, client_ip: Option<IpAddr>, identity: Option<&str>) {

@@ -8,16 +8,15 @@ use std::{
     time::Duration,
 };
 
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::Request;
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use crate::core::LazyState;
+use crate::{Rejection, core::LazyState, rejection::OnRejection};
 
 use super::{
-    ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, RejectFn, ResponseFuture,
-    future::After, reject,
+    ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject,
 };
 
 #[derive(Default)]
@@ -92,7 +91,7 @@ pub struct ConnectionQuotaLayer {
     pub(crate) global: Option<NonZeroUsize>,
     pub(crate) prefix: KeyPrefix,
     pub(crate) retry_after: Duration,
-    pub(crate) on_rejection: Option<RejectFn>,
+    pub(crate) on_rejection: Option<OnRejection>,
     /// Where the sockets count: in memory, or as leases in a fleet's Redis.
     #[cfg(feature = "redis")]
     pub(crate) backend: crate::fleet::Backend,
@@ -152,15 +151,18 @@ impl ConnectionQuotaLayer {
         self
     }
 
-    /// Builds the rejection response. Replaces; default: `429` or `503`, plain text,
-    /// `Retry-After`. `Retry-After` is added if missing and the [`RateLimitError`] is always
-    /// put in the extensions.
+    /// Builds the rejection response from the [`Rejection`] (always
+    /// [`Rejection::RateLimit`] here). Replaces the previous hook; default: none, which
+    /// answers [`Rejection::into_response`] (`429` or `503`, plain text, `Retry-After`).
+    /// `Retry-After` is added if the hook's response lacks it, and the [`RateLimitError`]
+    /// and the [`Rejection`] are always put in the extensions.
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
-        self.on_rejection = Some(Arc::new(f));
+        self.on_rejection = Some(OnRejection::new(f));
         self
     }
 
@@ -269,7 +271,7 @@ impl fmt::Debug for ConnectionQuotaLayer {
             .field("prefix", &self.prefix)
             .field("retry_after", &self.retry_after)
             .field("active", &self.active())
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."));
+            .field("on_rejection", &self.on_rejection);
         #[cfg(feature = "redis")]
         f.field("backend", &self.backend);
         f.finish()

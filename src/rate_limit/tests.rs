@@ -8,7 +8,10 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_test::mock;
 
 use super::*;
-use crate::auth::{AuthError, Principal};
+use crate::{
+    Rejection,
+    auth::{AuthError, Principal},
+};
 
 fn request(ip: Option<&str>, subject: Option<&str>) -> Request<Body> {
     let mut req = Request::get("/ws").body(Body::empty()).unwrap();
@@ -219,8 +222,12 @@ async fn custom_rejection_keeps_retry_after_and_error() {
     let svc = RateLimitLayer::new()
         .per_minute(1)
         .unwrap()
-        .on_rejection(|err| {
-            let mut res = Response::new(Body::from(format!("custom: {}", err.cause())));
+        .on_rejection(|rejection: &Rejection| {
+            let cause = match rejection {
+                Rejection::RateLimit(err) => err.cause(),
+                _ => "other",
+            };
+            let mut res = Response::new(Body::from(format!("custom: {cause}")));
             *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
             res
         })
@@ -232,6 +239,12 @@ async fn custom_rejection_keeps_retry_after_and_error() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header_str(&res, "retry-after"), Some("60"));
     assert!(res.extensions().get::<RateLimitError>().is_some());
+    assert!(matches!(
+        res.extensions().get::<Rejection>(),
+        Some(Rejection::RateLimit(
+            RateLimitError::TooManyHandshakes { .. }
+        ))
+    ));
     let body = axum::body::to_bytes(res.into_body(), 100).await.unwrap();
     assert_eq!(&body[..], b"custom: too_many_handshakes");
 }

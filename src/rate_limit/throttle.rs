@@ -11,16 +11,15 @@ use std::{
     time::Duration,
 };
 
-use crate::core::LazyState;
-use axum::response::Response;
+use crate::{Rejection, core::LazyState, rejection::OnRejection};
+use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock, Reference};
 use http::Request;
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use super::{
-    ClientIp, ConfigError, KeyPrefix, RateLimitError, RejectFn, ResponseFuture, future::After,
-    reject,
+    ClientIp, ConfigError, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject,
 };
 
 /// Failure counter of one client.
@@ -472,7 +471,7 @@ impl fmt::Debug for AuthAttempt {
 pub struct AuthThrottleLayer<C: Clock = DefaultClock> {
     throttle: FailureThrottle<C>,
     prune_every: u64,
-    on_rejection: Option<RejectFn>,
+    on_rejection: Option<OnRejection>,
 }
 
 impl AuthThrottleLayer<DefaultClock> {
@@ -540,15 +539,18 @@ impl<C: Clock + Clone> AuthThrottleLayer<C> {
         self
     }
 
-    /// Builds the rejection response. Replaces; default `429`, plain text, `Retry-After`.
-    /// `Retry-After` is added if missing and the [`RateLimitError`] is always put in the
-    /// extensions.
+    /// Builds the rejection response from the [`Rejection`] (always
+    /// [`Rejection::RateLimit`] here). Replaces the previous hook; default: none, which
+    /// answers [`Rejection::into_response`] (`429`, plain text, `Retry-After`). `Retry-After`
+    /// is added if the hook's response lacks it, and the [`RateLimitError`] and the
+    /// [`Rejection`] are always put in the extensions.
     #[must_use]
-    pub fn on_rejection<F>(mut self, f: F) -> Self
+    pub fn on_rejection<F, R>(mut self, f: F) -> Self
     where
-        F: Fn(&RateLimitError) -> Response + Send + Sync + 'static,
+        F: Fn(&Rejection) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
-        self.on_rejection = Some(Arc::new(f));
+        self.on_rejection = Some(OnRejection::new(f));
         self
     }
 
@@ -596,7 +598,7 @@ impl<C: Clock> fmt::Debug for AuthThrottleLayer<C> {
         f.debug_struct("AuthThrottleLayer")
             .field("throttle", &self.throttle)
             .field("prune_every", &self.prune_every)
-            .field("on_rejection", &self.on_rejection.as_ref().map(|_| ".."))
+            .field("on_rejection", &self.on_rejection)
             .finish()
     }
 }
