@@ -289,6 +289,8 @@ pub(crate) use define_inner_service_accessors;
 mod tests {
     use std::{convert::Infallible, net::SocketAddr};
 
+    use crate::test_support::nz;
+
     use axum::extract::ConnectInfo;
     use http::{Request, StatusCode};
     use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
@@ -352,7 +354,7 @@ mod tests {
                     .unwrap_or_default(),
             )
             .layer(ClientIpLayer::new())
-            .layer(RateLimitLayer::new().burst(2).unwrap_or_default())
+            .layer(RateLimitLayer::new().burst(nz(2)))
             .layer(AuthThrottleLayer::new())
             .layer(HandshakeAuthLayer::new(tokens))
             .layer(RevocationLayer::new(Revocations::new()))
@@ -515,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_layer_creates_its_counters_on_first_use_and_its_services_share_them() {
-        let layer = RateLimitLayer::new().burst(1).unwrap_or_default();
+        let layer = RateLimitLayer::new().burst(nz(1));
         assert_eq!(layer.tracked_keys(), 0, "configuring creates no counters");
         // Two routes of one layer (axum calls `layer()` once per route) count together.
         let route_a = layer.layer(ok_service());
@@ -532,7 +534,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(layer.tracked_keys(), 1);
         // A setter on a copy gives that copy counters of its own.
-        let other = layer.clone().burst(2).unwrap_or_default();
+        let other = layer.clone().burst(nz(2));
         assert_eq!(other.tracked_keys(), 0);
         let res = other
             .layer(ok_service())
@@ -542,7 +544,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(layer.tracked_keys(), 1);
 
-        let throttle = AuthThrottleLayer::new().max_failures(1).unwrap_or_default();
+        let throttle = AuthThrottleLayer::new().max_failures(nz(1));
         assert_eq!(
             throttle.tracked_keys(),
             0,
@@ -590,8 +592,7 @@ mod tests {
     async fn the_pruner_of_a_layer_prunes_the_counters_its_services_made() {
         let clock = crate::rate_limit::FakeRelativeClock::default();
         let layer = RateLimitLayer::new()
-            .per_second(1000)
-            .unwrap_or_default()
+            .per_second(nz(1000))
             .clock(clock.clone());
         let pruner = layer.spawn_pruner(std::time::Duration::from_secs(1));
         let svc = layer.layer(ok_service());

@@ -123,7 +123,7 @@ use http::{HeaderValue, Request, StatusCode, header};
 use tower::{Layer, Service};
 
 use crate::{
-    auth::{Clock, Principal, SystemClock, TokenFingerprint},
+    auth::{Principal, SystemClock, TicketClock, TokenFingerprint},
     rate_limit::ConnectionPermit,
     socket::CloseSignal,
 };
@@ -202,7 +202,7 @@ impl axum::response::IntoResponse for RevokeError {
 #[must_use]
 pub struct RevocationsBuilder {
     retention: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
 }
 
 impl fmt::Debug for RevocationsBuilder {
@@ -225,7 +225,7 @@ impl RevocationsBuilder {
 
     /// The time source for revocation times and purging. Default [`SystemClock`]; closures
     /// `Fn() -> SystemTime` work too (tests move time without sleeping); replaces.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl TicketClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -523,12 +523,12 @@ fn issued_before(issued_at: Option<SystemTime>, before: SystemTime) -> bool {
 /// The state behind [`Revocations`], shared with the fleet's listener.
 pub(crate) struct Local {
     retention: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
     state: Arc<Mutex<State>>,
 }
 
 impl Local {
-    pub(crate) fn new(retention: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(retention: Duration, clock: Arc<dyn TicketClock>) -> Self {
         Self {
             retention: retention.max(MIN_RETENTION),
             clock,
@@ -894,7 +894,7 @@ mod tests {
     use super::*;
 
     /// A clock the test moves by hand, in seconds since the epoch.
-    fn manual_clock() -> (Arc<AtomicU64>, impl Clock) {
+    fn manual_clock() -> (Arc<AtomicU64>, impl TicketClock) {
         let secs = Arc::new(AtomicU64::new(1_000_000));
         let clock = {
             let secs = Arc::clone(&secs);

@@ -1,11 +1,9 @@
-use std::{fmt, sync::Arc};
+use std::{fmt, num::NonZeroUsize, sync::Arc};
 
 use axum::response::Response;
 use tower::Layer;
 
-use super::{
-    AuthError, Authenticator, ConfigError, CredentialSource, HandshakeAuth, rejection::OnRejection,
-};
+use super::{AuthError, Authenticator, CredentialSource, HandshakeAuth, rejection::OnRejection};
 
 /// Default for [`HandshakeAuthLayer::max_credential_len`]: 8 KiB.
 const DEFAULT_MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -52,16 +50,10 @@ impl<A: Authenticator> HandshakeAuthLayer<A> {
 
     /// The longest credential accepted, in bytes; longer ones are refused as malformed before
     /// the authenticator sees them. Replaces the previous value. Default: 8192.
-    ///
-    /// Fails if `len` is zero.
-    pub fn max_credential_len(mut self, len: usize) -> Result<Self, ConfigError> {
-        if len == 0 {
-            return Err(ConfigError::Zero {
-                setting: "max_credential_len",
-            });
-        }
-        self.config.max_credential_len = len;
-        Ok(self)
+    #[must_use]
+    pub fn max_credential_len(mut self, len: NonZeroUsize) -> Self {
+        self.config.max_credential_len = len.get();
+        self
     }
 
     /// Builds the rejection response from the [`AuthError`] instead of the default

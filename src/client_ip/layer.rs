@@ -4,7 +4,8 @@ use axum::response::Response;
 use ipnet::IpNet;
 use tower::Layer;
 
-use super::{ClientIpError, ClientIpService, ConfigError, ProxyHeader};
+use super::{ClientIpError, ClientIpService, ProxyHeader};
+use crate::ConfigError;
 
 pub(crate) type RejectFn = Arc<dyn Fn(&ClientIpError) -> Response + Send + Sync>;
 
@@ -46,7 +47,9 @@ impl ClientIpLayer {
         let parsed = net
             .parse::<IpNet>()
             .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| ConfigError::InvalidProxy(net.to_owned()))?;
+            .map_err(|_| ConfigError::InvalidProxy {
+                value: net.to_owned(),
+            })?;
         Ok(self.trusted_proxy(parsed))
     }
 

@@ -30,10 +30,10 @@
 //! Switching from local to fleet limits is one line per layer:
 //!
 //! ```text
-//! RateLimitLayer::new().per_second(5)?.burst(10)?          // this instance
-//! FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)? // the fleet
-//! ConnectionQuotaLayer::new().per_ip(8)?.per_identity(4)?
-//! FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?
+//! RateLimitLayer::new().per_second(PER_SECOND).burst(BURST)           // this instance
+//! FleetRateLimitLayer::new(&fleet).per_second(PER_SECOND).burst(BURST) // the fleet
+//! ConnectionQuotaLayer::new().per_ip(PER_IP).per_identity(PER_USER)
+//! FleetQuotaLayer::new(&fleet).per_ip(PER_IP).per_identity(PER_USER)
 //! ```
 //!
 //! # When Redis is unreachable
@@ -71,7 +71,10 @@
 //! `no_run`: it needs a Redis server.
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::{
+//!     num::{NonZeroU32, NonZeroUsize},
+//!     time::Duration,
+//! };
 //! use axum::{Router, response::Response, routing::any};
 //! use wsguard::{
 //!     auth::{HandshakeAuthLayer, TicketKey, TicketVerifier},
@@ -90,23 +93,28 @@
 //!     })
 //! }
 //!
+//! const PER_IP: NonZeroUsize = NonZeroUsize::new(8).unwrap();
+//! const PER_USER: NonZeroUsize = NonZeroUsize::new(4).unwrap();
+//! const PER_SECOND: NonZeroU32 = NonZeroU32::new(5).unwrap();
+//! const BURST: NonZeroU32 = NonZeroU32::new(10).unwrap();
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let fleet = Fleet::builder("redis://127.0.0.1:6379")
 //!     .prefix("myapp")
-//!     .timeout(Duration::from_millis(200))?
+//!     .timeout(Duration::from_millis(200))
 //!     .on_failure(FailurePolicy::FallBackToLocal)
-//!     .lease_ttl(Duration::from_secs(30))?
+//!     .lease_ttl(Duration::from_secs(30))
 //!     .connect()
 //!     .await?;
 //! let key = TicketKey::new("k1", b"a secret shared by every instance")?;
 //! let app: Router = Router::new()
 //!     .route("/ws", any(ws))
 //!     .layer(SocketPolicyLayer::new())
-//!     .layer(FleetQuotaLayer::new(&fleet).per_ip(8)?.per_identity(4)?)
+//!     .layer(FleetQuotaLayer::new(&fleet).per_ip(PER_IP).per_identity(PER_USER))
 //!     .layer(RevocationLayer::new(&fleet))
 //!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
-//!     .layer(FleetRateLimitLayer::new(&fleet).per_second(5)?.burst(10)?)
+//!     .layer(FleetRateLimitLayer::new(&fleet).per_second(PER_SECOND).burst(BURST))
 //!     .layer(ClientIpLayer::new());
 //!
 //! // On logout, from any instance: every socket of "alice" closes with 1008.
@@ -152,7 +160,7 @@ pub use self::{
     rate::{FleetRateLimit, FleetRateLimitLayer},
 };
 #[doc(no_inline)]
-pub use crate::rate_limit::{ConfigError, KeyBy, RateLimitError};
+pub use crate::rate_limit::{KeyBy, RateLimitError};
 /// The revocation layer of [`crate::revoke`], re-exported: `RevocationLayer::new(&fleet)`.
 #[doc(no_inline)]
 pub use crate::revoke::{Revocation, RevocationLayer};

@@ -20,8 +20,7 @@ use super::{
 use crate::{
     client_ip::KeyPrefix,
     rate_limit::{
-        ConfigError, ConnectionPermit, ConnectionQuota, ConnectionQuotaLayer, RateLimitError, emit,
-        reject,
+        ConnectionPermit, ConnectionQuota, ConnectionQuotaLayer, RateLimitError, emit, reject,
     },
 };
 
@@ -90,27 +89,30 @@ impl FleetQuotaLayer {
     }
 
     /// At most `n` open sockets per client address across the fleet. Over it: `429`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn per_ip(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.per_ip(n)?;
-        self.per_ip = NonZeroUsize::new(n);
-        Ok(self)
+    /// Replaces; default: no cap.
+    #[must_use]
+    pub fn per_ip(mut self, n: NonZeroUsize) -> Self {
+        self.local = self.local.per_ip(n);
+        self.per_ip = Some(n);
+        self
     }
 
     /// At most `n` open sockets per authenticated subject across the fleet. Over it: `429`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn per_identity(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.per_identity(n)?;
-        self.per_identity = NonZeroUsize::new(n);
-        Ok(self)
+    /// Replaces; default: no cap.
+    #[must_use]
+    pub fn per_identity(mut self, n: NonZeroUsize) -> Self {
+        self.local = self.local.per_identity(n);
+        self.per_identity = Some(n);
+        self
     }
 
     /// At most `n` open sockets through this layer on all instances. Over it: `503`.
-    /// Replaces; default: no cap. Fails if `n` is 0.
-    pub fn global(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.local = self.local.global(n)?;
-        self.global = NonZeroUsize::new(n);
-        Ok(self)
+    /// Replaces; default: no cap.
+    #[must_use]
+    pub fn global(mut self, n: NonZeroUsize) -> Self {
+        self.local = self.local.global(n);
+        self.global = Some(n);
+        self
     }
 
     /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].

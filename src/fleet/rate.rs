@@ -3,6 +3,7 @@
 use std::{
     fmt,
     net::IpAddr,
+    num::NonZeroU32,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::{
     client_ip::KeyPrefix,
-    rate_limit::{ConfigError, KeyBy, RateLimit, RateLimitError, RateLimitLayer, emit, reject},
+    rate_limit::{KeyBy, RateLimit, RateLimitError, RateLimitLayer, emit, reject},
 };
 
 /// Layer that limits the handshake rate across every instance sharing a [`Fleet`]: the
@@ -73,46 +74,43 @@ impl FleetRateLimitLayer {
             fleet: fleet.clone(),
             count: local.count.get(),
             period: local.period,
-            burst: local.burst.map(std::num::NonZeroU32::get),
+            burst: local.burst.map(NonZeroU32::get),
             local,
             name: Arc::from("handshake"),
         }
     }
 
-    /// `n` handshakes per second per key, fleet-wide. Replaces. Fails if `n` is 0 or above
-    /// one million.
-    pub fn per_second(self, n: u32) -> Result<Self, ConfigError> {
+    /// `n` handshakes per second per key, fleet-wide. Replaces. The finest rate counted in
+    /// Redis is one handshake per microsecond: a higher `n` (above a million) counts as a
+    /// million a second.
+    #[must_use]
+    pub fn per_second(self, n: NonZeroU32) -> Self {
         self.rate(n, Duration::from_secs(1))
     }
 
-    /// `n` handshakes per minute per key, fleet-wide. Replaces. Fails if `n` is 0.
-    pub fn per_minute(self, n: u32) -> Result<Self, ConfigError> {
+    /// `n` handshakes per minute per key, fleet-wide. Replaces.
+    #[must_use]
+    pub fn per_minute(self, n: NonZeroU32) -> Self {
         self.rate(n, Duration::from_secs(60))
     }
 
-    fn rate(mut self, n: u32, period: Duration) -> Result<Self, ConfigError> {
-        if n == 0 {
-            return Err(ConfigError::Zero("the rate"));
-        }
-        if (period / n).as_micros() == 0 {
-            return Err(ConfigError::RateTooHigh);
-        }
+    fn rate(mut self, n: NonZeroU32, period: Duration) -> Self {
         self.local = if period == Duration::from_secs(1) {
-            self.local.per_second(n)?
+            self.local.per_second(n)
         } else {
-            self.local.per_minute(n)?
+            self.local.per_minute(n)
         };
-        self.count = n;
+        self.count = n.get();
         self.period = period;
-        Ok(self)
+        self
     }
 
     /// Handshakes allowed at once after a quiet period. Replaces; default: the rate's `n`.
-    /// Fails if `b` is 0.
-    pub fn burst(mut self, b: u32) -> Result<Self, ConfigError> {
-        self.local = self.local.burst(b)?;
-        self.burst = Some(b);
-        Ok(self)
+    #[must_use]
+    pub fn burst(mut self, b: NonZeroU32) -> Self {
+        self.local = self.local.burst(b);
+        self.burst = Some(b.get());
+        self
     }
 
     /// What the limit is keyed on. Replaces; default [`KeyBy::ClientIp`].

@@ -13,6 +13,7 @@ use http::{Request, StatusCode};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
+use crate::test_support::nz;
 use crate::{
     auth::{Principal, TokenFingerprint},
     client_ip::ClientIp,
@@ -75,7 +76,6 @@ impl Drop for RedisServer {
 fn fleet(url: &str) -> Fleet {
     Fleet::builder(url)
         .timeout(Duration::from_secs(5))
-        .unwrap()
         .build()
         .unwrap()
 }
@@ -299,13 +299,7 @@ async fn keep(req: Request<Body>) -> Result<Response, Infallible> {
 async fn rate_limit_spans_instances() {
     let redis = RedisServer::start();
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
-    let layer = |f: &Fleet| {
-        FleetRateLimitLayer::new(f)
-            .per_minute(1)
-            .unwrap()
-            .burst(3)
-            .unwrap()
-    };
+    let layer = |f: &Fleet| FleetRateLimitLayer::new(f).per_minute(nz(1)).burst(nz(3));
     let mut svc_a = layer(&a).layer(service_fn(keep));
     let mut svc_b = layer(&b).layer(service_fn(keep));
     let expect = [
@@ -359,16 +353,8 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 async fn quota_spans_instances_and_releases_on_drop() {
     let redis = RedisServer::start();
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
-    let layer_a = FleetQuotaLayer::new(&a)
-        .per_identity(1)
-        .unwrap()
-        .per_ip(5)
-        .unwrap();
-    let layer_b = FleetQuotaLayer::new(&b)
-        .per_identity(1)
-        .unwrap()
-        .per_ip(5)
-        .unwrap();
+    let layer_a = FleetQuotaLayer::new(&a).per_identity(nz(1)).per_ip(nz(5));
+    let layer_b = FleetQuotaLayer::new(&b).per_identity(nz(1)).per_ip(nz(5));
     let mut svc_a = layer_a.clone().layer(service_fn(keep));
     let mut svc_b = layer_b.layer(service_fn(keep));
 
@@ -459,16 +445,13 @@ async fn unreachable_redis_falls_back_to_local_limits_or_refuses() {
     for case in cases {
         let fleet = Fleet::builder(dead_url())
             .timeout(Duration::from_millis(200))
-            .unwrap()
             .on_failure(case.policy)
             .build()
             .unwrap();
         let rate = FleetRateLimitLayer::new(&fleet)
-            .per_minute(1)
-            .unwrap()
-            .burst(1)
-            .unwrap();
-        let quota = FleetQuotaLayer::new(&fleet).per_identity(1).unwrap();
+            .per_minute(nz(1))
+            .burst(nz(1));
+        let quota = FleetQuotaLayer::new(&fleet).per_identity(nz(1));
         let mut svc = tower::ServiceBuilder::new()
             .layer(rate)
             .layer(RevocationLayer::new(&fleet))
@@ -715,7 +698,6 @@ async fn recovers_when_redis_comes_back() {
     let url = format!("redis://127.0.0.1:{port}");
     let fleet = Fleet::builder(&url)
         .timeout(Duration::from_millis(300))
-        .unwrap()
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();
@@ -806,7 +788,6 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
 async fn a_revocation_redis_does_not_take_applies_here_and_says_so() {
     let fleet = Fleet::builder(dead_url())
         .timeout(Duration::from_millis(200))
-        .unwrap()
         .build()
         .unwrap();
     let mut svc = RevocationLayer::new(&fleet).layer(service_fn(keep));
@@ -862,19 +843,19 @@ async fn each_cap_refuses_with_its_status() {
     let cases = [
         Case {
             name: "per ip",
-            layer: |f| FleetQuotaLayer::new(f).name("ip").per_ip(1).unwrap(),
+            layer: |f| FleetQuotaLayer::new(f).name("ip").per_ip(nz(1)),
             second: ([203, 0, 113, 50], "other"),
             status: StatusCode::TOO_MANY_REQUESTS,
         },
         Case {
             name: "per identity",
-            layer: |f| FleetQuotaLayer::new(f).name("id").per_identity(1).unwrap(),
+            layer: |f| FleetQuotaLayer::new(f).name("id").per_identity(nz(1)),
             second: ([203, 0, 113, 51], "same"),
             status: StatusCode::TOO_MANY_REQUESTS,
         },
         Case {
             name: "global",
-            layer: |f| FleetQuotaLayer::new(f).name("global").global(1).unwrap(),
+            layer: |f| FleetQuotaLayer::new(f).name("global").global(nz(1)),
             second: ([203, 0, 113, 52], "other"),
             status: StatusCode::SERVICE_UNAVAILABLE,
         },
@@ -907,13 +888,11 @@ async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
     let redis = RedisServer::start();
     let fleet = Fleet::builder(redis.url())
         .timeout(Duration::from_millis(300))
-        .unwrap()
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();
     let mut svc = FleetRateLimitLayer::new(&fleet)
-        .per_second(100)
-        .unwrap()
+        .per_second(nz(100))
         .layer(service_fn(keep));
     let mut call = async || {
         let res = tokio::time::timeout(

@@ -5,9 +5,10 @@ use http::{StatusCode, header, request::Parts};
 use tower::Layer;
 
 use super::{
-    ConfigError, OriginError, OriginGuard, OriginPredicate,
+    OriginError, OriginGuard, OriginPredicate,
     matcher::{AllowList, HostRule, Origin, Pattern, host_allowed},
 };
+use crate::ConfigError;
 
 type RejectFn = dyn Fn(OriginError) -> Response + Send + Sync;
 

@@ -5,7 +5,8 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_test::mock;
 
-use super::{ConfigError, OriginError, OriginGuardLayer};
+use super::{OriginError, OriginGuardLayer};
+use crate::ConfigError;
 
 fn ok_service()
 -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone
