@@ -13,6 +13,7 @@ use std::{
     convert::Infallible,
     hint::black_box,
     net::SocketAddr,
+    num::{NonZeroU32, NonZeroU64, NonZeroUsize},
     time::{Duration, Instant},
 };
 
@@ -37,12 +38,17 @@ use wsguard::{
     client_ip::{ClientIpLayer, ProxyHeader},
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
-    socket::{GuardedSocket, GuardedUpgrade, RateLimit, SocketPolicyLayer},
+    socket::{GuardedSocket, GuardedUpgrade, MessageRate, SocketPolicyLayer},
 };
 
 const ORIGIN: &str = "https://app.example.com";
 /// Socket message and byte rates that no benchmark can reach.
-const HIGH_RATE: u64 = 1_000_000_000_000_000;
+const HIGH_RATE: NonZeroU64 = NonZeroU64::new(1_000_000_000_000_000).unwrap();
+/// Handshake rates and socket caps that no benchmark can reach.
+const MANY: NonZeroU32 = NonZeroU32::new(1_000_000).unwrap();
+const MANY_SOCKETS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
+const BILLION: NonZeroU32 = NonZeroU32::new(1_000_000_000).unwrap();
+const THOUSAND_SOCKETS: NonZeroUsize = NonZeroUsize::new(1_000).unwrap();
 
 fn request(with_xff: bool) -> Request<Body> {
     handshake(with_xff, None)
@@ -99,15 +105,13 @@ fn layers(c: &mut Criterion) {
     // Limits high enough that nothing is refused: this measures the bookkeeping.
     let rate = || {
         RateLimitLayer::new()
-            .per_second(1_000_000_000)
-            .and_then(|l| l.burst(u32::MAX))
-            .unwrap()
+            .per_second(BILLION)
+            .burst(NonZeroU32::MAX)
     };
     let quota = || {
         ConnectionQuotaLayer::new()
-            .per_ip(1_000)
-            .and_then(|l| l.global(1_000_000))
-            .unwrap()
+            .per_ip(THOUSAND_SOCKETS)
+            .global(MANY_SOCKETS)
     };
 
     bench_one(c, &rt, "bare", service_fn(bare), false);
@@ -248,10 +252,7 @@ async fn guarded_upgrade(upgrade: GuardedUpgrade) -> Response {
 fn high_rate_policy() -> SocketPolicyLayer {
     // 10^15 a second: 10^9 bytes a second is within reach of an in-memory echo of 16 KiB
     // messages, and a message over the limit is dropped (no echo).
-    let high = RateLimit::per_second(HIGH_RATE)
-        .unwrap()
-        .with_burst(HIGH_RATE)
-        .unwrap();
+    let high = MessageRate::per_second(HIGH_RATE).with_burst(HIGH_RATE);
     SocketPolicyLayer::new()
         .message_rate(high)
         .byte_rate(high)
@@ -267,18 +268,12 @@ fn guarded_router(key: TicketKey) -> Router {
         .layer(high_rate_policy())
         .layer(
             ConnectionQuotaLayer::new()
-                .per_ip(1_000_000)
-                .and_then(|l| l.per_identity(1_000_000))
-                .unwrap(),
+                .per_ip(MANY_SOCKETS)
+                .per_identity(MANY_SOCKETS),
         )
         .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
         .layer(AuthThrottleLayer::new())
-        .layer(
-            RateLimitLayer::new()
-                .per_second(1_000_000)
-                .and_then(|l| l.burst(1_000_000))
-                .unwrap(),
-        )
+        .layer(RateLimitLayer::new().per_second(MANY).burst(MANY))
         .layer(
             ClientIpLayer::new()
                 .trusted_proxy_str("10.0.0.0/8")

@@ -270,6 +270,8 @@ pub(crate) use define_inner_service_accessors;
 mod tests {
     use std::{convert::Infallible, net::SocketAddr};
 
+    use crate::test_support::nz;
+
     use axum::{
         extract::ConnectInfo,
         response::{IntoResponse, Response},
@@ -363,11 +365,9 @@ mod tests {
         ServiceBuilder::new()
             .layer(hooked(origin, hook, |l, h| l.on_rejection(h)))
             .layer(hooked(ClientIpLayer::new(), hook, |l, h| l.on_rejection(h)))
-            .layer(hooked(
-                RateLimitLayer::new().burst(2).unwrap_or_default(),
-                hook,
-                |l, h| l.on_rejection(h),
-            ))
+            .layer(hooked(RateLimitLayer::new().burst(nz(2)), hook, |l, h| {
+                l.on_rejection(h)
+            }))
             .layer(hooked(AuthThrottleLayer::new(), hook, |l, h| {
                 l.on_rejection(h)
             }))
@@ -613,7 +613,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_layer_creates_its_counters_on_first_use_and_its_services_share_them() {
-        let layer = RateLimitLayer::new().burst(1).unwrap_or_default();
+        let layer = RateLimitLayer::new().burst(nz(1));
         assert_eq!(layer.tracked_keys(), 0, "configuring creates no counters");
         // Two routes of one layer (axum calls `layer()` once per route) count together.
         let route_a = layer.layer(ok_service());
@@ -630,7 +630,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(layer.tracked_keys(), 1);
         // A setter on a copy gives that copy counters of its own.
-        let other = layer.clone().burst(2).unwrap_or_default();
+        let other = layer.clone().burst(nz(2));
         assert_eq!(other.tracked_keys(), 0);
         let res = other
             .layer(ok_service())
@@ -640,7 +640,7 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(layer.tracked_keys(), 1);
 
-        let throttle = AuthThrottleLayer::new().max_failures(1).unwrap_or_default();
+        let throttle = AuthThrottleLayer::new().max_failures(nz(1));
         assert_eq!(
             throttle.tracked_keys(),
             0,
@@ -688,8 +688,7 @@ mod tests {
     async fn the_pruner_of_a_layer_prunes_the_counters_its_services_made() {
         let clock = crate::rate_limit::FakeRelativeClock::default();
         let layer = RateLimitLayer::new()
-            .per_second(1000)
-            .unwrap_or_default()
+            .per_second(nz(1000))
             .clock(clock.clone());
         let pruner = layer.spawn_pruner(std::time::Duration::from_secs(1));
         let svc = layer.layer(ok_service());

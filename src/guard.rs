@@ -313,7 +313,7 @@ impl<A> WsGuard<A> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] when `origin` is not a valid `scheme://host[:port]`.
+    /// [`ConfigError::InvalidOrigin`] when `origin` is not a valid `scheme://host[:port]`.
     pub fn allow_origin(mut self, origin: impl AsRef<str>) -> Result<Self, ConfigError> {
         self.origin = self.origin.allow_origin(origin)?;
         Ok(self)
@@ -323,7 +323,7 @@ impl<A> WsGuard<A> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] on the first invalid origin.
+    /// [`ConfigError::InvalidOrigin`] on the first invalid origin.
     pub fn allow_origins<I>(mut self, origins: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator,
@@ -338,7 +338,8 @@ impl<A> WsGuard<A> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] when `pattern` is not a valid pattern.
+    /// [`ConfigError::InvalidPattern`] or [`ConfigError::PatternTooBroad`] when `pattern`
+    /// is not a valid pattern.
     pub fn allow_origin_pattern(mut self, pattern: impl AsRef<str>) -> Result<Self, ConfigError> {
         self.origin = self.origin.allow_origin_pattern(pattern)?;
         Ok(self)
@@ -349,7 +350,7 @@ impl<A> WsGuard<A> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] when `host` is not `host[:port]` or `.domain[:port]`.
+    /// [`ConfigError::InvalidHost`] when `host` is not `host[:port]` or `.domain[:port]`.
     pub fn allow_host(mut self, host: impl AsRef<str>) -> Result<Self, ConfigError> {
         self.origin = self.origin.allow_host(host)?;
         Ok(self)
@@ -359,7 +360,7 @@ impl<A> WsGuard<A> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::Origin`] on the first invalid host.
+    /// [`ConfigError::InvalidHost`] on the first invalid host.
     pub fn allow_hosts<I>(mut self, hosts: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator,
@@ -668,24 +669,33 @@ mod tests {
         struct Case {
             name: &'static str,
             result: Result<WsGuard<StaticTokens<()>>, ConfigError>,
+            expected: fn(&ConfigError) -> bool,
         }
         let cases = [
             Case {
                 name: "origin with a path",
                 result: guard().allow_origin("https://app.example.com/path"),
+                expected: |e| matches!(e, ConfigError::InvalidOrigin { .. }),
             },
             Case {
                 name: "host with a scheme",
                 result: guard().allow_host("https://api.example.com"),
+                expected: |e| matches!(e, ConfigError::InvalidHost { .. }),
             },
             Case {
                 name: "pattern without a wildcard label",
                 result: guard().allow_origin_pattern("https://*x.example.com"),
+                expected: |e| matches!(e, ConfigError::InvalidPattern { .. }),
+            },
+            Case {
+                name: "pattern over a public suffix",
+                result: guard().allow_origin_pattern("https://*.com"),
+                expected: |e| matches!(e, ConfigError::PatternTooBroad { .. }),
             },
         ];
         for case in cases {
             match case.result {
-                Err(ConfigError::Origin(_)) => {}
+                Err(e) if (case.expected)(&e) => {}
                 other => panic!("{}: {:?}", case.name, other.map(|_| ())),
             }
         }

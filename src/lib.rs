@@ -42,7 +42,10 @@
 //! the socket outwards:
 //!
 //! ```
-//! use std::net::SocketAddr;
+//! use std::{
+//!     net::SocketAddr,
+//!     num::{NonZeroU32, NonZeroUsize},
+//! };
 //! use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
@@ -64,19 +67,27 @@
 //!     })
 //! }
 //!
+//! // Counts are `NonZero*`: a zero limit does not compile, and these setters cannot fail.
+//! const MAX_MESSAGE: NonZeroUsize = NonZeroUsize::new(16 * 1024).unwrap();
+//! const SOCKETS_PER_IP: NonZeroUsize = NonZeroUsize::new(8).unwrap();
+//! const SOCKETS_PER_USER: NonZeroUsize = NonZeroUsize::new(4).unwrap();
+//! const MAX_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
+//! const PER_SECOND: NonZeroU32 = NonZeroU32::new(5).unwrap();
+//! const BURST: NonZeroU32 = NonZeroU32::new(10).unwrap();
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let key = TicketKey::generate("k1")?;
 //! let issuer = TicketIssuer::new(key.clone()); // for the login route
 //! let app = Router::new()
 //!     .route("/ws", any(ws))
-//!     .layer(SocketPolicyLayer::new().max_message_size(16 * 1024)?) // socket policy
-//!     .layer(ConnectionQuotaLayer::new().per_ip(8)?.per_identity(4)?) // quota
-//!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))   // auth
-//!     .layer(AuthThrottleLayer::new().max_failures(5)?)           // brute force
-//!     .layer(RateLimitLayer::new().per_second(5)?.burst(10)?)     // rate
-//!     .layer(ClientIpLayer::new())                                // client IP
-//!     .layer(OriginGuardLayer::new().allow_origin("https://app.example.com")?); // origin
+//!     .layer(SocketPolicyLayer::new().max_message_size(MAX_MESSAGE)) // socket policy
+//!     .layer(ConnectionQuotaLayer::new().per_ip(SOCKETS_PER_IP).per_identity(SOCKETS_PER_USER)) // quota
+//!     .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))      // auth
+//!     .layer(AuthThrottleLayer::new().max_failures(MAX_FAILURES))    // brute force
+//!     .layer(RateLimitLayer::new().per_second(PER_SECOND).burst(BURST)) // rate
+//!     .layer(ClientIpLayer::new())                                   // client IP
+//!     .layer(OriginGuardLayer::new().allow_origin("https://app.example.com")?); // origin, parsed
 //!
 //! let handshake = |token: Option<String>| {
 //!     let mut req = Request::get("/ws")
@@ -112,6 +123,15 @@
 //! them at once, takes the same hook, `on_rejection(|rejection: &Rejection| ..)`, returning
 //! anything that implements [`IntoResponse`](axum::response::IntoResponse);
 //! `rejection.clone().into_response()` is the default response.
+//!
+//! # Configuration
+//!
+//! Only settings that parse a value can fail, all with the one [`ConfigError`]: origins,
+//! hosts, trusted proxies, [`KeyPrefix`](client_ip::KeyPrefix) lengths, credential source
+//! names and ticket keys. Every other setter takes a type that carries its constraint
+//! (`NonZeroU32`, `NonZeroUsize`, `Duration`, an enum) and returns the builder, never
+//! panicking: a `Duration` too short to make sense (zero, say) is raised to a documented
+//! minimum, and a rate finer than a limiter can count saturates to the finest it can.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auth;
@@ -130,67 +150,231 @@ pub mod socket;
 pub use guard::WsGuard;
 pub use rejection::Rejection;
 
-/// A setting of [`WsGuard`] (or of one of the per-concern layers it wraps) that could not be
-/// parsed. Each variant wraps the error of the module that parsed it.
-#[derive(Debug)]
+/// A configuration value that could not be parsed: an origin, a host, a trusted proxy, a key
+/// prefix, a credential source name or a ticket key. The one configuration error of the
+/// crate: every setter that parses returns it, and every other setter cannot fail (its
+/// argument's type carries the constraint, such as [`NonZeroU32`](std::num::NonZeroU32) or
+/// [`Duration`](std::time::Duration)).
+///
+/// ```
+/// use wsguard::{ConfigError, origin::OriginGuardLayer};
+///
+/// let err = OriginGuardLayer::new().allow_origin("app.example.com").unwrap_err();
+/// assert!(matches!(err, ConfigError::InvalidOrigin { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid origin \"app.example.com\": expected scheme://host[:port]",
+/// );
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// An origin or host, see [`origin::ConfigError`].
-    Origin(origin::ConfigError),
-    /// A trusted proxy or header, see [`client_ip::ConfigError`].
-    ClientIp(client_ip::ConfigError),
-    /// A rate, quota or throttle setting, see [`rate_limit::ConfigError`].
-    RateLimit(rate_limit::ConfigError),
-    /// An authentication setting, see [`auth::ConfigError`].
-    Auth(auth::ConfigError),
-    /// A socket policy setting, see [`socket::ConfigError`].
-    Socket(socket::ConfigError),
+    /// An exact origin that is not `scheme://host[:port]`
+    /// ([`OriginGuardLayer::allow_origin`](origin::OriginGuardLayer::allow_origin)).
+    InvalidOrigin {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A wildcard pattern that is not `scheme://*.domain[:port]`
+    /// ([`OriginGuardLayer::allow_origin_pattern`](origin::OriginGuardLayer::allow_origin_pattern)).
+    InvalidPattern {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// An allowed host that is not `host[:port]` or `.domain[:port]`
+    /// ([`OriginGuardLayer::allow_host`](origin::OriginGuardLayer::allow_host)).
+    InvalidHost {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A wildcard that would allow a whole public suffix (`https://*.com`,
+    /// `https://*.co.uk`) or everything (`*`): sites that anybody can register.
+    PatternTooBroad {
+        /// The value as configured.
+        value: String,
+    },
+    /// A prefix length longer than the address ([`KeyPrefix::new`](client_ip::KeyPrefix::new)).
+    PrefixTooLong {
+        /// The length given.
+        len: u8,
+        /// The address length in bits.
+        max: u8,
+    },
+    /// A trusted proxy that is not an address or a CIDR network
+    /// ([`ClientIpLayer::trusted_proxy_str`](client_ip::ClientIpLayer::trusted_proxy_str)).
+    InvalidProxy {
+        /// The value as configured.
+        value: String,
+    },
+    /// A subprotocol prefix, query parameter or cookie name that cannot work
+    /// ([`CredentialSource`](auth::CredentialSource)).
+    InvalidSourceName {
+        /// The value as configured.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A ticket key id that is empty, too long or not `[A-Za-z0-9_-]`
+    /// ([`TicketKey::new`](auth::TicketKey::new)).
+    InvalidKeyId {
+        /// The value as configured.
+        value: String,
+    },
+    /// A ticket key secret shorter than 32 bytes ([`TicketKey::new`](auth::TicketKey::new)).
+    WeakKey {
+        /// The length that was given, in bytes.
+        len: usize,
+    },
+    /// The operating system's random number generator failed
+    /// ([`TicketKey::generate`](auth::TicketKey::generate)).
+    Random,
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Origin(e) => write!(f, "origin: {e}"),
-            Self::ClientIp(e) => write!(f, "client ip: {e}"),
-            Self::RateLimit(e) => write!(f, "rate limit: {e}"),
-            Self::Auth(e) => write!(f, "auth: {e}"),
-            Self::Socket(e) => write!(f, "socket policy: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Origin(e) => Some(e),
-            Self::ClientIp(e) => Some(e),
-            Self::RateLimit(e) => Some(e),
-            Self::Auth(e) => Some(e),
-            Self::Socket(e) => Some(e),
-        }
-    }
-}
-
-macro_rules! config_error_from {
-    ($($module:ident => $variant:ident),* $(,)?) => {$(
-        impl From<$module::ConfigError> for ConfigError {
-            fn from(e: $module::ConfigError) -> Self {
-                Self::$variant(e)
+            Self::InvalidOrigin { value, reason } => {
+                write!(f, "invalid origin {value:?}: {reason}")
             }
+            Self::InvalidPattern { value, reason } => {
+                write!(f, "invalid origin pattern {value:?}: {reason}")
+            }
+            Self::InvalidHost { value, reason } => {
+                write!(f, "invalid allowed host {value:?}: {reason}")
+            }
+            Self::PatternTooBroad { value } => write!(
+                f,
+                "origin pattern {value:?} covers a public suffix or everything, so anybody could \
+                 register a matching site; use a domain you own, e.g. https://*.example.com \
+                 (or dangerously_allow_any_origin if you really mean any)"
+            ),
+            Self::PrefixTooLong { len, max } => {
+                write!(
+                    f,
+                    "prefix length /{len} is longer than the address (/{max})"
+                )
+            }
+            Self::InvalidProxy { value } => {
+                write!(f, "trusted proxy {value:?} is not an address or a CIDR")
+            }
+            Self::InvalidSourceName { value, reason } => {
+                write!(f, "invalid credential source name {value:?}: {reason}")
+            }
+            Self::InvalidKeyId { value } => write!(
+                f,
+                "invalid ticket key id {value:?}: use 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'"
+            ),
+            Self::WeakKey { len } => write!(
+                f,
+                "ticket key secret is {len} bytes; use at least 32 random bytes (TicketKey::generate)"
+            ),
+            Self::Random => f.write_str("the operating system's random number generator failed"),
         }
-    )*};
+    }
 }
 
-config_error_from!(
-    origin => Origin,
-    client_ip => ClientIp,
-    rate_limit => RateLimit,
-    auth => Auth,
-    socket => Socket,
-);
+impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod test_support;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parser_reports_its_variant_with_a_precise_message() {
+        struct Case {
+            name: &'static str,
+            result: Result<(), ConfigError>,
+            variant: fn(&ConfigError) -> bool,
+            message: &'static str,
+        }
+        let origins = origin::OriginGuardLayer::new;
+        let cases = [
+            Case {
+                name: "origin without a scheme",
+                result: origins().allow_origin("app.example.com").map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidOrigin { .. }),
+                message: "invalid origin \"app.example.com\": expected scheme://host[:port]",
+            },
+            Case {
+                name: "pattern with a partial wildcard label",
+                result: origins()
+                    .allow_origin_pattern("https://*x.example.com")
+                    .map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidPattern { .. }),
+                message: "invalid origin pattern \"https://*x.example.com\": ",
+            },
+            Case {
+                name: "host with a scheme",
+                result: origins().allow_host("https://api.example.com").map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidHost { .. }),
+                message: "invalid allowed host \"https://api.example.com\": ",
+            },
+            Case {
+                name: "pattern over a public suffix",
+                result: origins().allow_origin_pattern("https://*.com").map(drop),
+                variant: |e| matches!(e, ConfigError::PatternTooBroad { .. }),
+                message: "origin pattern \"https://*.com\" covers a public suffix or everything",
+            },
+            Case {
+                name: "IPv4 prefix over 32 bits",
+                result: client_ip::KeyPrefix::new(33, 64).map(drop),
+                variant: |e| matches!(e, ConfigError::PrefixTooLong { len: 33, max: 32 }),
+                message: "prefix length /33 is longer than the address (/32)",
+            },
+            Case {
+                name: "proxy that is no CIDR",
+                result: client_ip::ClientIpLayer::new()
+                    .trusted_proxy_str("10.0.0.0/33")
+                    .map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidProxy { value } if value == "10.0.0.0/33"),
+                message: "trusted proxy \"10.0.0.0/33\" is not an address or a CIDR",
+            },
+            Case {
+                name: "empty query parameter name",
+                result: auth::CredentialSource::query("").map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidSourceName { .. }),
+                message: "invalid credential source name \"\": ",
+            },
+            Case {
+                name: "key id with a space",
+                result: auth::TicketKey::new("has space", [0; 32]).map(drop),
+                variant: |e| matches!(e, ConfigError::InvalidKeyId { .. }),
+                message: "invalid ticket key id \"has space\": use 1 to 32 characters of A-Z, a-z, \
+                          0-9, '_' and '-'",
+            },
+            Case {
+                name: "short secret",
+                result: auth::TicketKey::new("k1", [0; 31]).map(drop),
+                variant: |e| matches!(e, ConfigError::WeakKey { len: 31 }),
+                message: "ticket key secret is 31 bytes; use at least 32 random bytes \
+                          (TicketKey::generate)",
+            },
+            Case {
+                name: "random source",
+                result: Err(ConfigError::Random),
+                variant: |e| matches!(e, ConfigError::Random),
+                message: "the operating system's random number generator failed",
+            },
+        ];
+        for case in cases {
+            let err = case.result.expect_err(case.name);
+            assert!((case.variant)(&err), "{}: {err:?}", case.name);
+            let text = err.to_string();
+            assert!(text.starts_with(case.message), "{}: {text}", case.name);
+            let source = (&err as &dyn std::error::Error).source();
+            assert!(source.is_none(), "{}", case.name);
+        }
+    }
+}
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -126,7 +126,7 @@ use tower::{Layer, Service};
 
 use crate::{
     Rejection,
-    auth::{Clock, Principal, SystemClock, TokenFingerprint},
+    auth::{Principal, SystemClock, TicketClock, TokenFingerprint},
     rate_limit::ConnectionPermit,
     rejection::OnRejection,
     socket::CloseSignal,
@@ -193,7 +193,7 @@ impl axum::response::IntoResponse for RevokeError {
 #[must_use]
 pub struct RevocationsBuilder {
     retention: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
 }
 
 impl fmt::Debug for RevocationsBuilder {
@@ -216,7 +216,7 @@ impl RevocationsBuilder {
 
     /// The time source for revocation times and purging. Default [`SystemClock`]; closures
     /// `Fn() -> SystemTime` work too (tests move time without sleeping); replaces.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl TicketClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -514,12 +514,12 @@ fn issued_before(issued_at: Option<SystemTime>, before: SystemTime) -> bool {
 /// The state behind [`Revocations`], shared with the fleet's listener.
 pub(crate) struct Local {
     retention: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
     state: Arc<Mutex<State>>,
 }
 
 impl Local {
-    pub(crate) fn new(retention: Duration, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(retention: Duration, clock: Arc<dyn TicketClock>) -> Self {
         Self {
             retention: retention.max(MIN_RETENTION),
             clock,
@@ -912,7 +912,7 @@ mod tests {
     use super::*;
 
     /// A clock the test moves by hand, in seconds since the epoch.
-    fn manual_clock() -> (Arc<AtomicU64>, impl Clock) {
+    fn manual_clock() -> (Arc<AtomicU64>, impl TicketClock) {
         let secs = Arc::new(AtomicU64::new(1_000_000));
         let clock = {
             let secs = Arc::clone(&secs);

@@ -72,3 +72,17 @@ impl Drop for Capture {
         EVENTS.with(|events| *events.borrow_mut() = None);
     }
 }
+
+/// A non-zero test constant of any `NonZero` type (`NonZeroU32`, `NonZeroU64`,
+/// `NonZeroUsize`, ...), for the setters that take one.
+///
+/// # Panics
+///
+/// On zero or a value that does not fit: a mistake in the test itself.
+pub(crate) fn nz<N: TryFrom<std::num::NonZeroU64>>(n: impl TryInto<u64>) -> N {
+    n.try_into()
+        .ok()
+        .and_then(std::num::NonZeroU64::new)
+        .and_then(|n| N::try_from(n).ok())
+        .expect("nz: not a non-zero value of the target type")
+}

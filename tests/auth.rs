@@ -1,6 +1,9 @@
 //! Loopback integration tests for `wsguard::auth`: a real axum server on 127.0.0.1:0 and a
 //! tokio-tungstenite client, one test per credential source.
 
+mod common;
+
+use common::nz;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
@@ -266,7 +269,7 @@ async fn refused_handshakes() -> Result<(), BoxError> {
 async fn one_time_ticket_in_the_subprotocol() -> Result<(), BoxError> {
     let key = TicketKey::generate("k1")?;
     let issuer = TicketIssuer::new(key.clone()).ttl(Duration::from_secs(30));
-    let layer = HandshakeAuthLayer::new(TicketVerifier::new(key).one_time(100)?)
+    let layer = HandshakeAuthLayer::new(TicketVerifier::new(key).one_time(nz(100)))
         .sources([CredentialSource::subprotocol("ticket.")?]);
     let addr = serve(layer, get(whoami_ticket)).await?;
 
@@ -293,7 +296,7 @@ async fn one_account_cannot_fill_the_replay_cache_for_others() -> Result<(), Box
     const PER_SUBJECT: usize = 64; // the default
     let key = TicketKey::generate("k1")?;
     let issuer = TicketIssuer::new(key.clone());
-    let layer = HandshakeAuthLayer::new(TicketVerifier::new(key).one_time(CAPACITY)?)
+    let layer = HandshakeAuthLayer::new(TicketVerifier::new(key).one_time(nz(CAPACITY)))
         .sources([CredentialSource::subprotocol("ticket.")?]);
     let addr = serve(layer, get(whoami_ticket)).await?;
     let offer = |ticket: String| format!("ticket.{ticket}, chat.v1");
@@ -361,7 +364,7 @@ fn a_ticket_ttl_of_duration_max_saturates() -> Result<(), BoxError> {
     let ticket = TicketIssuer::new(key.clone())
         .ttl(Duration::MAX)
         .issue("alice");
-    let verified = TicketVerifier::new(key).one_time(10)?.verify(&ticket)?;
+    let verified = TicketVerifier::new(key).one_time(nz(10)).verify(&ticket)?;
     assert_eq!(
         verified.expires_at(),
         std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
@@ -532,7 +535,7 @@ mod jwt {
         let prefix = format!("wsguard-auth-test-{}", URL_SAFE_NO_PAD.encode(nonce));
         let fleet = Fleet::builder(redis.url.clone())
             .prefix(prefix)
-            .timeout(Duration::from_secs(5))?
+            .timeout(Duration::from_secs(5))
             .connect()
             .await?;
         let app = Router::new()

@@ -1,6 +1,9 @@
 //! Every layer together, in the documented order, over real sockets on loopback: the modules
 //! agree on what travels between them (client IP, principal, permit, expiry).
 
+mod common;
+
+use common::nz;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, response::Response, routing::any};
@@ -35,21 +38,11 @@ async fn ws(upgrade: GuardedUpgrade) -> Response {
 async fn serve(key: TicketKey) -> SocketAddr {
     let app = Router::new()
         .route("/ws", any(ws))
-        .layer(
-            SocketPolicyLayer::new()
-                .max_message_size(1024)
-                .expect("size"),
-        )
-        .layer(ConnectionQuotaLayer::new().per_identity(2).expect("quota"))
+        .layer(SocketPolicyLayer::new().max_message_size(nz(1024)))
+        .layer(ConnectionQuotaLayer::new().per_identity(nz(2)))
         .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
-        .layer(AuthThrottleLayer::new().max_failures(3).expect("throttle"))
-        .layer(
-            RateLimitLayer::new()
-                .per_second(1000)
-                .expect("rate")
-                .burst(1000)
-                .expect("burst"),
-        )
+        .layer(AuthThrottleLayer::new().max_failures(nz(3)))
+        .layer(RateLimitLayer::new().per_second(nz(1000)).burst(nz(1000)))
         .layer(ClientIpLayer::new())
         .layer(
             OriginGuardLayer::new()

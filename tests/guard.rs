@@ -5,6 +5,9 @@
 //! cannot be written through it. With feature `redis`, `.fleet(&fleet)` shares the quota
 //! between two app instances.
 
+mod common;
+
+use common::nz;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
@@ -352,7 +355,7 @@ async fn default_guard_closes_an_oversized_message_with_1009() {
 
 #[tokio::test]
 async fn tuned_socket_policy_replaces_the_default() {
-    let policy = SocketPolicyLayer::new().max_message_size(16).unwrap();
+    let policy = SocketPolicyLayer::new().max_message_size(nz(16));
     let addr = serve(guard().socket_policy(policy)).await;
     let mut ws = client(addr, ALICE).await;
     ws.send(Message::text("0123456789abcdef!")).await.unwrap();
@@ -370,7 +373,7 @@ async fn without_rate_limit_switches_the_rate_limit_off() {
 
 #[tokio::test]
 async fn without_quota_switches_the_quota_off() {
-    let rate = RateLimitLayer::new().per_second(1000).unwrap();
+    let rate = RateLimitLayer::new().per_second(nz(1000));
     let addr = serve(guard().rate_limit(rate).without_quota()).await;
     let mut open = Vec::new();
     for n in 0..20 {
@@ -392,7 +395,7 @@ async fn without_throttle_switches_the_throttle_off() {
 
 #[tokio::test]
 async fn tuned_throttle_replaces_the_default() {
-    let throttle = AuthThrottleLayer::new().max_failures(1).unwrap();
+    let throttle = AuthThrottleLayer::new().max_failures(nz(1));
     let addr = serve(guard().throttle(throttle)).await;
     let res = handshake(addr, HOST, Some(ORIGIN), Some("guess")).await;
     assert_eq!(res.status, 401, "{}", res.head);
@@ -446,7 +449,7 @@ async fn without_revocation_switches_the_check_off() {
 /// chain runs *before* it: it never sees an identity, so the cap of 1 counts nobody.
 #[tokio::test]
 async fn hand_stacked_identity_quota_outside_auth_counts_nobody_but_wsguard_enforces_it() {
-    let quota = ConnectionQuotaLayer::new().per_identity(1).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_identity(nz(1));
     let misordered = Router::new()
         .route("/ws", any(echo))
         .layer(HandshakeAuthLayer::new(tokens()))
@@ -460,7 +463,7 @@ async fn hand_stacked_identity_quota_outside_auth_counts_nobody_but_wsguard_enfo
     assert_eq!(quota.active_for_identity("alice"), 0);
 
     // The same intent through WsGuard: the quota always runs after auth.
-    let quota = ConnectionQuotaLayer::new().per_identity(1).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_identity(nz(1));
     let addr = serve(guard().quota(quota.clone())).await;
     let first = good(addr, ALICE).await;
     assert_eq!(first.status, 101);
@@ -478,12 +481,12 @@ async fn hand_stacked_quota_without_client_ip_is_a_500_but_wsguard_cannot_build_
     let inverted = Router::new()
         .route("/ws", any(echo))
         .layer(ClientIpLayer::new())
-        .layer(ConnectionQuotaLayer::new().per_ip(1).unwrap());
+        .layer(ConnectionQuotaLayer::new().per_ip(nz(1)));
     let addr = serve_router(inverted).await;
     let res = good(addr, ALICE).await;
     assert_eq!(res.status, 500, "{}", res.head);
 
-    let quota = ConnectionQuotaLayer::new().per_ip(1).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_ip(nz(1));
     let addr = serve(guard().quota(quota)).await;
     let first = good(addr, ALICE).await;
     assert_eq!(first.status, 101, "{}", first.head);
@@ -512,7 +515,6 @@ mod fleet {
         Fleet::builder(redis_url())
             .prefix(prefix)
             .timeout(Duration::from_secs(5))
-            .unwrap()
             .build()
             .unwrap()
     }
@@ -523,7 +525,7 @@ mod fleet {
     async fn fleet_guard_shares_the_identity_quota_between_instances() {
         let prefix = format!("wsguard-test-guard-{}", std::process::id());
         let (a, b) = (fleet(&prefix), fleet(&prefix));
-        let quota = ConnectionQuotaLayer::new().per_identity(1).unwrap();
+        let quota = ConnectionQuotaLayer::new().per_identity(nz(1));
         let addr_a = serve(guard().quota(quota.clone()).fleet(&a)).await;
         let addr_b = serve(guard().quota(quota).fleet(&b)).await;
 
@@ -541,13 +543,7 @@ mod fleet {
     async fn fleet_guard_shares_the_rate_limit_between_instances() {
         let prefix = format!("wsguard-test-guard-rate-{}", std::process::id());
         let (a, b) = (fleet(&prefix), fleet(&prefix));
-        let rate = || {
-            RateLimitLayer::new()
-                .per_minute(1)
-                .unwrap()
-                .burst(1)
-                .unwrap()
-        };
+        let rate = || RateLimitLayer::new().per_minute(nz(1)).burst(nz(1));
         let addr_a = serve(guard().rate_limit(rate()).fleet(&a)).await;
         let addr_b = serve(guard().rate_limit(rate()).fleet(&b)).await;
         assert_eq!(good(addr_a, ALICE).await.status, 101);

@@ -1,6 +1,9 @@
 //! Loopback integration: concurrent-socket quotas hold a slot for the life of an upgraded
 //! socket and give it back however the socket ends.
 
+mod common;
+
+use common::nz;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
@@ -128,7 +131,7 @@ async fn ended(rx: &mut mpsc::UnboundedReceiver<()>) {
 #[tokio::test]
 async fn per_ip_quota_is_held_for_the_socket_life_and_released_however_it_ends() {
     const QUOTA: usize = 3;
-    let quota = ConnectionQuotaLayer::new().per_ip(QUOTA).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_ip(nz(QUOTA));
     let (addr, mut ended_rx) = serve(quota.clone()).await;
 
     let mut open_sockets = Vec::new();
@@ -182,7 +185,7 @@ async fn per_ip_quota_is_held_for_the_socket_life_and_released_however_it_ends()
 
 #[tokio::test]
 async fn global_quota_answers_503() {
-    let quota = ConnectionQuotaLayer::new().global(2).unwrap();
+    let quota = ConnectionQuotaLayer::new().global(nz(2));
     let (addr, mut ended_rx) = serve(quota.clone()).await;
     let a = open(addr, "").await.unwrap();
     let _b = open(addr, "").await.unwrap();

@@ -1,6 +1,9 @@
 //! Loopback integration: handshake rate limits and the brute-force throttle in front of an
 //! authenticator, with real WebSocket handshakes.
 
+mod common;
+
+use common::nz;
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
@@ -71,9 +74,8 @@ async fn handshake_rate_is_limited_per_client() {
         .route("/ws", get(ws))
         .layer(
             RateLimitLayer::new()
-                .per_minute(1)
-                .and_then(|l| l.burst(3))
-                .unwrap()
+                .per_minute(nz(1))
+                .burst(nz(3))
                 .rate_limit_headers(true),
         )
         .layer(ClientIpLayer::new());
@@ -94,10 +96,9 @@ async fn failed_authentications_lock_the_client_out_before_auth_runs() {
         .layer(middleware::from_fn(fake_auth))
         .layer(
             AuthThrottleLayer::new()
-                .max_failures(3)
-                .and_then(|l| l.window(Duration::from_secs(600)))
-                .and_then(|l| l.block_for(Duration::from_secs(600)))
-                .unwrap(),
+                .max_failures(nz(3))
+                .window(Duration::from_secs(600))
+                .block_for(Duration::from_secs(600)),
         )
         .layer(ClientIpLayer::new());
     let addr = serve(app).await;
@@ -157,9 +158,8 @@ async fn concurrent_guesses_do_not_all_reach_the_authenticator() {
         .layer(auth)
         .layer(
             AuthThrottleLayer::new()
-                .max_failures(MAX_FAILURES)
-                .and_then(|l| l.block_for(Duration::from_secs(600)))
-                .unwrap(),
+                .max_failures(nz(MAX_FAILURES))
+                .block_for(Duration::from_secs(600)),
         )
         .layer(ClientIpLayer::new());
     let addr = serve(app).await;
@@ -215,10 +215,9 @@ async fn block_for_duration_max_saturates() {
         .layer(middleware::from_fn(fake_auth))
         .layer(
             AuthThrottleLayer::new()
-                .max_failures(1)
-                .and_then(|l| l.window(Duration::MAX))
-                .and_then(|l| l.block_for(Duration::MAX))
-                .unwrap(),
+                .max_failures(nz(1))
+                .window(Duration::MAX)
+                .block_for(Duration::MAX),
         )
         .layer(ClientIpLayer::new());
     let addr = serve(app).await;

@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::nz;
 use std::{
     net::SocketAddr,
+    num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -38,7 +40,7 @@ use wsguard::{
     client_ip::ClientIp,
     rate_limit::ConnectionPermit,
     socket::{
-        CloseCause, GuardedSocket, GuardedUpgrade, RateAction, RateLimit, SlowConsumer,
+        CloseCause, GuardedSocket, GuardedUpgrade, MessageRate, RateAction, SlowConsumer,
         SocketPolicyLayer, SocketStats,
     },
 };
@@ -149,7 +151,7 @@ async fn ended(rx: &mut mpsc::UnboundedReceiver<Ended>) -> Ended {
 
 #[tokio::test]
 async fn oversized_message_gets_1009() {
-    let (app, mut rx) = echo_app(quiet().max_message_size(1024).unwrap());
+    let (app, mut rx) = echo_app(quiet().max_message_size(nz(1024)));
     let mut client = connect(serve(app).await).await;
     client.send(Message::text("small")).await.unwrap();
     client.send(Message::text("x".repeat(2048))).await.unwrap();
@@ -161,7 +163,7 @@ async fn oversized_message_gets_1009() {
 
 #[tokio::test]
 async fn oversized_frame_gets_1009() {
-    let (app, mut rx) = echo_app(quiet().max_frame_size(512).unwrap());
+    let (app, mut rx) = echo_app(quiet().max_frame_size(nz(512)));
     let mut client = connect(serve(app).await).await;
     client.send(Message::binary(vec![7u8; 1000])).await.unwrap();
     let (_, code) = until_close(&mut client).await;
@@ -172,9 +174,8 @@ async fn oversized_frame_gets_1009() {
 #[tokio::test]
 async fn flood_is_dropped_and_counted() {
     let layer = quiet()
-        .message_rate(RateLimit::new(5, Duration::from_secs(3600)).unwrap())
-        .escalate_after(None)
-        .unwrap();
+        .message_rate(MessageRate::new(nz(5), Duration::from_secs(3600)))
+        .escalate_after(None);
     let (app, mut rx) = echo_app(layer);
     let mut client = connect(serve(app).await).await;
     for i in 0..50 {
@@ -209,7 +210,7 @@ async fn flood_is_closed_with_1008() {
         name: &'static str,
         layer: SocketPolicyLayer,
     }
-    let rate = || RateLimit::new(5, Duration::from_secs(3600)).unwrap();
+    let rate = || MessageRate::new(nz(5), Duration::from_secs(3600));
     let cases = [
         Case {
             name: "close at once",
@@ -219,14 +220,15 @@ async fn flood_is_closed_with_1008() {
         },
         Case {
             name: "escalate after three drops",
-            layer: quiet().message_rate(rate()).escalate_after(3).unwrap(),
+            layer: quiet()
+                .message_rate(rate())
+                .escalate_after(nz::<NonZeroU32>(3)),
         },
         Case {
             name: "byte rate",
             layer: quiet()
-                .max_message_size(100)
-                .unwrap()
-                .byte_rate(RateLimit::new(300, Duration::from_secs(3600)).unwrap())
+                .max_message_size(nz(100))
+                .byte_rate(MessageRate::new(nz(300), Duration::from_secs(3600)))
                 .on_rate_exceeded(RateAction::Close),
         },
     ];
@@ -258,9 +260,8 @@ async fn flood_is_closed_with_1008() {
 #[tokio::test]
 async fn identity_rate_spans_sockets() {
     let layer = quiet()
-        .identity_message_rate(RateLimit::new(4, Duration::from_secs(3600)).unwrap())
-        .escalate_after(None)
-        .unwrap();
+        .identity_message_rate(MessageRate::new(nz(4), Duration::from_secs(3600)))
+        .escalate_after(None);
     let (app, mut rx) = echo_app(layer);
     let app = app.layer(middleware::from_fn(
         |mut req: Request, next: Next| async move {
@@ -304,7 +305,7 @@ async fn identity_rate_spans_sockets() {
 
 #[tokio::test]
 async fn idle_socket_is_closed() {
-    let (app, mut rx) = echo_app(quiet().idle_timeout(Duration::from_millis(50)).unwrap());
+    let (app, mut rx) = echo_app(quiet().idle_timeout(Duration::from_millis(50)));
     let mut client = connect(serve(app).await).await;
     let (_, code) = until_close(&mut client).await;
     assert_eq!(code, Some(1001));
@@ -313,11 +314,8 @@ async fn idle_socket_is_closed() {
 
 #[tokio::test]
 async fn unanswered_pings_close_the_socket() {
-    let (app, mut rx) = echo_app(
-        quiet()
-            .heartbeat(Duration::from_millis(30), Duration::from_millis(30))
-            .unwrap(),
-    );
+    let (app, mut rx) =
+        echo_app(quiet().heartbeat(Duration::from_millis(30), Duration::from_millis(30)));
     // The client never polls, so tungstenite never answers the pings.
     let mut client = connect(serve(app).await).await;
     assert_eq!(
@@ -330,11 +328,7 @@ async fn unanswered_pings_close_the_socket() {
 
 #[tokio::test]
 async fn answered_pings_keep_the_socket_open() {
-    let (app, mut rx) = echo_app(
-        quiet()
-            .heartbeat(Duration::from_millis(10), LIMIT / 2)
-            .unwrap(),
-    );
+    let (app, mut rx) = echo_app(quiet().heartbeat(Duration::from_millis(10), LIMIT / 2));
     let mut client = connect(serve(app).await).await;
     // Read (and so answer) several pings.
     let mut pings = 0;
@@ -474,11 +468,9 @@ fn pusher_app(
 fn pushing(policy: SlowConsumer) -> SocketPolicyLayer {
     quiet()
         .write_buffer_size(0)
-        .send_queue(16, 1 << 20)
-        .unwrap()
+        .send_queue(nz(16), nz(1 << 20))
         .slow_consumer(policy)
         .close_timeout(LIMIT)
-        .unwrap()
 }
 
 #[tokio::test]
@@ -944,9 +936,7 @@ async fn blind_pongs_do_not_answer_the_heartbeat() {
     let (app, mut rx) = echo_app(
         quiet()
             .heartbeat(Duration::from_millis(100), Duration::from_millis(100))
-            .unwrap()
-            .close_timeout(LIMIT)
-            .unwrap(),
+            .close_timeout(LIMIT),
     );
     let addr = serve(app).await;
     let mut blind = raw(addr).await;
@@ -971,11 +961,8 @@ async fn blind_pongs_do_not_answer_the_heartbeat() {
 
 #[tokio::test]
 async fn echoing_the_real_ping_keeps_the_socket_open() {
-    let (app, mut rx) = echo_app(
-        quiet()
-            .heartbeat(Duration::from_millis(20), Duration::from_millis(200))
-            .unwrap(),
-    );
+    let (app, mut rx) =
+        echo_app(quiet().heartbeat(Duration::from_millis(20), Duration::from_millis(200)));
     let mut peer = raw(serve(app).await).await;
     let mut payloads = Vec::new();
     while payloads.len() < 10 {
@@ -1038,9 +1025,7 @@ async fn push_only_handler_still_enforces_the_heartbeat() {
     let (app, mut rx) = push_only_app(
         quiet()
             .heartbeat(Duration::from_millis(50), Duration::from_millis(50))
-            .unwrap()
-            .close_timeout(LIMIT)
-            .unwrap(),
+            .close_timeout(LIMIT),
     );
     let mut talker = raw(serve(app).await).await;
     // More data than the receive queue holds, and no pong, ever.
@@ -1063,10 +1048,8 @@ async fn push_only_handler_reads_on_and_drops_after_the_stall() {
     let (app, mut rx) = push_only_app(
         quiet()
             .heartbeat(Duration::from_millis(300), Duration::from_millis(300))
-            .unwrap()
             .recv_stall(Duration::from_millis(20))
-            .close_timeout(LIMIT)
-            .unwrap(),
+            .close_timeout(LIMIT),
     );
     let mut talker = raw(serve(app).await).await;
     for i in 0..100 {
@@ -1129,7 +1112,6 @@ async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
     let (app, mut rx) = push_only_app(
         quiet()
             .heartbeat(Duration::from_millis(20), Duration::from_millis(200))
-            .unwrap()
             // Well below the pong timeout, as documented: the pongs behind the unread
             // messages are read in time.
             .recv_stall(Duration::from_millis(20)),

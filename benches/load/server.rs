@@ -5,6 +5,7 @@
 use std::{
     error::Error,
     net::SocketAddr,
+    num::{NonZeroU32, NonZeroU64, NonZeroUsize},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -31,7 +32,7 @@ use wsguard::{
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
-    socket::{GuardedSocket, GuardedUpgrade, RateLimit, SocketPolicyLayer},
+    socket::{GuardedSocket, GuardedUpgrade, MessageRate, SocketPolicyLayer},
 };
 
 /// The `Origin` the load generator sends, and the one the guarded server allows.
@@ -107,11 +108,14 @@ fn guarded(
     read_buffer: Option<usize>,
 ) -> Result<Router, Box<dyn Error>> {
     // 10^15 a second: out of reach (10^9 bytes a second is not, for 16 KiB echoes).
-    const HIGH: u64 = 1_000_000_000_000_000;
+    const HIGH: NonZeroU64 = NonZeroU64::new(1_000_000_000_000_000).unwrap();
+    // Handshake rates and socket caps out of reach.
+    const MANY: NonZeroU32 = NonZeroU32::new(1_000_000).unwrap();
+    const MANY_SOCKETS: NonZeroUsize = NonZeroUsize::new(1_000_000).unwrap();
     let mut policy = if defaults {
         SocketPolicyLayer::new()
     } else {
-        let high = RateLimit::per_second(HIGH)?.with_burst(HIGH)?;
+        let high = MessageRate::per_second(HIGH).with_burst(HIGH);
         SocketPolicyLayer::new()
             .message_rate(high)
             .byte_rate(high)
@@ -120,24 +124,20 @@ fn guarded(
             .frame_rate(high)
     };
     if let Some(bytes) = read_buffer {
-        policy = policy.read_buffer_size(bytes)?;
+        policy = policy.read_buffer_size(NonZeroUsize::try_from(bytes)?);
     }
     Ok(Router::new()
         .route("/ws", any(guarded_ws))
         .layer(policy)
         .layer(
             ConnectionQuotaLayer::new()
-                .per_ip(1_000_000)?
-                .per_identity(1_000_000)?
-                .global(1_000_000)?,
+                .per_ip(MANY_SOCKETS)
+                .per_identity(MANY_SOCKETS)
+                .global(MANY_SOCKETS),
         )
         .layer(HandshakeAuthLayer::new(TicketVerifier::new(key)))
         .layer(AuthThrottleLayer::new())
-        .layer(
-            RateLimitLayer::new()
-                .per_second(1_000_000)?
-                .burst(1_000_000)?,
-        )
+        .layer(RateLimitLayer::new().per_second(MANY).burst(MANY))
         .layer(ClientIpLayer::new())
         .layer(OriginGuardLayer::new().allow_origin(ORIGIN)?))
 }

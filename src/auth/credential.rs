@@ -6,7 +6,8 @@ use http::{
     uri::{self, PathAndQuery},
 };
 
-use super::{AuthError, ConfigError};
+use super::AuthError;
+use crate::ConfigError;
 
 /// A credential found in a handshake, handed to the [`Authenticator`](super::Authenticator).
 ///

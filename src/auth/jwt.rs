@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{
-    AuthError, Authenticator, Clock, Credential, Principal, SystemClock, Verified,
+    AuthError, Authenticator, Credential, Principal, SystemClock, TicketClock, Verified,
     ticket::MAX_UNIX_SECS,
 };
 
@@ -66,7 +66,7 @@ pub struct JwtAuthenticator<C = Value> {
     key: Arc<DecodingKey>,
     validation: Arc<Validation>,
     leeway: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
     _claims: PhantomData<fn() -> C>,
 }
 
@@ -194,7 +194,7 @@ where
     /// The time source for `exp` and `nbf`. Replaces the previous one. Default:
     /// [`SystemClock`].
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl TicketClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -291,7 +291,7 @@ where
     }
 
     /// [`JwtAuthenticator::clock`], before the audience is set.
-    pub fn clock(self, clock: impl Clock) -> Self {
+    pub fn clock(self, clock: impl TicketClock) -> Self {
         Self {
             inner: self.inner.clock(clock),
         }

@@ -1,9 +1,9 @@
-use std::{fmt, sync::Arc};
+use std::{fmt, num::NonZeroUsize, sync::Arc};
 
 use axum::response::IntoResponse;
 use tower::Layer;
 
-use super::{Authenticator, ConfigError, CredentialSource, HandshakeAuth};
+use super::{Authenticator, CredentialSource, HandshakeAuth};
 use crate::{Rejection, rejection::OnRejection};
 
 /// Default for [`HandshakeAuthLayer::max_credential_len`]: 8 KiB.
@@ -51,16 +51,10 @@ impl<A: Authenticator> HandshakeAuthLayer<A> {
 
     /// The longest credential accepted, in bytes; longer ones are refused as malformed before
     /// the authenticator sees them. Replaces the previous value. Default: 8192.
-    ///
-    /// Fails if `len` is zero.
-    pub fn max_credential_len(mut self, len: usize) -> Result<Self, ConfigError> {
-        if len == 0 {
-            return Err(ConfigError::Zero {
-                setting: "max_credential_len",
-            });
-        }
-        self.config.max_credential_len = len;
-        Ok(self)
+    #[must_use]
+    pub fn max_credential_len(mut self, len: NonZeroUsize) -> Self {
+        self.config.max_credential_len = len.get();
+        self
     }
 
     /// The authenticator.

@@ -80,12 +80,15 @@
 //!     Router, body::Body, extract::ws::WebSocketUpgrade, response::Response, routing::{get, post},
 //! };
 //! use http::{Request, StatusCode, header};
-//! use std::time::Duration;
+//! use std::{num::NonZeroUsize, time::Duration};
 //! use tower::ServiceExt;
 //! use wsguard::auth::{
 //!     CredentialSource, HandshakeAuthLayer, Identity, Ticket, TicketIssuer, TicketKey,
 //!     TicketVerifier,
 //! };
+//!
+//! /// How many used tickets the verifier remembers (until each expires).
+//! const REPLAY_CACHE: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 //!
 //! async fn ws(Identity(ticket): Identity<Ticket>, upgrade: WebSocketUpgrade) -> Response {
 //!     let user = ticket.subject().to_owned();
@@ -98,7 +101,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let key = TicketKey::generate("2024-06")?;
 //! let issuer = TicketIssuer::new(key.clone()).ttl(Duration::from_secs(60));
-//! let verifier = TicketVerifier::new(key).one_time(10_000)?;
+//! let verifier = TicketVerifier::new(key).one_time(REPLAY_CACHE);
 //!
 //! // Check the password however you like, then hand out a ticket.
 //! let login = post(move || {
@@ -174,7 +177,7 @@ pub use self::{
     layer::HandshakeAuthLayer,
     service::HandshakeAuth,
     static_tokens::StaticTokens,
-    ticket::{Clock, SystemClock, Ticket, TicketIssuer, TicketKey, TicketVerifier},
+    ticket::{SystemClock, Ticket, TicketClock, TicketIssuer, TicketKey, TicketVerifier},
 };
 
 #[cfg(feature = "jwt")]
@@ -275,58 +278,6 @@ impl fmt::Display for AuthError {
 }
 
 impl std::error::Error for AuthError {}
-
-/// A mistake in the configuration, found when the layer or a key is built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A subprotocol prefix, query parameter or cookie name that cannot work.
-    InvalidSourceName {
-        /// The value as configured.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A ticket key id that is empty, too long or not `[A-Za-z0-9_-]`.
-    InvalidKeyId {
-        /// The value as configured.
-        value: String,
-    },
-    /// A ticket key secret shorter than 32 bytes.
-    WeakKey {
-        /// The length that was given, in bytes.
-        len: usize,
-    },
-    /// The operating system's random number generator failed.
-    Random,
-    /// A value that must be greater than zero was zero.
-    Zero {
-        /// Which setting.
-        setting: &'static str,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidSourceName { value, reason } => {
-                write!(f, "invalid credential source name {value:?}: {reason}")
-            }
-            Self::InvalidKeyId { value } => write!(
-                f,
-                "invalid ticket key id {value:?}: use 1 to 32 characters of A-Z, a-z, 0-9, '_' and '-'"
-            ),
-            Self::WeakKey { len } => write!(
-                f,
-                "ticket key secret is {len} bytes; use at least 32 random bytes (TicketKey::generate)"
-            ),
-            Self::Random => f.write_str("the operating system's random number generator failed"),
-            Self::Zero { setting } => write!(f, "{setting} must be greater than zero"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use tower::{Layer, ServiceExt};
 use tower_test::mock;
 
 use super::*;
-use crate::Rejection;
+use crate::{ConfigError, Rejection, test_support::nz};
 
 const TOKEN: &str = "tok-alice";
 
@@ -448,9 +448,7 @@ async fn long_credentials_are_refused_before_the_authenticator() {
         counted.fetch_add(1, Ordering::SeqCst);
         std::future::ready(Ok(Verified::new((), Principal::new(c.token(), None))))
     };
-    let layer = HandshakeAuthLayer::new(auth)
-        .max_credential_len(16)
-        .unwrap();
+    let layer = HandshakeAuthLayer::new(auth).max_credential_len(nz(16));
     let outcome = run(
         layer.clone(),
         handshake("/ws")
@@ -470,10 +468,6 @@ async fn long_credentials_are_refused_before_the_authenticator() {
     .await;
     assert_eq!(outcome.response.status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert!(matches!(
-        HandshakeAuthLayer::new(static_tokens()).max_credential_len(0),
-        Err(ConfigError::Zero { .. })
-    ));
 }
 
 #[test]
@@ -751,7 +745,6 @@ fn ticket_key_validation() {
     let generated = TicketKey::generate("gen").unwrap();
     assert!(!format!("{generated:?}").contains("mac"));
     assert!(format!("{generated:?}").contains("<redacted>"));
-    assert!(TicketVerifier::new(generated).one_time(0).is_err());
 }
 
 #[test]
@@ -762,8 +755,7 @@ fn one_time_tickets_cannot_be_replayed_and_the_cache_stays_bounded() {
         .clock(time.clock());
     let verifier = TicketVerifier::new(key("k1", 1))
         .clock(time.clock())
-        .one_time(2)
-        .unwrap();
+        .one_time(nz(2));
 
     let first = issuer.issue("alice");
     assert!(verifier.verify(&first).is_ok());
@@ -808,9 +800,7 @@ fn the_replay_cache_is_safe_under_concurrent_use() {
     const THREADS: usize = 8;
     const TICKETS: usize = 50;
     let issuer = TicketIssuer::new(key("k1", 1));
-    let verifier = TicketVerifier::new(key("k1", 1))
-        .one_time(THREADS * TICKETS)
-        .unwrap();
+    let verifier = TicketVerifier::new(key("k1", 1)).one_time(nz(THREADS * TICKETS));
     let tickets: Arc<Vec<String>> = Arc::new(
         (0..TICKETS)
             .map(|i| issuer.issue(format!("u{i}")))
@@ -848,8 +838,7 @@ async fn tickets_through_the_layer() {
         .clock(time.clock());
     let verifier = TicketVerifier::new(key("k1", 1))
         .clock(time.clock())
-        .one_time(100)
-        .unwrap();
+        .one_time(nz(100));
     let layer = HandshakeAuthLayer::new(verifier)
         .sources([CredentialSource::subprotocol("ticket.").unwrap()]);
     let req = |ticket: &str| {
@@ -1043,8 +1032,7 @@ fn the_replay_cache_bounds_each_subject_and_purges_expired_tickets() {
         .clock(time.clock());
     let verifier = TicketVerifier::new(key("k1", 1))
         .clock(time.clock())
-        .one_time(10)
-        .unwrap()
+        .one_time(nz(10))
         .tickets_per_subject(std::num::NonZeroUsize::new(2).unwrap());
 
     assert!(verifier.verify(&issuer.issue("alice")).is_ok());
@@ -1085,8 +1073,7 @@ fn a_full_replay_cache_is_shared_fairly_between_subjects() {
         .clock(time.clock());
     let verifier = TicketVerifier::new(key("k1", 1))
         .clock(time.clock())
-        .one_time(4)
-        .unwrap()
+        .one_time(nz(4))
         .tickets_per_subject(std::num::NonZeroUsize::new(4).unwrap());
     // Alice fills the whole cache, one ticket a second.
     let mut alice = Vec::new();
@@ -1130,7 +1117,7 @@ fn a_full_replay_cache_is_shared_fairly_between_subjects() {
 #[test]
 fn checking_a_one_time_ticket_does_not_use_it_up() {
     let issuer = TicketIssuer::new(key("k1", 1));
-    let verifier = TicketVerifier::new(key("k1", 1)).one_time(10).unwrap();
+    let verifier = TicketVerifier::new(key("k1", 1)).one_time(nz(10));
     let ticket = issuer.issue("alice");
     assert_eq!(verifier.check(&ticket).unwrap().subject(), "alice");
     assert!(verifier.check(&ticket).is_ok());
@@ -1148,7 +1135,7 @@ fn max_date() -> SystemTime {
 #[test]
 fn extreme_ticket_settings_saturate() {
     let issuer = TicketIssuer::new(key("k1", 1)).ttl(Duration::MAX);
-    let verifier = TicketVerifier::new(key("k1", 1)).one_time(10).unwrap();
+    let verifier = TicketVerifier::new(key("k1", 1)).one_time(nz(10));
     let ticket = verifier.verify(&issuer.issue("alice")).unwrap();
     assert_eq!(ticket.expires_at(), max_date());
     let issuer = TicketIssuer::new(key("k1", 1)).ttl(Duration::from_secs(u64::MAX));

@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{AuthError, Authenticator, ConfigError, Credential, Principal, Verified};
+use super::{AuthError, Authenticator, Credential, Principal, Verified};
+use crate::ConfigError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -40,10 +41,14 @@ const DEFAULT_PER_SUBJECT: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 /// it, so that no date computation can overflow.
 pub(super) const MAX_UNIX_SECS: u64 = 253_402_300_799;
 
-/// The time source of [`TicketIssuer`] and [`TicketVerifier`]. [`SystemClock`] by default;
-/// closures `Fn() -> SystemTime` implement it too, which is how tests move time without
-/// sleeping.
-pub trait Clock: Send + Sync + 'static {
+/// The wall-clock time source of [`TicketIssuer`] and [`TicketVerifier`] (and of the JWT
+/// authenticator and the revocation registry, which compare the same dates).
+/// [`SystemClock`] by default; closures `Fn() -> SystemTime` implement it too, which is how
+/// tests move time without sleeping.
+///
+/// Not to be confused with [`rate_limit::Clock`](crate::rate_limit::Clock), governor's
+/// monotonic clock for the rate limits.
+pub trait TicketClock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
 }
@@ -52,13 +57,13 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
+impl TicketClock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
 }
 
-impl<F> Clock for F
+impl<F> TicketClock for F
 where
     F: Fn() -> SystemTime + Send + Sync + 'static,
 {
@@ -221,7 +226,7 @@ impl Ticket {
 pub struct TicketIssuer {
     key: TicketKey,
     ttl: Duration,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
 }
 
 impl TicketIssuer {
@@ -246,7 +251,7 @@ impl TicketIssuer {
 
     /// The time source. Replaces the previous one. Default: [`SystemClock`].
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl TicketClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -317,7 +322,7 @@ impl fmt::Debug for TicketIssuer {
 #[derive(Clone)]
 pub struct TicketVerifier {
     keys: Arc<Vec<TicketKey>>,
-    clock: Arc<dyn Clock>,
+    clock: Arc<dyn TicketClock>,
     per_subject: NonZeroUsize,
     replay: Option<Arc<ReplayCache>>,
 }
@@ -363,16 +368,13 @@ impl TicketVerifier {
     /// The cache is shared by clones of this verifier (one process; several servers need
     /// sticky routing or a shared store). Replaces an earlier cache. Default: tickets may be
     /// used until they expire.
-    ///
-    /// Fails if `capacity` is zero.
-    pub fn one_time(mut self, capacity: usize) -> Result<Self, ConfigError> {
-        if capacity == 0 {
-            return Err(ConfigError::Zero {
-                setting: "replay cache capacity",
-            });
-        }
-        self.replay = Some(Arc::new(ReplayCache::new(capacity, self.per_subject.get())));
-        Ok(self)
+    #[must_use]
+    pub fn one_time(mut self, capacity: NonZeroUsize) -> Self {
+        self.replay = Some(Arc::new(ReplayCache::new(
+            capacity.get(),
+            self.per_subject.get(),
+        )));
+        self
     }
 
     /// The most unexpired one-time tickets of one subject the replay cache of
@@ -391,7 +393,7 @@ impl TicketVerifier {
 
     /// The time source. Replaces the previous one. Default: [`SystemClock`].
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl TicketClock) -> Self {
         self.clock = Arc::new(clock);
         self
     }

@@ -4,8 +4,8 @@ use axum::response::IntoResponse;
 use ipnet::IpNet;
 use tower::Layer;
 
-use super::{ClientIpService, ConfigError, ProxyHeader};
-use crate::{Rejection, rejection::OnRejection};
+use super::{ClientIpService, ProxyHeader};
+use crate::{ConfigError, Rejection, rejection::OnRejection};
 
 /// Layer that resolves the real client address and stores it as
 /// [`ClientIp`](super::ClientIp) in the request extensions. See the [module docs](super).
@@ -45,7 +45,9 @@ impl ClientIpLayer {
         let parsed = net
             .parse::<IpNet>()
             .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| ConfigError::InvalidProxy(net.to_owned()))?;
+            .map_err(|_| ConfigError::InvalidProxy {
+                value: net.to_owned(),
+            })?;
         Ok(self.trusted_proxy(parsed))
     }
 

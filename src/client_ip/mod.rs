@@ -93,6 +93,8 @@ use std::{fmt, net::IpAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::ConfigError;
+
 pub use self::{layer::ClientIpLayer, service::ClientIpService};
 pub use crate::core::ResponseFuture;
 
@@ -239,37 +241,6 @@ impl fmt::Display for ClientIpError {
 }
 
 impl std::error::Error for ClientIpError {}
-
-/// An invalid setting given to a builder in this module.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A prefix length longer than the address.
-    PrefixTooLong {
-        /// The length given.
-        len: u8,
-        /// The address length in bits.
-        max: u8,
-    },
-    /// A trusted proxy that is not an address or a CIDR network.
-    InvalidProxy(String),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::PrefixTooLong { len, max } => {
-                write!(
-                    f,
-                    "prefix length /{len} is longer than the address (/{max})"
-                )
-            }
-            Self::InvalidProxy(s) => write!(f, "trusted proxy {s:?} is not an address or a CIDR"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests;

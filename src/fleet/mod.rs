@@ -72,7 +72,10 @@
 //! `no_run`: it needs a Redis server.
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::{
+//!     num::{NonZeroU32, NonZeroUsize},
+//!     time::Duration,
+//! };
 //! use axum::{Router, response::Response, routing::any};
 //! use wsguard::{
 //!     WsGuard,
@@ -85,13 +88,18 @@
 //!     up.on_upgrade(|_socket| async {})
 //! }
 //!
+//! const PER_IP: NonZeroUsize = NonZeroUsize::new(8).unwrap();
+//! const PER_USER: NonZeroUsize = NonZeroUsize::new(4).unwrap();
+//! const PER_SECOND: NonZeroU32 = NonZeroU32::new(5).unwrap();
+//! const BURST: NonZeroU32 = NonZeroU32::new(10).unwrap();
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let fleet = Fleet::builder("redis://127.0.0.1:6379")
 //!     .prefix("myapp")
-//!     .timeout(Duration::from_millis(200))?
+//!     .timeout(Duration::from_millis(200))
 //!     .on_failure(FailurePolicy::FallBackToLocal)
-//!     .lease_ttl(Duration::from_secs(30))?
+//!     .lease_ttl(Duration::from_secs(30))
 //!     .connect()
 //!     .await?;
 //! let key = TicketKey::new("k1", b"a secret shared by every instance")?;
@@ -139,7 +147,7 @@ use http::StatusCode;
 
 pub use self::handle::{Fleet, FleetBuilder};
 #[doc(no_inline)]
-pub use crate::rate_limit::{ConfigError, KeyBy, RateLimitError};
+pub use crate::rate_limit::{KeyBy, RateLimitError};
 /// The revocation layer of [`crate::revoke`], re-exported: `RevocationLayer::new(&fleet)`.
 #[doc(no_inline)]
 pub use crate::revoke::{Revocation, RevocationLayer};

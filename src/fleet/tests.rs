@@ -13,6 +13,7 @@ use http::{Request, StatusCode};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
+use crate::test_support::nz;
 use crate::{
     auth::{Principal, TokenFingerprint},
     client_ip::ClientIp,
@@ -75,7 +76,6 @@ impl Drop for RedisServer {
 fn fleet(url: &str) -> Fleet {
     Fleet::builder(url)
         .timeout(Duration::from_secs(5))
-        .unwrap()
         .build()
         .unwrap()
 }
@@ -302,10 +302,8 @@ async fn rate_limit_spans_instances() {
     let layer = |f: &Fleet| {
         RateLimitLayer::new()
             .fleet(f)
-            .per_minute(1)
-            .unwrap()
-            .burst(3)
-            .unwrap()
+            .per_minute(nz(1))
+            .burst(nz(3))
     };
     let mut svc_a = layer(&a).layer(service_fn(keep));
     let mut svc_b = layer(&b).layer(service_fn(keep));
@@ -352,10 +350,8 @@ async fn fleet_rate_limit_sends_the_same_headers_as_the_local_one() {
     let mut svc = RateLimitLayer::new()
         .fleet(&a)
         .name("headers")
-        .per_minute(1)
-        .unwrap()
-        .burst(2)
-        .unwrap()
+        .per_minute(nz(1))
+        .burst(nz(2))
         .rate_limit_headers(true)
         .layer(service_fn(keep));
     let mut remaining = Vec::new();
@@ -388,7 +384,7 @@ async fn fleet_rate_limit_sends_the_same_headers_as_the_local_one() {
 
 #[tokio::test]
 async fn quota_counts_are_this_instances_without_a_fleet() {
-    let quota = ConnectionQuotaLayer::new().per_identity(2).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_identity(nz(2));
     let res = quota
         .clone()
         .layer(service_fn(keep))
@@ -419,16 +415,12 @@ async fn quota_spans_instances_and_releases_on_drop() {
     let (a, b) = (fleet(&redis.url()), fleet(&redis.url()));
     let layer_a = ConnectionQuotaLayer::new()
         .fleet(&a)
-        .per_identity(1)
-        .unwrap()
-        .per_ip(5)
-        .unwrap();
+        .per_identity(nz(1))
+        .per_ip(nz(5));
     let layer_b = ConnectionQuotaLayer::new()
         .fleet(&b)
-        .per_identity(1)
-        .unwrap()
-        .per_ip(5)
-        .unwrap();
+        .per_identity(nz(1))
+        .per_ip(nz(5));
     let mut svc_a = layer_a.clone().layer(service_fn(keep));
     let mut svc_b = layer_b.layer(service_fn(keep));
 
@@ -519,20 +511,16 @@ async fn unreachable_redis_falls_back_to_local_limits_or_refuses() {
     for case in cases {
         let fleet = Fleet::builder(dead_url())
             .timeout(Duration::from_millis(200))
-            .unwrap()
             .on_failure(case.policy)
             .build()
             .unwrap();
         let rate = RateLimitLayer::new()
             .fleet(&fleet)
-            .per_minute(1)
-            .unwrap()
-            .burst(1)
-            .unwrap();
+            .per_minute(nz(1))
+            .burst(nz(1));
         let quota = ConnectionQuotaLayer::new()
             .fleet(&fleet)
-            .per_identity(1)
-            .unwrap();
+            .per_identity(nz(1));
         let mut svc = tower::ServiceBuilder::new()
             .layer(rate)
             .layer(RevocationLayer::new(&fleet))
@@ -779,7 +767,6 @@ async fn recovers_when_redis_comes_back() {
     let url = format!("redis://127.0.0.1:{port}");
     let fleet = Fleet::builder(&url)
         .timeout(Duration::from_millis(300))
-        .unwrap()
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();
@@ -870,7 +857,6 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
 async fn a_revocation_redis_does_not_take_applies_here_and_says_so() {
     let fleet = Fleet::builder(dead_url())
         .timeout(Duration::from_millis(200))
-        .unwrap()
         .build()
         .unwrap();
     let mut svc = RevocationLayer::new(&fleet).layer(service_fn(keep));
@@ -930,8 +916,7 @@ async fn each_cap_refuses_with_its_status() {
                 ConnectionQuotaLayer::new()
                     .fleet(f)
                     .name("ip")
-                    .per_ip(1)
-                    .unwrap()
+                    .per_ip(nz(1))
             },
             second: ([203, 0, 113, 50], "other"),
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -942,8 +927,7 @@ async fn each_cap_refuses_with_its_status() {
                 ConnectionQuotaLayer::new()
                     .fleet(f)
                     .name("id")
-                    .per_identity(1)
-                    .unwrap()
+                    .per_identity(nz(1))
             },
             second: ([203, 0, 113, 51], "same"),
             status: StatusCode::TOO_MANY_REQUESTS,
@@ -954,8 +938,7 @@ async fn each_cap_refuses_with_its_status() {
                 ConnectionQuotaLayer::new()
                     .fleet(f)
                     .name("global")
-                    .global(1)
-                    .unwrap()
+                    .global(nz(1))
             },
             second: ([203, 0, 113, 52], "other"),
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -989,14 +972,12 @@ async fn an_unresponsive_redis_is_bounded_by_the_timeout() {
     let redis = RedisServer::start();
     let fleet = Fleet::builder(redis.url())
         .timeout(Duration::from_millis(300))
-        .unwrap()
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();
     let mut svc = RateLimitLayer::new()
         .fleet(&fleet)
-        .per_second(100)
-        .unwrap()
+        .per_second(nz(100))
         .layer(service_fn(keep));
     let mut call = async || {
         let res = tokio::time::timeout(
@@ -1093,7 +1074,6 @@ async fn a_refusing_fleet_answers_through_the_rejection_path() {
     let teapot: Hook = |_| StatusCode::IM_A_TEAPOT.into_response();
     let fleet = Fleet::builder(dead_url())
         .timeout(Duration::from_millis(200))
-        .unwrap()
         .on_failure(FailurePolicy::Refuse)
         .build()
         .unwrap();

@@ -5,10 +5,10 @@ use http::{header, request::Parts};
 use tower::Layer;
 
 use super::{
-    ConfigError, OriginError, OriginGuard, OriginPredicate,
+    OriginError, OriginGuard, OriginPredicate,
     matcher::{AllowList, HostRule, Origin, Pattern, host_allowed},
 };
-use crate::{Rejection, rejection::OnRejection};
+use crate::{ConfigError, Rejection, rejection::OnRejection};
 
 /// Builds [`OriginGuard`] services: checks the `Origin` of WebSocket handshakes.
 ///

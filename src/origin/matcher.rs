@@ -5,7 +5,8 @@ use std::{fmt, sync::Arc};
 use http::request::Parts;
 use url::Url;
 
-use super::{ConfigError, OriginError, OriginPredicate};
+use super::{OriginError, OriginPredicate};
+use crate::ConfigError;
 
 /// A canonical (RFC 6454) origin: lowercase scheme and host, IDN hosts in their ASCII
 /// (punycode) form, the scheme's default port elided, no path.

@@ -215,63 +215,6 @@ impl fmt::Display for OriginError {
 
 impl std::error::Error for OriginError {}
 
-/// A mistake in the configuration, found when the layer is built.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// An exact origin that is not `scheme://host[:port]`.
-    InvalidOrigin {
-        /// The value as configured.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A wildcard pattern that is not `scheme://*.domain[:port]`.
-    InvalidPattern {
-        /// The value as configured.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// An allowed host that is not `host[:port]` or `.domain[:port]`.
-    InvalidHost {
-        /// The value as configured.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A wildcard that would allow a whole public suffix (`https://*.com`,
-    /// `https://*.co.uk`) or everything (`*`): sites that anybody can register.
-    PatternTooBroad {
-        /// The value as configured.
-        value: String,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidOrigin { value, reason } => {
-                write!(f, "invalid origin {value:?}: {reason}")
-            }
-            Self::InvalidPattern { value, reason } => {
-                write!(f, "invalid origin pattern {value:?}: {reason}")
-            }
-            Self::InvalidHost { value, reason } => {
-                write!(f, "invalid allowed host {value:?}: {reason}")
-            }
-            Self::PatternTooBroad { value } => write!(
-                f,
-                "origin pattern {value:?} covers a public suffix or everything, so anybody could \
-                 register a matching site; use a domain you own, e.g. https://*.example.com \
-                 (or dangerously_allow_any_origin if you really mean any)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// A custom rule for [`OriginGuardLayer::allow_if`]: allows the origin when it returns `true`.
 ///
 /// Implemented for closures `Fn(&Origin, &Parts) -> bool`.

@@ -5,8 +5,8 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_test::mock;
 
-use super::{ConfigError, OriginError, OriginGuardLayer};
-use crate::Rejection;
+use super::{OriginError, OriginGuardLayer};
+use crate::{ConfigError, Rejection};
 
 fn ok_service()
 -> impl tower::Service<Request<Body>, Response = Response, Error = Infallible, Future: Send> + Clone

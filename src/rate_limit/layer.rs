@@ -18,7 +18,7 @@ use tower::Layer;
 
 use crate::core::LazyState;
 
-use super::{ConfigError, KeyBy, KeyPrefix, RateLimit};
+use super::{KeyBy, KeyPrefix, RateLimit};
 use crate::{Rejection, rejection::OnRejection};
 
 /// The key a handshake is counted under.
@@ -91,60 +91,65 @@ impl Default for RateLimitLayer<DefaultClock> {
     }
 }
 
-/// The governor quota for `count` per `period`; `None` when the interval is below governor's
-/// resolution (zero).
-fn quota(count: NonZeroU32, period: Duration, burst: Option<NonZeroU32>) -> Option<Quota> {
-    Quota::with_period(period / count.get()).map(|q| q.allow_burst(burst.unwrap_or(count)))
+/// The finest interval governor can count: one nanosecond between two handshakes, a
+/// billion a second.
+const FINEST_INTERVAL: Duration = Duration::from_nanos(1);
+
+/// The governor quota for `count` per `period`. A rate so high that the interval between two
+/// handshakes rounds to zero saturates to [`FINEST_INTERVAL`].
+pub(super) fn quota(count: NonZeroU32, period: Duration, burst: Option<NonZeroU32>) -> Quota {
+    let interval = (period / count.get()).max(FINEST_INTERVAL);
+    Quota::with_period(interval)
+        .unwrap_or_else(|| Quota::per_second(count))
+        .allow_burst(burst.unwrap_or(count))
 }
 
 impl<C: Clock + Clone> RateLimitLayer<C> {
     /// The counters, created on first use.
     pub(crate) fn shared(&self) -> &RateShared<C> {
-        self.state.get_or_init(|| {
-            // The setters only accept rates that make a quota.
-            let quota = quota(self.count, self.period, self.burst)
-                .unwrap_or_else(|| Quota::per_second(DEFAULT_PER_SECOND));
-            RateShared {
-                limiter: RateLimiter::new(
-                    quota,
-                    DefaultKeyedStateStore::default(),
-                    self.clock.clone(),
-                ),
-                requests: AtomicU64::new(0),
-            }
+        self.state.get_or_init(|| RateShared {
+            limiter: RateLimiter::new(
+                quota(self.count, self.period, self.burst),
+                DefaultKeyedStateStore::default(),
+                self.clock.clone(),
+            ),
+            requests: AtomicU64::new(0),
         })
     }
 
-    fn rebuild(mut self) -> Result<Self, ConfigError> {
-        quota(self.count, self.period, self.burst).ok_or(ConfigError::RateTooHigh)?;
-        self.state.reset();
-        Ok(self)
-    }
-
-    fn rate(mut self, n: u32, period: Duration, what: &'static str) -> Result<Self, ConfigError> {
-        self.count = NonZeroU32::new(n).ok_or(ConfigError::Zero(what))?;
+    fn rate(mut self, n: NonZeroU32, period: Duration) -> Self {
+        self.count = n;
         self.period = period;
-        self.rebuild()
+        self.state.reset();
+        self
     }
 
     /// Allows `n` handshakes per second per key, evenly replenished (one every `1/n` s).
     /// Replaces the rate; default 10 per second. The burst defaults to `n` unless set with
-    /// [`burst`](Self::burst). Fails if `n` is 0 or too high to represent.
-    pub fn per_second(self, n: u32) -> Result<Self, ConfigError> {
-        self.rate(n, Duration::from_secs(1), "per_second")
+    /// [`burst`](Self::burst). Gives this copy new counters.
+    ///
+    /// The finest rate is one handshake per nanosecond: a higher `n` (above a billion)
+    /// counts as a billion a second.
+    #[must_use]
+    pub fn per_second(self, n: NonZeroU32) -> Self {
+        self.rate(n, Duration::from_secs(1))
     }
 
     /// Allows `n` handshakes per minute per key, evenly replenished (one every `60/n` s).
-    /// Replaces the rate. Fails if `n` is 0.
-    pub fn per_minute(self, n: u32) -> Result<Self, ConfigError> {
-        self.rate(n, Duration::from_secs(60), "per_minute")
+    /// Replaces the rate; default 10 per second. The burst defaults to `n` unless set with
+    /// [`burst`](Self::burst). Gives this copy new counters.
+    #[must_use]
+    pub fn per_minute(self, n: NonZeroU32) -> Self {
+        self.rate(n, Duration::from_secs(60))
     }
 
     /// How many handshakes a key may make at once before the rate applies. Replaces;
-    /// default: the rate's `n` (10). Fails if `b` is 0.
-    pub fn burst(mut self, b: u32) -> Result<Self, ConfigError> {
-        self.burst = Some(NonZeroU32::new(b).ok_or(ConfigError::Zero("burst"))?);
-        self.rebuild()
+    /// default: the rate's `n` (10). Gives this copy new counters.
+    #[must_use]
+    pub fn burst(mut self, b: NonZeroU32) -> Self {
+        self.burst = Some(b);
+        self.state.reset();
+        self
     }
 
     /// What the limit is keyed on. Replaces; default [`KeyBy::ClientIp`].

@@ -49,19 +49,40 @@
 //! throttle does the same with its failure counters. The quota layer removes a key as soon
 //! as its last socket closes.
 //!
+//! # Settings
+//! Counts are `NonZeroU32` (rates, bursts, failures) or `NonZeroUsize` (socket caps), so no
+//! setter can fail. A rate finer than the limiter counts saturates: [`RateLimitLayer`] counts
+//! at most one handshake per nanosecond, so `per_second` above a billion is a billion a
+//! second. The throttle's window and lock-out are at least one second.
+//!
+//! # Clocks
+//! The rate limiter and the throttle take their time from a [`governor`] clock:
+//! [`Clock`], [`DefaultClock`] and [`FakeRelativeClock`] are governor's types, re-exported
+//! on purpose so that tests can drive the limits with a fake clock (`.clock(..)` on each
+//! layer) without depending on governor themselves. (The wall clock of tickets and JWTs is
+//! another trait, [`TicketClock`](crate::auth::TicketClock).)
+//!
 //! # Example
 //! ```
-//! use std::{net::SocketAddr, time::Duration};
+//! use std::{
+//!     net::SocketAddr,
+//!     num::{NonZeroU32, NonZeroUsize},
+//! };
 //! use axum::{Router, body::Body, extract::ConnectInfo, http::{Request, StatusCode}, routing::get};
 //! use tower::ServiceExt;
 //! use wsguard::{client_ip::ClientIpLayer, rate_limit::{ConnectionQuotaLayer, RateLimitLayer}};
+//!
+//! const SOCKETS_PER_IP: NonZeroUsize = NonZeroUsize::new(8).unwrap();
+//! const SOCKETS: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
+//! const PER_MINUTE: NonZeroU32 = NonZeroU32::new(1).unwrap();
+//! const BURST: NonZeroU32 = NonZeroU32::new(2).unwrap();
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let app = Router::new()
 //!     .route("/ws", get(|| async { "upgrade here" }))
-//!     .layer(ConnectionQuotaLayer::new().per_ip(8)?.global(10_000)?)
-//!     .layer(RateLimitLayer::new().per_minute(1)?.burst(2)?)
+//!     .layer(ConnectionQuotaLayer::new().per_ip(SOCKETS_PER_IP).global(SOCKETS))
+//!     .layer(RateLimitLayer::new().per_minute(PER_MINUTE).burst(BURST))
 //!     .layer(ClientIpLayer::new()); // runs first
 //!
 //! let handshake = || -> Result<Request<Body>, http::Error> {
@@ -106,6 +127,10 @@ pub use self::{
 };
 #[doc(no_inline)]
 pub use crate::client_ip::{ClientIp, KeyPrefix};
+/// governor's clocks, re-exported deliberately: the time source of [`RateLimitLayer`],
+/// [`AuthThrottleLayer`] and [`FailureThrottle`] (`.clock(..)`), so that tests can use a
+/// [`FakeRelativeClock`] without a direct governor dependency. See the
+/// [module docs](self#clocks).
 #[doc(no_inline)]
 pub use governor::clock::{Clock, DefaultClock, FakeRelativeClock};
 
@@ -262,30 +287,6 @@ impl fmt::Display for RateLimitError {
 }
 
 impl std::error::Error for RateLimitError {}
-
-/// An invalid setting given to a builder in this module.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// A count that must be at least 1 was 0.
-    Zero(&'static str),
-    /// A rate so high that the interval between two handshakes rounds to zero.
-    RateTooHigh,
-    /// A duration that must be positive was zero.
-    ZeroDuration(&'static str),
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Zero(what) => write!(f, "{what} must be at least 1"),
-            Self::RateTooHigh => f.write_str("rate too high: less than 1ns between handshakes"),
-            Self::ZeroDuration(what) => write!(f, "{what} must be longer than zero"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 pub(crate) use crate::rejection::{reject, retry_after_secs};
 

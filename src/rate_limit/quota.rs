@@ -15,9 +15,7 @@ use tower::{Layer, Service};
 
 use crate::{Rejection, core::LazyState, rejection::OnRejection};
 
-use super::{
-    ConfigError, ConnectionPermit, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject,
-};
+use super::{ConnectionPermit, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject};
 
 #[derive(Default)]
 struct Counts {
@@ -116,24 +114,27 @@ impl ConnectionQuotaLayer {
     }
 
     /// At most `n` open sockets per client address (per [`KeyPrefix`] network). Over it:
-    /// `429`. Replaces; default: no cap. Fails if `n` is 0.
-    pub fn per_ip(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.per_ip = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("per_ip"))?);
-        Ok(self)
+    /// `429`. Replaces; default: no cap.
+    #[must_use]
+    pub fn per_ip(mut self, n: NonZeroUsize) -> Self {
+        self.per_ip = Some(n);
+        self
     }
 
     /// At most `n` open sockets per authenticated subject. Over it: `429`. Replaces; default:
-    /// no cap. Fails if `n` is 0.
-    pub fn per_identity(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.per_identity = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("per_identity"))?);
-        Ok(self)
+    /// no cap.
+    #[must_use]
+    pub fn per_identity(mut self, n: NonZeroUsize) -> Self {
+        self.per_identity = Some(n);
+        self
     }
 
     /// At most `n` open sockets through this layer in total. Over it: `503`. Replaces;
-    /// default: no cap. Fails if `n` is 0.
-    pub fn global(mut self, n: usize) -> Result<Self, ConfigError> {
-        self.global = Some(NonZeroUsize::new(n).ok_or(ConfigError::Zero("global"))?);
-        Ok(self)
+    /// default: no cap.
+    #[must_use]
+    pub fn global(mut self, n: NonZeroUsize) -> Self {
+        self.global = Some(n);
+        self
     }
 
     /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].

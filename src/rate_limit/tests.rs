@@ -11,6 +11,7 @@ use super::*;
 use crate::{
     Rejection,
     auth::{AuthError, Principal},
+    test_support::nz,
 };
 
 fn request(ip: Option<&str>, subject: Option<&str>) -> Request<Body> {
@@ -74,23 +75,146 @@ fn retry_after_rounds_up_to_at_least_one_second() {
 }
 
 #[test]
-fn config_errors() {
+fn rates_too_fine_for_governor_saturate_to_one_per_nanosecond() {
+    struct Case {
+        name: &'static str,
+        count: u32,
+        period: Duration,
+        interval: Duration,
+    }
+    let cases = [
+        Case {
+            name: "ten a second",
+            count: 10,
+            period: Duration::from_secs(1),
+            interval: Duration::from_millis(100),
+        },
+        Case {
+            name: "a billion a second is the finest rate",
+            count: 1_000_000_000,
+            period: Duration::from_secs(1),
+            interval: Duration::from_nanos(1),
+        },
+        Case {
+            name: "above a billion a second saturates",
+            count: 1_000_000_001,
+            period: Duration::from_secs(1),
+            interval: Duration::from_nanos(1),
+        },
+        Case {
+            name: "u32::MAX a second saturates",
+            count: u32::MAX,
+            period: Duration::from_secs(1),
+            interval: Duration::from_nanos(1),
+        },
+        Case {
+            name: "u32::MAX a minute is representable",
+            count: u32::MAX,
+            period: Duration::from_secs(60),
+            interval: Duration::from_secs(60) / u32::MAX,
+        },
+    ];
+    for case in cases {
+        let quota = layer::quota(nz(case.count), case.period, None);
+        assert_eq!(quota.replenish_interval(), case.interval, "{}", case.name);
+        assert_eq!(quota.burst_size().get(), case.count, "{}", case.name);
+    }
+}
+
+#[tokio::test]
+async fn a_saturated_rate_still_limits() {
+    let clock = FakeRelativeClock::default();
+    let svc = RateLimitLayer::new()
+        .per_second(nz(u32::MAX))
+        .burst(nz(1))
+        .clock(clock.clone())
+        .layer(service_fn(ok));
+    let call = || svc.clone().oneshot(request(Some("192.0.2.1"), None));
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK);
     assert_eq!(
-        RateLimitLayer::new().per_second(0).unwrap_err(),
-        ConfigError::Zero("per_second")
+        call().await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "same instant"
     );
-    assert_eq!(
-        RateLimitLayer::new().per_second(u32::MAX).unwrap_err(),
-        ConfigError::RateTooHigh
-    );
-    assert!(RateLimitLayer::new().burst(0).is_err());
-    assert!(RateLimitLayer::new().per_minute(0).is_err());
-    assert!(AuthThrottleLayer::new().max_failures(0).is_err());
-    assert!(AuthThrottleLayer::new().window(Duration::ZERO).is_err());
-    assert!(AuthThrottleLayer::new().block_for(Duration::ZERO).is_err());
-    assert!(ConnectionQuotaLayer::new().per_ip(0).is_err());
-    assert!(ConnectionQuotaLayer::new().per_identity(0).is_err());
-    assert!(ConnectionQuotaLayer::new().global(0).is_err());
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(call().await.unwrap().status(), StatusCode::OK, "1 ns later");
+}
+
+#[tokio::test]
+async fn throttle_durations_below_one_second_count_as_one_second() {
+    struct Case {
+        name: &'static str,
+        layer: AuthThrottleLayer<FakeRelativeClock>,
+        /// When the second failure comes, after the first.
+        second_failure_after: Duration,
+        /// Whether the client is locked out right after the second failure.
+        locked: bool,
+        /// How long a lock-out lasts.
+        lock_lasts: Duration,
+    }
+    let throttle = |clock: &FakeRelativeClock| {
+        AuthThrottleLayer::new()
+            .max_failures(nz(2))
+            .clock(clock.clone())
+    };
+    let clocks: Vec<FakeRelativeClock> = (0..3).map(|_| FakeRelativeClock::default()).collect();
+    let cases = [
+        Case {
+            name: "a zero window counts failures for one second",
+            layer: throttle(&clocks[0]).window(Duration::ZERO),
+            second_failure_after: Duration::from_millis(999),
+            locked: true,
+            lock_lasts: Duration::from_secs(60),
+        },
+        Case {
+            name: "and forgets them after one second",
+            layer: throttle(&clocks[1]).window(Duration::ZERO),
+            second_failure_after: Duration::from_secs(1),
+            locked: false,
+            lock_lasts: Duration::ZERO,
+        },
+        Case {
+            name: "a zero lock-out lasts one second",
+            layer: throttle(&clocks[2]).block_for(Duration::ZERO),
+            second_failure_after: Duration::ZERO,
+            locked: true,
+            lock_lasts: Duration::from_secs(1),
+        },
+    ];
+    for (case, clock) in cases.into_iter().zip(&clocks) {
+        let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
+        let svc = case.layer.layer(mock);
+        let bad = || Some(AuthError::Invalid);
+        const A: &str = "192.0.2.1";
+        through_mock(&svc, &mut handle, A, bad()).await;
+        clock.advance(case.second_failure_after);
+        through_mock(&svc, &mut handle, A, bad()).await;
+        let (status, _) = through_mock(&svc, &mut handle, A, None).await;
+        let expected = if case.locked {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SWITCHING_PROTOCOLS
+        };
+        assert_eq!(status, expected, "{}", case.name);
+        if case.locked {
+            clock.advance(case.lock_lasts - Duration::from_millis(1));
+            let (status, _) = through_mock(&svc, &mut handle, A, None).await;
+            assert_eq!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS,
+                "{}: still locked",
+                case.name
+            );
+            clock.advance(Duration::from_millis(1));
+            let (status, _) = through_mock(&svc, &mut handle, A, None).await;
+            assert_eq!(
+                status,
+                StatusCode::SWITCHING_PROTOCOLS,
+                "{}: lock-out over",
+                case.name
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -154,9 +278,8 @@ async fn rate_limit_by_key() {
     for case in cases {
         let clock = FakeRelativeClock::default();
         let layer = RateLimitLayer::new()
-            .per_second(1)
-            .and_then(|l| l.burst(2))
-            .unwrap()
+            .per_second(nz(1))
+            .burst(nz(2))
             .key(case.key)
             .clock(clock.clone());
         let svc = layer.layer(service_fn(ok));
@@ -178,9 +301,8 @@ async fn rate_limit_by_key() {
 async fn rate_limit_replenishes_with_the_clock_and_sets_headers() {
     let clock = FakeRelativeClock::default();
     let svc = RateLimitLayer::new()
-        .per_minute(2)
-        .and_then(|l| l.burst(2))
-        .unwrap()
+        .per_minute(nz(2))
+        .burst(nz(2))
         .rate_limit_headers(true)
         .clock(clock.clone())
         .layer(service_fn(ok));
@@ -220,8 +342,7 @@ async fn rate_limit_replenishes_with_the_clock_and_sets_headers() {
 #[tokio::test]
 async fn custom_rejection_keeps_retry_after_and_error() {
     let svc = RateLimitLayer::new()
-        .per_minute(1)
-        .unwrap()
+        .per_minute(nz(1))
         .on_rejection(|rejection: &Rejection| {
             let cause = match rejection {
                 Rejection::RateLimit(err) => err.cause(),
@@ -254,8 +375,7 @@ async fn idle_keys_are_pruned() {
     const KEYS: u32 = 20_000;
     let clock = FakeRelativeClock::default();
     let layer = RateLimitLayer::new()
-        .per_second(10)
-        .unwrap()
+        .per_second(nz(10))
         .prune_every(0)
         .clock(clock.clone());
     let svc = layer.layer(service_fn(ok));
@@ -290,8 +410,7 @@ async fn idle_keys_are_pruned() {
 async fn pruning_runs_every_n_requests() {
     let clock = FakeRelativeClock::default();
     let layer = RateLimitLayer::new()
-        .per_second(10)
-        .unwrap()
+        .per_second(nz(10))
         .prune_every(100)
         .clock(clock.clone());
     let svc = layer.layer(service_fn(ok));
@@ -369,10 +488,9 @@ async fn through_mock(
 async fn brute_force_throttle_locks_out_before_auth_runs() {
     let clock = FakeRelativeClock::default();
     let layer = AuthThrottleLayer::new()
-        .max_failures(3)
-        .and_then(|l| l.window(Duration::from_secs(60)))
-        .and_then(|l| l.block_for(Duration::from_secs(120)))
-        .unwrap()
+        .max_failures(nz(3))
+        .window(Duration::from_secs(60))
+        .block_for(Duration::from_secs(120))
         .clock(clock.clone());
     let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
     let svc = layer.layer(mock);
@@ -432,9 +550,8 @@ async fn brute_force_throttle_locks_out_before_auth_runs() {
 async fn brute_force_window_expires_and_counters_are_pruned() {
     let clock = FakeRelativeClock::default();
     let layer = AuthThrottleLayer::new()
-        .max_failures(2)
-        .and_then(|l| l.window(Duration::from_secs(10)))
-        .unwrap()
+        .max_failures(nz(2))
+        .window(Duration::from_secs(10))
         .prune_every(0)
         .clock(clock.clone());
     let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
@@ -481,10 +598,9 @@ where
 #[tokio::test]
 async fn quotas_per_ip_identity_and_global() {
     let layer = ConnectionQuotaLayer::new()
-        .per_ip(2)
-        .and_then(|l| l.per_identity(2))
-        .and_then(|l| l.global(4))
-        .unwrap()
+        .per_ip(nz(2))
+        .per_identity(nz(2))
+        .global(nz(4))
         .retry_after(Duration::from_millis(2500));
     let svc = layer.layer(service_fn(ok));
     let mut held: Vec<ConnectionPermit> = Vec::new();
@@ -555,8 +671,8 @@ async fn quotas_per_ip_identity_and_global() {
 
 #[tokio::test]
 async fn quota_merges_into_an_existing_permit_and_needs_client_ip_for_per_ip() {
-    let outer = ConnectionQuotaLayer::new().global(10).unwrap();
-    let inner = ConnectionQuotaLayer::new().per_ip(1).unwrap();
+    let outer = ConnectionQuotaLayer::new().global(nz(10));
+    let inner = ConnectionQuotaLayer::new().per_ip(nz(1));
     let svc = outer.layer(inner.layer(service_fn(ok)));
     let res = svc
         .clone()
@@ -580,7 +696,7 @@ async fn quota_merges_into_an_existing_permit_and_needs_client_ip_for_per_ip() {
 
     // Without a per-IP cap, ClientIp is not needed; without a principal nothing is counted per
     // identity.
-    let quota = ConnectionQuotaLayer::new().per_identity(1).unwrap();
+    let quota = ConnectionQuotaLayer::new().per_identity(nz(1));
     let svc = quota.layer(service_fn(ok));
     let a = svc.clone().oneshot(request(None, None)).await.unwrap();
     let b = svc.clone().oneshot(request(None, None)).await.unwrap();
@@ -595,8 +711,7 @@ async fn extreme_settings_saturate_instead_of_panicking() {
 
     // A quota whose retry hint is `Duration::MAX`.
     let svc = ConnectionQuotaLayer::new()
-        .per_ip(1)
-        .unwrap()
+        .per_ip(nz(1))
         .retry_after(Duration::MAX)
         .layer(service_fn(ok));
     let held = open(&svc, Some("192.0.2.1"), None).await;
@@ -611,10 +726,9 @@ async fn extreme_settings_saturate_instead_of_panicking() {
     // A throttle that locks out (and counts) for `Duration::MAX`.
     let clock = FakeRelativeClock::default();
     let layer = AuthThrottleLayer::new()
-        .max_failures(1)
-        .and_then(|l| l.window(Duration::MAX))
-        .and_then(|l| l.block_for(Duration::MAX))
-        .unwrap()
+        .max_failures(nz(1))
+        .window(Duration::MAX)
+        .block_for(Duration::MAX)
         .clock(clock.clone());
     let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
     let svc = layer.layer(mock);
@@ -647,8 +761,7 @@ async fn extreme_settings_saturate_instead_of_panicking() {
 async fn attempts_in_flight_count_against_the_budget() {
     let clock = FakeRelativeClock::default();
     let layer = AuthThrottleLayer::new()
-        .max_failures(2)
-        .unwrap()
+        .max_failures(nz(2))
         .clock(clock.clone());
     let (mock, mut handle) = mock::pair::<Request<Body>, Response>();
     let svc = layer.layer(mock);

@@ -18,9 +18,7 @@ use http::Request;
 use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use super::{
-    ClientIp, ConfigError, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject,
-};
+use super::{ClientIp, KeyPrefix, RateLimitError, ResponseFuture, future::After, reject};
 
 /// Failure counter of one client.
 #[derive(Clone, Copy, Debug)]
@@ -206,11 +204,13 @@ where
 /// and give that copy new counters.
 ///
 /// ```
-/// use std::net::IpAddr;
+/// use std::{net::IpAddr, num::NonZeroU32};
 /// use wsguard::rate_limit::{FailureThrottle, RateLimitError};
 ///
+/// const MAX_FAILURES: NonZeroU32 = NonZeroU32::new(2).unwrap();
+///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let throttle = FailureThrottle::new().max_failures(2)?;
+/// let throttle = FailureThrottle::new().max_failures(MAX_FAILURES);
 /// let a: IpAddr = "2001:db8::1".parse()?;
 /// let b: IpAddr = "2001:db8::2".parse()?; // the same /64
 /// throttle.begin(a)?.failed();
@@ -235,6 +235,11 @@ pub struct FailureThrottle<C: Clock = DefaultClock> {
 const DEFAULT_MAX_FAILURES: NonZeroU32 = NonZeroU32::new(5).unwrap();
 const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
+/// The shortest window and lock-out of a throttle: one second, the resolution of
+/// `Retry-After`. Shorter values, zero included, are raised to it, so that no setting turns
+/// the throttle off.
+const MIN_THROTTLE_DURATION: Duration = Duration::from_secs(1);
+
 impl FailureThrottle<DefaultClock> {
     /// Lock out for 60 s after 5 failures within 60 s, keyed by client IP (/32 for IPv4, /64
     /// for IPv6).
@@ -258,38 +263,36 @@ impl Default for FailureThrottle<DefaultClock> {
 }
 
 impl<C: Clock + Clone> FailureThrottle<C> {
-    /// How many failures within the window lock a client out. Replaces; default 5. Fails if
-    /// `n` is 0. Gives this copy new counters.
-    pub fn max_failures(mut self, n: u32) -> Result<Self, ConfigError> {
-        self.max_failures = NonZeroU32::new(n).ok_or(ConfigError::Zero("max_failures"))?;
+    /// How many failures within the window lock a client out. Replaces; default 5. Gives
+    /// this copy new counters.
+    #[must_use]
+    pub fn max_failures(mut self, n: NonZeroU32) -> Self {
+        self.max_failures = n;
         self.state.reset();
-        Ok(self)
+        self
     }
 
-    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Any
-    /// length is accepted (`Duration::MAX`: failures are never forgotten). Gives this copy
-    /// new counters.
-    pub fn window(mut self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
-        let window = window.into();
-        if window.is_zero() {
-            return Err(ConfigError::ZeroDuration("window"));
-        }
-        self.window = window;
+    /// The window failures are counted in. Replaces; default 60 s. Any length from one
+    /// second is accepted (`Duration::MAX`: failures are never forgotten); a shorter one,
+    /// zero included, counts as one second, so no value switches the throttle off. Gives
+    /// this copy new counters.
+    #[must_use]
+    pub fn window(mut self, window: impl Into<Duration>) -> Self {
+        self.window = window.into().max(MIN_THROTTLE_DURATION);
         self.state.reset();
-        Ok(self)
+        self
     }
 
-    /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero. Any length is
+    /// How long a lock-out lasts. Replaces; default 60 s. Any length from one second is
     /// accepted: the end of a lock-out saturates, so `Duration::MAX` locks out for the life
-    /// of the process. Gives this copy new counters.
-    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
-        let block_for = block_for.into();
-        if block_for.is_zero() {
-            return Err(ConfigError::ZeroDuration("block_for"));
-        }
-        self.block_for = block_for;
+    /// of the process. A shorter one, zero included, counts as one second (what
+    /// `Retry-After` says at the least), so no value switches the throttle off. Gives this
+    /// copy new counters.
+    #[must_use]
+    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Self {
+        self.block_for = block_for.into().max(MIN_THROTTLE_DURATION);
         self.state.reset();
-        Ok(self)
+        self
     }
 
     /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].
@@ -502,26 +505,30 @@ impl<C: Clock> From<FailureThrottle<C>> for AuthThrottleLayer<C> {
 }
 
 impl<C: Clock + Clone> AuthThrottleLayer<C> {
-    /// How many failures within the window lock a client out. Replaces; default 5. Fails if
-    /// `n` is 0. Gives this copy new counters.
-    pub fn max_failures(mut self, n: u32) -> Result<Self, ConfigError> {
-        self.throttle = self.throttle.max_failures(n)?;
-        Ok(self)
+    /// How many failures within the window lock a client out. Replaces; default 5. Gives
+    /// this copy new counters.
+    #[must_use]
+    pub fn max_failures(mut self, n: NonZeroU32) -> Self {
+        self.throttle = self.throttle.max_failures(n);
+        self
     }
 
-    /// The window failures are counted in. Replaces; default 60 s. Fails if zero. Gives this
-    /// copy new counters.
-    pub fn window(mut self, window: impl Into<Duration>) -> Result<Self, ConfigError> {
-        self.throttle = self.throttle.window(window)?;
-        Ok(self)
+    /// The window failures are counted in. Replaces; default 60 s. A window shorter than one
+    /// second, zero included, counts as one second (see [`FailureThrottle::window`]). Gives
+    /// this copy new counters.
+    #[must_use]
+    pub fn window(mut self, window: impl Into<Duration>) -> Self {
+        self.throttle = self.throttle.window(window);
+        self
     }
 
-    /// How long a lock-out lasts. Replaces; default 60 s. Fails if zero; any other length
-    /// is accepted and saturates (`Duration::MAX` locks out for the life of the process).
-    /// Gives this copy new counters.
-    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Result<Self, ConfigError> {
-        self.throttle = self.throttle.block_for(block_for)?;
-        Ok(self)
+    /// How long a lock-out lasts. Replaces; default 60 s. Any length from one second is
+    /// accepted and saturates (`Duration::MAX` locks out for the life of the process); a
+    /// shorter one, zero included, counts as one second. Gives this copy new counters.
+    #[must_use]
+    pub fn block_for(mut self, block_for: impl Into<Duration>) -> Self {
+        self.throttle = self.throttle.block_for(block_for);
+        self
     }
 
     /// How client addresses are grouped into keys. Replaces; default [`KeyPrefix::DEFAULT`].

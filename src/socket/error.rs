@@ -104,7 +104,7 @@ impl CloseCause {
 
     /// The configured limit that was hit, for the `limit` field of log events.
     pub(crate) fn limit(&self, cfg: &Config) -> String {
-        let rate = |r: Option<super::RateLimit>, unit: &str| match r {
+        let rate = |r: Option<super::MessageRate>, unit: &str| match r {
             Some(r) => format!("{} {unit}/s burst {}", r.per_second, r.burst),
             None => "none".to_owned(),
         };
@@ -235,24 +235,3 @@ impl fmt::Display for RefreshError {
 }
 
 impl std::error::Error for RefreshError {}
-
-/// An invalid setting of [`SocketPolicyLayer`](super::SocketPolicyLayer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The setting must not be zero.
-    Zero {
-        /// Which setting.
-        setting: &'static str,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Zero { setting } => write!(f, "{setting} must not be zero"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}

@@ -1,9 +1,14 @@
-use std::{fmt, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    num::{NonZeroU32, NonZeroUsize},
+    sync::Arc,
+    time::Duration,
+};
 
 use tower::Layer;
 
 use super::{
-    ConfigError, RateAction, RateLimit, SlowConsumer, SocketPolicyService,
+    MessageRate, RateAction, SlowConsumer, SocketPolicyService,
     policy::{Config, SocketPolicy},
     rate::IdentityRegistry,
 };
@@ -38,21 +43,10 @@ impl fmt::Debug for SocketPolicyLayer {
     }
 }
 
-fn non_zero(value: usize, setting: &'static str) -> Result<usize, ConfigError> {
-    if value == 0 {
-        Err(ConfigError::Zero { setting })
-    } else {
-        Ok(value)
-    }
-}
-
-fn non_zero_duration(value: Duration, setting: &'static str) -> Result<Duration, ConfigError> {
-    if value.is_zero() {
-        Err(ConfigError::Zero { setting })
-    } else {
-        Ok(value)
-    }
-}
+/// The shortest timeout or interval of the policy: one millisecond. Shorter values, zero
+/// included, are raised to it: a zero would close every socket at once or ping without
+/// pause, and no setting may switch a limit off by accident.
+const MIN_DURATION: Duration = Duration::from_millis(1);
 
 impl SocketPolicyLayer {
     /// A layer with the documented defaults.
@@ -64,24 +58,24 @@ impl SocketPolicyLayer {
     }
 
     /// The largest message a peer may send, in bytes; a bigger one closes the socket with
-    /// `1009`. Default 64 KiB (axum's is 64 MiB). Fails on zero.
-    pub fn max_message_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
-        self.config.max_message_size = non_zero(bytes, "max message size")?;
-        Ok(self)
+    /// `1009`. Default 64 KiB (axum's is 64 MiB).
+    pub fn max_message_size(mut self, bytes: NonZeroUsize) -> Self {
+        self.config.max_message_size = bytes.get();
+        self
     }
 
     /// The largest frame a peer may send, in bytes; a bigger one closes the socket with
-    /// `1009`. Default 64 KiB (browsers send a message as one frame). Fails on zero.
-    pub fn max_frame_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
-        self.config.max_frame_size = non_zero(bytes, "max frame size")?;
-        Ok(self)
+    /// `1009`. Default 64 KiB (browsers send a message as one frame).
+    pub fn max_frame_size(mut self, bytes: NonZeroUsize) -> Self {
+        self.config.max_frame_size = bytes.get();
+        self
     }
 
     /// The read buffer of each socket, in bytes. Default 4 KiB (tungstenite's is 128 KiB),
-    /// so an idle socket costs little memory. Fails on zero.
-    pub fn read_buffer_size(mut self, bytes: usize) -> Result<Self, ConfigError> {
-        self.config.read_buffer_size = non_zero(bytes, "read buffer size")?;
-        Ok(self)
+    /// so an idle socket costs little memory.
+    pub fn read_buffer_size(mut self, bytes: NonZeroUsize) -> Self {
+        self.config.read_buffer_size = bytes.get();
+        self
     }
 
     /// How many bytes the socket buffers before writing to the connection. Default 4 KiB
@@ -102,14 +96,14 @@ impl SocketPolicyLayer {
 
     /// Messages per socket (every frame counts, pings included). Default 50 a second with a
     /// burst of 100; `None` disables.
-    pub fn message_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+    pub fn message_rate(mut self, limit: impl Into<Option<MessageRate>>) -> Self {
         self.config.message_rate = limit.into();
         self
     }
 
     /// Payload bytes per socket. Default 512 KiB a second with a burst of 1 MiB; `None`
     /// disables. The burst is raised to at least the max message size.
-    pub fn byte_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+    pub fn byte_rate(mut self, limit: impl Into<Option<MessageRate>>) -> Self {
         self.config.byte_rate = limit.into();
         self
     }
@@ -117,14 +111,14 @@ impl SocketPolicyLayer {
     /// Messages per identity ([`Principal::subject`](crate::auth::Principal::subject)) across
     /// all its sockets. Default 200 a second with a burst of 400; `None` disables. Sockets
     /// without a principal are limited per socket only.
-    pub fn identity_message_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+    pub fn identity_message_rate(mut self, limit: impl Into<Option<MessageRate>>) -> Self {
         self.config.identity_message_rate = limit.into();
         self
     }
 
     /// Payload bytes per identity across all its sockets. Default 2 MiB a second with a
     /// burst of 4 MiB; `None` disables.
-    pub fn identity_byte_rate(mut self, limit: impl Into<Option<RateLimit>>) -> Self {
+    pub fn identity_byte_rate(mut self, limit: impl Into<Option<MessageRate>>) -> Self {
         self.config.identity_byte_rate = limit.into();
         self
     }
@@ -137,41 +131,28 @@ impl SocketPolicyLayer {
 
     /// Under [`RateAction::Drop`], close with `1008` at the `violations`-th message over a
     /// rate limit on one socket (the earlier ones are dropped and counted). Default 20;
-    /// `None` never escalates. Fails on `Some(0)`.
-    pub fn escalate_after(
-        mut self,
-        violations: impl Into<Option<u32>>,
-    ) -> Result<Self, ConfigError> {
-        let violations = violations.into();
-        if violations == Some(0) {
-            return Err(ConfigError::Zero {
-                setting: "escalation threshold",
-            });
-        }
-        self.config.escalate_after = violations;
-        Ok(self)
+    /// `None` never escalates.
+    pub fn escalate_after(mut self, violations: impl Into<Option<NonZeroU32>>) -> Self {
+        self.config.escalate_after = violations.into().map(NonZeroU32::get);
+        self
     }
 
     /// Close with `1001` when no text or binary message arrived for this long (pings and
     /// pongs do not count: the heartbeat covers liveness). Default `None`: push-only feeds
-    /// are common and the heartbeat already closes dead peers. Fails on zero.
-    pub fn idle_timeout(
-        mut self,
-        timeout: impl Into<Option<Duration>>,
-    ) -> Result<Self, ConfigError> {
-        self.config.idle_timeout = timeout
-            .into()
-            .map(|d| non_zero_duration(d, "idle timeout"))
-            .transpose()?;
-        Ok(self)
+    /// are common and the heartbeat already closes dead peers. A timeout shorter than 1 ms,
+    /// zero included, counts as 1 ms.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.idle_timeout = timeout.into().map(|d| d.max(MIN_DURATION));
+        self
     }
 
     /// Send a ping every `interval`, and close with `1001` if no pong answers within
-    /// `timeout`. Default every 30 s, within 15 s. Fails on zero durations.
-    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Result<Self, ConfigError> {
-        self.config.ping_interval = Some(non_zero_duration(interval, "ping interval")?);
-        self.config.pong_timeout = non_zero_duration(timeout, "pong timeout")?;
-        Ok(self)
+    /// `timeout`. Default every 30 s, within 15 s. Either shorter than 1 ms, zero included,
+    /// counts as 1 ms (a zero interval would ping without pause).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.ping_interval = Some(interval.max(MIN_DURATION));
+        self.config.pong_timeout = timeout.max(MIN_DURATION);
+        self
     }
 
     /// Sends no heartbeat pings.
@@ -182,16 +163,10 @@ impl SocketPolicyLayer {
 
     /// Close with `1001` after at most this long, minus a random jitter (see
     /// [`lifetime_jitter`](Self::lifetime_jitter)) so a fleet's clients do not reconnect
-    /// at once. Default `None`. Fails on zero.
-    pub fn max_lifetime(
-        mut self,
-        lifetime: impl Into<Option<Duration>>,
-    ) -> Result<Self, ConfigError> {
-        self.config.max_lifetime = lifetime
-            .into()
-            .map(|d| non_zero_duration(d, "max lifetime"))
-            .transpose()?;
-        Ok(self)
+    /// at once. Default `None`. A lifetime shorter than 1 ms, zero included, counts as 1 ms.
+    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
+        self.config.max_lifetime = lifetime.into().map(|d| d.max(MIN_DURATION));
+        self
     }
 
     /// The random part taken off [`max_lifetime`](Self::max_lifetime), uniformly between
@@ -203,11 +178,10 @@ impl SocketPolicyLayer {
 
     /// The send queue of each socket: at most `messages` messages and `bytes` payload bytes
     /// (one message is always accepted into an empty queue). Default 64 messages, 1 MiB.
-    /// Fails on zero.
-    pub fn send_queue(mut self, messages: usize, bytes: usize) -> Result<Self, ConfigError> {
-        self.config.send_queue_len = non_zero(messages, "send queue length")?;
-        self.config.send_queue_bytes = non_zero(bytes, "send queue bytes")?;
-        Ok(self)
+    pub fn send_queue(mut self, messages: NonZeroUsize, bytes: NonZeroUsize) -> Self {
+        self.config.send_queue_len = messages.get();
+        self.config.send_queue_bytes = bytes.get();
+        self
     }
 
     /// What happens when the send queue is full. Default [`SlowConsumer::Close`].
@@ -222,11 +196,10 @@ impl SocketPolicyLayer {
     /// is push-only and never calls `recv`, or is stuck), the socket reads on, so that
     /// heartbeat, idle and wire limits still hold, and drops further messages, counting them
     /// in [`SocketStats::dropped_unread`](super::SocketStats::dropped_unread), until the
-    /// application takes one. A close from the peer is always delivered. Default 16. Fails
-    /// on zero.
-    pub fn recv_queue(mut self, messages: usize) -> Result<Self, ConfigError> {
-        self.config.recv_queue_len = non_zero(messages, "receive queue length")?;
-        Ok(self)
+    /// application takes one. A close from the peer is always delivered. Default 16.
+    pub fn recv_queue(mut self, messages: NonZeroUsize) -> Self {
+        self.config.recv_queue_len = messages.get();
+        self
     }
 
     /// How long a full receive queue may stop reading before the socket reads on and drops
@@ -245,7 +218,7 @@ impl SocketPolicyLayer {
     /// many (even empty) fragments. Over the limit, the socket is closed with `1008`. Default
     /// 200 a second with a burst of 400, a few times the default message rate: raise it
     /// together with [`message_rate`](Self::message_rate). Replaces the previous value.
-    pub fn frame_rate(mut self, limit: RateLimit) -> Self {
+    pub fn frame_rate(mut self, limit: MessageRate) -> Self {
         self.config.frame_rate = limit;
         self
     }
@@ -269,10 +242,10 @@ impl SocketPolicyLayer {
     }
 
     /// How long a closing socket waits for the peer's close frame before dropping the
-    /// connection. Default 2 s. Fails on zero.
-    pub fn close_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        self.config.close_timeout = non_zero_duration(timeout, "close timeout")?;
-        Ok(self)
+    /// connection. Default 2 s. A timeout shorter than 1 ms, zero included, counts as 1 ms.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.close_timeout = timeout.max(MIN_DURATION);
+        self
     }
 
     /// The policy this layer inserts, for use without the layer (for example in a

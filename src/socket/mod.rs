@@ -23,13 +23,22 @@
 //!
 //! ```
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::time::Duration;
+//! use std::{
+//!     num::{NonZeroU64, NonZeroUsize},
+//!     time::Duration,
+//! };
 //!
 //! use axum::{Router, body::Body, response::Response, routing::{any, post}};
 //! use http::{Request, StatusCode};
 //! use tower::ServiceExt;
 //! use tower_http::limit::RequestBodyLimitLayer;
-//! use wsguard::socket::{GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer};
+//! use wsguard::socket::{GuardedSocket, GuardedUpgrade, MessageRate, SlowConsumer, SocketPolicyLayer};
+//!
+//! const MAX_MESSAGE: NonZeroUsize = NonZeroUsize::new(16 * 1024).unwrap();
+//! const PER_SECOND: NonZeroU64 = NonZeroU64::new(20).unwrap();
+//! const BURST: NonZeroU64 = NonZeroU64::new(40).unwrap();
+//! const QUEUE_MESSAGES: NonZeroUsize = NonZeroUsize::new(128).unwrap();
+//! const QUEUE_BYTES: NonZeroUsize = NonZeroUsize::new(512 * 1024).unwrap();
 //!
 //! async fn ws(up: GuardedUpgrade) -> Response {
 //!     up.on_upgrade(echo)
@@ -44,11 +53,11 @@
 //! }
 //!
 //! let policy = SocketPolicyLayer::new()
-//!     .max_message_size(16 * 1024)?
-//!     .message_rate(RateLimit::per_second(20)?.with_burst(40)?)
-//!     .idle_timeout(Duration::from_secs(300))?
-//!     .heartbeat(Duration::from_secs(20), Duration::from_secs(10))?
-//!     .send_queue(128, 512 * 1024)?
+//!     .max_message_size(MAX_MESSAGE)
+//!     .message_rate(MessageRate::per_second(PER_SECOND).with_burst(BURST))
+//!     .idle_timeout(Duration::from_secs(300))
+//!     .heartbeat(Duration::from_secs(20), Duration::from_secs(10))
+//!     .send_queue(QUEUE_MESSAGES, QUEUE_BYTES)
 //!     .slow_consumer(SlowConsumer::DropOldest);
 //!
 //! let app = Router::new()
@@ -181,13 +190,12 @@ mod wire;
 
 pub use self::{
     error::{
-        CloseCause, ConfigError, RateAction, RateScope, RefreshError, SendError, SlowConsumer,
-        SocketStats,
+        CloseCause, RateAction, RateScope, RefreshError, SendError, SlowConsumer, SocketStats,
     },
     guarded::{GuardedSocket, Sender},
     layer::SocketPolicyLayer,
     policy::SocketPolicy,
-    rate::RateLimit,
+    rate::MessageRate,
     service::SocketPolicyService,
     signal::CloseSignal,
     upgrade::GuardedUpgrade,
@@ -201,76 +209,107 @@ mod tests {
     use tower::{Layer, ServiceExt, service_fn};
 
     use super::*;
-    use std::sync::Arc;
+    use crate::test_support::nz;
+    use std::{num::NonZeroU32, sync::Arc};
 
     #[test]
-    fn setters_refuse_zero() {
+    fn duration_setters_raise_zero_to_the_minimum() {
+        const MS: Duration = Duration::from_millis(1);
+        const SEC: Duration = Duration::from_secs(1);
         struct Case {
             name: &'static str,
-            result: Result<SocketPolicyLayer, ConfigError>,
+            layer: SocketPolicyLayer,
+            read: fn(&policy::Config) -> Option<Duration>,
+            expected: Option<Duration>,
         }
         let l = SocketPolicyLayer::new;
         let cases = [
             Case {
-                name: "max message size",
-                result: l().max_message_size(0),
+                name: "zero idle timeout is 1 ms",
+                layer: l().idle_timeout(Duration::ZERO),
+                read: |c| c.idle_timeout,
+                expected: Some(MS),
             },
             Case {
-                name: "max frame size",
-                result: l().max_frame_size(0),
+                name: "no idle timeout stays off",
+                layer: l().idle_timeout(None),
+                read: |c| c.idle_timeout,
+                expected: None,
             },
             Case {
-                name: "read buffer",
-                result: l().read_buffer_size(0),
+                name: "a longer idle timeout is kept",
+                layer: l().idle_timeout(SEC),
+                read: |c| c.idle_timeout,
+                expected: Some(SEC),
             },
             Case {
-                name: "escalation",
-                result: l().escalate_after(0),
+                name: "zero ping interval is 1 ms",
+                layer: l().heartbeat(Duration::ZERO, SEC),
+                read: |c| c.ping_interval,
+                expected: Some(MS),
             },
             Case {
-                name: "idle",
-                result: l().idle_timeout(Duration::ZERO),
+                name: "zero pong timeout is 1 ms",
+                layer: l().heartbeat(SEC, Duration::ZERO),
+                read: |c| Some(c.pong_timeout),
+                expected: Some(MS),
             },
             Case {
-                name: "ping interval",
-                result: l().heartbeat(Duration::ZERO, Duration::from_secs(1)),
+                name: "sub-millisecond pong timeout is 1 ms",
+                layer: l().heartbeat(SEC, Duration::from_micros(10)),
+                read: |c| Some(c.pong_timeout),
+                expected: Some(MS),
             },
             Case {
-                name: "pong timeout",
-                result: l().heartbeat(Duration::from_secs(1), Duration::ZERO),
+                name: "zero lifetime is 1 ms",
+                layer: l().max_lifetime(Duration::ZERO),
+                read: |c| c.max_lifetime,
+                expected: Some(MS),
             },
             Case {
-                name: "lifetime",
-                result: l().max_lifetime(Duration::ZERO),
+                name: "zero close timeout is 1 ms",
+                layer: l().close_timeout(Duration::ZERO),
+                read: |c| Some(c.close_timeout),
+                expected: Some(MS),
             },
             Case {
-                name: "send queue length",
-                result: l().send_queue(0, 1),
-            },
-            Case {
-                name: "send queue bytes",
-                result: l().send_queue(1, 0),
-            },
-            Case {
-                name: "receive queue",
-                result: l().recv_queue(0),
-            },
-            Case {
-                name: "close timeout",
-                result: l().close_timeout(Duration::ZERO),
+                name: "a longer close timeout is kept",
+                layer: l().close_timeout(SEC),
+                read: |c| Some(c.close_timeout),
+                expected: Some(SEC),
             },
         ];
         for case in cases {
-            let err = case.result.expect_err(case.name);
-            assert!(matches!(err, ConfigError::Zero { .. }), "{}", case.name);
-            assert!(
-                err.to_string().ends_with("must not be zero"),
-                "{}",
-                case.name
-            );
+            let policy = case.layer.policy();
+            assert_eq!((case.read)(policy.config()), case.expected, "{}", case.name);
         }
-        assert!(l().escalate_after(None).is_ok());
-        assert!(l().idle_timeout(None).is_ok());
+    }
+
+    #[test]
+    fn count_setters_take_non_zero_values() {
+        let policy = SocketPolicyLayer::new()
+            .max_message_size(nz(1))
+            .max_frame_size(nz(2))
+            .read_buffer_size(nz(3))
+            .escalate_after(nz::<NonZeroU32>(4))
+            .send_queue(nz(5), nz(6))
+            .recv_queue(nz(7))
+            .policy();
+        let c = policy.config();
+        assert_eq!(
+            (
+                c.max_message_size,
+                c.max_frame_size,
+                c.read_buffer_size,
+                c.escalate_after,
+                c.send_queue_len,
+                c.send_queue_bytes,
+                c.recv_queue_len,
+            ),
+            (1, 2, 3, Some(4), 5, 6, 7)
+        );
+        let never = SocketPolicyLayer::new().escalate_after(None).policy();
+        assert_eq!(never.config().escalate_after, None);
     }
 
     #[test]
@@ -355,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_layer_inserts_one_shared_policy() {
-        let layer = SocketPolicyLayer::new().max_message_size(1234).unwrap();
+        let layer = SocketPolicyLayer::new().max_message_size(nz(1234));
         let svc = layer.layer(service_fn(|req: Request<()>| async move {
             let size = req
                 .extensions()

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::{RateAction, RateLimit, SlowConsumer, rate::IdentityRegistry, wire::WireLimits};
+use super::{MessageRate, RateAction, SlowConsumer, rate::IdentityRegistry, wire::WireLimits};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -15,10 +15,10 @@ pub(crate) struct Config {
     pub(crate) read_buffer_size: usize,
     pub(crate) write_buffer_size: usize,
     pub(crate) max_write_buffer_size: Option<usize>,
-    pub(crate) message_rate: Option<RateLimit>,
-    pub(crate) byte_rate: Option<RateLimit>,
-    pub(crate) identity_message_rate: Option<RateLimit>,
-    pub(crate) identity_byte_rate: Option<RateLimit>,
+    pub(crate) message_rate: Option<MessageRate>,
+    pub(crate) byte_rate: Option<MessageRate>,
+    pub(crate) identity_message_rate: Option<MessageRate>,
+    pub(crate) identity_byte_rate: Option<MessageRate>,
     pub(crate) rate_action: RateAction,
     pub(crate) escalate_after: Option<u32>,
     pub(crate) idle_timeout: Option<Duration>,
@@ -32,7 +32,7 @@ pub(crate) struct Config {
     pub(crate) recv_queue_len: usize,
     pub(crate) recv_stall: Duration,
     pub(crate) close_timeout: Duration,
-    pub(crate) frame_rate: RateLimit,
+    pub(crate) frame_rate: MessageRate,
     pub(crate) max_fragments: u32,
     pub(crate) message_deadline: Duration,
 }
@@ -45,19 +45,19 @@ impl Default for Config {
             read_buffer_size: 4 * 1024,
             write_buffer_size: 4 * 1024,
             max_write_buffer_size: None,
-            message_rate: Some(RateLimit {
+            message_rate: Some(MessageRate {
                 per_second: 50.0,
                 burst: 100,
             }),
-            byte_rate: Some(RateLimit {
+            byte_rate: Some(MessageRate {
                 per_second: 512.0 * 1024.0,
                 burst: 1024 * 1024,
             }),
-            identity_message_rate: Some(RateLimit {
+            identity_message_rate: Some(MessageRate {
                 per_second: 200.0,
                 burst: 400,
             }),
-            identity_byte_rate: Some(RateLimit {
+            identity_byte_rate: Some(MessageRate {
                 per_second: 2.0 * 1024.0 * 1024.0,
                 burst: 4 * 1024 * 1024,
             }),
@@ -75,7 +75,7 @@ impl Default for Config {
             recv_stall: Duration::from_secs(1),
             close_timeout: Duration::from_secs(2),
             // A few times the message rate's burst: room for pongs and some fragmentation.
-            frame_rate: RateLimit {
+            frame_rate: MessageRate {
                 per_second: 200.0,
                 burst: 400,
             },

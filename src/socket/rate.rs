@@ -4,61 +4,68 @@
 use std::{
     collections::HashMap,
     fmt,
+    num::NonZeroU64,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use super::{ConfigError, RateScope};
+use super::RateScope;
 
-/// A sustained rate with a burst allowance, for messages or bytes.
+/// A sustained rate with a burst allowance, of messages, bytes or frames: the limits of
+/// [`SocketPolicyLayer::message_rate`](super::SocketPolicyLayer::message_rate) and its
+/// siblings.
 ///
-/// `RateLimit::new(100, Duration::from_secs(1))` allows 100 units a second on average and up
-/// to 100 at once; [`RateLimit::with_burst`] changes the "at once" part. See the
+/// `MessageRate::new(count, period)` allows `count` units per `period` on average and up to
+/// `count` at once; [`MessageRate::with_burst`] changes the "at once" part. The argument
+/// types carry the constraints, so building one cannot fail. See the
 /// [module docs](crate::socket).
+///
+/// ```
+/// use std::{num::NonZeroU64, time::Duration};
+/// use wsguard::socket::MessageRate;
+///
+/// const PER_MINUTE: NonZeroU64 = NonZeroU64::new(120).unwrap();
+/// const BURST: NonZeroU64 = NonZeroU64::new(10).unwrap();
+///
+/// let rate = MessageRate::new(PER_MINUTE, Duration::from_secs(60)).with_burst(BURST);
+/// assert_eq!(rate.per_second_rate(), 2.0);
+/// assert_eq!(rate.burst(), 10);
+/// ```
 #[derive(Clone, Copy, PartialEq)]
-pub struct RateLimit {
+pub struct MessageRate {
     pub(crate) per_second: f64,
     pub(crate) burst: u64,
 }
 
-impl RateLimit {
+/// The shortest period of a [`MessageRate`]: one nanosecond, the finest a `Duration` holds.
+const FINEST_PERIOD: Duration = Duration::from_nanos(1);
+
+impl MessageRate {
     /// `count` units per `period` on average, with a burst of `count`.
     ///
-    /// Fails when `count` is zero or `period` is zero.
-    pub fn new(count: u64, period: Duration) -> Result<Self, ConfigError> {
-        if count == 0 {
-            return Err(ConfigError::Zero {
-                setting: "rate count",
-            });
+    /// A zero `period` counts as one nanosecond, the finest rate a `Duration` can express
+    /// (`count` units per nanosecond: in effect only the burst limits).
+    #[must_use]
+    pub fn new(count: NonZeroU64, period: Duration) -> Self {
+        Self {
+            per_second: count.get() as f64 / period.max(FINEST_PERIOD).as_secs_f64(),
+            burst: count.get(),
         }
-        if period.is_zero() {
-            return Err(ConfigError::Zero {
-                setting: "rate period",
-            });
-        }
-        Ok(Self {
-            per_second: count as f64 / period.as_secs_f64(),
-            burst: count,
-        })
     }
 
-    /// `count` units per second, with a burst of `count`. Fails when `count` is zero.
-    pub fn per_second(count: u64) -> Result<Self, ConfigError> {
+    /// `count` units per second, with a burst of `count`.
+    #[must_use]
+    pub fn per_second(count: NonZeroU64) -> Self {
         Self::new(count, Duration::from_secs(1))
     }
 
     /// Replaces the burst: how many units may arrive at once after a quiet period.
-    /// Fails when `burst` is zero.
-    pub fn with_burst(mut self, burst: u64) -> Result<Self, ConfigError> {
-        if burst == 0 {
-            return Err(ConfigError::Zero {
-                setting: "rate burst",
-            });
-        }
-        self.burst = burst;
-        Ok(self)
+    #[must_use]
+    pub fn with_burst(mut self, burst: NonZeroU64) -> Self {
+        self.burst = burst.get();
+        self
     }
 
     /// The sustained rate, in units per second.
@@ -72,9 +79,9 @@ impl RateLimit {
     }
 }
 
-impl fmt::Debug for RateLimit {
+impl fmt::Debug for MessageRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("MessageRate")
             .field("per_second", &self.per_second)
             .field("burst", &self.burst)
             .finish()
@@ -93,7 +100,7 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     /// A full bucket for `limit`, with its burst raised to at least `min_burst` (so a single
     /// allowed message always fits a byte bucket).
-    pub(crate) fn new(limit: RateLimit, min_burst: u64, now: Instant) -> Self {
+    pub(crate) fn new(limit: MessageRate, min_burst: u64, now: Instant) -> Self {
         let burst = limit.burst.max(min_burst) as f64;
         Self {
             per_second: limit.per_second,
@@ -129,8 +136,8 @@ pub(crate) struct Buckets {
 
 impl Buckets {
     pub(crate) fn new(
-        messages: Option<RateLimit>,
-        bytes: Option<RateLimit>,
+        messages: Option<MessageRate>,
+        bytes: Option<MessageRate>,
         min_byte_burst: u64,
         now: Instant,
     ) -> Self {
@@ -282,42 +289,71 @@ impl RateGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::nz;
 
     const SEC: Duration = Duration::from_secs(1);
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn rate_limit_rejects_zero() {
+    fn constructors_cannot_fail_and_a_zero_period_is_the_finest() {
         struct Case {
             name: &'static str,
-            result: Result<RateLimit, ConfigError>,
+            rate: MessageRate,
+            per_second: f64,
+            burst: u64,
         }
         let cases = [
             Case {
-                name: "zero count",
-                result: RateLimit::new(0, SEC),
+                name: "per minute",
+                rate: MessageRate::new(nz(120), Duration::from_secs(60)),
+                per_second: 2.0,
+                burst: 120,
             },
             Case {
-                name: "zero period",
-                result: RateLimit::new(1, Duration::ZERO),
+                name: "per second with a burst",
+                rate: MessageRate::per_second(nz(10)).with_burst(nz(3)),
+                per_second: 10.0,
+                burst: 3,
             },
             Case {
-                name: "zero burst",
-                result: RateLimit::per_second(1).and_then(|r| r.with_burst(0)),
+                name: "zero period counts as one nanosecond",
+                rate: MessageRate::new(nz(1), Duration::ZERO),
+                per_second: 1.0 / 1e-9,
+                burst: 1,
+            },
+            Case {
+                name: "the largest count per zero period stays finite",
+                rate: MessageRate::new(nz(u64::MAX), Duration::ZERO),
+                per_second: u64::MAX as f64 / 1e-9,
+                burst: u64::MAX,
             },
         ];
         for case in cases {
-            assert!(case.result.is_err(), "{}", case.name);
+            assert_eq!(
+                case.rate.per_second_rate(),
+                case.per_second,
+                "{}",
+                case.name
+            );
+            assert!(case.rate.per_second_rate().is_finite(), "{}", case.name);
+            assert_eq!(case.rate.burst(), case.burst, "{}", case.name);
         }
-        let ok = RateLimit::new(120, Duration::from_secs(60)).unwrap();
-        assert_eq!(ok.per_second_rate(), 2.0);
-        assert_eq!(ok.burst(), 120);
+    }
+
+    #[test]
+    fn a_zero_period_rate_still_limits_by_its_burst() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(MessageRate::new(nz(2), Duration::ZERO), 1, t0);
+        assert!(bucket.try_take(1, t0));
+        assert!(bucket.try_take(1, t0));
+        assert!(!bucket.try_take(1, t0), "the burst is spent at one instant");
+        assert!(bucket.try_take(1, t0 + MS), "refilled right after");
     }
 
     #[test]
     fn bucket_allows_burst_then_refills_with_time() {
         let t0 = Instant::now();
-        let limit = RateLimit::per_second(10).unwrap().with_burst(3).unwrap();
+        let limit = MessageRate::per_second(nz(10)).with_burst(nz(3));
         let mut bucket = TokenBucket::new(limit, 1, t0);
         struct Step {
             name: &'static str,
@@ -394,7 +430,7 @@ mod tests {
     #[test]
     fn clock_going_backwards_does_not_add_tokens() {
         let t0 = Instant::now() + SEC;
-        let mut bucket = TokenBucket::new(RateLimit::per_second(1).unwrap(), 1, t0);
+        let mut bucket = TokenBucket::new(MessageRate::per_second(nz(1)), 1, t0);
         assert!(bucket.try_take(1, t0));
         assert!(!bucket.try_take(1, t0 - SEC));
         assert!(!bucket.try_take(1, t0));
@@ -403,7 +439,7 @@ mod tests {
     #[test]
     fn byte_bucket_burst_is_at_least_one_message() {
         let t0 = Instant::now();
-        let limit = RateLimit::per_second(10).unwrap();
+        let limit = MessageRate::per_second(nz(10));
         let mut small = TokenBucket::new(limit, 1, t0);
         assert!(!small.try_take(100, t0), "100 bytes exceed a 10 byte burst");
         let mut raised = TokenBucket::new(limit, 100, t0);
@@ -418,7 +454,7 @@ mod tests {
     fn gate_reports_which_limit_refused() {
         let t0 = Instant::now();
         let registry = Arc::new(IdentityRegistry::default());
-        let per_hour = |n| RateLimit::new(n, Duration::from_secs(3600)).unwrap();
+        let per_hour = |n| MessageRate::new(nz(n), Duration::from_secs(3600));
         let mut gate = RateGate::new(
             Buckets::new(Some(per_hour(3)), Some(per_hour(100)), 1, t0),
             Some(registry.join("alice".into(), || {
@@ -442,7 +478,7 @@ mod tests {
     fn identity_buckets_are_shared_and_removed_with_the_last_socket() {
         let t0 = Instant::now();
         let registry = Arc::new(IdentityRegistry::default());
-        let limit = RateLimit::new(3, Duration::from_secs(3600)).unwrap();
+        let limit = MessageRate::new(nz(3), Duration::from_secs(3600));
         let make = || Buckets::new(Some(limit), None, 1, t0);
         let mut a = RateGate::new(Buckets::default(), Some(registry.join("bob".into(), make)));
         let mut b = RateGate::new(Buckets::default(), Some(registry.join("bob".into(), make)));

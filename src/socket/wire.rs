@@ -25,12 +25,12 @@ use tokio::{
 };
 use tungstenite::protocol::{self as ts, frame::coding::CloseCode};
 
-use super::{CloseCause, RateLimit, rate::TokenBucket};
+use super::{CloseCause, MessageRate, rate::TokenBucket};
 
 /// The wire limits of one socket.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct WireLimits {
-    pub(crate) frame_rate: RateLimit,
+    pub(crate) frame_rate: MessageRate,
     pub(crate) max_fragments: u32,
 }
 

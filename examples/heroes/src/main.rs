@@ -30,6 +30,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
+    num::{NonZeroU32, NonZeroUsize},
     sync::Arc,
     time::Duration,
 };
@@ -91,18 +92,18 @@ struct Args {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..=16 << 20))]
     max_payload: u64,
     /// New Engine.IO sessions per second per client IP.
-    #[arg(long, default_value_t = 5)]
-    connect_rate: u32,
+    #[arg(long, default_value = "5")]
+    connect_rate: NonZeroU32,
     /// Burst of new sessions per client IP.
-    #[arg(long, default_value_t = 20)]
-    connect_burst: u32,
+    #[arg(long, default_value = "20")]
+    connect_burst: NonZeroU32,
     /// Open sessions per client IP.
-    #[arg(long, default_value_t = 20)]
-    max_conns_per_ip: usize,
+    #[arg(long, default_value = "20")]
+    max_conns_per_ip: NonZeroUsize,
     /// Failed logins per client (an IPv4 address or an IPv6 /64) within a minute before it is
     /// locked out for a minute.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    max_login_failures: u32,
+    #[arg(long, default_value = "5")]
+    max_login_failures: NonZeroU32,
     /// Seconds between Engine.IO pings (a long-poll is answered by the next ping at the latest).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     ping_interval: u64,
@@ -276,9 +277,9 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
     // wsguard's brute-force throttle, used outside a layer: keyed like the layers (an IPv4
     // address, an IPv6 /64), counting checks in flight.
     let throttle = FailureThrottle::new()
-        .max_failures(args.max_login_failures)?
-        .window(Duration::from_secs(60))?
-        .block_for(Duration::from_secs(60))?;
+        .max_failures(args.max_login_failures)
+        .window(Duration::from_secs(60))
+        .block_for(Duration::from_secs(60));
     let (socket_io, io) = SocketIo::builder()
         .max_payload(max_payload)
         .ws_max_message_size(max_message)
@@ -311,10 +312,10 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
         .allow_hosts(&args.allowed_hosts)?
         .check_all_requests(true);
     let rate = RateLimitLayer::new()
-        .per_second(args.connect_rate)?
-        .burst(args.connect_burst)?;
+        .per_second(args.connect_rate)
+        .burst(args.connect_burst);
     rate.spawn_pruner(Duration::from_secs(60));
-    let quota = ConnectionQuotaLayer::new().per_ip(args.max_conns_per_ip)?;
+    let quota = ConnectionQuotaLayer::new().per_ip(args.max_conns_per_ip);
 
     // socketioxide answers with its own body type: make it an axum response.
     let socket_io = ServiceBuilder::new()

@@ -4,12 +4,25 @@
 //! Run with `cargo run -p socket-ticker`, then connect with any WebSocket client,
 //! e.g. `websocat ws://127.0.0.1:3000/ws`.
 
-use std::time::Duration;
+use std::{
+    num::{NonZeroU64, NonZeroUsize},
+    time::Duration,
+};
 
 use axum::{Router, extract::ws::Message, response::Response, routing::any};
-use wsguard::socket::{GuardedSocket, GuardedUpgrade, RateLimit, SlowConsumer, SocketPolicyLayer};
+use wsguard::socket::{
+    GuardedSocket, GuardedUpgrade, MessageRate, SlowConsumer, SocketPolicyLayer,
+};
 
 const SYMBOLS: [&str; 3] = ["BTC", "ETH", "SOL"];
+/// The largest message a client may send, in bytes.
+const MAX_MESSAGE: NonZeroUsize = NonZeroUsize::new(4 * 1024).unwrap();
+/// Messages a client may send: 5 a second, 10 at once.
+const CLIENT_RATE: NonZeroU64 = NonZeroU64::new(5).unwrap();
+const CLIENT_BURST: NonZeroU64 = NonZeroU64::new(10).unwrap();
+/// The send queue: one price per symbol (conflated), at most 64 KiB.
+const QUEUE_MESSAGES: NonZeroUsize = NonZeroUsize::new(SYMBOLS.len()).unwrap();
+const QUEUE_BYTES: NonZeroUsize = NonZeroUsize::new(64 * 1024).unwrap();
 
 async fn ws(up: GuardedUpgrade) -> Response {
     up.on_upgrade(ticker)
@@ -45,10 +58,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter("wsguard=debug")
         .init();
     let policy = SocketPolicyLayer::new()
-        .max_message_size(4 * 1024)?
-        .message_rate(RateLimit::per_second(5)?.with_burst(10)?)
-        .heartbeat(Duration::from_secs(20), Duration::from_secs(10))?
-        .send_queue(SYMBOLS.len(), 64 * 1024)?
+        .max_message_size(MAX_MESSAGE)
+        .message_rate(MessageRate::per_second(CLIENT_RATE).with_burst(CLIENT_BURST))
+        .heartbeat(Duration::from_secs(20), Duration::from_secs(10))
+        .send_queue(QUEUE_MESSAGES, QUEUE_BYTES)
         .slow_consumer(SlowConsumer::Conflate);
     let app = Router::new().route("/ws", any(ws)).layer(policy);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;

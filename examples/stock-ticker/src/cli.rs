@@ -1,6 +1,10 @@
 //! The command line: every flag with its default, and the login-ticket secret it names.
 
-use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+};
 
 use clap::Parser;
 use wsguard::auth::TicketKey;
@@ -62,26 +66,26 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_concurrent_logins: u32,
     /// Largest message a client may send, in bytes (larger: close 1009).
-    #[arg(long, default_value_t = 4096)]
-    pub(crate) max_message_bytes: usize,
+    #[arg(long, default_value_t = NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN))]
+    pub(crate) max_message_bytes: NonZeroUsize,
     /// Messages per second a socket may send.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) msg_rate: u64,
+    #[arg(long, default_value_t = NonZeroU64::new(10).unwrap_or(NonZeroU64::MIN))]
+    pub(crate) msg_rate: NonZeroU64,
     /// Burst of messages a socket may send at once.
-    #[arg(long, default_value_t = 20)]
-    pub(crate) msg_burst: u64,
+    #[arg(long, default_value_t = NonZeroU64::new(20).unwrap_or(NonZeroU64::MIN))]
+    pub(crate) msg_burst: NonZeroU64,
     /// WebSocket handshakes per second per client IP.
-    #[arg(long, default_value_t = 5)]
-    pub(crate) connect_rate: u32,
+    #[arg(long, default_value_t = NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN))]
+    pub(crate) connect_rate: NonZeroU32,
     /// Burst of handshakes per client IP.
-    #[arg(long, default_value_t = 20)]
-    pub(crate) connect_burst: u32,
+    #[arg(long, default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
+    pub(crate) connect_burst: NonZeroU32,
     /// Concurrent sockets per client IP.
-    #[arg(long, default_value_t = 100)]
-    pub(crate) max_conns_per_ip: usize,
+    #[arg(long, default_value_t = NonZeroUsize::new(100).unwrap_or(NonZeroUsize::MIN))]
+    pub(crate) max_conns_per_ip: NonZeroUsize,
     /// Concurrent sockets per user.
-    #[arg(long, default_value_t = 10)]
-    pub(crate) max_conns_per_user: usize,
+    #[arg(long, default_value_t = NonZeroUsize::new(10).unwrap_or(NonZeroUsize::MIN))]
+    pub(crate) max_conns_per_user: NonZeroUsize,
     /// Close a socket that sent nothing for this many seconds.
     #[arg(long, default_value_t = 60)]
     pub(crate) idle_timeout: u64,

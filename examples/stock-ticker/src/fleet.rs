@@ -75,16 +75,16 @@ mod disabled {
         pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
             &self,
             _: Router<S>,
-            _: usize,
-            _: usize,
+            _: std::num::NonZeroUsize,
+            _: std::num::NonZeroUsize,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
             match self.never {}
         }
         pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
             &self,
             _: Router<S>,
-            _: u32,
-            _: u32,
+            _: std::num::NonZeroU32,
+            _: std::num::NonZeroU32,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
             match self.never {}
         }
@@ -99,7 +99,11 @@ mod disabled {
 
 #[cfg(feature = "redis")]
 mod enabled {
-    use std::{sync::LazyLock, time::Duration};
+    use std::{
+        num::{NonZeroU32, NonZeroUsize},
+        sync::LazyLock,
+        time::Duration,
+    };
 
     use axum::Router;
     use futures_util::StreamExt;
@@ -167,8 +171,8 @@ return 0
             };
             let fleet = Fleet::builder(options.url.as_str())
                 .prefix(options.prefix.as_str())
-                .timeout(options.timeout)?
-                .lease_ttl(options.lease_ttl)?
+                .timeout(options.timeout)
+                .lease_ttl(options.lease_ttl)
                 .on_failure(policy)
                 .connect()
                 .await?;
@@ -194,13 +198,13 @@ return 0
         pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
             &self,
             route: Router<S>,
-            per_ip: usize,
-            per_user: usize,
+            per_ip: NonZeroUsize,
+            per_user: NonZeroUsize,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
             let quota = ConnectionQuotaLayer::new()
                 .fleet(&self.fleet)
-                .per_ip(per_ip)?
-                .per_identity(per_user)?;
+                .per_ip(per_ip)
+                .per_identity(per_user);
             Ok(route.layer(quota).layer(RevocationLayer::new(&self.fleet)))
         }
 
@@ -208,13 +212,13 @@ return 0
         pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
             &self,
             route: Router<S>,
-            per_second: u32,
-            burst: u32,
+            per_second: NonZeroU32,
+            burst: NonZeroU32,
         ) -> Result<Router<S>, Box<dyn std::error::Error>> {
             let rate = RateLimitLayer::new()
                 .fleet(&self.fleet)
-                .per_second(per_second)?
-                .burst(burst)?;
+                .per_second(per_second)
+                .burst(burst);
             Ok(route.layer(rate))
         }
 

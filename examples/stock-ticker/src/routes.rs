@@ -1,7 +1,12 @@
 //! The HTTP side: the router with every wsguard layer in order, and the handlers for
 //! `/login`, `/prices`, `/revoke`, `/metrics` and `/healthz`.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Extension, Json, Router,
@@ -21,10 +26,19 @@ use wsguard::{
     origin::OriginGuardLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
     revoke::{RevocationLayer, RevokeError},
-    socket::{RateLimit, SlowConsumer, SocketPolicyLayer},
+    socket::{MessageRate, SlowConsumer, SocketPolicyLayer},
 };
 
 use crate::{App, cli::Args, db, metrics, server, session::ws};
+
+/// Logins per minute per client IP, and their burst.
+const LOGINS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(20).unwrap();
+const LOGIN_BURST: NonZeroU32 = NonZeroU32::new(10).unwrap();
+/// One-time tokens the socket route's replay cache remembers.
+const ONE_TIME_TOKENS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
+/// Each socket's send queue: messages and bytes.
+const SEND_QUEUE_MESSAGES: NonZeroUsize = NonZeroUsize::new(64).unwrap();
+const SEND_QUEUE_BYTES: NonZeroUsize = NonZeroUsize::new(256 * 1024).unwrap();
 
 pub(crate) fn router(
     args: &Args,
@@ -43,14 +57,16 @@ pub(crate) fn router(
         .allow_hosts(&args.allowed_hosts)?
         .tls(tls);
     let connect_rate = RateLimitLayer::new()
-        .per_second(args.connect_rate)?
-        .burst(args.connect_burst)?;
+        .per_second(args.connect_rate)
+        .burst(args.connect_burst);
     connect_rate.spawn_pruner(Duration::from_secs(60));
-    let login_rate = RateLimitLayer::new().per_minute(20)?.burst(10)?;
+    let login_rate = RateLimitLayer::new()
+        .per_minute(LOGINS_PER_MINUTE)
+        .burst(LOGIN_BURST);
     login_rate.spawn_pruner(Duration::from_secs(60));
     let ws_verifier = if args.one_time_tokens {
         // Its own replay cache: only socket handshakes use the token up.
-        app.verifier.clone().one_time(100_000)?
+        app.verifier.clone().one_time(ONE_TIME_TOKENS)
     } else {
         app.verifier.clone()
     };
@@ -74,16 +90,16 @@ pub(crate) fn router(
         CredentialSource::query("token")?,
     ]);
     let quota = ConnectionQuotaLayer::new()
-        .per_ip(args.max_conns_per_ip)?
-        .per_identity(args.max_conns_per_user)?;
+        .per_ip(args.max_conns_per_ip)
+        .per_identity(args.max_conns_per_user);
     let heartbeat = Duration::from_secs(args.heartbeat);
     let policy = SocketPolicyLayer::new()
-        .max_message_size(args.max_message_bytes)?
-        .max_frame_size(args.max_message_bytes)?
-        .message_rate(RateLimit::per_second(args.msg_rate)?.with_burst(args.msg_burst)?)
-        .idle_timeout(Duration::from_secs(args.idle_timeout))?
-        .heartbeat(heartbeat, heartbeat)?
-        .send_queue(64, 256 * 1024)?
+        .max_message_size(args.max_message_bytes)
+        .max_frame_size(args.max_message_bytes)
+        .message_rate(MessageRate::per_second(args.msg_rate).with_burst(args.msg_burst))
+        .idle_timeout(Duration::from_secs(args.idle_timeout))
+        .heartbeat(heartbeat, heartbeat)
+        .send_queue(SEND_QUEUE_MESSAGES, SEND_QUEUE_BYTES)
         .slow_consumer(SlowConsumer::Conflate);
 
     // request → origin → client IP → rate → throttle → auth → quota → socket policy → handler.

@@ -2,6 +2,13 @@
 
 use super::{listener::listen, *};
 
+/// The shortest Redis timeout.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// The shortest quota lease: renewed every third of it, which leaves 10 ms for a round trip.
+const MIN_LEASE_TTL: Duration = Duration::from_millis(30);
+/// The shortest revocation TTL, the shortest retention of a revocation registry.
+const MIN_REVOCATION_TTL: Duration = Duration::from_secs(1);
+
 /// Builds a [`Fleet`]; see [`Fleet::builder`].
 #[must_use]
 pub struct FleetBuilder {
@@ -46,13 +53,11 @@ impl FleetBuilder {
     }
 
     /// How long one Redis round trip may take before the [`FailurePolicy`] applies, so a
-    /// handshake never hangs on Redis. Default 250 ms; replaces.
-    pub fn timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
-        if timeout.is_zero() {
-            return Err(ConfigError::ZeroDuration("the Redis timeout"));
-        }
-        self.timeout = timeout;
-        Ok(self)
+    /// handshake never hangs on Redis. Default 250 ms; replaces. A timeout shorter than
+    /// 1 ms, zero included, counts as 1 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(MIN_TIMEOUT);
+        self
     }
 
     /// What handshakes get while Redis is unreachable. Default
@@ -64,24 +69,21 @@ impl FleetBuilder {
 
     /// How long a socket's quota lease lives without renewal. Live sockets renew theirs
     /// every third of it; the leases of an instance that dies expire after at most this
-    /// long. Default 30 s (at least 30 ms); replaces.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
-        if ttl < Duration::from_millis(30) {
-            return Err(ConfigError::ZeroDuration("the lease TTL (at least 30 ms)"));
-        }
-        self.lease_ttl = ttl;
-        Ok(self)
+    /// long. Default 30 s; replaces. A TTL shorter than 30 ms, zero included, counts as
+    /// 30 ms, so that a renewal always has time to reach Redis.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(MIN_LEASE_TTL);
+        self
     }
 
     /// How long a revocation is remembered: the TTL of its Redis marker, and the retention of
     /// each instance's registry (see [`crate::revoke`]). Make it at least your longest
-    /// credential lifetime. Default 24 h; replaces.
-    pub fn revocation_ttl(mut self, ttl: Duration) -> Result<Self, ConfigError> {
-        if ttl < Duration::from_millis(1) {
-            return Err(ConfigError::ZeroDuration("the revocation TTL"));
-        }
-        self.revocation_ttl = ttl;
-        Ok(self)
+    /// credential lifetime. Default 24 h; replaces. A TTL shorter than 1 s, zero included,
+    /// counts as 1 s (the shortest retention of a registry): a revocation is never forgotten
+    /// at once.
+    pub fn revocation_ttl(mut self, ttl: Duration) -> Self {
+        self.revocation_ttl = ttl.max(MIN_REVOCATION_TTL);
+        self
     }
 
     /// Builds the fleet without waiting for Redis: the connection is made on first use and
@@ -193,17 +195,60 @@ mod tests {
     }
 
     #[test]
-    fn builder_refuses_bad_settings() {
-        assert!(Fleet::builder("redis://x").timeout(Duration::ZERO).is_err());
-        assert!(
-            Fleet::builder("redis://x")
-                .lease_ttl(Duration::from_millis(5))
-                .is_err()
-        );
-        assert!(
-            Fleet::builder("redis://x")
-                .revocation_ttl(Duration::ZERO)
-                .is_err()
-        );
+    fn durations_below_the_minimum_are_raised_to_it() {
+        struct Case {
+            name: &'static str,
+            builder: FleetBuilder,
+            read: fn(&FleetBuilder) -> Duration,
+            expected: Duration,
+        }
+        let b = || Fleet::builder("redis://x");
+        let cases = [
+            Case {
+                name: "zero timeout is 1 ms",
+                builder: b().timeout(Duration::ZERO),
+                read: |b| b.timeout,
+                expected: Duration::from_millis(1),
+            },
+            Case {
+                name: "a longer timeout is kept",
+                builder: b().timeout(Duration::from_millis(200)),
+                read: |b| b.timeout,
+                expected: Duration::from_millis(200),
+            },
+            Case {
+                name: "zero lease TTL is 30 ms",
+                builder: b().lease_ttl(Duration::ZERO),
+                read: |b| b.lease_ttl,
+                expected: Duration::from_millis(30),
+            },
+            Case {
+                name: "5 ms lease TTL is 30 ms",
+                builder: b().lease_ttl(Duration::from_millis(5)),
+                read: |b| b.lease_ttl,
+                expected: Duration::from_millis(30),
+            },
+            Case {
+                name: "a longer lease TTL is kept",
+                builder: b().lease_ttl(Duration::from_secs(10)),
+                read: |b| b.lease_ttl,
+                expected: Duration::from_secs(10),
+            },
+            Case {
+                name: "zero revocation TTL is 1 s",
+                builder: b().revocation_ttl(Duration::ZERO),
+                read: |b| b.revocation_ttl,
+                expected: Duration::from_secs(1),
+            },
+            Case {
+                name: "the longest revocation TTL is kept",
+                builder: b().revocation_ttl(Duration::MAX),
+                read: |b| b.revocation_ttl,
+                expected: Duration::MAX,
+            },
+        ];
+        for case in cases {
+            assert_eq!((case.read)(&case.builder), case.expected, "{}", case.name);
+        }
     }
 }

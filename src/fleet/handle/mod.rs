@@ -26,7 +26,6 @@ pub use self::builder::FleetBuilder;
 use super::{FailurePolicy, FleetError, scripts};
 use crate::{
     auth::{Principal, SystemClock, TokenFingerprint},
-    rate_limit::ConfigError,
     revoke::{Local, Revocations, RevokeError},
 };
 

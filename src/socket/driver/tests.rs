@@ -15,11 +15,12 @@ use futures_util::{Sink, Stream};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 use super::{is_too_big, start};
+use crate::test_support::nz;
 use crate::{
     auth::Principal,
     rate_limit::ConnectionPermit,
     socket::{
-        CloseCause, GuardedSocket, RateAction, RateLimit, RateScope, RefreshError, SendError,
+        CloseCause, GuardedSocket, MessageRate, RateAction, RateScope, RefreshError, SendError,
         SlowConsumer, SocketPolicyLayer,
     },
 };
@@ -174,11 +175,7 @@ async fn echo_and_peer_close() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_closes_a_silent_peer_and_spares_a_live_one() {
-    let layer = || {
-        quiet()
-            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
-            .unwrap()
-    };
+    let layer = || quiet().heartbeat(Duration::from_secs(10), Duration::from_secs(5));
     // A peer that answers every ping stays open across many intervals.
     let (socket, mut peer) = setup(layer(), None);
     let sender = socket.sender();
@@ -205,9 +202,7 @@ async fn heartbeat_closes_a_silent_peer_and_spares_a_live_one() {
 #[tokio::test(start_paused = true)]
 async fn heartbeat_pongs_are_not_delivered() {
     let (mut socket, mut peer) = setup(
-        quiet()
-            .heartbeat(Duration::from_secs(1), Duration::from_secs(1))
-            .unwrap(),
+        quiet().heartbeat(Duration::from_secs(1), Duration::from_secs(1)),
         None,
     );
     let Some(Message::Ping(payload)) = peer.recv.recv().await else {
@@ -221,8 +216,7 @@ async fn heartbeat_pongs_are_not_delivered() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_counts_only_data_messages() {
-    let (mut socket, mut peer) =
-        setup(quiet().idle_timeout(Duration::from_secs(30)).unwrap(), None);
+    let (mut socket, mut peer) = setup(quiet().idle_timeout(Duration::from_secs(30)), None);
     tokio::time::sleep(Duration::from_secs(20)).await;
     peer.text("still here");
     assert!(socket.recv().await.is_some());
@@ -284,7 +278,6 @@ async fn max_lifetime_closes_with_1001() {
     let (mut socket, mut peer) = setup(
         quiet()
             .max_lifetime(Duration::from_secs(60))
-            .unwrap()
             .lifetime_jitter(Duration::from_secs(10)),
         None,
     );
@@ -334,10 +327,9 @@ async fn rate_limit_actions() {
     ];
     for case in cases {
         let layer = quiet()
-            .message_rate(RateLimit::new(3, Duration::from_secs(3600)).unwrap())
+            .message_rate(MessageRate::new(nz(3), Duration::from_secs(3600)))
             .on_rate_exceeded(case.action)
-            .escalate_after(case.escalate)
-            .unwrap();
+            .escalate_after(case.escalate.and_then(std::num::NonZeroU32::new));
         let (mut socket, mut peer) = setup(layer, None);
         for i in 0..10 {
             peer.text(&format!("m{i}"));
@@ -381,9 +373,8 @@ async fn count(s: &mut GuardedSocket) -> usize {
 #[tokio::test(start_paused = true)]
 async fn identity_rate_spans_sockets() {
     let layer = quiet()
-        .identity_message_rate(RateLimit::new(4, Duration::from_secs(3600)).unwrap())
-        .escalate_after(None)
-        .unwrap();
+        .identity_message_rate(MessageRate::new(nz(4), Duration::from_secs(3600)))
+        .escalate_after(None);
     let principal = || Some(Principal::new("carol", None));
     let (mut a, mut pa) = setup(layer.clone(), principal());
     let (mut b, mut pb) = setup(layer.clone(), principal());
@@ -458,10 +449,8 @@ async fn slow_consumer_policies() {
     // Close: the send that overflows fails, the socket closes with 1013.
     let (mut socket, mut peer) = setup(
         quiet()
-            .send_queue(4, 1 << 20)
-            .unwrap()
-            .close_timeout(Duration::from_secs(1))
-            .unwrap(),
+            .send_queue(nz(4), nz(1 << 20))
+            .close_timeout(Duration::from_secs(1)),
         None,
     );
     peer.gate.set_blocked(true);
@@ -496,8 +485,7 @@ async fn slow_consumer_policies() {
     // Drop oldest: the queue stays bounded and the newest messages arrive.
     let (socket, mut peer) = setup(
         quiet()
-            .send_queue(4, 1 << 20)
-            .unwrap()
+            .send_queue(nz(4), nz(1 << 20))
             .slow_consumer(SlowConsumer::DropOldest),
         None,
     );
@@ -520,8 +508,7 @@ async fn slow_consumer_policies() {
     // Conflate: the latest value per key arrives.
     let (socket, peer) = setup(
         quiet()
-            .send_queue(4, 1 << 20)
-            .unwrap()
+            .send_queue(nz(4), nz(1 << 20))
             .slow_consumer(SlowConsumer::Conflate),
         None,
     );
@@ -551,8 +538,7 @@ async fn slow_consumer_policies() {
 async fn conflation_delivers_the_latest_value_per_key() {
     let (socket, mut peer) = setup(
         quiet()
-            .send_queue(8, 1 << 20)
-            .unwrap()
+            .send_queue(nz(8), nz(1 << 20))
             .slow_consumer(SlowConsumer::Conflate),
         None,
     );
@@ -591,10 +577,8 @@ async fn conflation_delivers_the_latest_value_per_key() {
 async fn an_application_that_does_not_read_drops_messages_not_deadlines() {
     let (mut socket, peer) = setup(
         quiet()
-            .recv_queue(2)
-            .unwrap()
-            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
-            .unwrap(),
+            .recv_queue(nz(2))
+            .heartbeat(Duration::from_secs(10), Duration::from_secs(5)),
         None,
     );
     for i in 0..10 {
@@ -619,10 +603,8 @@ async fn an_application_that_does_not_read_drops_messages_not_deadlines() {
 async fn an_application_that_does_not_read_is_still_guarded_by_the_heartbeat() {
     let (socket, mut peer) = setup(
         quiet()
-            .recv_queue(2)
-            .unwrap()
-            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
-            .unwrap(),
+            .recv_queue(nz(2))
+            .heartbeat(Duration::from_secs(10), Duration::from_secs(5)),
         None,
     );
     for i in 0..10 {
@@ -637,9 +619,7 @@ async fn an_application_that_does_not_read_is_still_guarded_by_the_heartbeat() {
 #[tokio::test(start_paused = true)]
 async fn only_the_pong_of_the_ping_written_counts() {
     let (mut socket, mut peer) = setup(
-        quiet()
-            .heartbeat(Duration::from_secs(10), Duration::from_secs(5))
-            .unwrap(),
+        quiet().heartbeat(Duration::from_secs(10), Duration::from_secs(5)),
         None,
     );
     // The first ping is written and answered.

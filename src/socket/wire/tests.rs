@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{FrameMeter, WireLimits};
-use crate::socket::{CloseCause, RateLimit};
+use crate::socket::{CloseCause, MessageRate};
+use crate::test_support::nz;
 
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
@@ -34,7 +35,7 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 fn limits(frames: u64, fragments: u32) -> WireLimits {
     WireLimits {
-        frame_rate: RateLimit::new(frames, Duration::from_secs(3600)).unwrap(),
+        frame_rate: MessageRate::new(nz(frames), Duration::from_secs(3600)),
         max_fragments: fragments,
     }
 }
@@ -181,7 +182,7 @@ async fn frames_are_counted_however_the_bytes_are_split() {
 async fn the_frame_rate_refills_and_the_start_of_a_message_is_kept() {
     let mut meter = FrameMeter::new(
         WireLimits {
-            frame_rate: RateLimit::per_second(2).unwrap(),
+            frame_rate: MessageRate::per_second(nz(2)),
             max_fragments: 100,
         },
         Instant::now(),
@@ -197,7 +198,7 @@ async fn the_frame_rate_refills_and_the_start_of_a_message_is_kept() {
 
     let mut meter = FrameMeter::new(
         WireLimits {
-            frame_rate: RateLimit::per_second(2).unwrap(),
+            frame_rate: MessageRate::per_second(nz(2)),
             max_fragments: 100,
         },
         Instant::now(),
