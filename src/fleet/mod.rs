@@ -115,6 +115,46 @@
 //! # }
 //! ```
 //!
+//! # Your own channels
+//!
+//! The mechanism of the revocation listener is public: [`Fleet::subscribe`] subscribes to a
+//! channel of the application's for as long as the returned [`Subscription`] lives,
+//! resubscribing by itself after a lost connection. Pub/sub only reaches the subscribers
+//! connected at the time, so keep the state in Redis as well and catch up on every
+//! [`SubscriptionEvent::Subscribed`], which comes first and again after each
+//! resubscription; if catching up fails, [`Subscription::resubscribe`] asks for another
+//! round. Publish and catch up with the application's own Redis connection: the fleet's
+//! connection is its own, and no `redis` type is part of this crate's API.
+//!
+//! `no_run`: it needs a Redis server.
+//!
+//! ```no_run
+//! use wsguard::fleet::{Fleet, SubscriptionEvent};
+//!
+//! # async fn catch_up() -> Result<(), std::io::Error> { Ok(()) }
+//! # fn apply(_: &str) {}
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fleet = Fleet::builder("redis://127.0.0.1:6379").prefix("myapp").connect().await?;
+//! let mut prices = fleet.subscribe(fleet.key("prices")); // "myapp:prices"
+//! tokio::spawn(async move {
+//!     while let Some(event) = prices.recv().await {
+//!         match event {
+//!             // Read what changed while not subscribed (e.g. `HVALS myapp:latest`).
+//!             SubscriptionEvent::Subscribed => {
+//!                 if catch_up().await.is_err() {
+//!                     prices.resubscribe();
+//!                 }
+//!             }
+//!             SubscriptionEvent::Message(text) => apply(&text),
+//!             _ => {}
+//!         }
+//!     }
+//! });
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Redis
 //!
 //! One Redis (or a primary with replicas) shared by the instances; keys are
@@ -130,8 +170,11 @@
 //! `wsguard.fleet.refused` (warn) for each `503`; rejections reuse
 //! `wsguard.rate_limit.rejected` and `wsguard.rate_limit.quota_exceeded`; revocation logs the
 //! events of [`crate::revoke`] (`wsguard.revoke.revoked`, `wsguard.revoke.closing` on each
-//! instance that closes sockets, `wsguard.revoke.refused`). Tokens are never logged
-//! (revocation events carry the first 8 hex digits of the token's SHA-256 at most).
+//! instance that closes sockets, `wsguard.revoke.refused`); subscriptions log
+//! `wsguard.fleet.listening` (debug, `channel`) on each subscription and
+//! `wsguard.fleet.listener_error` (debug, `channel`, `error`) when they lose Redis. Tokens
+//! are never logged (revocation events carry the first 8 hex digits of the token's SHA-256
+//! at most).
 
 mod handle;
 pub(crate) mod quota;
@@ -145,7 +188,7 @@ use std::fmt;
 use axum::response::Response;
 use http::StatusCode;
 
-pub use self::handle::{Fleet, FleetBuilder};
+pub use self::handle::{Fleet, FleetBuilder, Subscription, SubscriptionEvent};
 #[doc(no_inline)]
 pub use crate::rate_limit::{KeyBy, RateLimitError};
 /// The revocation layer of [`crate::revoke`], re-exported: `RevocationLayer::new(&fleet)`.

@@ -1191,3 +1191,106 @@ async fn a_refusing_fleet_answers_through_the_rejection_path() {
         }
     }
 }
+
+/// The next event of `subscription`, within 20 s.
+async fn event(subscription: &mut Subscription) -> SubscriptionEvent {
+    tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+        .await
+        .expect("an event within 20 s")
+        .expect("the subscription is running")
+}
+
+async fn publish(c: &mut redis::aio::MultiplexedConnection, channel: &str, message: &[u8]) -> i64 {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(message)
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+async fn subscribers(c: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(c)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn a_subscription_delivers_in_order_and_says_when_it_has_resubscribed() {
+    use SubscriptionEvent::{Message, Subscribed};
+    let redis = RedisServer::start();
+    let fleet = fleet(&redis.url());
+    let mut sub = fleet.subscribe(fleet.key("app"));
+    assert_eq!(sub.channel(), "wsguard:app");
+    assert!(format!("{sub:?}").contains("wsguard:app"));
+    assert_eq!(event(&mut sub).await, Subscribed);
+
+    let mut c = conn(&redis).await;
+    assert_eq!(publish(&mut c, "wsguard:other", b"elsewhere").await, 0);
+    for message in [&b"1"[..], b"\xff\xfe not UTF-8", b"2", b"3"] {
+        assert_eq!(publish(&mut c, "wsguard:app", message).await, 1);
+    }
+    for expected in ["1", "2", "3"] {
+        assert_eq!(event(&mut sub).await, Message(expected.into()));
+    }
+
+    // A lost connection: subscribed again, and it says so (the application catches up).
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(event(&mut sub).await, Subscribed);
+    publish(&mut c, "wsguard:app", b"4").await;
+    assert_eq!(event(&mut sub).await, Message("4".into()));
+
+    // Catching up failed: the application asks for another round.
+    sub.resubscribe();
+    assert_eq!(event(&mut sub).await, Subscribed);
+    publish(&mut c, "wsguard:app", b"5").await;
+    assert_eq!(event(&mut sub).await, Message("5".into()));
+
+    // The fleet's own listener runs on the same mechanism and is still subscribed; dropping
+    // the application's subscription ends its connection, not the fleet's.
+    wait_for("the revocation listener to resubscribe", async || {
+        subscribers(&mut c, "wsguard:revocations").await == 1
+    })
+    .await;
+    drop(sub);
+    wait_for("the dropped subscription to unsubscribe", async || {
+        subscribers(&mut c, "wsguard:app").await == 0
+    })
+    .await;
+    assert_eq!(subscribers(&mut c, "wsguard:revocations").await, 1);
+    assert!(fleet.revoke_identity("ivy").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_subscription_made_while_redis_is_down_subscribes_once_it_is_up() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let fleet = fleet(&format!("redis://127.0.0.1:{port}"));
+    let mut sub = fleet.subscribe("late");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sub.recv())
+            .await
+            .is_err(),
+        "no event while Redis is down"
+    );
+    let redis = RedisServer::start_on(port);
+    assert_eq!(event(&mut sub).await, SubscriptionEvent::Subscribed);
+    let mut c = conn(&redis).await;
+    assert_eq!(publish(&mut c, "late", b"hello").await, 1);
+    assert_eq!(
+        event(&mut sub).await,
+        SubscriptionEvent::Message("hello".into())
+    );
+}

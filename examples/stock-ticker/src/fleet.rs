@@ -4,11 +4,14 @@
 //! Prices: a change made on any instance runs one Lua script that takes the symbol's next
 //! `seq` (`INCR`), stores the price as the symbol's latest and publishes it, atomically, so
 //! Redis publishes each symbol's changes in `seq` order. Every instance (the writer too)
-//! applies what it receives, in that order, to its own SQLite file and hub; on (re)connect it
-//! first catches up from the stored latest prices. The login ticket secret is not kept in
-//! Redis (whoever reads it could sign in as anyone): the operator gives every instance the
-//! same one (`--ticket-secret-file` or `TICKER_TICKET_SECRET`), so a token from one instance
-//! works on all.
+//! applies what it receives, in that order, to its own SQLite file and hub, through a
+//! subscription of the fleet handle (`Fleet::subscribe`, which resubscribes after lost
+//! connections); on every (re)subscription it catches up from the stored latest prices. The
+//! ticker's data (seq counters, latest prices, the script) goes over its own `redis`
+//! connection, not the fleet's, which wsguard keeps to itself. The login ticket secret is
+//! not kept in Redis (whoever reads it could sign in as anyone): the operator gives every
+//! instance the same one (`--ticket-secret-file` or `TICKER_TICKET_SECRET`), so a token from
+//! one instance works on all.
 
 //!
 //! Built only with the `redis` feature; without it `--redis` is refused at start-up.
@@ -100,17 +103,20 @@ mod disabled {
 #[cfg(feature = "redis")]
 mod enabled {
     use std::{
+        future::Future,
         num::{NonZeroU32, NonZeroUsize},
         sync::LazyLock,
         time::Duration,
     };
 
     use axum::Router;
-    use futures_util::StreamExt;
-    use redis::Script;
+    use redis::{
+        Client, Script,
+        aio::{ConnectionManager, ConnectionManagerConfig},
+    };
     use serde::Deserialize;
     use wsguard::{
-        fleet::{FailurePolicy, Fleet, FleetError, RevocationLayer},
+        fleet::{FailurePolicy, Fleet, RevocationLayer, SubscriptionEvent},
         rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     };
 
@@ -120,11 +126,15 @@ mod enabled {
         hub::Hub,
     };
 
-    /// The fleet handle and the Redis URL (for the price listener's own connection).
+    /// The fleet handle (limits, revocation, the price channel's subscription) and the
+    /// ticker's own connection to the same Redis for its data (the seq counters, the latest
+    /// prices, the publish script).
     #[derive(Clone)]
     pub(crate) struct TickerFleet {
         fleet: Fleet,
-        url: String,
+        data: ConnectionManager,
+        /// `--redis-timeout-ms`: the bound on each data operation, as on the fleet's.
+        timeout: Duration,
     }
 
     /// Takes the symbol's next seq, stores the price as its latest and publishes it.
@@ -176,9 +186,20 @@ return 0
                 .on_failure(policy)
                 .connect()
                 .await?;
+            // The ticker's data has its own connection, bounded by the same timeout and
+            // remade after failures like the fleet's.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.timeout))
+                .set_response_timeout(Some(options.timeout))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(Duration::from_millis(200));
+            let client = Client::open(options.url.as_str())?;
+            let data = ConnectionManager::new_lazy_with_config(client, config)?;
             Ok(Self {
                 fleet,
-                url: options.url.clone(),
+                data,
+                timeout: options.timeout,
             })
         }
 
@@ -232,20 +253,29 @@ return 0
             self.fleet.key("prices")
         }
 
-        async fn raise_seqs(&self, prices: &[Price]) -> Result<(), FleetError> {
+        /// One data operation, within the timeout.
+        async fn bounded<T>(
+            &self,
+            op: impl Future<Output = redis::RedisResult<T>>,
+        ) -> Result<T, String> {
+            match tokio::time::timeout(self.timeout, op).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            }
+        }
+
+        async fn raise_seqs(&self, prices: &[Price]) -> Result<(), String> {
             for price in prices {
-                let mut conn = self.fleet.connection();
+                let mut conn = self.data.clone();
                 let key = self.fleet.key(&format!("seq:{}", price.symbol));
-                let seq = price.seq;
-                self.fleet
-                    .run("raise_seq", async move {
-                        RAISE_SEQ
-                            .key(key)
-                            .arg(seq)
-                            .invoke_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await?;
+                self.bounded(
+                    RAISE_SEQ
+                        .key(key)
+                        .arg(price.seq)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await?;
             }
             Ok(())
         }
@@ -256,24 +286,14 @@ return 0
             let ts = crate::db::now_ms();
             let body =
                 serde_json::json!({ "symbol": symbol, "price": price, "ts": ts }).to_string();
-            let mut conn = self.fleet.connection();
-            let seq_key = self.fleet.key(&format!("seq:{symbol}"));
-            let latest_key = self.fleet.key("latest");
-            let (symbol_arg, channel) = (symbol.to_owned(), self.channel());
-            let seq: u64 = self
-                .fleet
-                .run("publish_price", async move {
-                    PUBLISH
-                        .key(seq_key)
-                        .key(latest_key)
-                        .arg(symbol_arg)
-                        .arg(body)
-                        .arg(channel)
-                        .invoke_async(&mut conn)
-                        .await
-                })
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut conn = self.data.clone();
+            let mut script = PUBLISH.key(self.fleet.key(&format!("seq:{symbol}")));
+            script
+                .key(self.fleet.key("latest"))
+                .arg(symbol)
+                .arg(body)
+                .arg(self.channel());
+            let seq: u64 = self.bounded(script.invoke_async(&mut conn)).await?;
             Ok(Price {
                 symbol: symbol.to_owned(),
                 price,
@@ -282,71 +302,50 @@ return 0
             })
         }
 
-        /// Applies the fleet's price changes to this instance, for ever, reconnecting.
+        /// Applies the fleet's price changes to this instance, for ever: the channel's
+        /// messages as they come, and on every (re)subscription the latest prices, which
+        /// hold what this instance missed while it was not subscribed.
         fn spawn_listener(&self, db: Db, hub: Hub) {
+            let mut prices = self.fleet.subscribe(self.channel());
             let this = self.clone();
             tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(100);
+                // Logged once per outage, not once per retry.
                 let mut failing = false;
-                loop {
-                    match this.listen_once(&db, &hub).await {
-                        Ok(()) => {
-                            backoff = Duration::from_millis(100);
-                            failing = false;
-                        }
-                        Err(e) => {
-                            // Logged once per outage, not once per retry.
-                            if !failing {
-                                tracing::warn!("price listener lost Redis ({e}); reconnecting");
+                while let Some(event) = prices.recv().await {
+                    match event {
+                        SubscriptionEvent::Subscribed => match this.catch_up(&db, &hub).await {
+                            Ok(()) => failing = false,
+                            Err(e) => {
+                                if !failing {
+                                    tracing::warn!(
+                                        "price listener cannot catch up ({e}); resubscribing"
+                                    );
+                                }
+                                failing = true;
+                                prices.resubscribe();
                             }
-                            failing = true;
-                        }
+                        },
+                        SubscriptionEvent::Message(message) => apply(&db, &hub, &message).await,
+                        _ => {}
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             });
         }
 
-        async fn listen_once(&self, db: &Db, hub: &Hub) -> redis::RedisResult<()> {
-            let client = redis::Client::open(self.url.as_str())?;
-            let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-                })??;
-            let (mut sink, mut stream) = pubsub.split();
-            sink.subscribe(self.channel()).await?;
-            // Catch up with what changed while this instance was not listening.
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            let latest: Vec<String> = redis::cmd("HVALS")
-                .arg(self.fleet.key("latest"))
-                .query_async(&mut conn)
+        /// Applies the latest price of every symbol (older ones are ignored).
+        async fn catch_up(&self, db: &Db, hub: &Hub) -> Result<(), String> {
+            let mut conn = self.data.clone();
+            let latest: Vec<String> = self
+                .bounded(
+                    redis::cmd("HVALS")
+                        .arg(self.fleet.key("latest"))
+                        .query_async(&mut conn),
+                )
                 .await?;
             for message in latest {
                 apply(db, hub, &message).await;
             }
-            let mut ping = tokio::time::interval(Duration::from_secs(5));
-            ping.tick().await;
-            loop {
-                tokio::select! {
-                    msg = stream.next() => match msg {
-                        Some(msg) => {
-                            if let Ok(text) = msg.get_payload::<String>() {
-                                apply(db, hub, &text).await;
-                            }
-                        }
-                        None => return Ok(()),
-                    },
-                    _ = ping.tick() => {
-                        match tokio::time::timeout(Duration::from_secs(2), sink.ping::<String>()).await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => return Err(e),
-                            Err(_) => return Ok(()),
-                        }
-                    }
-                }
-            }
+            Ok(())
         }
     }
 

@@ -373,6 +373,59 @@ async fn prices_posted_to_either_instance_reach_clients_of_both_in_seq_order() {
     assert_eq!(res.status, 400, "{}", res.body);
 }
 
+/// A ticket of the right shape (`kid.payload.tag`) whose tag does not match its payload:
+/// an invalid token (`401`), where a malformed one is a bad request (`400`).
+fn forged(ticket: &str) -> String {
+    let (kid, rest) = ticket.split_once('.').expect("kid.payload.tag");
+    let (_, tag) = rest.split_once('.').expect("payload.tag");
+    format!("{kid}.eyJzdWIiOiJhZG1pbiJ9.{tag}")
+}
+
+/// Pub/sub reaches only the instances subscribed at the time: an instance whose price
+/// subscription was cut catches up from the latest prices in Redis when it resubscribes.
+#[tokio::test]
+async fn an_instance_catches_up_with_the_prices_it_missed_when_it_resubscribes() {
+    // Its own server: this test cuts every subscription on it.
+    let redis = RedisServer::start_on(free_port());
+    let p = prefix("catch-up");
+    let a = ticker(&redis.url(), &p, &[]).await;
+    let token = a.token("alice", "wonderland").await;
+    let mut socket = a.connect(&token).await;
+    assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+    // A change through the channel: the instance is subscribed.
+    let res = a
+        .post("/prices", &token, r#"{"symbol":"AAPL","price":50.5}"#)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.body);
+    let seq = res.json()["seq"].as_u64().expect("seq");
+    assert_eq!(next_json(&mut socket).await["seq"].as_u64(), Some(seq));
+
+    // A change it did not hear of: stored as the latest price, as the publish script does,
+    // but published while it was not subscribed (so not at all, here).
+    let mut conn = redis.conn().await;
+    let missed = json!({ "symbol": "AAPL", "price": 77.25, "ts": 1 });
+    let _: i64 = redis::cmd("HSET")
+        .arg(format!("{p}:latest"))
+        .arg("AAPL")
+        .arg(format!("{}|{missed}", seq + 5))
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    // Its subscription is cut: it resubscribes and catches up.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT KILL");
+    let update = next_json(&mut socket).await;
+    assert_eq!(update["type"], "price", "{update}");
+    assert_eq!(update["symbol"], "AAPL", "{update}");
+    assert_eq!(update["price"].as_f64(), Some(77.25), "{update}");
+    assert_eq!(update["seq"].as_u64(), Some(seq + 5), "{update}");
+}
+
 #[tokio::test]
 async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
     let redis = RedisServer::shared();
@@ -391,9 +444,12 @@ async fn revocation_on_a_closes_the_socket_on_b_with_1008() {
         assert_eq!(next_json(socket).await["type"], "snapshot");
     }
 
-    // Unauthenticated revocation is refused.
-    let res = a.post("/revoke", "not-a-token", "").await;
+    // Unauthenticated revocation is refused (a malformed token with 400, as at the
+    // handshake).
+    let res = a.post("/revoke", &forged(&alice), "").await;
     assert_eq!(res.status, 401, "{}", res.body);
+    let res = a.post("/revoke", "not-a-token", "").await;
+    assert_eq!(res.status, 400, "{}", res.body);
     let res = a.post("/revoke", &alice, r#"{"scope":"everyone"}"#).await;
     assert_eq!(res.status, 400, "{}", res.body);
 

@@ -341,11 +341,18 @@ async fn prices_endpoint_validates_input() {
             status: 400,
             error: "",
         },
+        // Well-formed JSON of the wrong shape: 422 (axum's `Json`), naming the field.
         Case {
             name: "string price",
             body: r#"{"symbol":"AAPL","price":"1"}"#,
-            status: 400,
-            error: "",
+            status: 422,
+            error: "price",
+        },
+        Case {
+            name: "missing field",
+            body: r#"{"symbol":"AAPL"}"#,
+            status: 422,
+            error: "price",
         },
         Case {
             name: "malformed",
@@ -363,7 +370,7 @@ async fn prices_endpoint_validates_input() {
     for case in cases {
         let res = ticker.post_price(&token, case.body).await;
         assert_eq!(res.status, case.status, "{}: {}", case.name, res.body);
-        if case.status == 400 {
+        if case.status != 200 {
             let error = res.json()["error"]
                 .as_str()
                 .map(str::to_owned)
@@ -375,12 +382,79 @@ async fn prices_endpoint_validates_input() {
             );
         }
     }
-    let res = ticker
-        .post_price("not-a-token", r#"{"symbol":"AAPL","price":1}"#)
-        .await;
-    assert_eq!(res.status, 401, "{}", res.body);
-    let res = ticker.post_json("/prices", "{}").await;
-    assert_eq!(res.status, 401, "{}", res.body);
+    // Without `Content-Type: application/json`: 415.
+    let auth = format!("Bearer {token}");
+    let res = http(
+        ticker.addr(),
+        "POST",
+        "/prices",
+        &[("Authorization", auth.as_str())],
+        r#"{"symbol":"AAPL","price":1}"#,
+    )
+    .await;
+    assert_eq!(res.status, 415, "{}", res.body);
+    assert!(res.json()["error"].is_string(), "{}", res.body);
+    // The auth layer's refusals, as at the handshake, in the API's JSON shape with the
+    // RFC 6750 challenge.
+    struct Refusal {
+        name: &'static str,
+        token: Option<String>,
+        status: u16,
+        error: &'static str,
+    }
+    for refusal in [
+        Refusal {
+            name: "forged",
+            token: Some(forged(&token)),
+            status: 401,
+            error: "invalid token",
+        },
+        Refusal {
+            name: "not a ticket",
+            token: Some("not-a-token".to_owned()),
+            status: 400,
+            error: "malformed",
+        },
+        Refusal {
+            name: "no token",
+            token: None,
+            status: 401,
+            error: "missing bearer token",
+        },
+    ] {
+        let res = match &refusal.token {
+            Some(token) => {
+                ticker
+                    .post_price(token, r#"{"symbol":"AAPL","price":1}"#)
+                    .await
+            }
+            None => ticker.post_json("/prices", "{}").await,
+        };
+        assert_eq!(res.status, refusal.status, "{}: {}", refusal.name, res.body);
+        assert!(
+            res.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(refusal.error)),
+            "{}: {}",
+            refusal.name,
+            res.body
+        );
+        assert!(
+            res.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer")),
+            "{}: {:?}",
+            refusal.name,
+            res.headers
+        );
+    }
+}
+
+/// A ticket of the right shape (`kid.payload.tag`) whose tag does not match its payload:
+/// an invalid token (`401`), where a malformed one is a bad request (`400`).
+fn forged(ticket: &str) -> String {
+    let (kid, rest) = ticket.split_once('.').expect("kid.payload.tag");
+    let (_, tag) = rest.split_once('.').expect("payload.tag");
+    format!("{kid}.eyJzdWIiOiJhZG1pbiJ9.{tag}")
 }
 
 #[tokio::test]
@@ -987,6 +1061,12 @@ async fn logout_without_redis_closes_the_socket_with_1008_and_every_route_refuse
     }
     let price = r#"{"symbol":"AAPL","price":42.5}"#;
 
+    // A body of the wrong shape revokes nothing.
+    let res = ticker
+        .post_auth("/revoke", &phone, r#"{"scope":"token","everywhere":true}"#)
+        .await;
+    assert_eq!(res.status, 422, "{}", res.body);
+
     // Log out this device: its socket closes, the token is refused by every route.
     let res = ticker
         .post_auth("/revoke", &phone, r#"{"scope":"token"}"#)
@@ -999,6 +1079,7 @@ async fn logout_without_redis_closes_the_socket_with_1008_and_every_route_refuse
         "POST /prices with a revoked token: {}",
         res.body
     );
+    assert_eq!(res.json()["error"], "token revoked", "{}", res.body);
     let res = ticker.post_auth("/revoke", &phone, "").await;
     assert_eq!(
         res.status, 401,

@@ -1,6 +1,6 @@
 //! [`FleetBuilder`]: the fleet's settings, checked when they are set, and the connection.
 
-use super::{listener::listen, *};
+use super::{listener::listen, subscription::Subscription, *};
 
 /// The shortest Redis timeout.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
@@ -91,9 +91,9 @@ impl FleetBuilder {
     /// spawns the revocation listener, which ends when the last clone of the fleet drops);
     /// outside one it fails with [`FleetError::NoRuntime`].
     pub fn build(self) -> Result<Fleet, FleetError> {
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(FleetError::NoRuntime);
-        }
+        };
         let client =
             Client::open(self.url.as_str()).map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
@@ -106,15 +106,18 @@ impl FleetBuilder {
             .map_err(|e| FleetError::InvalidUrl(e.to_string()))?;
         let local = Arc::new(Local::new(self.revocation_ttl, Arc::new(SystemClock)));
         let channel = format!("{}:revocations", self.prefix);
-        let listener = tokio::spawn(listen(
-            client,
-            channel.clone(),
+        let revocations = Subscription::spawn(&runtime, client.clone(), channel.as_str());
+        let listener = runtime.spawn(listen(
+            revocations,
+            client.clone(),
             self.prefix.clone(),
             Arc::clone(&local),
         ));
         Ok(Fleet {
             inner: Arc::new(Inner {
                 conn,
+                client,
+                runtime,
                 prefix: self.prefix,
                 timeout: self.timeout,
                 on_failure: self.on_failure,

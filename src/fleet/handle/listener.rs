@@ -1,7 +1,11 @@
-//! The revocation listener: subscribes to the fleet's channel, applies each message to this
-//! instance's registry, and reconciles what it missed while it was not subscribed.
+//! The revocation listener: a [`Subscription`] to the fleet's revocation channel that applies
+//! each message to this instance's registry, and reconciles what it missed while it was not
+//! subscribed.
 
-use super::*;
+use super::{
+    subscription::{Subscription, SubscriptionEvent},
+    *,
+};
 
 /// A fingerprint from its 64 hex digits.
 fn parse_hex(hex: &str) -> Option<[u8; 32]> {
@@ -37,65 +41,31 @@ fn apply(local: &Local, message: &str) {
     }
 }
 
-/// Listens for revocations for the life of the fleet, reconnecting with a capped backoff.
-pub(super) async fn listen(client: Client, channel: String, prefix: String, local: Arc<Local>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match subscribe_and_serve(&client, &channel, &prefix, &local).await {
-            Ok(()) => backoff = Duration::from_millis(50),
-            Err(e) => tracing::debug!(
-                name: "wsguard.fleet.listener_error",
-                target: "wsguard::fleet",
-                error = %e,
-                "revocation listener lost Redis; retrying"
-            ),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
-async fn subscribe_and_serve(
-    client: &Client,
-    channel: &str,
-    prefix: &str,
-    local: &Local,
-) -> RedisResult<()> {
-    let pubsub = tokio::time::timeout(Duration::from_secs(2), client.get_async_pubsub())
-        .await
-        .map_err(|_| {
-            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-        })??;
-    let (mut sink, mut stream) = pubsub.split();
-    sink.subscribe(channel).await?;
-    // Revocations published while this listener was not subscribed: close the sockets whose
-    // token or subject carries a revocation marker.
-    reconcile(client, prefix, local).await?;
-    tracing::debug!(
-        name: "wsguard.fleet.listening",
-        target: "wsguard::fleet",
-        "revocation listener subscribed"
-    );
-    let mut ping = tokio::time::interval(Duration::from_secs(5));
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => {
-                    if let Ok(text) = msg.get_payload::<String>() {
-                        apply(local, &text);
-                    }
-                }
-                None => return Ok(()),
-            },
-            _ = ping.tick() => {
-                // A half-open connection shows up here, not on the stream.
-                match tokio::time::timeout(Duration::from_secs(2), sink.ping::<String>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => return Ok(()),
+/// Applies the revocations of the fleet's channel for the life of the fleet: each message as
+/// it comes, and on every (re)subscription the markers of what it may have missed.
+pub(super) async fn listen(
+    mut subscription: Subscription,
+    client: Client,
+    prefix: String,
+    local: Arc<Local>,
+) {
+    while let Some(event) = subscription.recv().await {
+        match event {
+            SubscriptionEvent::Subscribed => {
+                // Revocations published while this listener was not subscribed: close the
+                // sockets whose token or subject carries a revocation marker.
+                if let Err(e) = reconcile(&client, &prefix, &local).await {
+                    tracing::debug!(
+                        name: "wsguard.fleet.listener_error",
+                        target: "wsguard::fleet",
+                        channel = subscription.channel(),
+                        error = %e,
+                        "revocation listener could not catch up; resubscribing"
+                    );
+                    subscription.resubscribe();
                 }
             }
+            SubscriptionEvent::Message(text) => apply(&local, &text),
         }
     }
 }

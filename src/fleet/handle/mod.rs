@@ -1,10 +1,11 @@
 //! [`Fleet`]: the shared Redis connection, its health, and revocation: the handle here, its
-//! builder in `builder`, the revocation registry in `registry`, the revocation listener in
-//! `listener`.
+//! builder in `builder`, the revocation registry in `registry`, pub/sub subscriptions in
+//! `subscription`, and the revocation listener (a subscription) in `listener`.
 
 mod builder;
 mod listener;
 mod registry;
+mod subscription;
 
 use std::{
     fmt,
@@ -22,7 +23,10 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
-pub use self::builder::FleetBuilder;
+pub use self::{
+    builder::FleetBuilder,
+    subscription::{Subscription, SubscriptionEvent},
+};
 use super::{FailurePolicy, FleetError, scripts};
 use crate::{
     auth::{Principal, SystemClock, TokenFingerprint},
@@ -31,6 +35,10 @@ use crate::{
 
 struct Inner {
     conn: ConnectionManager,
+    /// For the pub/sub connections of [`Fleet::subscribe`].
+    client: Client,
+    /// Where subscriptions run: the runtime the fleet was built in.
+    runtime: tokio::runtime::Handle,
     prefix: String,
     timeout: Duration,
     on_failure: FailurePolicy,
@@ -100,11 +108,29 @@ impl Fleet {
         format!("{}:{suffix}", self.inner.prefix)
     }
 
-    /// A clone of the reconnecting connection, for the application's own commands (the
-    /// stock ticker publishes prices with it). Wrap calls in [`run`](Self::run) to get the
-    /// fleet's timeout and health tracking.
-    pub fn connection(&self) -> ConnectionManager {
+    /// A clone of the reconnecting connection, for the fleet's own commands. Wrap calls in
+    /// [`run`](Self::run) to get the fleet's timeout and health tracking.
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.inner.conn.clone()
+    }
+
+    /// Subscribes to the Redis pub/sub `channel` (name it in the fleet's namespace with
+    /// [`key`](Self::key)) for as long as the returned [`Subscription`] lives: its events are
+    /// [`SubscriptionEvent::Subscribed`] (first, and again after every lost connection:
+    /// catch up then with what you keep in Redis) and the channel's messages, in order. The
+    /// subscription has its own connection and resubscribes by itself; it does not keep the
+    /// fleet alive. The fleet's revocation listener is such a subscription. See the
+    /// [module docs](super#your-own-channels).
+    ///
+    /// Publish with your own Redis connection (`PUBLISH`, or from a script that also stores
+    /// what catching up reads).
+    #[must_use = "the subscription ends when it is dropped"]
+    pub fn subscribe(&self, channel: impl Into<String>) -> Subscription {
+        Subscription::spawn(
+            &self.inner.runtime,
+            self.inner.client.clone(),
+            channel.into(),
+        )
     }
 
     /// Sockets on this instance that revocation can close.
@@ -125,7 +151,7 @@ impl Fleet {
     /// Runs one Redis operation with the fleet's timeout, tracking availability: the first
     /// failure logs `wsguard.fleet.unavailable` (warn), the first success after it
     /// `wsguard.fleet.recovered` (info).
-    pub async fn run<T>(
+    pub(crate) async fn run<T>(
         &self,
         what: &'static str,
         op: impl Future<Output = RedisResult<T>>,
