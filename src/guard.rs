@@ -286,10 +286,12 @@ impl<A: Authenticator> WsGuard<A> {
     /// before use: by default only same-origin handshakes and handshakes without `Origin`
     /// pass.
     pub fn new(authenticator: A) -> Self {
-        Self::from_auth(HandshakeAuthLayer::new(authenticator))
+        Self::with_auth(HandshakeAuthLayer::new(authenticator))
     }
 
-    fn from_auth(auth: HandshakeAuthLayer<A>) -> Self {
+    /// A guard whose auth part is `auth`, a [`HandshakeAuthLayer`] with its own settings
+    /// (credential sources, length cap): [`new`](WsGuard::new) for a tuned auth layer.
+    pub fn with_auth(auth: HandshakeAuthLayer<A>) -> Self {
         Self {
             origin: OriginGuardLayer::new(),
             client_ip: ClientIpLayer::new(),

@@ -46,7 +46,6 @@ pub(crate) use disabled::TickerFleet;
 
 #[cfg(not(feature = "redis"))]
 mod disabled {
-    use axum::Router;
 
     use crate::{
         db::{Db, Price},
@@ -75,22 +74,6 @@ mod disabled {
         ) -> Result<(), Box<dyn std::error::Error>> {
             match self.never {}
         }
-        pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
-            &self,
-            _: Router<S>,
-            _: std::num::NonZeroUsize,
-            _: std::num::NonZeroUsize,
-        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            match self.never {}
-        }
-        pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
-            &self,
-            _: Router<S>,
-            _: std::num::NonZeroU32,
-            _: std::num::NonZeroU32,
-        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            match self.never {}
-        }
         pub(crate) async fn publish(&self, _: &str, _: f64) -> Result<Price, String> {
             match self.never {}
         }
@@ -102,23 +85,14 @@ mod disabled {
 
 #[cfg(feature = "redis")]
 mod enabled {
-    use std::{
-        future::Future,
-        num::{NonZeroU32, NonZeroUsize},
-        sync::LazyLock,
-        time::Duration,
-    };
+    use std::{future::Future, sync::LazyLock, time::Duration};
 
-    use axum::Router;
     use redis::{
         Client, Script,
         aio::{ConnectionManager, ConnectionManagerConfig},
     };
     use serde::Deserialize;
-    use wsguard::{
-        fleet::{FailurePolicy, Fleet, RevocationLayer, SubscriptionEvent},
-        rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
-    };
+    use wsguard::fleet::{FailurePolicy, Fleet, SubscriptionEvent};
 
     use super::{OnFailure, Options};
     use crate::{
@@ -215,32 +189,10 @@ return 0
             Ok(())
         }
 
-        /// The fleet layers between the socket policy and auth: revocation, then quotas.
-        pub(crate) fn guard_sockets<S: Clone + Send + Sync + 'static>(
-            &self,
-            route: Router<S>,
-            per_ip: NonZeroUsize,
-            per_user: NonZeroUsize,
-        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            let quota = ConnectionQuotaLayer::new()
-                .fleet(&self.fleet)
-                .per_ip(per_ip)
-                .per_identity(per_user);
-            Ok(route.layer(quota).layer(RevocationLayer::new(&self.fleet)))
-        }
-
-        /// The fleet-wide handshake rate limit per client IP.
-        pub(crate) fn limit_rate<S: Clone + Send + Sync + 'static>(
-            &self,
-            route: Router<S>,
-            per_second: NonZeroU32,
-            burst: NonZeroU32,
-        ) -> Result<Router<S>, Box<dyn std::error::Error>> {
-            let rate = RateLimitLayer::new()
-                .fleet(&self.fleet)
-                .per_second(per_second)
-                .burst(burst);
-            Ok(route.layer(rate))
+        /// The fleet handle: the backend of the socket route's guard (rate limit, quota,
+        /// revocation).
+        pub(crate) fn handle(&self) -> &Fleet {
+            &self.fleet
         }
 
         /// The fleet's revocation registry (shared through Redis), for `POST /revoke` and the

@@ -16,10 +16,11 @@ use axum::{
     routing::{any, get, post},
 };
 use wsguard::{
+    WsGuard,
     auth::{Credential, CredentialSource, HandshakeAuthLayer, Verified},
     client_ip::ClientIpLayer,
     origin::OriginGuardLayer,
-    rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
+    rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     revoke::RevocationLayer,
     socket::{MessageRate, SlowConsumer, SocketPolicyLayer},
 };
@@ -104,24 +105,22 @@ pub(crate) fn router(
         .send_queue(SEND_QUEUE_MESSAGES, SEND_QUEUE_BYTES)
         .slow_consumer(SlowConsumer::Conflate);
 
-    // request → origin → client IP → rate → throttle → auth → quota → socket policy → handler.
-    // With `layer`, the last one added runs first.
-    let ws_route = Router::new().route("/ws", any(ws)).layer(policy);
-    // Fleet mode swaps in the Redis-backed quota (plus revocation) and rate limit.
-    let ws_route = match &app.fleet {
-        Some(fleet) => {
-            fleet.guard_sockets(ws_route, args.max_conns_per_ip, args.max_conns_per_user)?
-        }
-        None => ws_route
-            .layer(quota)
-            .layer(RevocationLayer::new(app.revocations.clone())),
+    // request → origin → client IP → rate → throttle → auth → revocation → quota → socket
+    // policy → handler, in that order by construction; in fleet mode the rate limit, quota
+    // and revocation count in Redis.
+    let guard = WsGuard::with_auth(auth)
+        .origin(origins)
+        .client_ip(client_ip.clone())
+        .rate_limit(connect_rate)
+        .revocations(app.revocations.clone())
+        .quota(quota)
+        .socket_policy(policy);
+    #[cfg(feature = "redis")]
+    let guard = match &app.fleet {
+        Some(fleet) => guard.fleet(fleet.handle()),
+        None => guard,
     };
-    let ws_route = ws_route.layer(auth).layer(AuthThrottleLayer::new());
-    let ws_route = match &app.fleet {
-        Some(fleet) => fleet.limit_rate(ws_route, args.connect_rate, args.connect_burst)?,
-        None => ws_route.layer(connect_rate),
-    };
-    let ws_route = ws_route.layer(client_ip.clone()).layer(origins);
+    let ws_route = Router::new().route("/ws", any(ws)).layer(guard);
     let login_slots = LoginSlots::new(args.max_concurrent_logins);
     let login_route = Router::new()
         .route("/login", post(rest::login))
