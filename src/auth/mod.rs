@@ -179,6 +179,9 @@ pub use self::{
     static_tokens::StaticTokens,
     ticket::{SystemClock, Ticket, TicketClock, TicketIssuer, TicketKey, TicketVerifier},
 };
+/// The JSON types of ticket claims ([`Ticket::claims`], [`TicketIssuer::issue_with_claims`]),
+/// re-exported from `serde_json`.
+pub use serde_json::{Map, Value};
 
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]

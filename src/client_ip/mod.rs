@@ -91,12 +91,15 @@ mod service;
 
 use std::{fmt, net::IpAddr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::ConfigError;
 
 pub use self::{layer::ClientIpLayer, service::ClientIpService};
 pub use crate::core::ResponseFuture;
+/// The network type of client keys ([`KeyPrefix::key`]) and trusted proxies
+/// ([`ClientIpLayer::trusted_proxy`]), re-exported from the `ipnet` crate.
+pub use ipnet::IpNet;
 
 /// The client address that every later layer and handler keys on, stored in the request
 /// extensions by [`ClientIpLayer`].
