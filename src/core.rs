@@ -299,20 +299,7 @@ mod tests {
     }
 
     fn handshake(origin: &str, token: Option<&str>, peer: [u8; 4]) -> Request<()> {
-        let mut req = Request::get("/ws")
-            .header("host", "api.example.com")
-            .header("origin", origin)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        let mut req = req.body(()).unwrap_or_default();
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from((peer, 50000))));
-        req
+        crate::test_support::handshake(origin, token, peer, ())
     }
 
     /// A rejection hook, as the tests set it on every layer.

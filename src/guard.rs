@@ -732,20 +732,7 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
         }));
         let handshake = |origin: &str, token: Option<&str>| {
-            let mut req = Request::get("/ws")
-                .header("host", "api.example.com")
-                .header("origin", origin)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-version", "13")
-                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
-            if let Some(token) = token {
-                req = req.header("authorization", format!("Bearer {token}"));
-            }
-            let mut req = req.body(Body::empty()).unwrap_or_default();
-            req.extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
-            req
+            crate::test_support::handshake(origin, token, [203, 0, 113, 7], Body::empty())
         };
         let call = |req| {
             let svc = svc.clone();

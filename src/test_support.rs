@@ -86,3 +86,31 @@ pub(crate) fn nz<N: TryFrom<std::num::NonZeroU64>>(n: impl TryInto<u64>) -> N {
         .and_then(|n| N::try_from(n).ok())
         .expect("nz: not a non-zero value of the target type")
 }
+
+/// A WebSocket handshake to `/ws` on `api.example.com` from `origin`, with a bearer `token`
+/// when given, from `peer` (as `ConnectInfo`), with the body `body`.
+pub(crate) fn handshake<B>(
+    origin: &str,
+    token: Option<&str>,
+    peer: [u8; 4],
+    body: B,
+) -> http::Request<B> {
+    let mut req = http::Request::get("/ws")
+        .header("host", "api.example.com")
+        .header("origin", origin)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let mut req = req
+        .body(body)
+        .unwrap_or_else(|e| panic!("a valid request: {e}"));
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            peer, 50000,
+        ))));
+    req
+}
