@@ -140,6 +140,9 @@ mod core;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
+#[cfg(feature = "tower-governor")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower-governor")))]
+pub mod governor;
 mod guard;
 pub mod origin;
 pub mod rate_limit;

@@ -2,23 +2,21 @@
 //! (handlers in `rest`) with the auth and revocation layers where they act for a caller,
 //! `/healthz` and the page.
 
-use std::{
-    net::SocketAddr,
-    num::{NonZeroU32, NonZeroUsize},
-    time::Duration,
-};
+use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use axum::{
     Extension, Router,
-    http::{HeaderValue, Method, header, request::Parts},
+    http::{HeaderValue, Method, StatusCode, header, request::Parts},
     middleware,
     response::{Html, Response},
     routing::{any, get, post},
 };
+use tower_governor::{GovernorError, GovernorLayer, governor::GovernorConfigBuilder};
 use wsguard::{
     WsGuard,
     auth::{Credential, CredentialSource, HandshakeAuthLayer, Verified},
     client_ip::ClientIpLayer,
+    governor::ClientIpKey,
     origin::OriginGuardLayer,
     rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     revoke::RevocationLayer,
@@ -34,9 +32,9 @@ use crate::{
     session::ws,
 };
 
-/// Logins per minute per client IP, and their burst.
-const LOGINS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(20).unwrap();
-const LOGIN_BURST: NonZeroU32 = NonZeroU32::new(10).unwrap();
+/// Logins per client IP: one every 3 s (20 a minute), with a burst of 10.
+const LOGIN_EVERY: Duration = Duration::from_secs(3);
+const LOGIN_BURST: u32 = 10;
 /// One-time tokens the socket route's replay cache remembers.
 const ONE_TIME_TOKENS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 /// Each socket's send queue: messages and bytes.
@@ -63,10 +61,7 @@ pub(crate) fn router(
         .per_second(args.connect_rate)
         .burst(args.connect_burst);
     connect_rate.spawn_pruner(Duration::from_secs(60));
-    let login_rate = RateLimitLayer::new()
-        .per_minute(LOGINS_PER_MINUTE)
-        .burst(LOGIN_BURST);
-    login_rate.spawn_pruner(Duration::from_secs(60));
+    let login_rate = login_rate()?;
     let ws_verifier = if args.one_time_tokens {
         // Its own replay cache: only socket handshakes use the token up.
         app.verifier.clone().one_time(ONE_TIME_TOKENS)
@@ -159,6 +154,54 @@ pub(crate) fn router(
         }));
     }
     Ok(router.with_state(app))
+}
+
+/// The login rate limit: tower_governor, keyed by wsguard's trusted client address (a forged
+/// `X-Forwarded-For` does not give a new budget), answering in the API's JSON shape with
+/// `Retry-After`. Idle keys are pruned every minute.
+fn login_rate() -> Result<
+    GovernorLayer<
+        ClientIpKey,
+        governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+        axum::body::Body,
+    >,
+    Box<dyn std::error::Error>,
+> {
+    let config = GovernorConfigBuilder::default()
+        .period(LOGIN_EVERY)
+        .burst_size(LOGIN_BURST)
+        .key_extractor(ClientIpKey::new())
+        .finish()
+        .ok_or("invalid login rate settings")?;
+    let config = std::sync::Arc::new(config);
+    let limiter = std::sync::Arc::clone(config.limiter());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    });
+    Ok(
+        GovernorLayer::new(config).error_handler(|error| match error {
+            GovernorError::TooManyRequests { wait_time, .. } => {
+                let secs = wait_time.max(1);
+                let mut response = crate::json::json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("too many logins: retry in {secs} s"),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                response
+            }
+            GovernorError::Other { code, msg, .. } => {
+                crate::json::json_error(code, msg.unwrap_or_else(|| "refused".to_owned()))
+            }
+            _ => crate::json::json_error(StatusCode::INTERNAL_SERVER_ERROR, "no client address"),
+        }),
+    )
 }
 
 /// A WebSocket handshake: an HTTP/1.1 `Upgrade: websocket` request or an HTTP/2 extended

@@ -791,6 +791,32 @@ async fn login_is_throttled_per_client_ip() {
     assert_eq!(ticker.login("alice", "wonderland").await.status, 429);
 }
 
+/// The login limit is tower_governor keyed by wsguard's trusted client address: a client
+/// that forges a new `X-Forwarded-For` on every request (tower_governor's own
+/// `SmartIpKeyExtractor` would believe it) still spends one budget.
+#[tokio::test]
+async fn a_forged_forwarded_for_does_not_escape_the_login_limit() {
+    let ticker = ticker(&[]).await;
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let forged = format!("198.51.100.{i}");
+        let res = http(
+            ticker.addr(),
+            "POST",
+            "/login",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Forwarded-For", &forged),
+            ],
+            "{not json",
+        )
+        .await;
+        statuses.push(res.status);
+    }
+    assert_eq!(&statuses[..10], &[400; 10], "the burst of 10: {statuses:?}");
+    assert!(statuses[10..].contains(&429), "{statuses:?}");
+}
+
 /// Runs the ticker-client binary with `args`; returns its stdout lines, checking that each
 /// arrives in time (`on_line` sees each line as it comes) and that it exits successfully.
 async fn run_client(args: &[&str], mut on_line: impl AsyncFnMut(&str)) -> Vec<String> {
