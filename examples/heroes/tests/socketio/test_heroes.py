@@ -1,8 +1,8 @@
 """The heroes example through the real PyPI `python-socketio` client.
 
 Run after `cargo test --workspace --all-features` has built the example (target/debug/heroes):
-`.venv/bin/python -m pytest examples/heroes/tests/socketio` (`.ci/run` makes the venv from
-examples/heroes/tests/socketio/requirements.txt). HEROES_BIN overrides the path of the example.
+`.venv/bin/python -m pytest examples/heroes/tests/socketio` (`scripts/test` makes the venv from
+examples/heroes/tests/socketio/requirements.txt and runs this). HEROES_BIN overrides the path of the example.
 """
 
 import os
