@@ -24,6 +24,8 @@
 //!   idle, heartbeat, credential expiry, lifetime, send backpressure) through
 //!   [`SocketPolicyLayer`](socket::SocketPolicyLayer) and the
 //!   [`GuardedUpgrade`](socket::GuardedUpgrade) extractor.
+//! - `governor` (feature `tower-governor`): proxy-safe `KeyExtractor`s for tower_governor,
+//!   keyed by the trusted client IP or the authenticated identity.
 //! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a
 //!   service through Redis, and revocation that closes sockets on every instance.
 //!
