@@ -1141,3 +1141,108 @@ async fn push_only_handler_keeps_pushing_to_a_well_behaved_client() {
     // 34 were dropped and counted.
     assert_eq!((end.stats.received, end.stats.dropped_unread), (17, 34));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Closing: the close code is delivered, after the answers already queued.
+
+/// A raw client with a small receive window, as a slow client has: what the server sends
+/// waits in the server's kernel, where a reset would discard it.
+async fn raw_slow_reader(addr: SocketAddr) -> RawWs {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    RawWs::upgrade(stream, addr, "/ws", &[]).await
+}
+
+#[tokio::test]
+async fn the_close_code_survives_data_sent_after_an_oversized_message() {
+    let (app, mut rx) = echo_app(quiet().max_message_size(nz(1024)).close_timeout(LIMIT));
+    let addr = serve(app).await;
+    let mut client = raw_slow_reader(addr).await;
+    // Echoes on their way (more than the client's window), then the oversized message, then
+    // far more than the server reads before it gives up on the message.
+    let mut bytes = Vec::new();
+    for i in 0..20 {
+        bytes.extend(client.frame(true, opcode::TEXT, format!("{i:0>500}").as_bytes()));
+    }
+    bytes.extend(client.frame(true, opcode::TEXT, &[b'x'; 2048]));
+    while bytes.len() < 512 * 1024 {
+        bytes.extend(client.frame(true, opcode::BINARY, &[0x5a; 16 * 1024]));
+    }
+    // Without the lingering close the server resets the connection: the write may fail, what
+    // counts is the close code.
+    let _ = timeout(LIMIT, client.stream.write_all(&bytes)).await;
+    assert_eq!(client.close_code().await, Some(1009));
+    assert_eq!(ended(&mut rx).await.cause, Some(CloseCause::MessageTooBig));
+    // The client answers the close; the server then shuts its side: an orderly end of the
+    // stream (FIN), not a reset.
+    let reply = client.frame(true, opcode::CLOSE, &1009u16.to_be_bytes());
+    let _ = client.stream.write_all(&reply).await;
+    let mut rest = [0u8; 64];
+    let end = timeout(
+        LIMIT,
+        tokio::io::AsyncReadExt::read(&mut client.stream, &mut rest),
+    )
+    .await
+    .expect("the server ended the stream in time");
+    assert!(matches!(end, Ok(0)), "{end:?}");
+}
+
+#[tokio::test]
+async fn answers_to_messages_before_a_protocol_error_go_out_before_the_close() {
+    struct Case {
+        name: &'static str,
+        /// The offending frame: `(fin, first header byte's opcode and RSV bits, payload)`.
+        bad: (bool, u8, &'static [u8]),
+        code: u16,
+    }
+    let cases = [
+        Case {
+            name: "reserved data opcode",
+            bad: (true, 0x3, b"x"),
+            code: 1002,
+        },
+        Case {
+            name: "reserved control opcode",
+            bad: (true, 0xB, b""),
+            code: 1002,
+        },
+        Case {
+            name: "continuation without a message",
+            bad: (true, opcode::CONTINUATION, b"x"),
+            code: 1002,
+        },
+        Case {
+            name: "non-zero reserved bits",
+            bad: (true, 0x40 | opcode::TEXT, b"x"),
+            code: 1002,
+        },
+        Case {
+            name: "fragmented ping",
+            bad: (false, opcode::PING, b""),
+            code: 1002,
+        },
+        Case {
+            name: "invalid UTF-8 in a text message",
+            bad: (true, opcode::TEXT, &[0xce, 0xba, 0xff]),
+            code: 1007,
+        },
+    ];
+    for case in cases {
+        let (app, _rx) = echo_app(quiet().close_timeout(LIMIT));
+        let mut client = raw(serve(app).await).await;
+        let (fin, op, payload) = case.bad;
+        // A valid message and the offending frame in one write: the server reads both at once.
+        let mut bytes = client.frame(true, opcode::TEXT, b"hello");
+        bytes.extend(client.frame(fin, op, payload));
+        client.stream.write_all(&bytes).await.unwrap();
+        let echo = timeout(LIMIT, client.next_frame()).await.unwrap();
+        assert_eq!(
+            echo,
+            Some((true, opcode::TEXT, b"hello".to_vec())),
+            "{}: the echo first",
+            case.name
+        );
+        assert_eq!(client.close_code().await, Some(case.code), "{}", case.name);
+    }
+}

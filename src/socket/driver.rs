@@ -23,7 +23,7 @@ use super::{
     policy::{Config, SocketPolicy},
     queue::{OutQueue, message_len},
     rate::{Buckets, RateGate},
-    wire::WireReport,
+    wire::{RawConnection, WireReport},
 };
 use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 
@@ -84,6 +84,14 @@ pub(crate) struct Driver<W> {
     app_close_queued: bool,
     /// The socket's stream has ended (closing phase).
     read_ended: bool,
+    /// The protocol refused the peer's input: it cannot be read any more, so a lingering
+    /// close drains the connection below it.
+    ws_failed: bool,
+    /// The drain below the protocol is over.
+    drained: bool,
+    /// The peer broke the protocol: the close code to send once the application has taken
+    /// what came before (and queued its answers), and the latest time to send it.
+    failed: Option<(u16, Instant)>,
     _permit: Option<ConnectionPermit>,
 }
 
@@ -151,6 +159,9 @@ pub(crate) fn start<W>(
         unflushed: false,
         app_close_queued: false,
         read_ended: false,
+        ws_failed: false,
+        drained: false,
+        failed: None,
         _permit: permit,
         policy,
     };
@@ -182,6 +193,20 @@ pub(crate) fn is_too_big(err: &Error) -> bool {
     std::error::Error::source(err)
         .and_then(|source| source.downcast_ref::<tungstenite::Error>())
         .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
+}
+
+/// The close code for a read error that breaks the protocol (`1002`, or `1007` for invalid
+/// UTF-8); `None` for the others (size limits, a broken connection).
+fn protocol_close_code(err: &Error) -> Option<u16> {
+    let err = std::error::Error::source(err)?.downcast_ref::<tungstenite::Error>()?;
+    match err {
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
+        tungstenite::Error::Protocol(_) => Some(1002),
+        tungstenite::Error::Utf8(_) => Some(1007),
+        _ => None,
+    }
 }
 
 /// 16 unpredictable bytes for a heartbeat ping.
@@ -235,7 +260,7 @@ where
                 state
                     .outbound
                     .push_unbounded(Message::Close(Some(CloseFrame {
-                        code: 1000,
+                        code: self.failed.map_or(1000, |(code, _)| code),
                         reason: "".into(),
                     })));
             }
@@ -343,6 +368,7 @@ where
             next = min_opt(next, self.message_due(wire));
         }
         next = min_opt(next, self.stall_ends());
+        next = min_opt(next, self.failed.map(|(_, at)| at));
         if self.phase == Phase::Closing {
             next = self.close_deadline;
         }
@@ -417,6 +443,40 @@ where
         }
     }
 
+    /// After a protocol error: queues the close frame behind the application's messages once
+    /// it has taken everything received before the error (or is gone, or took too long).
+    fn close_after_failure(&mut self, now: Instant) {
+        let Some((code, by)) = self.failed else {
+            return;
+        };
+        let mut state = self.shared.lock();
+        if state.send_closed {
+            // The application (or its going away) already queued a close.
+            return;
+        }
+        if state.inbound.is_empty() || state.app_gone || by <= now {
+            state.send_closed = true;
+            state.recv_closed = true;
+            state
+                .outbound
+                .push_unbounded(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: "".into(),
+                })));
+        } else {
+            // Woken when the application takes a message.
+            state.driver_wants_room = true;
+        }
+    }
+
+    /// Shuts the write side down once, at the end of a lingering close.
+    fn shut_write(&mut self, cx: &mut Context<'_>) -> Poll<()>
+    where
+        W: RawConnection,
+    {
+        self.ws.poll_shutdown(cx)
+    }
+
     /// Writes the pending control frame, then (while open) the send queue, and flushes.
     fn write(&mut self, cx: &mut Context<'_>, now: Instant) -> Result<bool, Error> {
         let mut budget = BUDGET;
@@ -478,7 +538,7 @@ where
             if budget == 0 {
                 return Flow::Yield;
             }
-            if self.wait_for_room(now) {
+            if self.failed.is_some() || self.wait_for_room(now) {
                 return Flow::Wait;
             }
             match Pin::new(&mut self.ws).poll_next(cx) {
@@ -488,8 +548,18 @@ where
                     return Flow::Changed;
                 }
                 Poll::Ready(Some(Err(err))) => {
-                    if is_too_big(&err) {
+                    self.ws_failed = true;
+                    let violation = self.wire.as_ref().and_then(|wire| wire.violation());
+                    if let Some(cause) = violation {
+                        self.begin_close(cause, now);
+                    } else if is_too_big(&err) {
                         self.begin_close(CloseCause::MessageTooBig, now);
+                    } else if let Some(code) = protocol_close_code(&err) {
+                        // Strict: what the application answers to the messages before the
+                        // error goes out before the close.
+                        self.deliver(Err(err));
+                        let by = now.checked_add(self.cfg().close_timeout).unwrap_or(now);
+                        self.failed = Some((code, by));
                     } else {
                         self.deliver(Err(err));
                         self.finish();
@@ -609,7 +679,7 @@ where
 
 impl<W> Future for Driver<W>
 where
-    W: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
+    W: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + RawConnection + Unpin,
 {
     type Output = ();
 
@@ -629,6 +699,7 @@ where
                         this.begin_close(cause, now);
                         continue;
                     }
+                    this.close_after_failure(now);
                     let more_to_write = match this.write(cx, now) {
                         Ok(more) => more,
                         Err(_) => {
@@ -657,6 +728,9 @@ where
                 }
                 Phase::Closing => {
                     if this.close_deadline.is_some_and(|t| t <= now) {
+                        // Out of time: the write side is shut (if that is immediate) and the
+                        // connection dropped, whatever the peer still sends.
+                        let _ = this.shut_write(cx);
                         this.finish();
                         continue;
                     }
@@ -664,14 +738,16 @@ where
                         this.finish();
                         continue;
                     }
-                    // Read until the peer's close (or end of stream), discarding data, so the
-                    // connection is not reset with unread bytes while our close frame is in
-                    // flight.
+                    // The lingering close: read until the peer's close (or end of stream),
+                    // discarding data, so the connection is not reset with unread bytes
+                    // while our close frame is in flight.
                     let mut budget = BUDGET;
                     while !this.read_ended {
                         match Pin::new(&mut this.ws).poll_next(cx) {
-                            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                            Poll::Ready(None) => this.read_ended = true,
+                            Poll::Ready(Some(Err(_))) => {
                                 this.read_ended = true;
+                                this.ws_failed = true;
                             }
                             Poll::Ready(Some(Ok(_))) => {
                                 budget -= 1;
@@ -683,9 +759,23 @@ where
                             Poll::Pending => break,
                         }
                     }
-                    // Done once nothing comes in and our close frame is out (a stream
-                    // ended by an oversized message still gets its 1009).
-                    if this.read_ended && this.pending.is_none() && !this.unflushed {
+                    // The protocol refused the input (an oversized message, a broken
+                    // frame) and cannot be read any more: drain below it.
+                    if this.read_ended
+                        && this.ws_failed
+                        && !this.drained
+                        && this.ws.poll_drain(cx).is_ready()
+                    {
+                        this.drained = true;
+                    }
+                    // Done once nothing more comes in and our close frame is out: the write
+                    // side is shut (TCP FIN) before the connection is dropped.
+                    if this.read_ended
+                        && (this.drained || !this.ws_failed)
+                        && this.pending.is_none()
+                        && !this.unflushed
+                        && this.shut_write(cx).is_ready()
+                    {
                         this.finish();
                         continue;
                     }

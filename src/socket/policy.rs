@@ -94,6 +94,12 @@ impl Config {
         }
     }
 
+    /// The most a lingering close reads and drops once the protocol has given up on the
+    /// connection: a message of the largest size in flight, and at least 1 MiB.
+    pub(crate) fn drain_bytes(&self) -> u64 {
+        (self.max_message_size as u64).max(1 << 20)
+    }
+
     /// The lifetime of one socket: the maximum minus a random part of the jitter (by default a
     /// tenth of the maximum), so sockets opened together do not all close together.
     pub(crate) fn lifetime(&self) -> Option<Duration> {

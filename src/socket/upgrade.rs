@@ -204,6 +204,7 @@ impl GuardedUpgrade {
             config.max_write_buffer_size = max;
         }
         let limits = cfg.wire();
+        let drain_bytes = cfg.drain_bytes();
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
         tokio::spawn(async move {
@@ -225,7 +226,7 @@ impl GuardedUpgrade {
                 }
             };
             let report = Arc::new(WireReport::default());
-            let io = WireIo::new(TokioIo::new(upgraded), limits, report.clone());
+            let io = WireIo::new(TokioIo::new(upgraded), limits, drain_bytes, report.clone());
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             let (socket, driver) = driver::start(
                 AxumMessages(ws),

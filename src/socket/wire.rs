@@ -23,6 +23,7 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Instant,
 };
+use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{self as ts, frame::coding::CloseCode};
 
 use super::{CloseCause, MessageRate, rate::TokenBucket};
@@ -81,6 +82,12 @@ pub(crate) struct FrameMeter {
     /// Data frames of the fragmented message in progress (0: none in progress).
     fragments: u32,
     started: Option<Instant>,
+    /// Limits are counted (until the first violation; after it, frames are only followed).
+    counting: bool,
+    /// The frame in progress is a close frame.
+    in_close: bool,
+    /// A whole close frame from the peer has passed.
+    close_seen: bool,
 }
 
 /// The header length once its first two bytes are known.
@@ -104,7 +111,15 @@ impl FrameMeter {
             payload_left: 0,
             fragments: 0,
             started: None,
+            counting: true,
+            in_close: false,
+            close_seen: false,
         }
+    }
+
+    /// Whether a whole close frame from the peer has passed.
+    pub(crate) fn close_seen(&self) -> bool {
+        self.close_seen
     }
 
     /// When the unfinished frame or message started.
@@ -112,12 +127,14 @@ impl FrameMeter {
         self.started
     }
 
-    /// Counts the frames in `bytes`, the next bytes from the peer. On a violation, returns
-    /// where in `bytes` the offending frame starts (0 if it started in an earlier chunk) and
-    /// the cause; the meter must not be fed again.
+    /// Counts the frames in `bytes`, the next bytes from the peer. On the first violation,
+    /// returns where in `bytes` the offending frame starts (0 if it started in an earlier
+    /// chunk) and the cause. After it the meter counts nothing more but still follows the
+    /// frames (to see the peer's close frame while the connection is drained).
     pub(crate) fn feed(&mut self, bytes: &[u8], now: Instant) -> Result<(), (usize, CloseCause)> {
         let mut i = 0;
         let mut frame_start = 0;
+        let mut violation = None;
         while i < bytes.len() {
             if self.payload_left > 0 {
                 let left = bytes.len() - i;
@@ -138,11 +155,16 @@ impl FrameMeter {
             self.header[self.have] = bytes[i];
             self.have += 1;
             i += 1;
-            if self.have >= 2 && self.have == header_len(self.header[1]) {
-                self.on_header(now).map_err(|cause| (frame_start, cause))?;
+            if self.have >= 2
+                && self.have == header_len(self.header[1])
+                && let Err(cause) = self.on_header(now)
+                && violation.is_none()
+            {
+                self.counting = false;
+                violation = Some((frame_start, cause));
             }
         }
-        Ok(())
+        violation.map_or(Ok(()), Err)
     }
 
     fn on_header(&mut self, now: Instant) -> Result<(), CloseCause> {
@@ -157,6 +179,21 @@ impl FrameMeter {
             n => u64::from(n),
         };
         self.have = 0;
+        self.payload_left = len;
+        self.in_close = b0 & 0x0F == 0x8;
+        let counted = if self.counting {
+            self.count(b0, now)
+        } else {
+            Ok(())
+        };
+        if len == 0 {
+            self.frame_done();
+        }
+        counted
+    }
+
+    /// Counts the frame whose header starts with `b0` against the limits.
+    fn count(&mut self, b0: u8, now: Instant) -> Result<(), CloseCause> {
         if !self.frames.try_take(1, now) {
             return Err(CloseCause::FrameRate);
         }
@@ -178,14 +215,14 @@ impl FrameMeter {
             // Control frames (and a stray continuation) do not touch the message.
             _ => {}
         }
-        self.payload_left = len;
-        if len == 0 {
-            self.frame_done();
-        }
         Ok(())
     }
 
     fn frame_done(&mut self) {
+        if self.in_close {
+            self.in_close = false;
+            self.close_seen = true;
+        }
         if self.fragments == 0 {
             self.started = None;
         }
@@ -199,6 +236,11 @@ pub(crate) struct WireIo<T> {
     report: std::sync::Arc<WireReport>,
     last: Report,
     violated: bool,
+    /// Bytes the drain may still read and drop.
+    drain_left: u64,
+    /// The drain is over: the peer's close frame passed, the stream ended or failed, or the
+    /// budget ran out.
+    drained: bool,
 }
 
 impl<T> fmt::Debug for WireIo<T> {
@@ -206,18 +248,29 @@ impl<T> fmt::Debug for WireIo<T> {
         f.debug_struct("WireIo")
             .field("meter", &self.meter)
             .field("violated", &self.violated)
+            .field("drain_left", &self.drain_left)
+            .field("drained", &self.drained)
             .finish_non_exhaustive()
     }
 }
 
 impl<T> WireIo<T> {
-    pub(crate) fn new(io: T, limits: WireLimits, report: std::sync::Arc<WireReport>) -> Self {
+    /// The adapter over `io`. Once the protocol above gives up on the connection, at most
+    /// `drain_bytes` more are read and dropped (see [`poll_drain`](Self::poll_drain)).
+    pub(crate) fn new(
+        io: T,
+        limits: WireLimits,
+        drain_bytes: u64,
+        report: std::sync::Arc<WireReport>,
+    ) -> Self {
         Self {
             io,
             meter: FrameMeter::new(limits, Instant::now()),
             report,
             last: Report::default(),
             violated: false,
+            drain_left: drain_bytes,
+            drained: false,
         }
     }
 
@@ -229,21 +282,33 @@ impl<T> WireIo<T> {
     }
 }
 
-/// How many reads a violated connection discards in one poll before yielding.
-const DISCARD_BUDGET: usize = 16;
+/// How many reads a drain makes in one poll before yielding.
+const DRAIN_READS: usize = 16;
+
+/// The size of one drain read, on the stack.
+const DRAIN_CHUNK: usize = 4096;
 
 impl<T: AsyncRead + Unpin> WireIo<T> {
-    /// After a violation nothing more goes up: what the peer sends is read and dropped (so
-    /// the connection is not reset under the close frame in flight), until the end of the
-    /// stream, which does go up.
-    fn discard(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        for _ in 0..DISCARD_BUDGET {
-            ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-            let got = buf.filled().len() - before;
-            buf.set_filled(before);
-            if got == 0 {
-                return Poll::Ready(Ok(()));
+    /// The lingering close, below the protocol: reads what the peer sends and drops it (so
+    /// that the connection is not reset, losing the close frame in flight, for unread data),
+    /// until the peer's close frame has passed, the stream ends or fails, or the byte budget
+    /// is spent. Ready once the drain is over.
+    pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..DRAIN_READS {
+            if self.drained || self.meter.close_seen() || self.drain_left == 0 {
+                self.drained = true;
+                return Poll::Ready(());
+            }
+            let mut chunk = [0u8; DRAIN_CHUNK];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => {
+                    let got = buf.filled();
+                    self.drain_left = self.drain_left.saturating_sub(got.len() as u64);
+                    // Only followed now (the meter counts nothing after the protocol ends).
+                    let _ = self.meter.feed(got, Instant::now());
+                }
+                _ => self.drained = true,
             }
         }
         cx.waker().wake_by_ref();
@@ -262,7 +327,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
             return Poll::Ready(Ok(()));
         }
         if this.violated {
-            return this.discard(cx, buf);
+            // Nothing more goes up: the connection is drained, then ends for the protocol.
+            ready!(this.poll_drain(cx));
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
@@ -281,6 +348,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
             }
             Err((at, cause)) => {
                 this.violated = true;
+                // The bytes after the offending frame's start are dropped here: they count
+                // against the drain.
+                this.drain_left = this.drain_left.saturating_sub((filled.len() - at) as u64);
                 this.publish(Report {
                     violation: Some(cause),
                     started: None,
@@ -326,6 +396,32 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The connection under the protocol, for the end of a lingering close.
+pub(crate) trait RawConnection {
+    /// Reads and drops what the peer sends, below the protocol (which may have refused the
+    /// input and cannot be read any more), until its close frame, the end of the stream, or
+    /// the byte budget. Ready once over.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+
+    /// Shuts the write side down (TCP FIN). Ready once done or failed.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+impl<T> RawConnection for AxumMessages<WebSocketStream<WireIo<T>>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.get_mut().poll_drain(cx)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0.get_mut().io)
+            .poll_shutdown(cx)
+            .map(|_| ())
     }
 }
 

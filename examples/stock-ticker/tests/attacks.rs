@@ -55,7 +55,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use common::{Example, TempDir, http, start_example};
+use common::{Example, RawWs, TempDir, http, opcode, start_example};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, header};
 use serde_json::{Value, json};
@@ -937,6 +937,158 @@ async fn client_that_stops_reading_is_closed() {
             "the reading client got nothing meanwhile"
         );
     }
+    target.assert_served(None).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lingering close: the close code survives the data the client keeps sending
+
+/// Repeats of each lingering-close attack (`WSGUARD_ATTACK_LINGER_RUNS`, default 100).
+fn linger_runs() -> usize {
+    env_num("WSGUARD_ATTACK_LINGER_RUNS", 100)
+}
+
+/// What the client keeps sending after the offence: far more than the server reads before it
+/// closes, so a server that drops the connection with these bytes unread resets it (RST) and
+/// the client may lose the close frame in flight.
+const TRAILING_BYTES: usize = 512 * 1024;
+
+/// Pings sent before an oversized message: their pongs fill the client's small receive
+/// window. Fewer than the violations after which a rate limit closes with `1008` (20 by
+/// default), as the per-user message rate runs out over the repeated runs.
+const LINGER_PINGS: usize = 19;
+
+/// The flags for the lingering-close attacks: one client opens a socket per run, and pings
+/// are within the message rate.
+const LINGER_FLAGS: [&str; 12] = [
+    "--msg-rate",
+    "1000",
+    "--msg-burst",
+    "1000",
+    "--connect-rate",
+    "1000",
+    "--connect-burst",
+    "1000",
+    "--max-conns-per-ip",
+    "1000",
+    "--max-conns-per-user",
+    "1000",
+];
+
+impl Target {
+    /// A socket with a fresh valid token and the allowed origin, on raw TCP.
+    async fn connect_raw(&self, token: &str) -> RawWs {
+        let url = url::Url::parse(&self.url).expect("target URL");
+        let mut path = url.path().to_owned();
+        let mut headers = vec![("Origin".to_owned(), self.origin.clone())];
+        match &self.token_in {
+            Place::Header => headers.push(("Authorization".into(), format!("Bearer {token}"))),
+            Place::Query(name) => path = format!("{path}?{name}={token}"),
+            Place::Subprotocol(prefix) => {
+                headers.push(("Sec-WebSocket-Protocol".into(), format!("{prefix}{token}")))
+            }
+            Place::Cookie(name) => headers.push(("Cookie".into(), format!("{name}={token}"))),
+        }
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        // A small receive window, as a slow client has: what the server sends waits in the
+        // server's kernel, where a reset would discard it.
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .expect("socket");
+        socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
+        let stream = tokio::time::timeout(WAIT, socket.connect(self.addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        RawWs::upgrade(stream, self.addr, &path, &headers).await
+    }
+
+    /// Runs an attack `linger_runs()` times on fresh sockets: the frames of `offence`, then
+    /// [`TRAILING_BYTES`] of binary frames in the same write, then reads until the server's
+    /// close. Returns the runs and the close codes that were not `expected` (`None`: the
+    /// connection ended without a close frame).
+    async fn lingering_close(
+        &self,
+        offence: impl Fn(&mut RawWs) -> Vec<u8>,
+        expected: u16,
+    ) -> (usize, Vec<Option<u16>>) {
+        let runs = linger_runs();
+        let token = self.token().await;
+        let mut wrong = Vec::new();
+        for _ in 0..runs {
+            let token = self.token_again(&token).await;
+            let mut ws = self.connect_raw(&token).await;
+            let mut bytes = offence(&mut ws);
+            let chunk = vec![0x5a; 16 * 1024];
+            while bytes.len() < TRAILING_BYTES {
+                bytes.extend(ws.frame(true, opcode::BINARY, &chunk));
+            }
+            // A server that stops reading and resets the connection fails the write: what
+            // counts is whether the close code arrived anyway.
+            let _ = tokio::time::timeout(WAIT, ws.stream.write_all(&bytes)).await;
+            let code = ws.close_code().await;
+            if code != Some(expected) {
+                wrong.push(code);
+            }
+        }
+        (runs, wrong)
+    }
+}
+
+#[tokio::test]
+async fn oversized_message_then_more_data_gets_1009_every_time() {
+    let target = target(&LINGER_FLAGS).await;
+    let max = target.max_message;
+    let (runs, wrong) = target
+        .lingering_close(
+            |ws| {
+                // Pings first, so pongs are on their way (the close frame waits behind them).
+                let mut bytes: Vec<u8> = (0..LINGER_PINGS)
+                    .flat_map(|_| ws.frame(true, opcode::PING, &[b'p'; 125]))
+                    .collect();
+                bytes.extend(ws.frame(true, opcode::TEXT, &vec![b'x'; max + 1]));
+                bytes
+            },
+            1009,
+        )
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "{} of {runs} runs did not get 1009: {wrong:?}",
+        wrong.len()
+    );
+    target.assert_served(None).await;
+}
+
+#[tokio::test]
+async fn frame_flood_then_more_data_gets_1008_every_time() {
+    let target = target(&LINGER_FLAGS).await;
+    let flood = target.flood;
+    let (runs, wrong) = target
+        .lingering_close(
+            |ws| {
+                (0..flood)
+                    .flat_map(|i| {
+                        let mut payload = [b'p'; 125];
+                        payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                        ws.frame(true, opcode::PING, &payload)
+                    })
+                    .collect()
+            },
+            1008,
+        )
+        .await;
+    assert!(
+        wrong.is_empty(),
+        "{} of {runs} runs did not get 1008: {wrong:?}",
+        wrong.len()
+    );
     target.assert_served(None).await;
 }
 

@@ -81,6 +81,15 @@ impl Sink<Message> for FakeWs {
     }
 }
 
+impl crate::socket::wire::RawConnection for FakeWs {
+    fn poll_drain(&mut self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+    fn poll_shutdown(&mut self, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
 struct Peer {
     send: Option<mpsc::UnboundedSender<Result<Message, Error>>>,
     recv: mpsc::UnboundedReceiver<Message>,

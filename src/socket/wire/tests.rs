@@ -217,3 +217,97 @@ async fn the_frame_rate_refills_and_the_start_of_a_message_is_kept() {
     );
     assert_eq!(meter.started(), None, "the message is complete");
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_violation_the_meter_still_sees_the_peers_close_frame() {
+    const CLOSE: u8 = 0x8;
+    let now = Instant::now();
+    let mut meter = FrameMeter::new(limits(2, 10), now);
+    // The third frame breaks the frame rate; the close frame after it is still followed,
+    // in the same chunk and split over the next ones.
+    let mut bytes = [
+        frame(true, PING, b""),
+        frame(true, PING, b""),
+        frame(true, BINARY, &[1; 300]),
+    ]
+    .concat();
+    let close = frame(true, CLOSE, &1000u16.to_be_bytes());
+    let offending = bytes.len() - frame(true, BINARY, &[1; 300]).len();
+    bytes.extend_from_slice(&close[..3]);
+    assert!(matches!(
+        meter.feed(&bytes, now),
+        Err((at, CloseCause::FrameRate)) if at == offending
+    ));
+    assert!(!meter.close_seen());
+    assert!(meter.feed(&close[3..5], now).is_ok());
+    assert!(!meter.close_seen());
+    assert!(meter.feed(&close[5..], now).is_ok());
+    assert!(meter.close_seen());
+}
+
+struct DrainCase {
+    name: &'static str,
+    /// What the peer sends after the protocol gave up.
+    sent: Vec<u8>,
+    /// Whether the peer ends the stream after it.
+    eof: bool,
+    budget: u64,
+    /// The bytes the drain should have taken off the connection when it is over.
+    read: usize,
+}
+
+#[tokio::test]
+async fn the_drain_ends_at_the_peers_close_the_end_of_the_stream_or_the_budget() {
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+
+    let junk = frame(true, BINARY, &[9; 10_000]);
+    let close = frame(true, 0x8, &1000u16.to_be_bytes());
+    let cases = [
+        DrainCase {
+            name: "the peer's close frame",
+            sent: [junk.clone(), close.clone(), junk.clone()].concat(),
+            eof: false,
+            budget: 1 << 20,
+            read: junk.len() + close.len(),
+        },
+        DrainCase {
+            name: "the end of the stream",
+            sent: junk.clone(),
+            eof: true,
+            budget: 1 << 20,
+            read: junk.len(),
+        },
+        DrainCase {
+            name: "the byte budget",
+            sent: [junk.clone(), junk.clone()].concat(),
+            eof: false,
+            budget: 5000,
+            read: 5000,
+        },
+    ];
+    for case in cases {
+        let (server, mut peer) = tokio::io::duplex(64 * 1024);
+        let report = std::sync::Arc::new(super::WireReport::default());
+        let mut io = super::WireIo::new(server, limits(1000, 10), case.budget, report);
+        peer.write_all(&case.sent).await.unwrap();
+        if case.eof {
+            peer.shutdown().await.unwrap();
+        }
+        poll_fn(|cx| io.poll_drain(cx)).await;
+        // What is left unread on the connection.
+        drop(peer.shutdown().await);
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut io.io, &mut rest)
+            .await
+            .unwrap();
+        // The drain reads in chunks: the budget may be overshot by less than one.
+        let read = case.sent.len() - rest.len();
+        assert!(
+            read >= case.read && read < case.read + super::DRAIN_CHUNK,
+            "{}: read {read}, expected {}",
+            case.name,
+            case.read
+        );
+    }
+}
