@@ -42,7 +42,6 @@ mod session;
 use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use wsguard::{
     auth::{TicketIssuer, TicketVerifier},
     revoke::Revocations,
@@ -65,8 +64,6 @@ struct App {
     token_ttl: u64,
     /// Revoked tokens and users, shared through Redis in fleet mode.
     revocations: Revocations,
-    /// `POST /prices` per user.
-    publish_limit: Arc<DefaultKeyedRateLimiter<String>>,
     /// Fleet mode (`--redis`).
     fleet: Option<fleet::TickerFleet>,
 }
@@ -135,20 +132,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .retention(Duration::from_secs(args.token_ttl))
             .build(),
     };
-    let publish_limit = Arc::new(RateLimiter::keyed(
-        Quota::per_minute(args.publish_rate).allow_burst(args.publish_burst),
-    ));
-    {
-        let limit = Arc::clone(&publish_limit);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                limit.retain_recent();
-                limit.shrink_to_fit();
-            }
-        });
-    }
     let app = App {
         db,
         hub,
@@ -157,7 +140,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
         revocations,
-        publish_limit,
         fleet,
     };
 

@@ -13,7 +13,6 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use governor::clock::Clock as _;
 use serde::Deserialize;
 use serde_json::json;
 use wsguard::auth::{Identity, Ticket, TokenFingerprint};
@@ -115,25 +114,6 @@ pub(crate) async fn post_price(
             tracing::error!("database error: {e}");
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "database error");
         }
-    }
-    if let Err(not_until) = app.publish_limit.check_key(&ticket.subject().to_owned()) {
-        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        let secs = secs.max(1);
-        tracing::info!(
-            name: "ticker.publish.rate_limited",
-            identity = ticket.subject(),
-            retry_after = secs,
-            "price change refused: over the publish rate"
-        );
-        let mut response = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many price changes: retry in {secs} s"),
-        );
-        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
     }
     if let Some(fleet) = &app.fleet {
         // Validated here, numbered and applied through Redis on every instance.

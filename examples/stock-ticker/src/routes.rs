@@ -6,17 +6,20 @@ use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use axum::{
     Extension, Router,
+    body::Body,
     http::{HeaderValue, Method, StatusCode, header, request::Parts},
     middleware,
     response::{Html, Response},
     routing::{any, get, post},
 };
-use tower_governor::{GovernorError, GovernorLayer, governor::GovernorConfigBuilder};
+use tower_governor::{
+    GovernorError, GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor,
+};
 use wsguard::{
     WsGuard,
     auth::{Credential, CredentialSource, HandshakeAuthLayer, Verified},
     client_ip::ClientIpLayer,
-    governor::ClientIpKey,
+    governor::{ClientIpKey, IdentityKey},
     origin::OriginGuardLayer,
     rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     revoke::RevocationLayer,
@@ -26,7 +29,8 @@ use wsguard::{
 use crate::{
     App,
     cli::Args,
-    json, metrics,
+    json::{self, json_error},
+    metrics,
     rest::{self, LoginSlots},
     server,
     session::ws,
@@ -61,7 +65,14 @@ pub(crate) fn router(
         .per_second(args.connect_rate)
         .burst(args.connect_burst);
     connect_rate.spawn_pruner(Duration::from_secs(60));
-    let login_rate = login_rate()?;
+    let login_rate = json_rate_limit(ClientIpKey::new(), LOGIN_EVERY, LOGIN_BURST, "logins")?;
+    // Per publisher, after auth (the route's own layer runs inside the caller layers).
+    let publish_rate = json_rate_limit(
+        IdentityKey,
+        Duration::from_secs(60) / args.publish_rate.get(),
+        args.publish_burst.get(),
+        "price changes",
+    )?;
     let ws_verifier = if args.one_time_tokens {
         // Its own replay cache: only socket handshakes use the token up.
         app.verifier.clone().one_time(ONE_TIME_TOKENS)
@@ -126,7 +137,7 @@ pub(crate) fn router(
     // not used up: one-time tokens are for sockets) and not revoked (in fleet mode, on any
     // instance). Their refusals answer in the API's JSON shape.
     let caller_routes = Router::new()
-        .route("/prices", post(rest::post_price))
+        .route("/prices", post(rest::post_price).layer(publish_rate))
         .route("/revoke", post(rest::revoke))
         .layer(RevocationLayer::new(app.revocations.clone()))
         .layer(HandshakeAuthLayer::new(app.verifier.clone()))
@@ -156,23 +167,30 @@ pub(crate) fn router(
     Ok(router.with_state(app))
 }
 
-/// The login rate limit: tower_governor, keyed by wsguard's trusted client address (a forged
-/// `X-Forwarded-For` does not give a new budget), answering in the API's JSON shape with
-/// `Retry-After`. Idle keys are pruned every minute.
-fn login_rate() -> Result<
-    GovernorLayer<
-        ClientIpKey,
-        governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
-        axum::body::Body,
-    >,
+/// A tower_governor rate limit of one request every `every` with a burst of `burst` per
+/// `key` (wsguard's trusted client address or the authenticated user, so a forged
+/// `X-Forwarded-For` gives no new budget), answering in the API's JSON shape with
+/// `Retry-After` (at least 1 s; tower_governor's own can say 0). Idle keys are pruned every
+/// minute.
+fn json_rate_limit<K>(
+    key: K,
+    every: Duration,
+    burst: u32,
+    what: &'static str,
+) -> Result<
+    GovernorLayer<K, governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>, Body>,
     Box<dyn std::error::Error>,
-> {
+>
+where
+    K: KeyExtractor + Send + Sync + 'static,
+    K::Key: Send + Sync + 'static,
+{
     let config = GovernorConfigBuilder::default()
-        .period(LOGIN_EVERY)
-        .burst_size(LOGIN_BURST)
-        .key_extractor(ClientIpKey::new())
+        .period(every.max(Duration::from_nanos(1)))
+        .burst_size(burst.max(1))
+        .key_extractor(key)
         .finish()
-        .ok_or("invalid login rate settings")?;
+        .ok_or("invalid rate limit settings")?;
     let config = std::sync::Arc::new(config);
     let limiter = std::sync::Arc::clone(config.limiter());
     tokio::spawn(async move {
@@ -184,12 +202,12 @@ fn login_rate() -> Result<
         }
     });
     Ok(
-        GovernorLayer::new(config).error_handler(|error| match error {
+        GovernorLayer::new(config).error_handler(move |error| match error {
             GovernorError::TooManyRequests { wait_time, .. } => {
                 let secs = wait_time.max(1);
-                let mut response = crate::json::json_error(
+                let mut response = json_error(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!("too many logins: retry in {secs} s"),
+                    format!("too many {what}: retry in {secs} s"),
                 );
                 response
                     .headers_mut()
@@ -197,9 +215,9 @@ fn login_rate() -> Result<
                 response
             }
             GovernorError::Other { code, msg, .. } => {
-                crate::json::json_error(code, msg.unwrap_or_else(|| "refused".to_owned()))
+                json_error(code, msg.unwrap_or_else(|| "refused".to_owned()))
             }
-            _ => crate::json::json_error(StatusCode::INTERNAL_SERVER_ERROR, "no client address"),
+            _ => json_error(StatusCode::INTERNAL_SERVER_ERROR, "no rate limit key"),
         }),
     )
 }
