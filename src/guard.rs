@@ -139,7 +139,14 @@ type Layers<A> = Stack<
 /// | rate | 10 handshakes/s, burst 10, per client IP | [`rate_limit`](WsGuard::rate_limit) | [`without_rate_limit`](WsGuard::without_rate_limit) |
 /// | throttle | 60 s lockout after 5 failed credentials in 60 s | [`throttle`](WsGuard::throttle) | [`without_throttle`](WsGuard::without_throttle) |
 /// | auth | the authenticator given to [`new`](WsGuard::new) | [`auth`](WsGuard::auth) | never |
-/// | revocation | on: the guard's own registry ([`revocation_registry`](WsGuard::revocation_registry)), the fleet's with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |
+#[cfg_attr(
+    feature = "redis",
+    doc = "| revocation | on: the guard's own registry ([`revocation_registry`](WsGuard::revocation_registry)), the fleet's with [`fleet`](WsGuard::fleet) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |"
+)]
+#[cfg_attr(
+    not(feature = "redis"),
+    doc = "| revocation | on: the guard's own registry ([`revocation_registry`](WsGuard::revocation_registry)), the fleet's with `fleet` (feature `redis`) | [`revocations`](WsGuard::revocations) | [`without_revocation`](WsGuard::without_revocation) |"
+)]
 /// | quota | 16 sockets per client IP, 8 per identity | [`quota`](WsGuard::quota) | [`without_quota`](WsGuard::without_quota) |
 /// | socket policy | [`SocketPolicyLayer::new`] (64 KiB messages, heartbeat, idle timeout, …) | [`socket_policy`](WsGuard::socket_policy) | never |
 ///
@@ -256,10 +263,19 @@ type Layers<A> = Stack<
 ///
 /// # Fleet mode
 ///
-/// With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
-/// revocation check to Redis (the same layers and settings with the fleet as their backend:
-/// [`RateLimitLayer::fleet`], [`ConnectionQuotaLayer::fleet`]), so the limits hold across
-/// every instance; the throttle and the socket policy stay per instance.
+#[cfg_attr(
+    feature = "redis",
+    doc = "With feature `redis`, [`fleet`](WsGuard::fleet) moves the rate limit, the quota and the
+revocation check to Redis (the same layers and settings with the fleet as their backend:
+[`RateLimitLayer::fleet`], [`ConnectionQuotaLayer::fleet`]), so the limits hold across
+every instance; the throttle and the socket policy stay per instance."
+)]
+#[cfg_attr(
+    not(feature = "redis"),
+    doc = "With feature `redis`, `WsGuard::fleet` moves the rate limit, the quota and the
+revocation check to Redis (the same layers with the fleet as their backend), so the limits
+hold across every instance; the throttle and the socket policy stay per instance."
+)]
 #[must_use]
 pub struct WsGuard<A> {
     origin: OriginGuardLayer,
