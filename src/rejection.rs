@@ -745,8 +745,7 @@ mod tests {
                 name: "quota: global",
                 run: |hook| {
                     Box::pin(async move {
-                        let mut layer = ConnectionQuotaLayer::new();
-                        layer.global = Some(NonZeroUsize::MIN);
+                        let layer = ConnectionQuotaLayer::new().global(NonZeroUsize::MIN);
                         let layer = hooked(layer, hook, |l, h| l.on_rejection(h));
                         let kept = Arc::new(Mutex::new(Vec::new()));
                         let keep = Arc::clone(&kept);

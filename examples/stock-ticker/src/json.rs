@@ -1,6 +1,6 @@
 //! The REST API's JSON: request bodies through axum's `Json` extractor, and one error shape,
-//! `{"error": "..."}`, for the handlers' refusals, `Json`'s rejections and the refusals of the
-//! wsguard layers in front of the routes.
+//! `{"error": "..."}`, for the handlers' refusals, `Json`'s rejections and (through their
+//! `on_rejection`) the refusals of the wsguard layers in front of the routes.
 
 use axum::{
     Json,
@@ -11,7 +11,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use wsguard::{auth::AuthError, revoke::RevokeError};
+use wsguard::{Rejection, auth::AuthError, revoke::RevokeError};
 
 /// A refusal in the API's shape: `status` and `{"error": error}`.
 pub(crate) fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
@@ -64,43 +64,24 @@ where
     }
 }
 
-/// Middleware for the routes behind the auth and revocation layers: their refusals (found by
-/// the typed error in the response extensions) get the API's JSON body; the status, the
-/// `WWW-Authenticate` and `Retry-After` headers and the extensions (the metrics count the
-/// error) stay.
-pub(crate) async fn layer_refusals(response: Response) -> Response {
-    let Some(error) = refusal_text(&response) else {
-        return response;
+/// The `on_rejection` of the auth and revocation layers in front of the REST routes: the
+/// layer's own refusal (status, `WWW-Authenticate`, `Retry-After`) with the API's JSON body.
+/// wsguard puts the typed cause in the extensions whatever the hook returns (the metrics
+/// count it).
+pub(crate) fn refusal(rejection: &Rejection) -> Response {
+    let text = match rejection {
+        Rejection::Auth(AuthError::Missing) => "missing bearer token".to_owned(),
+        Rejection::Auth(error) => format!("invalid token: {error}"),
+        Rejection::Revoke(RevokeError::Revoked) => "token revoked".to_owned(),
+        // The revocation check could not ask Redis (fleet mode, `--redis-failure refuse`).
+        _ => "Redis is unavailable".to_owned(),
     };
-    let (parts, _) = response.into_parts();
-    let mut json = json_error(parts.status, error);
+    let default = rejection.clone().into_response();
+    let mut json = json_error(default.status(), text);
     for name in [header::WWW_AUTHENTICATE, header::RETRY_AFTER] {
-        if let Some(value) = parts.headers.get(&name) {
+        if let Some(value) = default.headers().get(&name) {
             json.headers_mut().insert(name, value.clone());
         }
     }
-    *json.extensions_mut() = parts.extensions;
     json
-}
-
-fn refusal_text(response: &Response) -> Option<String> {
-    let extensions = response.extensions();
-    if let Some(error) = extensions.get::<AuthError>() {
-        return Some(match error {
-            AuthError::Missing => "missing bearer token".to_owned(),
-            error => format!("invalid token: {error}"),
-        });
-    }
-    if let Some(error) = extensions.get::<RevokeError>() {
-        return Some(match error {
-            RevokeError::Revoked => "token revoked".to_owned(),
-            _ => "Redis is unavailable".to_owned(),
-        });
-    }
-    // Fleet mode under `--redis-failure refuse`: the revocation check could not ask Redis.
-    #[cfg(feature = "redis")]
-    if extensions.get::<wsguard::fleet::FleetError>().is_some() {
-        return Some("Redis is unavailable".to_owned());
-    }
-    None
 }

@@ -139,9 +139,8 @@ pub(crate) fn router(
     let caller_routes = Router::new()
         .route("/prices", post(rest::post_price).layer(publish_rate))
         .route("/revoke", post(rest::revoke))
-        .layer(RevocationLayer::new(app.revocations.clone()))
-        .layer(HandshakeAuthLayer::new(app.verifier.clone()))
-        .layer(middleware::map_response(json::layer_refusals));
+        .layer(RevocationLayer::new(app.revocations.clone()).on_rejection(json::refusal))
+        .layer(HandshakeAuthLayer::new(app.verifier.clone()).on_rejection(json::refusal));
 
     let mut router = Router::new()
         .route("/", get(|| async { Html(include_str!("page.html")) }))
