@@ -210,7 +210,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         report.line("");
     }
     if args.only.contains(&Scenario::Memory) {
-        memory_scenario(&mut report, args.idle_sockets, rounds).await?;
+        memory_scenario(
+            &mut report,
+            args.idle_sockets,
+            rounds,
+            args.guarded_read_buffer,
+        )
+        .await?;
     }
     report.line(format!(
         "total {:.0} s; load average at end: {}",
@@ -251,7 +257,13 @@ impl Server {
     async fn spawn(mut cmd: Command, token: Option<String>) -> Result<Self, BoxError> {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                if std::env::var_os("WSGUARD_BENCH_SERVER_STDERR").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                },
+            )
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -651,7 +663,12 @@ async fn fanout_scenario(
     Ok(points)
 }
 
-async fn memory_scenario(report: &mut Report, n: usize, rounds: usize) -> Result<(), BoxError> {
+async fn memory_scenario(
+    report: &mut Report,
+    n: usize,
+    rounds: usize,
+    read_buffer: Option<usize>,
+) -> Result<(), BoxError> {
     report.line(format!(
         "## 4. resident memory per idle socket at {n} sockets (VmRSS after − before, / sockets)"
     ));
@@ -662,7 +679,8 @@ async fn memory_scenario(report: &mut Report, n: usize, rounds: usize) -> Result
         let load = loadavg();
         let mut row = Vec::new();
         for kind in [server::Kind::Bare, server::Kind::GuardedDefaults] {
-            let server = Server::start(kind).await?;
+            let read_buffer = read_buffer.filter(|_| kind == server::Kind::GuardedDefaults);
+            let server = Server::start_with(kind, read_buffer).await?;
             // Warm the runtime and allocator with a few sockets first.
             let (warm, _) = client::connect_many(&server.target, 32, 8).await;
             drop(warm);

@@ -71,8 +71,12 @@ impl SocketPolicyLayer {
         self
     }
 
-    /// The read buffer of each socket, in bytes. Default 4 KiB (tungstenite's is 128 KiB),
-    /// so an idle socket costs little memory.
+    /// tungstenite's read buffer of each socket, in bytes: the most the protocol takes in one
+    /// step. Default 1 KiB (tungstenite's is 128 KiB). It is kept (and zero-filled) for the
+    /// socket's whole life, so it is most of an idle socket's memory; it does not limit
+    /// speed, since the connection itself is read in 64 KiB steps into buffers lent from a
+    /// per-thread pool only while data flows (see the [module docs](super)). A value of
+    /// 64 KiB or more reads the connection into it directly.
     pub fn read_buffer_size(mut self, bytes: NonZeroUsize) -> Self {
         self.config.read_buffer_size = bytes.get();
         self

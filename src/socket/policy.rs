@@ -42,7 +42,7 @@ impl Default for Config {
         Self {
             max_message_size: 64 * 1024,
             max_frame_size: 64 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             write_buffer_size: 4 * 1024,
             max_write_buffer_size: None,
             message_rate: Some(MessageRate {

@@ -13,8 +13,12 @@ use axum::{
     },
     response::Response,
 };
+use futures_util::{
+    FutureExt,
+    future::{self, Either},
+};
 use http::{HeaderValue, StatusCode, Version, header, request::Parts};
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
@@ -22,7 +26,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use super::{
     CloseSignal, GuardedSocket, driver,
     policy::SocketPolicy,
-    wire::{AxumMessages, WireIo, WireReport},
+    wire::{AxumMessages, WireIo, WireLimits, WireReport},
 };
 use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 
@@ -203,46 +207,86 @@ impl GuardedUpgrade {
         if let Some(max) = cfg.max_write_buffer_size {
             config.max_write_buffer_size = max;
         }
-        let limits = cfg.wire();
-        let drain_bytes = cfg.drain_bytes();
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade {
-                Some(on_upgrade) => on_upgrade.await.map_err(|e| e.to_string()),
-                None => Err("connection not upgradable".to_owned()),
-            };
-            let upgraded = match upgraded {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::debug!(
-                        name: "wsguard.socket.upgrade_failed",
-                        target: "wsguard::socket",
-                        client_ip = client_ip.map(|ip| ip.0.to_string()),
-                        error,
-                        "WebSocket upgrade failed"
-                    );
-                    return;
-                }
-            };
-            let report = Arc::new(WireReport::default());
-            let io = WireIo::new(TokioIo::new(upgraded), limits, drain_bytes, report.clone());
-            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        let socket = Setup {
+            config,
+            limits: cfg.wire(),
+            drain_bytes: cfg.drain_bytes(),
+            protocol,
+            policy,
+            permit,
+            principal,
+            client_ip,
+            signal,
+        };
+        // Built from combinators rather than one `async` block: a block keeps everything it
+        // captured for the socket's whole life, while each of these steps gives up its
+        // state to the next, so the long-lived task holds little more than the driver and
+        // the handler's future.
+        let upgraded = match on_upgrade {
+            Some(on_upgrade) => Either::Left(on_upgrade.map(|r| r.map_err(|e| e.to_string()))),
+            None => Either::Right(future::ready(Err("connection not upgradable".to_owned()))),
+        };
+        tokio::spawn(upgraded.then(move |upgraded| match upgraded {
+            Ok(upgraded) => Either::Left(socket.run(upgraded, callback)),
+            Err(error) => {
+                tracing::debug!(
+                    name: "wsguard.socket.upgrade_failed",
+                    target: "wsguard::socket",
+                    client_ip = socket.client_ip.map(|ip| ip.0.to_string()),
+                    error,
+                    "WebSocket upgrade failed"
+                );
+                Either::Right(future::ready(()))
+            }
+        }));
+        response
+    }
+}
+
+/// What a socket is set up with once the connection is upgraded.
+struct Setup {
+    config: WebSocketConfig,
+    limits: WireLimits,
+    drain_bytes: u64,
+    protocol: Option<HeaderValue>,
+    policy: SocketPolicy,
+    permit: Option<ConnectionPermit>,
+    principal: Option<Principal>,
+    client_ip: Option<ClientIp>,
+    signal: Option<CloseSignal>,
+}
+
+impl Setup {
+    /// Runs the protocol over the wire adapter, and the driver beside the handler.
+    fn run<C, Fut>(self, upgraded: Upgraded, callback: C) -> impl Future<Output = ()> + Send
+    where
+        C: FnOnce(GuardedSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let report = Arc::new(WireReport::default());
+        let io = WireIo::new(
+            TokioIo::new(upgraded),
+            self.limits,
+            self.drain_bytes,
+            report.clone(),
+        );
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(self.config)).then(move |ws| {
             let (socket, driver) = driver::start(
                 AxumMessages(ws),
                 Some(report),
-                protocol,
-                policy,
-                permit,
-                principal,
-                client_ip,
+                self.protocol,
+                self.policy,
+                self.permit,
+                self.principal,
+                self.client_ip,
             );
-            if let Some(signal) = signal {
-                signal.attach(driver.shared());
+            if let Some(signal) = self.signal {
+                signal.attach(driver::Driver::shared(&driver));
             }
-            futures_util::future::join(driver, callback(socket)).await;
-        });
-        response
+            future::join(driver, callback(socket)).map(|_| ())
+        })
     }
 }
 

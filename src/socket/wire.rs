@@ -5,8 +5,15 @@
 //! in a token bucket, fragments per message, and records when the message in progress started,
 //! for the driver's deadline. On a violation it stops passing bytes up and reports the cause
 //! in a [`WireReport`], where the driver sees it.
+//!
+//! It is also where the read buffer lives. The connection is read in [`LEND`]-byte steps into
+//! a buffer lent by a per-thread pool, and only for as long as bytes read are not yet passed
+//! up: an idle socket holds none, a large message arrives in as few reads as with a large
+//! buffer of its own, and tungstenite's own per-socket buffer can stay small (its reads are
+//! then copies from the lent buffer, not system calls).
 
 use std::{
+    cell::RefCell,
     fmt, io,
     pin::Pin,
     sync::{Mutex, PoisonError},
@@ -232,6 +239,8 @@ impl FrameMeter {
 /// The upgraded connection with a [`FrameMeter`] on its read side.
 pub(crate) struct WireIo<T> {
     io: T,
+    /// Bytes read from `io` and not yet passed up, in a lent buffer.
+    unread: Option<Unread>,
     meter: FrameMeter,
     report: std::sync::Arc<WireReport>,
     last: Report,
@@ -246,6 +255,7 @@ pub(crate) struct WireIo<T> {
 impl<T> fmt::Debug for WireIo<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WireIo")
+            .field("unread", &self.unread.as_ref().map(Unread::len))
             .field("meter", &self.meter)
             .field("violated", &self.violated)
             .field("drain_left", &self.drain_left)
@@ -265,6 +275,7 @@ impl<T> WireIo<T> {
     ) -> Self {
         Self {
             io,
+            unread: None,
             meter: FrameMeter::new(limits, Instant::now()),
             report,
             last: Report::default(),
@@ -282,32 +293,130 @@ impl<T> WireIo<T> {
     }
 }
 
+/// The size of a lent read buffer: the most one read of the connection takes.
+pub(crate) const LEND: usize = 64 * 1024;
+
+/// Free buffers a thread keeps for lending; more are freed when given back.
+const KEEP: usize = 4;
+
+thread_local! {
+    static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A [`LEND`]-byte buffer from this thread's pool, or a new one.
+fn borrow_buffer() -> Box<[u8]> {
+    FREE.try_with(|free| free.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0; LEND].into_boxed_slice())
+}
+
+/// Gives `buf` back to this thread's pool (or frees it).
+fn give_back(buf: Box<[u8]>) {
+    let _ = FREE.try_with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEEP {
+            free.push(buf);
+        }
+    });
+}
+
+/// Bytes read from the connection and not yet passed up, in a lent buffer (given back when
+/// dropped).
+struct Unread {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+}
+
+impl Unread {
+    fn bytes(&self) -> &[u8] {
+        self.buf
+            .as_deref()
+            .map_or(&[], |buf| &buf[self.pos..self.end])
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.pos
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_back(buf);
+        }
+    }
+}
+
 /// How many reads a drain makes in one poll before yielding.
 const DRAIN_READS: usize = 16;
 
-/// The size of one drain read, on the stack.
-const DRAIN_CHUNK: usize = 4096;
-
 impl<T: AsyncRead + Unpin> WireIo<T> {
+    /// Reads at most `max` bytes of the connection into a lent buffer, unless bytes are still
+    /// unread there. Ready with `Ok(false)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<bool>> {
+        if self.unread.is_some() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut lent = Unread {
+            buf: Some(borrow_buffer()),
+            pos: 0,
+            end: 0,
+        };
+        let Some(buf) = lent.buf.as_deref_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        let max = max.clamp(1, buf.len());
+        let mut read = ReadBuf::new(&mut buf[..max]);
+        // On `Pending` or an error the buffer goes back to the pool with `lent`.
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        lent.end = read.filled().len();
+        if lent.end == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        self.unread = Some(lent);
+        Poll::Ready(Ok(true))
+    }
+
+    /// Moves up to `buf.remaining()` unread bytes into `buf`, giving the lent buffer back once
+    /// they are all passed up.
+    fn take_unread(&mut self, buf: &mut ReadBuf<'_>) {
+        if let Some(unread) = &mut self.unread {
+            let n = unread.len().min(buf.remaining());
+            buf.put_slice(&unread.bytes()[..n]);
+            unread.pos += n;
+            if unread.len() == 0 {
+                self.unread = None;
+            }
+        }
+    }
+
+    /// Drops the unread bytes (the protocol will never see them): followed by the meter and
+    /// counted against the drain.
+    fn discard_unread(&mut self) {
+        if let Some(unread) = self.unread.take() {
+            let rest = unread.bytes();
+            self.drain_left = self.drain_left.saturating_sub(rest.len() as u64);
+            let _ = self.meter.feed(rest, Instant::now());
+        }
+    }
+
     /// The lingering close, below the protocol: reads what the peer sends and drops it (so
     /// that the connection is not reset, losing the close frame in flight, for unread data),
     /// until the peer's close frame has passed, the stream ends or fails, or the byte budget
     /// is spent. Ready once the drain is over.
     pub(crate) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         for _ in 0..DRAIN_READS {
+            // Bytes read and not passed up come first: they precede anything still to read.
+            self.discard_unread();
             if self.drained || self.meter.close_seen() || self.drain_left == 0 {
                 self.drained = true;
                 return Poll::Ready(());
             }
-            let mut chunk = [0u8; DRAIN_CHUNK];
-            let mut buf = ReadBuf::new(&mut chunk);
-            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
-                Ok(()) if !buf.filled().is_empty() => {
-                    let got = buf.filled();
-                    self.drain_left = self.drain_left.saturating_sub(got.len() as u64);
-                    // Only followed now (the meter counts nothing after the protocol ends).
-                    let _ = self.meter.feed(got, Instant::now());
-                }
+            let budget = usize::try_from(self.drain_left).unwrap_or(usize::MAX);
+            match ready!(self.poll_fill(cx, budget)) {
+                Ok(true) => {}
                 _ => self.drained = true,
             }
         }
@@ -332,7 +441,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if this.unread.is_none() && buf.remaining() >= LEND {
+            // A buffer as large as a lent one: read into it directly.
+            ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        } else if ready!(this.poll_fill(cx, LEND))? {
+            this.take_unread(buf);
+        }
         let filled = &buf.filled()[before..];
         if filled.is_empty() {
             return Poll::Ready(Ok(()));
@@ -349,8 +463,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
             Err((at, cause)) => {
                 this.violated = true;
                 // The bytes after the offending frame's start are dropped here: they count
-                // against the drain.
+                // against the drain, as do those read and not passed up yet.
                 this.drain_left = this.drain_left.saturating_sub((filled.len() - at) as u64);
+                this.discard_unread();
                 this.publish(Report {
                     violation: Some(cause),
                     started: None,

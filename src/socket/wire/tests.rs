@@ -266,7 +266,8 @@ async fn the_drain_ends_at_the_peers_close_the_end_of_the_stream_or_the_budget()
     let cases = [
         DrainCase {
             name: "the peer's close frame",
-            sent: [junk.clone(), close.clone(), junk.clone()].concat(),
+            // More after the close than one read takes.
+            sent: [junk.clone(), close.clone(), vec![0; 2 * super::LEND]].concat(),
             eof: false,
             budget: 1 << 20,
             read: junk.len() + close.len(),
@@ -287,7 +288,7 @@ async fn the_drain_ends_at_the_peers_close_the_end_of_the_stream_or_the_budget()
         },
     ];
     for case in cases {
-        let (server, mut peer) = tokio::io::duplex(64 * 1024);
+        let (server, mut peer) = tokio::io::duplex(4 * super::LEND);
         let report = std::sync::Arc::new(super::WireReport::default());
         let mut io = super::WireIo::new(server, limits(1000, 10), case.budget, report);
         peer.write_all(&case.sent).await.unwrap();
@@ -301,13 +302,114 @@ async fn the_drain_ends_at_the_peers_close_the_end_of_the_stream_or_the_budget()
         tokio::io::AsyncReadExt::read_to_end(&mut io.io, &mut rest)
             .await
             .unwrap();
-        // The drain reads in chunks: the budget may be overshot by less than one.
+        // The drain reads in lent buffers: it may read past the close frame by less than one
+        // (never past the budget).
         let read = case.sent.len() - rest.len();
         assert!(
-            read >= case.read && read < case.read + super::DRAIN_CHUNK,
+            read >= case.read && read < case.read + super::LEND,
             "{}: read {read}, expected {}",
             case.name,
             case.read
         );
     }
+}
+
+/// An IO that counts the reads that reach it.
+struct CountingIo<T> {
+    io: T,
+    reads: usize,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.reads += 1;
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+#[tokio::test]
+async fn small_reads_above_take_one_lent_read_below_and_an_idle_socket_holds_no_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, mut peer) = tokio::io::duplex(4 * super::LEND);
+    let report = std::sync::Arc::new(super::WireReport::default());
+    let counting = CountingIo {
+        io: server,
+        reads: 0,
+    };
+    let mut io = super::WireIo::new(counting, limits(1000, 10), 0, report.clone());
+    let message = frame(true, BINARY, &[7; 40_000]);
+    peer.write_all(&message).await.unwrap();
+
+    // Read as tungstenite does with a small buffer: 1 KiB at a time.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while got.len() < message.len() {
+        let n = io.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, message);
+    assert_eq!(
+        io.io.reads, 1,
+        "one read of the connection for the whole message"
+    );
+    assert!(
+        io.unread.is_none(),
+        "the buffer is given back once passed up"
+    );
+    assert!(report.violation().is_none());
+
+    // Nothing to read: the read is pending and holds no buffer.
+    let pending = futures_util::FutureExt::now_or_never(io.read(&mut chunk));
+    assert!(pending.is_none());
+    assert!(io.unread.is_none());
+
+    // A read as large as a lent buffer goes straight to the connection.
+    peer.write_all(&message).await.unwrap();
+    let reads = io.io.reads;
+    let mut large = vec![0u8; super::LEND];
+    let n = io.read(&mut large).await.unwrap();
+    assert_eq!(&large[..n], &message[..n]);
+    assert_eq!(io.io.reads, reads + 1);
+    assert!(io.unread.is_none());
+}
+
+#[tokio::test]
+async fn a_violation_in_lent_bytes_passes_up_what_precedes_it_and_drops_the_rest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (server, mut peer) = tokio::io::duplex(4 * super::LEND);
+    let report = std::sync::Arc::new(super::WireReport::default());
+    // Two frames allowed: the third breaks the frame rate.
+    let mut io = super::WireIo::new(server, limits(2, 10), 1 << 20, report.clone());
+    let ok = frame(true, BINARY, &[1; 100]);
+    let bad = frame(true, BINARY, &[2; 3000]);
+    let close = frame(true, 0x8, &1000u16.to_be_bytes());
+    let sent = [ok.clone(), ok.clone(), bad.clone(), close].concat();
+    peer.write_all(&sent).await.unwrap();
+
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64];
+    loop {
+        match futures_util::FutureExt::now_or_never(io.read(&mut chunk)) {
+            Some(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        got,
+        [ok.clone(), ok].concat(),
+        "the frames before the offending one"
+    );
+    assert_eq!(report.violation(), Some(CloseCause::FrameRate));
+    assert!(io.unread.is_none(), "the rest is dropped");
+    assert!(
+        io.meter.close_seen(),
+        "and still followed: the peer's close frame was seen"
+    );
 }
