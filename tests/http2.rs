@@ -226,8 +226,7 @@ async fn a_cross_site_origin_or_a_rebound_authority_is_refused_with_403() {
             ],
         )
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
 
     // DNS rebinding: the `:authority` (there is no `Host` in HTTP/2) is the attacker's name.
@@ -241,8 +240,7 @@ async fn a_cross_site_origin_or_a_rebound_authority_is_refused_with_403() {
             ],
         )
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     // The connection still serves the good handshake.
     assert!(open(&mut client, ALICE).await.is_ok());
@@ -255,18 +253,14 @@ async fn a_missing_or_wrong_credential_is_refused_with_401_and_the_subprotocol_t
     let refused = client
         .websocket("/ws", &[("origin", ORIGIN)])
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
     assert!(
         refused.headers.contains_key("www-authenticate"),
         "{:?}",
         refused.headers
     );
-    let refused = open(&mut client, "wrong-token")
-        .await
-        .err()
-        .expect("refused");
+    let refused = open(&mut client, "wrong-token").await.expect_err("refused");
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
 
     // What a browser sends: the token as a `Sec-WebSocket-Protocol` entry. Only the real
@@ -303,7 +297,7 @@ async fn the_quota_counts_every_stream_of_one_connection() {
     }
     // One TCP connection, three sockets held.
     assert_eq!(quota.active_for_ip(LOOPBACK), PER_IP);
-    let refused = open(&mut client, BOB).await.err().expect("over the quota");
+    let refused = open(&mut client, BOB).await.expect_err("over the quota");
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -355,7 +349,7 @@ async fn the_handshake_rate_counts_every_stream_of_one_connection() {
     let mut client = connect(addr).await;
     let _first = open(&mut client, ALICE).await.expect("first handshake");
     let _second = open(&mut client, ALICE).await.expect("second handshake");
-    let refused = open(&mut client, ALICE).await.err().expect("over the rate");
+    let refused = open(&mut client, ALICE).await.expect_err("over the rate");
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -374,7 +368,7 @@ async fn the_handshake_rate_counts_every_stream_of_one_connection() {
     );
     // A new connection from the same address is the same client.
     let mut other = connect(addr).await;
-    let refused = open(&mut other, BOB).await.err().expect("same client");
+    let refused = open(&mut other, BOB).await.expect_err("same client");
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
 }
 
@@ -386,11 +380,10 @@ async fn failed_credentials_on_streams_of_one_connection_lock_the_client_out() {
     for n in 0..2 {
         let refused = open(&mut client, &format!("guess-{n}"))
             .await
-            .err()
-            .expect("a guess");
+            .expect_err("a guess");
         assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "guess {n}");
     }
-    let refused = open(&mut client, ALICE).await.err().expect("locked out");
+    let refused = open(&mut client, ALICE).await.expect_err("locked out");
     assert_eq!(
         refused.status,
         StatusCode::TOO_MANY_REQUESTS,
@@ -434,7 +427,7 @@ async fn revoking_the_identity_closes_its_http2_socket_with_1008() {
     assert_eq!(next_text(&mut bob).await, "HTTP/2.0");
     assert_eq!(registry.revoke_identity("alice").await.ok(), Some(1));
     assert_eq!(close_code(&mut alice).await, Some(CloseCode::Policy));
-    let refused = open(&mut client, ALICE).await.err().expect("revoked");
+    let refused = open(&mut client, ALICE).await.expect_err("revoked");
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     bob.send(Message::text("bob stays")).await.expect("send");
     assert_eq!(next_text(&mut bob).await, "bob stays");

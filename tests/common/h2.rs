@@ -107,6 +107,11 @@ impl H2Client {
         Self::handshake(tcp, &format!("http://{authority}")).await
     }
 
+    /// `scheme://authority` of this connection's requests.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends `request` on a new stream of this connection.
     pub async fn send(&mut self, request: Request<Body>) -> Response<Incoming> {
         self.send.ready().await.expect("connection usable");
