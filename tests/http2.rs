@@ -49,11 +49,14 @@ fn tokens() -> StaticTokens<()> {
         .token(BOB, "bob", ())
 }
 
-/// The application's origin and host, the bearer header or a `bearer.` subprotocol entry.
+/// The application's origin and host; the token as a bearer header, a `bearer.` subprotocol
+/// entry, a `token` query parameter or a `session` cookie.
 fn guard() -> WsGuard<StaticTokens<()>> {
     let sources = [
         CredentialSource::authorization(),
         CredentialSource::subprotocol("bearer.").expect("valid prefix"),
+        CredentialSource::query("token").expect("valid name"),
+        CredentialSource::cookie("session").expect("valid name"),
     ];
     WsGuard::with_auth(HandshakeAuthLayer::new(tokens()).sources(sources))
         .allow_origin(ORIGIN)
@@ -278,6 +281,39 @@ async fn a_missing_or_wrong_credential_is_refused_with_401_and_the_subprotocol_t
         Some("chat.v1")
     );
     assert_eq!(next_text(&mut ws).await, "HTTP/2.0");
+}
+
+/// The query and cookie sources read an HTTP/2 request as an HTTP/1.1 one: the `:path`
+/// query, and cookies split over several `cookie` fields (as HTTP/2 clients may send them,
+/// RFC 9113 §8.2.3).
+#[tokio::test]
+async fn query_and_split_cookie_credentials_work_over_http2() {
+    let addr = serve(guard()).await;
+    let mut client = connect(addr).await;
+    let path = format!("/ws?room=1&token={ALICE}");
+    let (mut ws, _) = client
+        .websocket(&path, &[("origin", ORIGIN)])
+        .await
+        .expect("the query token");
+    assert_eq!(next_text(&mut ws).await, "HTTP/2.0");
+    let session = format!("session={BOB}");
+    let (mut ws, _) = client
+        .websocket(
+            "/ws",
+            &[
+                ("origin", ORIGIN),
+                ("cookie", "theme=dark"),
+                ("cookie", &session),
+            ],
+        )
+        .await
+        .expect("the cookie in the second field");
+    assert_eq!(next_text(&mut ws).await, "HTTP/2.0");
+    let refused = client
+        .websocket("/ws?token=wrong-token", &[("origin", ORIGIN)])
+        .await
+        .expect_err("a wrong query token");
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
 }
 
 #[tokio::test]
