@@ -115,6 +115,69 @@
 //! # }
 //! ```
 //!
+//! # HTTP/2
+//!
+//! The whole guard works the same over HTTP/2 WebSockets (RFC 8441): the handshake is an
+//! extended `CONNECT` with `:protocol websocket` instead of an `Upgrade` header, and the
+//! socket is one stream of a connection that can carry many. The origin guard treats every
+//! `CONNECT` as a handshake and takes the host from `:authority`; the credential sources
+//! (including the `Sec-WebSocket-Protocol` entry browsers use) read the same headers; the
+//! rate limit counts each stream's handshake and the quotas each stream's socket, so
+//! multiplexing many sockets over one TCP connection gains a client nothing. The socket
+//! policy, revocation and close codes apply to each stream on its own, and ending one stream
+//! frees its quota slot while the connection's other sockets go on.
+//! [`GuardedUpgrade`](socket::GuardedUpgrade) answers `200` and upgrades only
+//! `:protocol websocket`.
+//!
+//! The server has to enable extended `CONNECT`: `axum::serve` does with axum's `http2`
+//! feature; a hyper server does with `hyper_util::server::conn::auto::Builder`'s
+//! `.http2().enable_connect_protocol()`. Browsers use it for a page's socket over TLS (ALPN
+//! `h2`) when the page's connection to the server is already HTTP/2; otherwise they open an
+//! HTTP/1.1 upgrade, which the guard checks the same way. `tests/http2.rs` runs the guard
+//! against a real HTTP/2 client.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
+//! use http::{Method, Request, StatusCode, Version};
+//! use tower::ServiceExt;
+//! use wsguard::{WsGuard, auth::StaticTokens, socket::GuardedUpgrade};
+//!
+//! async fn ws(upgrade: GuardedUpgrade) -> Response {
+//!     upgrade.on_upgrade(|_socket| async {})
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ()))
+//!     .allow_origin("https://app.example.com")?
+//!     .allow_host("api.example.com")?;
+//! // `any`: an HTTP/2 handshake is a `CONNECT`, not a `GET`.
+//! let app = Router::new().route("/ws", any(ws)).layer(guard);
+//!
+//! // What hyper's HTTP/2 server hands the app for an extended `CONNECT`.
+//! let handshake = |origin: &str| {
+//!     let mut req = Request::builder()
+//!         .method(Method::CONNECT)
+//!         .version(Version::HTTP_2)
+//!         .uri("https://api.example.com/ws")
+//!         .extension(hyper::ext::Protocol::from_static("websocket"))
+//!         .header("origin", origin)
+//!         .header("sec-websocket-version", "13")
+//!         .header("authorization", "Bearer s3cret-token")
+//!         .body(Body::empty())?;
+//!     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
+//!     Ok::<_, http::Error>(req)
+//! };
+//! let res = app.clone().oneshot(handshake("https://evil.example")?).await?;
+//! assert_eq!(res.status(), StatusCode::FORBIDDEN);
+//! // Through every layer; `oneshot` has no connection to upgrade, so the extractor answers 426.
+//! let res = app.oneshot(handshake("https://app.example.com")?).await?;
+//! assert_eq!(res.status(), StatusCode::UPGRADE_REQUIRED);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Rejections
 //!
 //! Every rejection is an ordinary HTTP response with a precise status code, a short plain-text

@@ -182,7 +182,8 @@
 //! idle timeout (nginx's `proxy_read_timeout`, 60 s by default): keep the heartbeat interval
 //! below it. The identity and client address come from the auth and client-IP layers, which
 //! must run before this one. HTTP/2 extended `CONNECT` (RFC 8441) is answered with `200` as
-//! axum does, when the server enables it.
+//! axum does, when the server enables it; each stream is a socket with its own policy (see
+//! [HTTP/2](crate#http2)).
 //!
 //! [`ConnectionPermit`]: crate::rate_limit::ConnectionPermit
 //! [`Principal`]: crate::auth::Principal

@@ -45,7 +45,10 @@ use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 /// - reads [`Principal`] (identity and expiry) and [`ClientIp`] (log field), if present;
 /// - **removes** the [`CloseSignal`], if a layer put one there, and attaches it to the socket
 ///   so that revoking it closes the socket with `1008`;
-/// - sets the size and buffer limits on the upgrade.
+/// - sets the size and buffer limits on the upgrade;
+/// - over HTTP/2 (RFC 8441), answers `200` and upgrades only an extended `CONNECT` whose
+///   `:protocol` is `websocket`. Any other `CONNECT` is refused as not upgradable (`426`),
+///   or with `400` by axum itself when its `http2` feature is on.
 ///
 /// ```
 /// use axum::response::Response;
@@ -101,6 +104,13 @@ where
     type Rejection = WebSocketUpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.version >= Version::HTTP_2 && !is_websocket_protocol(parts) {
+            // An HTTP/2 `CONNECT` is a WebSocket handshake only with `:protocol websocket`
+            // (RFC 8441). axum checks this only with its `http2` feature, which a server
+            // built on hyper directly need not enable: without the upgrade state, axum's
+            // extractor refuses the request as not upgradable.
+            parts.extensions.remove::<OnUpgrade>();
+        }
         // `OnUpgrade` is a shared handle: axum's extractor validates the handshake (and its
         // rejections stay axum's) and takes its copy, which is then simply dropped.
         let on_upgrade = parts.extensions.get::<OnUpgrade>().cloned();
@@ -288,6 +298,14 @@ impl Setup {
             future::join(driver, callback(socket)).map(|_| ())
         })
     }
+}
+
+/// Whether an HTTP/2 request's `:protocol` pseudo-header is `websocket`.
+fn is_websocket_protocol(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|protocol| protocol.as_str() == "websocket")
 }
 
 /// The handshake answer, as axum gives it: `101 Switching Protocols` with

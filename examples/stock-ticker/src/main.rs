@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo run --release -p stock-ticker`, then open <http://127.0.0.1:8000> and
 //! sign in (`demo` / `demo` on a new database). `--tls` serves https/wss with a self-signed
-//! certificate; `--help` lists every flag with its default.
+//! certificate, over HTTP/2 (the page's socket is then an extended CONNECT stream, RFC 8441)
+//! or HTTP/1.1; `--help` lists every flag with its default.
 //!
 //! The WebSocket route `/ws` goes through, in order: origin guard → client IP → handshake rate
 //! limit → brute-force throttle → ticket authentication (`Authorization: Bearer`, a

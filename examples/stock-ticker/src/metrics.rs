@@ -1,4 +1,5 @@
-//! Prometheus metrics: open connections, rejections by cause, pushes, slow-consumer actions.
+//! Prometheus metrics: open connections, sockets opened by HTTP version, rejections by cause,
+//! pushes, slow-consumer actions.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use axum::{extract::Request, middleware::Next, response::Response};
-use http::StatusCode;
+use http::{StatusCode, Version};
 
 #[derive(Default)]
 pub(crate) struct Metrics {
@@ -18,6 +19,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_total: AtomicU64,
     pub(crate) messages_pushed: AtomicU64,
     pub(crate) client_messages: AtomicU64,
+    /// Sockets opened, by the HTTP version of their handshake.
+    opened: Mutex<BTreeMap<String, u64>>,
     rejections: Mutex<BTreeMap<String, u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
     slow_consumer: Mutex<BTreeMap<String, u64>>,
@@ -30,6 +33,12 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str, by: u64) {
 }
 
 impl Metrics {
+    /// A socket was opened by a handshake over `version` (`HTTP/1.1` upgrade or `HTTP/2.0`
+    /// extended CONNECT): a handful of label values.
+    pub(crate) fn opened(&self, version: Version) {
+        bump(&self.opened, &format!("{version:?}"), 1);
+    }
+
     pub(crate) fn rejected(&self, cause: &str) {
         bump(&self.rejections, cause, 1);
     }
@@ -73,6 +82,13 @@ impl Metrics {
             "ticker_connections_total",
             "WebSocket connections accepted.",
             self.connections_total.load(Relaxed),
+        );
+        labelled(
+            &mut out,
+            "ticker_sockets_opened_total",
+            "WebSocket sockets opened, by the HTTP version of the handshake.",
+            "version",
+            &self.opened,
         );
         counter(
             &mut out,

@@ -44,8 +44,9 @@ pub(crate) fn tls_acceptor(
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    // WebSocket runs over HTTP/1.1 here.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first: browsers then run the page's WebSocket as one more stream of the page's
+    // connection (extended CONNECT, RFC 8441); HTTP/1.1 upgrades for the other clients.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -82,6 +83,11 @@ pub(crate) async fn serve(
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout);
+            // WebSockets over HTTP/2 streams: the SETTINGS announce extended CONNECT.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .enable_connect_protocol();
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {

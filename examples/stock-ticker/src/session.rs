@@ -8,6 +8,7 @@ use std::{
 
 use axum::{
     extract::{State, ws::Message},
+    http::Version,
     response::Response,
 };
 use serde::Deserialize;
@@ -17,10 +18,16 @@ use wsguard::socket::{CloseCause, GuardedSocket, GuardedUpgrade};
 
 use crate::{App, db, metrics::Metrics};
 
-pub(crate) async fn ws(State(app): State<App>, upgrade: GuardedUpgrade) -> Response {
+/// `/ws`: an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT (one stream of a connection that
+/// may carry many); the guard has checked either the same way.
+pub(crate) async fn ws(
+    State(app): State<App>,
+    version: Version,
+    upgrade: GuardedUpgrade,
+) -> Response {
     upgrade
         .protocols(["ticker.v1"])
-        .on_upgrade(move |socket| session(app, socket))
+        .on_upgrade(move |socket| session(app, version, socket))
 }
 
 /// Decrements the open-connection gauge however the session ends.
@@ -39,7 +46,13 @@ enum ClientMessage {
     Unsubscribe { symbols: Vec<String> },
 }
 
-pub(crate) async fn session(app: App, mut socket: GuardedSocket) {
+pub(crate) async fn session(app: App, version: Version, mut socket: GuardedSocket) {
+    tracing::info!(
+        http_version = ?version,
+        client_ip = socket.client_ip().map(|ip| ip.0.to_string()),
+        "socket opened"
+    );
+    app.metrics.opened(version);
     app.metrics.connections_open.fetch_add(1, Relaxed);
     app.metrics.connections_total.fetch_add(1, Relaxed);
     let _open = OpenGuard(app.metrics.clone());
