@@ -20,7 +20,9 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::{
-    CloseSignal, GuardedSocket, driver,
+    CloseSignal, GuardedSocket,
+    drain::DrainTicket,
+    driver,
     policy::SocketPolicy,
     wire::{AxumMessages, WireIo, WireReport},
 };
@@ -41,6 +43,9 @@ use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 /// - reads [`Principal`] (identity and expiry) and [`ClientIp`] (log field), if present;
 /// - **removes** the [`CloseSignal`], if a layer put one there, and attaches it to the socket
 ///   so that revoking it closes the socket with `1008`;
+/// - **removes** the registration of a [`DrainLayer`](super::DrainLayer), if there is one,
+///   and keeps it with the socket's task, so that the [`Drain`](super::Drain) closes the
+///   socket with `1001`, waits for it, or ends its task by force at its deadline;
 /// - sets the size and buffer limits on the upgrade.
 ///
 /// ```
@@ -74,6 +79,7 @@ pub struct GuardedUpgrade {
     principal: Option<Principal>,
     client_ip: Option<ClientIp>,
     signal: Option<CloseSignal>,
+    drain: Option<DrainTicket>,
 }
 
 impl fmt::Debug for GuardedUpgrade {
@@ -86,6 +92,7 @@ impl fmt::Debug for GuardedUpgrade {
             .field("principal", &self.principal)
             .field("client_ip", &self.client_ip)
             .field("signal", &self.signal)
+            .field("drain", &self.drain)
             .finish()
     }
 }
@@ -134,6 +141,7 @@ where
             principal: parts.extensions.get::<Principal>().cloned(),
             client_ip: parts.extensions.get::<ClientIp>().copied(),
             signal: parts.extensions.remove::<CloseSignal>(),
+            drain: parts.extensions.remove::<DrainTicket>(),
         })
     }
 }
@@ -193,6 +201,7 @@ impl GuardedUpgrade {
             principal,
             client_ip,
             signal,
+            drain,
         } = self;
         let cfg = policy.config();
         let mut config = WebSocketConfig::default();
@@ -207,7 +216,13 @@ impl GuardedUpgrade {
         let drain_bytes = cfg.drain_bytes();
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
-        tokio::spawn(async move {
+        if let (Some(drain), Some(permit)) = (&drain, &permit) {
+            drain.wait_for(permit.releases());
+        }
+        let for_task = drain.clone();
+        let task = tokio::spawn(async move {
+            // Held until the task ends (or is aborted): the drain waits for it.
+            let drain = for_task;
             let upgraded = match on_upgrade {
                 Some(on_upgrade) => on_upgrade.await.map_err(|e| e.to_string()),
                 None => Err("connection not upgradable".to_owned()),
@@ -240,8 +255,14 @@ impl GuardedUpgrade {
             if let Some(signal) = signal {
                 signal.attach(driver.shared());
             }
+            if let Some(drain) = &drain {
+                drain.signal().attach(driver.shared());
+            }
             futures_util::future::join(driver, callback(socket)).await;
         });
+        if let Some(drain) = drain {
+            drain.set_abort(task.abort_handle());
+        }
         response
     }
 }
