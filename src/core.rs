@@ -196,6 +196,68 @@ pub(crate) fn identity(extensions: &Extensions) -> Option<&str> {
     principal(extensions).map(Principal::subject)
 }
 
+/// A WebSocket handshake is an HTTP/1.1 request whose `Upgrade` header lists `websocket`, or
+/// an HTTP/2 extended `CONNECT` (RFC 8441). Every `Upgrade` header is looked at, and any
+/// `CONNECT` is treated as a handshake, so no request that axum would upgrade escapes.
+pub(crate) fn is_websocket_handshake(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    *method == http::Method::CONNECT
+        || headers.get_all(header::UPGRADE).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        })
+}
+
+/// Work started when something was dropped that must finish before the process exits: the
+/// Redis round trips giving a socket's fleet leases back. Clones count together;
+/// [`idle`](Self::idle) waits until none is running.
+#[derive(Clone)]
+pub(crate) struct InFlight(Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl InFlight {
+    /// Counts one piece of work until the guard drops.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn start(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.clone())
+    }
+
+    /// Waits until no work counted here is running.
+    pub(crate) async fn idle(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: `wait_for` cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Whether `other` counts the same work.
+    pub(crate) fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("InFlight").field(&*self.0.borrow()).finish()
+    }
+}
+
+/// One piece of [`InFlight`] work, counted until dropped.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// A layer's shared state (limiter, counters), created when it is first needed: the first
 /// `layer()` call, or the first request. Building, configuring or cloning a layer allocates an
 /// empty slot only; clones share the slot, so the services made by one layer and its clones

@@ -22,7 +22,7 @@ use crate::{
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
     rejection::OnRejection,
     revoke::{RevocationLayer, Revocations},
-    socket::SocketPolicyLayer,
+    socket::{Drain, DrainLayer, SocketPolicyLayer},
 };
 
 /// Default open sockets per client IP network ([`KeyPrefix::DEFAULT`](crate::client_ip::KeyPrefix::DEFAULT)).
@@ -108,7 +108,10 @@ type Layers<A> = Stack<
                     Opt<AuthThrottleLayer>,
                     Stack<
                         Opt<RateLimitLayer>,
-                        Stack<ClientIpLayer, Stack<OriginGuardLayer, NoLayer>>,
+                        Stack<
+                            ClientIpLayer,
+                            Stack<OriginGuardLayer, Stack<Opt<DrainLayer>, NoLayer>>,
+                        >,
                     >,
                 >,
             >,
@@ -121,7 +124,7 @@ type Layers<A> = Stack<
 /// Setters replace the part they name unless their doc says they add.
 ///
 /// ```text
-/// request → origin → client IP → rate → throttle → auth → revocation → quota → socket policy → handler
+/// request → (drain) → origin → client IP → rate → throttle → auth → revocation → quota → socket policy → handler
 /// ```
 ///
 /// Hand-stacking the per-concern layers works, but `Router::layer` runs the layer added last
@@ -149,6 +152,7 @@ type Layers<A> = Stack<
 )]
 /// | quota | 16 sockets per client IP, 8 per identity | [`quota`](WsGuard::quota) | [`without_quota`](WsGuard::without_quota) |
 /// | socket policy | [`SocketPolicyLayer::new`] (64 KiB messages, heartbeat, idle timeout, …) | [`socket_policy`](WsGuard::socket_policy) | never |
+/// | drain | off: no graceful shutdown | [`drain`](WsGuard::drain) with a [`Drain`] handle | off unless given |
 ///
 /// The handler takes [`GuardedUpgrade`](crate::socket::GuardedUpgrade) (it carries the
 /// socket policy, the quota permit and the revocation signal onto the socket), and the server
@@ -286,6 +290,7 @@ pub struct WsGuard<A> {
     revocation: Part<Revocations>,
     quota: Part<ConnectionQuotaLayer>,
     socket: Part<SocketPolicyLayer>,
+    drain: Option<Drain>,
     #[cfg(feature = "redis")]
     fleet: Option<Fleet>,
     /// Set on every part by `layer()`, when set.
@@ -317,6 +322,7 @@ impl<A: Authenticator> WsGuard<A> {
             revocation: Part::Default,
             quota: Part::Default,
             socket: Part::Default,
+            drain: None,
             #[cfg(feature = "redis")]
             fleet: None,
             on_rejection: None,
@@ -441,6 +447,7 @@ impl<A> WsGuard<A> {
             revocation: self.revocation,
             quota: self.quota,
             socket: self.socket,
+            drain: self.drain,
             #[cfg(feature = "redis")]
             fleet: self.fleet,
             on_rejection: self.on_rejection,
@@ -481,6 +488,16 @@ impl<A> WsGuard<A> {
     /// [`GuardedUpgrade`](crate::socket::GuardedUpgrade) falls back to the defaults anyway.
     pub fn socket_policy(mut self, policy: SocketPolicyLayer) -> Self {
         self.socket = Part::Custom(policy);
+        self
+    }
+
+    /// Graceful shutdown: handshakes are registered with `drain`, so that
+    /// [`Drain::shutdown`] refuses new ones with `503` and closes every guarded socket with
+    /// `1001` (see the [socket docs](crate::socket#graceful-drain)). The check runs first,
+    /// before the origin guard: a refusal while shutting down costs nothing, not even a
+    /// one-time token. Replaces the drain of an earlier call; default: none.
+    pub fn drain(mut self, drain: &Drain) -> Self {
+        self.drain = Some(drain.clone());
         self
     }
 
@@ -586,7 +603,12 @@ impl<A> WsGuard<A> {
         let client_ip = hooked!(self.client_ip.clone(), hook);
         let throttle = (self.throttle.resolve(&defaults.throttle)).map(|l| hooked!(l, hook));
         let auth = hooked!(self.auth.clone(), hook);
+        let drain = self
+            .drain
+            .as_ref()
+            .map(|d| hooked!(DrainLayer::new(d), hook));
         tower::ServiceBuilder::new()
+            .option_layer(drain)
             .layer(origin)
             .layer(client_ip)
             .option_layer(self.rate_stage(defaults))
@@ -614,6 +636,7 @@ impl<A: Clone> Clone for WsGuard<A> {
             revocation: self.revocation.clone(),
             quota: self.quota.clone(),
             socket: self.socket.clone(),
+            drain: self.drain.clone(),
             #[cfg(feature = "redis")]
             fleet: self.fleet.clone(),
             on_rejection: self.on_rejection.clone(),
@@ -633,6 +656,7 @@ impl<A> fmt::Debug for WsGuard<A> {
             .field("revocation", &self.revocation)
             .field("quota", &self.quota)
             .field("socket", &self.socket)
+            .field("drain", &self.drain)
             .field("on_rejection", &self.on_rejection);
         #[cfg(feature = "redis")]
         d.field("fleet", &self.fleet.as_ref().map(Fleet::prefix));

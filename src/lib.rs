@@ -23,7 +23,8 @@
 //! - [`socket`]: limits on the live socket (message size, rates per socket and per identity,
 //!   idle, heartbeat, credential expiry, lifetime, send backpressure) through
 //!   [`SocketPolicyLayer`](socket::SocketPolicyLayer) and the
-//!   [`GuardedUpgrade`](socket::GuardedUpgrade) extractor.
+//!   [`GuardedUpgrade`](socket::GuardedUpgrade) extractor, and the graceful
+//!   [`Drain`](socket::Drain) of every socket at shutdown.
 //! - `governor` (feature `tower-governor`): proxy-safe `KeyExtractor`s for tower_governor,
 //!   keyed by the trusted client IP or the authenticated identity.
 //! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a

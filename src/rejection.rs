@@ -10,7 +10,7 @@ use http::{HeaderValue, StatusCode, header};
 use crate::fleet::FleetError;
 use crate::{
     auth::AuthError, client_ip::ClientIpError, origin::OriginError, rate_limit::RateLimitError,
-    revoke::RevokeError,
+    revoke::RevokeError, socket::DrainError,
 };
 
 /// The fixed `Retry-After` of a refusal for an unavailable store: one second.
@@ -49,6 +49,7 @@ const RETRY_UNAVAILABLE: Duration = Duration::from_secs(1);
 /// | [`RateLimit`](Self::RateLimit) | `429`, `503` (global quota) or `500` ([`RateLimitError::status`]) | `Retry-After` when the wait is known |
 /// | [`Auth`](Self::Auth) | `401`, `400` (malformed) or `429` (too many tickets) | `WWW-Authenticate` (see [`auth`](crate::auth#rejections)), `Retry-After` on `429` |
 /// | [`Revoke`](Self::Revoke) | `401` (revoked) or `503` | `WWW-Authenticate: Bearer error="invalid_token"` on `401`, `Retry-After: 1` on `503` |
+/// | [`Drain`](Self::Drain) | `503` | `Retry-After` ([`DrainOptions::retry_after`](crate::socket::DrainOptions::retry_after)) |
 /// | `Fleet` (feature `redis`) | `503` | `Retry-After: 1` |
 ///
 /// The body is a short `text/plain` reason (never the credential or a header's value); axum
@@ -74,6 +75,9 @@ pub enum Rejection {
     /// The credential was revoked
     /// ([`RevocationLayer`](crate::revoke::RevocationLayer)).
     Revoke(RevokeError),
+    /// The server is shutting down and refuses new sockets
+    /// ([`DrainLayer`](crate::socket::DrainLayer)).
+    Drain(DrainError),
     /// Redis could not be asked and the fleet's failure policy is `Refuse` (any fleet-backed
     /// layer). Feature `redis`.
     #[cfg(feature = "redis")]
@@ -94,6 +98,7 @@ impl Rejection {
                 _ => StatusCode::UNAUTHORIZED,
             },
             Self::Revoke(e) => e.status(),
+            Self::Drain(_) => StatusCode::SERVICE_UNAVAILABLE,
             #[cfg(feature = "redis")]
             Self::Fleet(e) => e.status(),
         }
@@ -110,6 +115,7 @@ impl Rejection {
             Self::Auth(_) => None,
             Self::Revoke(RevokeError::Revoked) => None,
             Self::Revoke(_) => Some(RETRY_UNAVAILABLE),
+            Self::Drain(DrainError::Draining { retry_after }) => Some(*retry_after),
             #[cfg(feature = "redis")]
             Self::Fleet(_) => Some(RETRY_UNAVAILABLE),
         }
@@ -154,6 +160,7 @@ impl Rejection {
             .to_owned(),
             Self::Revoke(RevokeError::Revoked) => "credential revoked\n".to_owned(),
             Self::Revoke(_) => "service unavailable: try again later\n".to_owned(),
+            Self::Drain(_) => "service unavailable: the server is shutting down\n".to_owned(),
             #[cfg(feature = "redis")]
             Self::Fleet(_) => "service unavailable: try again later\n".to_owned(),
         }
@@ -176,6 +183,9 @@ impl Rejection {
                 extensions.insert(e.clone());
             }
             Self::Revoke(e) => {
+                extensions.insert(e.clone());
+            }
+            Self::Drain(e) => {
                 extensions.insert(e.clone());
             }
             #[cfg(feature = "redis")]
@@ -226,6 +236,7 @@ impl fmt::Display for Rejection {
             Self::RateLimit(e) => write!(f, "rate limit: {e}"),
             Self::Auth(e) => write!(f, "auth: {e}"),
             Self::Revoke(e) => write!(f, "revocation: {e}"),
+            Self::Drain(e) => write!(f, "drain: {e}"),
             #[cfg(feature = "redis")]
             Self::Fleet(e) => write!(f, "fleet: {e}"),
         }
@@ -240,6 +251,7 @@ impl std::error::Error for Rejection {
             Self::RateLimit(e) => Some(e),
             Self::Auth(e) => Some(e),
             Self::Revoke(e) => Some(e),
+            Self::Drain(e) => Some(e),
             #[cfg(feature = "redis")]
             Self::Fleet(e) => Some(e),
         }
@@ -263,6 +275,7 @@ rejection_from!(
     RateLimitError => RateLimit,
     AuthError => Auth,
     RevokeError => Revoke,
+    DrainError => Drain,
     #[cfg(feature = "redis")]
     FleetError => Fleet,
 );
@@ -478,6 +491,17 @@ mod tests {
                 www_authenticate: None,
                 retry_after: Some("1"),
             },
+            Case {
+                name: "draining",
+                rejection: DrainError::Draining {
+                    retry_after: Duration::from_millis(2500),
+                }
+                .into(),
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: "service unavailable: the server is shutting down\n",
+                www_authenticate: None,
+                retry_after: Some("3"),
+            },
             #[cfg(feature = "redis")]
             Case {
                 name: "fleet unavailable",
@@ -546,6 +570,7 @@ mod tests {
             Rejection::RateLimit(e) => ext.get::<RateLimitError>() == Some(e),
             Rejection::Auth(e) => ext.get::<AuthError>() == Some(e),
             Rejection::Revoke(e) => ext.get::<RevokeError>() == Some(e),
+            Rejection::Drain(e) => ext.get::<DrainError>() == Some(e),
             #[cfg(feature = "redis")]
             Rejection::Fleet(e) => ext.get::<FleetError>() == Some(e),
         }
@@ -860,6 +885,34 @@ mod tests {
                 },
                 status: StatusCode::UNAUTHORIZED,
                 cause: |r| matches!(r, Rejection::Revoke(RevokeError::Revoked)),
+            },
+            LayerCase {
+                name: "draining",
+                run: |hook| {
+                    Box::pin(async move {
+                        let drain = crate::socket::Drain::new();
+                        let _ = drain
+                            .shutdown(
+                                crate::socket::DrainOptions::new(Duration::ZERO)
+                                    .retry_after(Duration::from_secs(7)),
+                            )
+                            .await;
+                        let layer = hooked(drain.layer(), hook, |l, h| l.on_rejection(h));
+                        layer
+                            .layer(ok())
+                            .oneshot(from_peer(&[]))
+                            .await
+                            .unwrap_or_else(|e| match e {})
+                    })
+                },
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                cause: |r| {
+                    matches!(
+                        r,
+                        Rejection::Drain(DrainError::Draining { retry_after })
+                            if *retry_after == Duration::from_secs(7)
+                    )
+                },
             },
         ]
     }

@@ -195,7 +195,10 @@ where
 }
 
 fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
-    let permit = ConnectionPermit::holding(lease);
+    let releases = lease.fleet.releases().clone();
+    let mut permit = ConnectionPermit::holding(lease);
+    // A drain waits for the release this permit's drop starts.
+    permit.note_release(releases);
     crate::core::attach_permit(req.extensions_mut(), permit);
 }
 
@@ -323,7 +326,10 @@ impl Drop for FleetLease {
         let fleet = self.fleet.clone();
         let keys = Arc::clone(&self.keys);
         let id = Arc::clone(&self.id);
+        // Counted from now, so a drain that saw this socket end also sees its release.
+        let running = fleet.releases().start();
         runtime.spawn(async move {
+            let _running = running;
             let mut conn = fleet.connection();
             let mut invocation = scripts::RELEASE.prepare_invoke();
             for key in keys.iter() {

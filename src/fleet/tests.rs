@@ -1294,3 +1294,105 @@ async fn a_subscription_made_while_redis_is_down_subscribes_once_it_is_up() {
         SubscriptionEvent::Message("hello".into())
     );
 }
+
+/// A drain gives the fleet leases of its sockets back before it returns, so the process may
+/// exit right after it: here the runtime is dropped as a process exit drops it, and Redis is
+/// asked afterwards.
+#[test]
+fn a_drain_releases_the_fleet_leases_before_it_returns() {
+    use crate::{
+        WsGuard,
+        auth::StaticTokens,
+        socket::{Drain, DrainOptions, GuardedSocket, GuardedUpgrade},
+    };
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+    const N: usize = 10;
+    const KEY: &str = "drain:quota:sockets:id:alice";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fleet = Fleet::builder(&url)
+            .prefix("drain")
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let drain = Drain::new();
+        let guard = WsGuard::new(StaticTokens::new().token("t0ken-for-alice", "alice", ()))
+            .without_rate_limit()
+            .quota(ConnectionQuotaLayer::new().per_identity(nz(100)))
+            .fleet(&fleet)
+            .drain(&drain);
+        let app = axum::Router::new()
+            .route(
+                "/ws",
+                axum::routing::any(|up: GuardedUpgrade| async move {
+                    up.on_upgrade(|mut socket: GuardedSocket| async move {
+                        while socket.recv().await.is_some() {}
+                    })
+                }),
+            )
+            .layer(guard);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).await.unwrap();
+        });
+        let mut readers = Vec::new();
+        for _ in 0..N {
+            let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+            req.headers_mut()
+                .insert("authorization", "Bearer t0ken-for-alice".parse().unwrap());
+            let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+            readers.push(tokio::spawn(async move {
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Close(frame) = msg {
+                        return frame.map(|f| u16::from(f.code));
+                    }
+                }
+                None
+            }));
+        }
+        let mut c = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let leases: usize = redis::cmd("ZCARD")
+            .arg(KEY)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(leases, N, "each socket holds a lease");
+
+        let report = drain
+            .shutdown(DrainOptions::new(Duration::from_secs(10)))
+            .await;
+        assert_eq!((report.closed, report.forced), (N, 0), "{report:?}");
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), Some(1001));
+        }
+    });
+    // What a process does once `main` returns: the tasks still queued never run.
+    drop(runtime);
+    let check = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let leases: usize = check.block_on(async {
+        let mut c = conn(&redis).await;
+        redis::cmd("ZCARD")
+            .arg(KEY)
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    });
+    assert_eq!(leases, 0, "the drain returned before releasing the leases");
+}

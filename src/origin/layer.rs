@@ -35,7 +35,7 @@ impl Config {
     pub(crate) fn check(&self, parts: &Parts) -> Result<(), Rejected> {
         let mut values = parts.headers.get_all(header::ORIGIN).iter();
         let (first, second) = (values.next(), values.next());
-        let is_handshake = is_websocket_handshake(parts);
+        let is_handshake = crate::core::is_websocket_handshake(&parts.method, &parts.headers);
         if !is_handshake && (!self.check_all_requests || first.is_none()) {
             return Ok(());
         }
@@ -81,19 +81,6 @@ impl Rejected {
     fn new(error: OriginError, origin: Option<String>) -> Self {
         Self { error, origin }
     }
-}
-
-/// A WebSocket handshake is an HTTP/1.1 request whose `Upgrade` header lists `websocket`, or
-/// an HTTP/2 extended `CONNECT` (RFC 8441). Every `Upgrade` header is looked at, and any
-/// `CONNECT` is treated as a handshake, so no request that axum would upgrade escapes.
-fn is_websocket_handshake(parts: &Parts) -> bool {
-    parts.method == http::Method::CONNECT
-        || parts.headers.get_all(header::UPGRADE).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-        })
 }
 
 /// At most 64 bytes of the raw value, escaped, for a log line.

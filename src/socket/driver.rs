@@ -266,10 +266,10 @@ where
             }
         }
         drop(state);
-        if let Some(cause) = close
+        if let Some(request) = close
             && self.phase == Phase::Open
         {
-            self.begin_close(cause, now);
+            self.begin_close_with(request.cause, request.reason, now);
         }
     }
 
@@ -389,17 +389,37 @@ where
     }
 
     fn begin_close(&mut self, cause: CloseCause, now: Instant) {
+        self.begin_close_with(cause, None, now);
+    }
+
+    /// Closes with `cause`'s code and `reason`, or the cause's own reason.
+    fn begin_close_with(&mut self, cause: CloseCause, reason: Option<String>, now: Instant) {
         let code = cause.close_code();
-        tracing::info!(
-            name: "wsguard.socket.closed",
-            target: "wsguard::socket",
-            cause = cause.as_str(),
-            client_ip = self.shared.info.ip_field(),
-            identity = self.shared.info.identity_field(),
-            limit = %cause.limit(self.cfg()),
-            close_code = code,
-            "closed a socket that broke the socket policy"
-        );
+        if cause == CloseCause::Shutdown {
+            // One event per socket would flood the logs at every shutdown; the drain reports
+            // its counts in one `wsguard.socket.drained` event.
+            tracing::debug!(
+                name: "wsguard.socket.closed",
+                target: "wsguard::socket",
+                cause = cause.as_str(),
+                client_ip = self.shared.info.ip_field(),
+                identity = self.shared.info.identity_field(),
+                limit = %cause.limit(self.cfg()),
+                close_code = code,
+                "closed a socket: the server is shutting down"
+            );
+        } else {
+            tracing::info!(
+                name: "wsguard.socket.closed",
+                target: "wsguard::socket",
+                cause = cause.as_str(),
+                client_ip = self.shared.info.ip_field(),
+                identity = self.shared.info.identity_field(),
+                limit = %cause.limit(self.cfg()),
+                close_code = code,
+                "closed a socket that broke the socket policy"
+            );
+        }
         let mut state = self.shared.lock();
         state.cause = Some(cause);
         state.send_closed = true;
@@ -410,10 +430,11 @@ where
         if let Some(w) = waker {
             w.wake();
         }
-        self.pending = Some(Message::Close(Some(CloseFrame {
-            code,
-            reason: cause.reason().into(),
-        })));
+        let reason = match reason {
+            Some(reason) => reason.into(),
+            None => cause.reason().into(),
+        };
+        self.pending = Some(Message::Close(Some(CloseFrame { code, reason })));
         self.enter_closing(now);
     }
 

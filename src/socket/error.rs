@@ -47,6 +47,9 @@ pub enum CloseCause {
     TooManyFragments,
     /// A message (or frame) was started and not finished within the message deadline: `1008`.
     MessageDeadline,
+    /// The server is shutting down: a [`Drain`](super::Drain) closed the socket: `1001`,
+    /// with a reconnect hint in the reason if the drain gives one.
+    Shutdown,
 }
 
 impl CloseCause {
@@ -60,7 +63,7 @@ impl CloseCause {
             | Self::FrameRate
             | Self::TooManyFragments
             | Self::MessageDeadline => 1008,
-            Self::Idle | Self::HeartbeatTimeout | Self::LifetimeElapsed => 1001,
+            Self::Idle | Self::HeartbeatTimeout | Self::LifetimeElapsed | Self::Shutdown => 1001,
             Self::SlowConsumer => 1013,
         }
     }
@@ -82,6 +85,7 @@ impl CloseCause {
             Self::FrameRate => "frame_rate",
             Self::TooManyFragments => "fragments",
             Self::MessageDeadline => "message_deadline",
+            Self::Shutdown => "shutdown",
         }
     }
 
@@ -99,6 +103,7 @@ impl CloseCause {
             Self::FrameRate => "frame rate exceeded",
             Self::TooManyFragments => "too many fragments",
             Self::MessageDeadline => "message not finished in time",
+            Self::Shutdown => super::drain::SHUTDOWN_REASON,
         }
     }
 
@@ -124,6 +129,7 @@ impl CloseCause {
             Self::FrameRate => rate(Some(cfg.frame_rate), "frames"),
             Self::TooManyFragments => format!("{} fragments", cfg.max_fragments),
             Self::MessageDeadline => format!("{:?}", cfg.message_deadline),
+            Self::Shutdown => "drain".to_owned(),
             Self::SlowConsumer => format!(
                 "{} messages / {} bytes queued",
                 cfg.send_queue_len, cfg.send_queue_bytes

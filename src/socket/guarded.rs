@@ -39,6 +39,23 @@ impl SocketInfo {
     }
 }
 
+/// A close asked of the driver from outside it: the cause, and the reason text of the close
+/// frame when it is not the cause's own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseRequest {
+    pub(crate) cause: CloseCause,
+    pub(crate) reason: Option<String>,
+}
+
+impl CloseRequest {
+    pub(crate) fn new(cause: CloseCause) -> Self {
+        Self {
+            cause,
+            reason: None,
+        }
+    }
+}
+
 /// State shared by the driver, the [`GuardedSocket`] and its [`Sender`]s, behind one mutex
 /// whose critical sections never block.
 pub(crate) struct Shared {
@@ -59,8 +76,8 @@ pub(crate) struct State {
     pub(crate) recv_closed: bool,
     /// Why the policy closed the socket, if it did.
     pub(crate) cause: Option<CloseCause>,
-    /// A policy close requested from the send path (slow consumer), for the driver.
-    pub(crate) close_request: Option<CloseCause>,
+    /// A close requested from outside the driver (slow consumer, revocation, drain).
+    pub(crate) close_request: Option<CloseRequest>,
     /// The [`GuardedSocket`] was dropped.
     pub(crate) app_gone: bool,
     /// A refreshed credential expiry for the driver (`Some(None)`: no expiry any more).
@@ -91,6 +108,20 @@ impl Shared {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the driver to close the socket, unless a close was asked for already: the one
+    /// path by which anything outside the driver closes a socket.
+    pub(crate) fn request_close(&self, request: CloseRequest) {
+        let mut state = self.lock();
+        if state.close_request.is_none() {
+            state.close_request = Some(request);
+        }
+        let waker = state.driver_waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Queues a message from the application, applying the slow-consumer policy.
@@ -125,7 +156,7 @@ impl Shared {
                 Pushed::Overflow => {
                     state.send_closed = true;
                     state.cause = Some(CloseCause::SlowConsumer);
-                    state.close_request = Some(CloseCause::SlowConsumer);
+                    state.close_request = Some(CloseRequest::new(CloseCause::SlowConsumer));
                     let waker = state.driver_waker.take();
                     drop(state);
                     if let Some(w) = waker {

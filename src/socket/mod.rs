@@ -1,5 +1,5 @@
 //! Limits enforced on the live, upgraded socket: size, rate, idle, heartbeat, credential
-//! expiry, lifetime and send backpressure.
+//! expiry, lifetime and send backpressure; and the graceful drain of every socket at shutdown.
 //!
 //! The handshake layers only guard the door. Once upgraded, a client could send a 64 MiB
 //! message (axum's default limit), thousands of messages a second, or stop reading while the
@@ -109,6 +109,7 @@
 //! | heartbeat (16 random bytes a ping; only the pong of the ping last written counts) | ping every 30 s, pong within 15 s | close `1001` |
 //! | credential expiry ([`Principal::expires_at`]) | on when the principal has one | close `1008` |
 //! | revocation ([`CloseSignal`] in the request extensions) | on when a layer adds one | close `1008` |
+//! | shutdown ([`Drain`], see [below](#graceful-drain)) | on when a [`DrainLayer`] registers the handshake | close `1001`, optional reconnect hint |
 //! | max lifetime | off; jitter a tenth of it | close `1001` |
 //! | send queue | 64 messages, 1 MiB | [`SlowConsumer`]: close `1013`, drop oldest or conflate |
 //! | receive queue | 16 messages; reading pauses while it is full, at most 1 s (`recv_stall`) | then more are read and dropped, counted in [`SocketStats::dropped_unread`] |
@@ -163,6 +164,103 @@
 //! the largest frame it has read, and its write buffer that of the largest burst it has written,
 //! until the socket ends.
 //!
+//! # Graceful drain
+//!
+//! axum's `serve`, even `with_graceful_shutdown`, does not wait for upgraded connections
+//! (axum issue #3003): it returns while the sockets still run, `main` returns, and the
+//! runtime drops them without a close frame; their quota leases stay in Redis until they
+//! expire. A [`Drain`] handle, given to the stack with
+//! [`WsGuard::drain`](crate::WsGuard::drain) (or [`Drain::layer`] outermost in a hand-made
+//! stack), knows every guarded socket, and [`Drain::shutdown`]:
+//!
+//! 1. refuses new handshakes with `503` and `Retry-After` ([`Rejection::Drain`], answered
+//!    through the guard's `on_rejection` hook like every refusal); other requests pass;
+//! 2. sends every socket `1001 Going Away` ([`CloseCause::Shutdown`]), through the driver
+//!    path a revocation's `1008` takes, so the close is delivered as every policy close is;
+//!    sockets whose handshake is still in flight close as soon as they open;
+//! 3. waits until they all ended or the deadline passed, then aborts the tasks of the rest,
+//!    which drops their connections and their [`ConnectionPermit`]s;
+//! 4. waits until their fleet leases are released in Redis (each release is bounded by the
+//!    fleet's timeout), so the process may exit at once;
+//! 5. returns a [`DrainReport`]: how many sockets closed and how many were forced.
+//!
+//! **Reconnect hint**: with [`DrainOptions::reconnect_hint`]`(after, jitter)` each socket's
+//! close reason is `server shutting down; reconnect_after_ms=<N>`, `N` being `after` plus a
+//! random part of `jitter` drawn for that socket, so clients do not all reconnect at the same
+//! moment; [`parse_reconnect_hint`] reads it (the format is documented there). Without it the
+//! reason is `server shutting down`.
+//!
+//! The drain's future fits axum's `with_graceful_shutdown`: the server keeps serving while
+//! the sockets close (new handshakes get `503`), then stops accepting and finishes the HTTP
+//! connections; `serve` returns once both are done. [`Drain::started`] resolves when a drain
+//! begins, for code that must stop with it (an accept loop, a readiness probe).
+//!
+//! ```
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::{net::SocketAddr, time::Duration};
+//!
+//! use axum::{Router, body::Body, extract::ConnectInfo, response::Response, routing::any};
+//! use http::{Request, StatusCode, header};
+//! use tower::ServiceExt;
+//! use wsguard::{
+//!     WsGuard,
+//!     auth::StaticTokens,
+//!     socket::{Drain, DrainOptions, GuardedSocket, GuardedUpgrade},
+//! };
+//!
+//! async fn ws(up: GuardedUpgrade) -> Response {
+//!     up.on_upgrade(|mut socket: GuardedSocket| async move {
+//!         while let Some(Ok(_)) = socket.recv().await {}
+//!     })
+//! }
+//!
+//! let drain = Drain::new();
+//! let guard = WsGuard::new(StaticTokens::new().token("s3cret-token", "alice", ())).drain(&drain);
+//! let app = Router::new().route("/ws", any(ws)).layer(guard);
+//!
+//! // `main`: serve until the stop signal, then drain the sockets before returning.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>(); // tokio::signal::ctrl_c() in a real server
+//! let handle = drain.clone();
+//! let server = tokio::spawn(
+//!     axum::serve(listener, app.clone().into_make_service_with_connect_info::<SocketAddr>())
+//!         .with_graceful_shutdown(async move {
+//!             let _ = stopped.await;
+//!             let options = DrainOptions::new(Duration::from_secs(10))
+//!                 .reconnect_hint(Duration::from_secs(1), Duration::from_secs(4));
+//!             let report = handle.shutdown(options).await;
+//!             println!("{} sockets closed, {} forced", report.closed, report.forced);
+//!         })
+//!         .into_future(),
+//! );
+//! let _ = stop.send(());
+//! server.await??;
+//!
+//! // Once draining, a handshake is refused with 503 and Retry-After.
+//! let mut handshake = Request::get("/ws")
+//!     .header("connection", "upgrade")
+//!     .header("upgrade", "websocket")
+//!     .header("sec-websocket-version", "13")
+//!     .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+//!     .header("authorization", "Bearer s3cret-token")
+//!     .body(Body::empty())?;
+//! handshake.extensions_mut().insert(ConnectInfo(SocketAddr::from(([203, 0, 113, 7], 50000))));
+//! let response = app.oneshot(handshake).await?;
+//! assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+//! assert!(drain.is_draining());
+//! # Ok(())
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! #     tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run())
+//! # }
+//! ```
+//!
+//! Only sockets upgraded by [`GuardedUpgrade`] are drained: a route using axum's plain
+//! `WebSocketUpgrade` under the layer is not known to the drain. A task that blocks its
+//! thread cannot be aborted until it yields (tokio's rule); the drain gives up on it a
+//! second after the deadline and counts it as forced.
+//!
 //! # Events
 //!
 //! Each enforcement emits one `tracing` event with the fields `cause` (see
@@ -171,6 +269,11 @@
 //! - `wsguard.socket.closed` (info) when the policy closes a socket;
 //!   The wire limits close with the causes `frame_rate`, `fragments` and
 //!   `message_deadline`;
+//! - `wsguard.socket.draining` (info, with `sockets` and `deadline_ms`) when a drain begins,
+//!   `wsguard.socket.drain_forced` (warn, `sockets`) when its deadline forces sockets, and
+//!   `wsguard.socket.drained` (info, `closed` and `forced`) when it ends; each socket it
+//!   closes logs `wsguard.socket.closed` with `cause = "shutdown"` at debug level only, and
+//!   each handshake it refuses `wsguard.socket.refused` (debug, `cause = "draining"`);
 //! - `wsguard.socket.dropped` (warn) when rate-limited received messages, received messages
 //!   nobody reads (`receive_queue_full`) or slow-consumer queued messages are dropped, on the
 //!   1st, 2nd, 4th, 8th… drop of a socket (with a `dropped` count), so a flood does not flood
@@ -185,11 +288,17 @@
 //! axum does, when the server enables it; each stream is a socket with its own policy (see
 //! [HTTP/2](crate#http2)).
 //!
+//! At shutdown, a load balancer keeps sending new clients until its health check fails: make
+//! the readiness probe fail from [`Drain::started`] on, so they go to other instances while
+//! this one's clients, told to come back after the reconnect hint, land there too.
+//!
 //! [`ConnectionPermit`]: crate::rate_limit::ConnectionPermit
+//! [`Rejection::Drain`]: crate::Rejection::Drain
 //! [`Principal`]: crate::auth::Principal
 //! [`Principal::expires_at`]: crate::auth::Principal::expires_at
 //! [`ClientIp`]: crate::client_ip::ClientIp
 
+mod drain;
 mod driver;
 mod error;
 mod guarded;
@@ -203,6 +312,10 @@ mod upgrade;
 mod wire;
 
 pub use self::{
+    drain::{
+        Drain, DrainError, DrainLayer, DrainOptions, DrainReport, DrainService,
+        parse_reconnect_hint,
+    },
     error::{
         CloseCause, RateAction, RateScope, RefreshError, SendError, SlowConsumer, SocketStats,
     },
@@ -373,6 +486,11 @@ mod tests {
                 cause: CloseCause::Revoked,
                 code: 1008,
                 name: "revoked",
+            },
+            Case {
+                cause: CloseCause::Shutdown,
+                code: 1001,
+                name: "shutdown",
             },
         ];
         for case in cases {

@@ -1,20 +1,25 @@
-//! [`CloseSignal`]: closing a guarded socket from outside its task (revocation).
+//! [`CloseSignal`]: closing a guarded socket from outside its task (revocation, drain).
 
 use std::{
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
 };
 
-use super::{CloseCause, guarded::Shared};
+use super::{
+    CloseCause,
+    guarded::{CloseRequest, Shared},
+};
 
 #[derive(Default)]
 struct SignalState {
-    revoked: bool,
+    /// The close asked for, delivered to the socket once it is attached.
+    requested: Option<CloseRequest>,
     socket: Option<Weak<Shared>>,
 }
 
-/// A handle that closes one guarded socket with `1008` ([`CloseCause::Revoked`]) from
-/// anywhere, for example when its credential is revoked.
+/// A handle that closes one guarded socket from anywhere: with `1008`
+/// ([`CloseCause::Revoked`]) when its credential is revoked, or (used by
+/// [`Drain`](super::Drain)) with `1001` when the server shuts down.
 ///
 /// A layer in front of the handler puts a `CloseSignal` into the request extensions and
 /// keeps a clone; [`GuardedUpgrade`](super::GuardedUpgrade) takes it and attaches it to the
@@ -48,49 +53,57 @@ impl CloseSignal {
 
     /// Closes the socket with `1008` and the reason `revoked`. Idempotent.
     pub fn revoke(&self) {
-        let mut state = self.lock();
-        state.revoked = true;
-        let socket = state.socket.as_ref().and_then(Weak::upgrade);
-        drop(state);
-        if let Some(shared) = socket {
-            request_close(&shared);
-        }
+        self.close(CloseRequest::new(CloseCause::Revoked));
     }
 
     /// Whether [`revoke`](Self::revoke) was called.
     pub fn is_revoked(&self) -> bool {
-        self.lock().revoked
+        self.lock()
+            .requested
+            .as_ref()
+            .is_some_and(|r| r.cause == CloseCause::Revoked)
+    }
+
+    /// Closes the socket as `request` says, now or as soon as it is attached. The first
+    /// request wins.
+    pub(crate) fn close(&self, request: CloseRequest) {
+        let mut state = self.lock();
+        if state.requested.is_none() {
+            state.requested = Some(request);
+        }
+        let socket = state.socket.as_ref().and_then(Weak::upgrade);
+        let requested = state.requested.clone();
+        drop(state);
+        if let (Some(shared), Some(request)) = (socket, requested) {
+            shared.request_close(request);
+        }
     }
 
     /// Connects the signal to a socket that just started.
     pub(crate) fn attach(&self, shared: &Arc<Shared>) {
         let mut state = self.lock();
         state.socket = Some(Arc::downgrade(shared));
-        let revoked = state.revoked;
+        let requested = state.requested.clone();
         drop(state);
-        if revoked {
-            request_close(shared);
+        if let Some(request) = requested {
+            shared.request_close(request);
         }
-    }
-}
-
-fn request_close(shared: &Shared) {
-    let mut state = shared.lock();
-    if state.close_request.is_none() {
-        state.close_request = Some(CloseCause::Revoked);
-    }
-    let waker = state.driver_waker.take();
-    drop(state);
-    if let Some(waker) = waker {
-        waker.wake();
     }
 }
 
 impl fmt::Debug for CloseSignal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
+        let revoked = state
+            .requested
+            .as_ref()
+            .is_some_and(|r| r.cause == CloseCause::Revoked);
         f.debug_struct("CloseSignal")
-            .field("revoked", &state.revoked)
+            .field("revoked", &revoked)
+            .field(
+                "closing",
+                &state.requested.as_ref().map(|r| r.cause.as_str()),
+            )
             .field(
                 "attached",
                 &state.socket.as_ref().is_some_and(|w| w.strong_count() > 0),

@@ -24,7 +24,9 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::{
-    CloseSignal, GuardedSocket, driver,
+    CloseSignal, GuardedSocket,
+    drain::DrainTicket,
+    driver,
     policy::SocketPolicy,
     wire::{AxumMessages, WireIo, WireLimits, WireReport},
 };
@@ -45,6 +47,9 @@ use crate::{auth::Principal, client_ip::ClientIp, rate_limit::ConnectionPermit};
 /// - reads [`Principal`] (identity and expiry) and [`ClientIp`] (log field), if present;
 /// - **removes** the [`CloseSignal`], if a layer put one there, and attaches it to the socket
 ///   so that revoking it closes the socket with `1008`;
+/// - **removes** the registration of a [`DrainLayer`](super::DrainLayer), if there is one,
+///   and keeps it with the socket's task, so that the [`Drain`](super::Drain) closes the
+///   socket with `1001`, waits for it, or ends its task by force at its deadline;
 /// - sets the size and buffer limits on the upgrade;
 /// - over HTTP/2 (RFC 8441), answers `200` and upgrades only an extended `CONNECT` whose
 ///   `:protocol` is `websocket`. Any other `CONNECT` is refused as not upgradable (`426`),
@@ -81,6 +86,7 @@ pub struct GuardedUpgrade {
     principal: Option<Principal>,
     client_ip: Option<ClientIp>,
     signal: Option<CloseSignal>,
+    drain: Option<DrainTicket>,
 }
 
 impl fmt::Debug for GuardedUpgrade {
@@ -93,6 +99,7 @@ impl fmt::Debug for GuardedUpgrade {
             .field("principal", &self.principal)
             .field("client_ip", &self.client_ip)
             .field("signal", &self.signal)
+            .field("drain", &self.drain)
             .finish()
     }
 }
@@ -148,6 +155,7 @@ where
             principal: parts.extensions.get::<Principal>().cloned(),
             client_ip: parts.extensions.get::<ClientIp>().copied(),
             signal: parts.extensions.remove::<CloseSignal>(),
+            drain: parts.extensions.remove::<DrainTicket>(),
         })
     }
 }
@@ -207,6 +215,7 @@ impl GuardedUpgrade {
             principal,
             client_ip,
             signal,
+            drain,
         } = self;
         let cfg = policy.config();
         let mut config = WebSocketConfig::default();
@@ -219,6 +228,9 @@ impl GuardedUpgrade {
         }
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
+        if let (Some(drain), Some(permit)) = (&drain, &permit) {
+            drain.wait_for(permit.releases());
+        }
         let socket = Setup {
             config,
             limits: cfg.wire(),
@@ -229,6 +241,7 @@ impl GuardedUpgrade {
             principal,
             client_ip,
             signal,
+            drain: drain.clone(),
         };
         // Built from combinators rather than one `async` block: a block keeps everything it
         // captured for the socket's whole life, while each of these steps gives up its
@@ -238,7 +251,7 @@ impl GuardedUpgrade {
             Some(on_upgrade) => Either::Left(on_upgrade.map(|r| r.map_err(|e| e.to_string()))),
             None => Either::Right(future::ready(Err("connection not upgradable".to_owned()))),
         };
-        tokio::spawn(upgraded.then(move |upgraded| match upgraded {
+        let task = tokio::spawn(upgraded.then(move |upgraded| match upgraded {
             Ok(upgraded) => Either::Left(socket.run(upgraded, callback)),
             Err(error) => {
                 tracing::debug!(
@@ -251,6 +264,9 @@ impl GuardedUpgrade {
                 Either::Right(future::ready(()))
             }
         }));
+        if let Some(drain) = drain {
+            drain.set_abort(task.abort_handle());
+        }
         response
     }
 }
@@ -266,6 +282,8 @@ struct Setup {
     principal: Option<Principal>,
     client_ip: Option<ClientIp>,
     signal: Option<CloseSignal>,
+    /// Held until the task ends (or is aborted): the drain waits for it.
+    drain: Option<DrainTicket>,
 }
 
 impl Setup {
@@ -295,7 +313,11 @@ impl Setup {
             if let Some(signal) = self.signal {
                 signal.attach(driver::Driver::shared(&driver));
             }
-            future::join(driver, callback(socket)).map(|_| ())
+            if let Some(drain) = &self.drain {
+                drain.signal().attach(driver::Driver::shared(&driver));
+            }
+            let drain = self.drain;
+            future::join(driver, callback(socket)).map(move |_| drop(drain))
         })
     }
 }

@@ -31,6 +31,35 @@ pub fn example_path(name: &str) -> PathBuf {
 pub struct Example {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The lines it prints on stdout after the one naming its address.
+    pub stdout: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Example {
+    /// Sends `SIGTERM`, as a service manager stopping it does (`kill -TERM`).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the example is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid}: {status}");
+    }
+
+    /// The next line printed on stdout that starts with `prefix`, skipping others; fails
+    /// after 10 s or at the end of the output.
+    pub async fn line_starting_with(&mut self, prefix: &str) -> String {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(line) = self.stdout.recv().await {
+                if line.starts_with(prefix) {
+                    return line;
+                }
+            }
+            panic!("the example printed no line starting with {prefix:?}");
+        })
+        .await
+        .expect("the line in time")
+    }
 }
 
 /// Starts an example with `args` (which should bind port 0) and waits for the line on stdout
@@ -227,14 +256,23 @@ pub async fn start_example_with_env(name: &str, args: &[&str], env: &[(&str, &st
     .await
     .expect("banner in time");
     // Keep draining stdout so the example never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (tx, stdout) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
     let addr = url
         .trim_start_matches("http://")
         .trim_start_matches("https://")
         .trim_end_matches('/')
         .parse()
         .expect("socket address");
-    Example { child, addr }
+    Example {
+        child,
+        addr,
+        stdout,
+    }
 }
 
 /// A WebSocket handshake to `/ws` (or `path`) sent by hand with the given `Host` and

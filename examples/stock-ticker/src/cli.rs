@@ -99,6 +99,19 @@ pub(crate) struct Args {
     /// Lifetime of a login token, in seconds.
     #[arg(long, default_value_t = 900)]
     pub(crate) token_ttl: u64,
+    /// On SIGTERM or Ctrl-C: how long to wait, in milliseconds, for the sockets to close
+    /// after they were sent 1001 Going Away; those still open then are cut off. New
+    /// connections are refused from the signal on, and the process exits 0 once drained.
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) drain_timeout_ms: u64,
+    /// The reconnect hint in the 1001 close reason at shutdown
+    /// (`reconnect_after_ms=<N>`): at least this many milliseconds...
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) reconnect_after_ms: u64,
+    /// ...plus a random part of this many, drawn for each socket, so clients do not all
+    /// come back at once.
+    #[arg(long, default_value_t = 4_000)]
+    pub(crate) reconnect_jitter_ms: u64,
     /// Seconds a client may take to complete TLS and send its request headers.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout: u64,

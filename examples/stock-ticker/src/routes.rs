@@ -23,7 +23,7 @@ use wsguard::{
     origin::OriginGuardLayer,
     rate_limit::{ConnectionQuotaLayer, RateLimitLayer},
     revoke::RevocationLayer,
-    socket::{MessageRate, SlowConsumer, SocketPolicyLayer},
+    socket::{Drain, MessageRate, SlowConsumer, SocketPolicyLayer},
 };
 
 use crate::{
@@ -50,6 +50,7 @@ pub(crate) fn router(
     addr: SocketAddr,
     tls: bool,
     app: App,
+    drain: &Drain,
 ) -> Result<Router, Box<dyn std::error::Error>> {
     let mut client_ip = ClientIpLayer::new();
     for cidr in &args.trusted_proxies {
@@ -111,16 +112,17 @@ pub(crate) fn router(
         .send_queue(SEND_QUEUE_MESSAGES, SEND_QUEUE_BYTES)
         .slow_consumer(SlowConsumer::Conflate);
 
-    // request → origin → client IP → rate → throttle → auth → revocation → quota → socket
-    // policy → handler, in that order by construction; in fleet mode the rate limit, quota
-    // and revocation count in Redis.
+    // request → drain → origin → client IP → rate → throttle → auth → revocation → quota →
+    // socket policy → handler, in that order by construction; in fleet mode the rate limit,
+    // quota and revocation count in Redis. The drain closes every socket at shutdown.
     let guard = WsGuard::with_auth(auth)
         .origin(origins)
         .client_ip(client_ip.clone())
         .rate_limit(connect_rate)
         .revocations(app.revocations.clone())
         .quota(quota)
-        .socket_policy(policy);
+        .socket_policy(policy)
+        .drain(drain);
     #[cfg(feature = "redis")]
     let guard = match &app.fleet {
         Some(fleet) => guard.fleet(fleet.handle()),

@@ -1,7 +1,7 @@
 //! The accept loop: plain HTTP or TLS, a bound on how long request headers may take, and the
 //! peer address handed to the app as `ConnectInfo` (the client-IP layer reads it).
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper_util::{
@@ -50,16 +50,24 @@ pub(crate) fn tls_acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` until the process ends. A client gets `header_timeout` to complete TLS and
-/// send its request headers, or its connection is closed (slow-handshake attacks).
+/// Serves `app` until `shutdown` resolves, then stops accepting: the listener is closed and
+/// the connections already accepted go on (the drain closes the sockets). A client gets
+/// `header_timeout` to complete TLS and send its request headers, or its connection is
+/// closed (slow-handshake attacks).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
 ) {
+    let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return,
+        };
+        let (tcp, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

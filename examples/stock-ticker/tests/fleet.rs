@@ -750,3 +750,64 @@ async fn the_ticket_secret_comes_from_the_operator_and_not_from_redis() {
         }
     }
 }
+
+/// SIGTERM to a loaded fleet instance: every socket gets `1001`, the process exits 0, and it
+/// has given its quota leases back before exiting: none is left in Redis to expire later.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_drains_the_instance_and_leaves_no_lease_in_redis() {
+    const N: usize = 20;
+    let redis = RedisServer::shared();
+    let p = prefix("drain");
+    let mut a = ticker(
+        &redis.url(),
+        &p,
+        &[
+            "--max-conns-per-user",
+            "100",
+            "--connect-burst",
+            "100",
+            "--drain-timeout-ms",
+            "3000",
+        ],
+    )
+    .await;
+    let alice = a.token("alice", "wonderland").await;
+    let mut readers = Vec::new();
+    for _ in 0..N {
+        let mut socket = a.connect(&alice).await;
+        assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+        readers.push(tokio::spawn(async move { close_code(&mut socket).await }));
+    }
+    let mut conn = redis.conn().await;
+    let leases: usize = redis::cmd("ZCARD")
+        .arg(format!("{p}:quota:sockets:id:alice"))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD");
+    assert_eq!(leases, N, "one lease per socket");
+
+    a.example.terminate();
+    let status = tokio::time::timeout(Duration::from_secs(20), a.example.child.wait())
+        .await
+        .expect("the instance exits")
+        .expect("wait for the instance");
+    assert!(status.success(), "{status}");
+    for reader in readers {
+        assert_eq!(reader.await.expect("reader"), Some(CloseCode::Away));
+    }
+    // Right after the exit, not after a TTL: the leases were released, not left to expire.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{p}:quota:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    for key in &keys {
+        let leases: usize = redis::cmd("ZCARD")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("ZCARD");
+        assert_eq!(leases, 0, "{key} still holds leases");
+    }
+}

@@ -1246,3 +1246,85 @@ async fn publishing_has_its_own_rate_limit_per_user() {
     let res = ticker.post_price(&bob, price).await;
     assert_eq!(res.status, 200, "{}", res.body);
 }
+
+/// Reads until the server's close frame: its code and reason (`None`: no close frame).
+async fn close_frame(socket: &mut Socket) -> Option<(u16, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned()));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// SIGTERM to a loaded ticker: it stops accepting, closes every socket with `1001` and a
+/// reconnect hint, forces the one peer that never answers the close once `--drain-timeout-ms`
+/// is over, reports it, and exits 0.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1001_and_exits_0() {
+    const N: usize = 50;
+    let mut ticker = ticker(&[
+        "--max-conns-per-user",
+        "100",
+        "--connect-burst",
+        "100",
+        // Shorter than the 2 s a closing socket waits for the peer's close: the deaf peer
+        // below is forced by the drain's deadline.
+        "--drain-timeout-ms",
+        "1000",
+        "--reconnect-after-ms",
+        "200",
+        "--reconnect-jitter-ms",
+        "800",
+    ])
+    .await;
+    let token = ticker.token().await;
+    let mut readers = Vec::new();
+    for _ in 0..N {
+        let mut socket = ticker.connect(&token).await;
+        assert_eq!(next_json(&mut socket).await["type"], "snapshot");
+        readers.push(tokio::spawn(async move { close_frame(&mut socket).await }));
+    }
+    let origin = ticker.origin();
+    let bearer = format!("Bearer {token}");
+    let mut deaf = common::RawWs::connect(
+        ticker.addr(),
+        "/ws",
+        &[("Origin", &origin), ("Authorization", &bearer)],
+    )
+    .await;
+
+    ticker.example.terminate();
+    let status = tokio::time::timeout(Duration::from_secs(20), ticker.example.child.wait())
+        .await
+        .expect("the ticker exits")
+        .expect("wait for the ticker");
+    assert!(status.success(), "{status}");
+    for reader in readers {
+        let (code, reason) = reader.await.expect("reader").expect("a close frame");
+        assert_eq!(code, 1001, "{reason}");
+        let hint = wsguard::socket::parse_reconnect_hint(&reason).expect("a reconnect hint");
+        assert!(
+            (Duration::from_millis(200)..=Duration::from_millis(1000)).contains(&hint),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        deaf.close_code().await,
+        Some(1001),
+        "the deaf peer got it too"
+    );
+    let report = ticker.example.line_starting_with("drained").await;
+    assert_eq!(
+        report,
+        format!("drained {} sockets: {N} closed, 1 forced", N + 1),
+        "{report}"
+    );
+}

@@ -127,6 +127,7 @@ impl FleetBuilder {
                 available: AtomicBool::new(true),
                 local,
                 listener: listener.abort_handle(),
+                releases: crate::core::InFlight::default(),
             }),
         })
     }

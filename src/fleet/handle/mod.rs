@@ -48,6 +48,8 @@ struct Inner {
     available: AtomicBool,
     local: Arc<Local>,
     listener: tokio::task::AbortHandle,
+    /// The lease releases running now, for a drain to wait on.
+    releases: crate::core::InFlight,
 }
 
 impl Drop for Inner {
@@ -112,6 +114,11 @@ impl Fleet {
     /// [`run`](Self::run) to get the fleet's timeout and health tracking.
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.inner.conn.clone()
+    }
+
+    /// Counts the quota lease releases running now.
+    pub(crate) fn releases(&self) -> &crate::core::InFlight {
+        &self.inner.releases
     }
 
     /// Subscribes to the Redis pub/sub `channel` (name it in the fleet's namespace with
