@@ -153,7 +153,7 @@
 //!
 //! # Memory
 //!
-//! An idle guarded socket costs about 3.7 KiB of the server's memory (bare axum: about
+//! An idle guarded socket costs about 3.9 KiB of the server's memory (bare axum: about
 //! 130 KiB; measured with the load harness, see `BENCHMARKS.md`): the socket's task (the
 //! driver, tungstenite's state and the handler's future), tungstenite's 1 KiB read buffer,
 //! the shared send/receive state and the connection. The read buffer that matters for speed
@@ -302,6 +302,7 @@ mod drain;
 mod driver;
 mod error;
 mod guarded;
+mod joined;
 mod layer;
 mod policy;
 mod queue;

@@ -27,6 +27,7 @@ use super::{
     CloseSignal, GuardedSocket,
     drain::DrainTicket,
     driver,
+    joined::Joined,
     policy::SocketPolicy,
     wire::{AxumMessages, WireIo, WireLimits, WireReport},
 };
@@ -317,7 +318,7 @@ impl Setup {
                 drain.signal().attach(driver::Driver::shared(&driver));
             }
             let drain = self.drain;
-            future::join(driver, callback(socket)).map(move |_| drop(drain))
+            Joined::new(driver, callback(socket)).map(move |()| drop(drain))
         })
     }
 }
