@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{RawWs, nz};
+use common::{RawWs, echo, nz, serve_router};
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
-    response::Response,
     routing::{any, get},
 };
 use futures_util::StreamExt;
@@ -53,30 +52,6 @@ fn quota() -> ConnectionQuotaLayer {
     ConnectionQuotaLayer::new().per_ip(nz(1000))
 }
 
-async fn echo(upgrade: GuardedUpgrade) -> Response {
-    upgrade.on_upgrade(|mut socket: GuardedSocket| async move {
-        while let Some(Ok(message)) = socket.recv().await {
-            if socket.send(message).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
-
 async fn client(addr: SocketAddr, path: &str) -> Client {
     let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
     req.headers_mut()
@@ -113,7 +88,7 @@ async fn every_guarded_socket_gets_1001_with_its_own_reconnect_hint() {
     let app = Router::new()
         .route("/ws", any(echo))
         .layer(guard(&drain, &quota));
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     let mut clients = Vec::new();
     for _ in 0..N {
         clients.push(client(addr, "/ws").await);
@@ -170,7 +145,7 @@ async fn a_socket_closed_by_the_drain_knows_why() {
             })
         }
     });
-    let addr = serve(
+    let addr = serve_router(
         Router::new()
             .route("/ws", route)
             .layer(guard(&drain, &quota())),
@@ -239,7 +214,7 @@ async fn a_handshake_while_draining_gets_503_with_retry_after_and_other_requests
         .route("/ws", any(echo))
         .route("/healthz", get(|| async { "ok" }))
         .layer(guard(&drain, &quota()));
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     // Before the drain, a handshake passes.
     let mut ws = client(addr, "/ws").await;
     let reader = tokio::spawn(async move { close_frame(&mut ws).await });
@@ -266,7 +241,7 @@ async fn the_guard_s_hook_answers_for_the_drain_too() {
     let drain = Drain::new();
     let guard = guard(&drain, &quota())
         .on_rejection(|rejection: &wsguard::Rejection| (rejection.status(), "custom refusal"));
-    let addr = serve(Router::new().route("/ws", any(echo)).layer(guard)).await;
+    let addr = serve_router(Router::new().route("/ws", any(echo)).layer(guard)).await;
     drain.shutdown(LIMIT).await;
     let (status, text) = raw_request(addr, "/ws", true).await;
     assert_eq!(status, 503, "{text}");
@@ -302,7 +277,7 @@ async fn the_deadline_forces_the_sockets_that_did_not_end_and_frees_their_slots(
         .route("/ws", any(echo))
         .route("/stuck", stuck)
         .layer(guard);
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     let mut polite = client(addr, "/ws").await;
     let mut stuck_handler = client(addr, "/stuck").await;
     let auth = format!("Bearer {TOKEN}");
@@ -355,7 +330,7 @@ async fn a_handshake_in_flight_when_the_drain_starts_is_waited_for_and_closed() 
             })
         }
     });
-    let addr = serve(
+    let addr = serve_router(
         Router::new()
             .route("/ws", route)
             .layer(guard(&drain, &quota())),

@@ -7,12 +7,11 @@
 
 mod common;
 
-use common::nz;
+use common::{echo, nz, serve_router};
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Router,
-    response::Response,
     routing::{any, get},
 };
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +29,7 @@ use wsguard::{
     client_ip::ClientIpLayer,
     rate_limit::{AuthThrottleLayer, ConnectionQuotaLayer, RateLimitLayer},
     revoke::Revocations,
-    socket::{GuardedSocket, GuardedUpgrade, SocketPolicyLayer},
+    socket::SocketPolicyLayer,
 };
 
 const ORIGIN: &str = "https://app.example.com";
@@ -50,30 +49,6 @@ fn guard() -> WsGuard<StaticTokens<()>> {
         .allow_origin(ORIGIN)
         .and_then(|g| g.allow_host(HOST))
         .expect("valid origin and host")
-}
-
-async fn echo(upgrade: GuardedUpgrade) -> Response {
-    upgrade.on_upgrade(|mut socket: GuardedSocket| async move {
-        while let Some(Ok(message)) = socket.recv().await {
-            if socket.send(message).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-async fn serve_router(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
 }
 
 async fn serve<A>(guard: WsGuard<A>) -> SocketAddr

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::nz;
+use common::{nz, serve_router};
 use std::{net::SocketAddr, time::Duration};
 
 use axum::{
@@ -38,20 +38,6 @@ async fn fake_auth(req: Request, next: Next) -> Response {
     }
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
-
 /// The handshake's status and `Retry-After`.
 async fn handshake(addr: SocketAddr, query: &str) -> (u16, Option<String>) {
     match connect_async(format!("ws://{addr}/ws{query}")).await {
@@ -79,7 +65,7 @@ async fn handshake_rate_is_limited_per_client() {
                 .rate_limit_headers(true),
         )
         .layer(ClientIpLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     for _ in 0..3 {
         assert_eq!(handshake(addr, "").await, (101, None));
     }
@@ -101,7 +87,7 @@ async fn failed_authentications_lock_the_client_out_before_auth_runs() {
                 .block_for(Duration::from_secs(600)),
         )
         .layer(ClientIpLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
 
     assert_eq!(handshake(addr, "?token=good").await, (101, None));
     for _ in 0..3 {
@@ -119,7 +105,7 @@ async fn rate_limit_without_client_ip_layer_is_a_clear_500() {
     let app = Router::new()
         .route("/ws", get(|| async { Body::empty() }))
         .layer(RateLimitLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     assert_eq!(handshake(addr, "").await.0, 500);
 }
 
@@ -162,7 +148,7 @@ async fn concurrent_guesses_do_not_all_reach_the_authenticator() {
                 .block_for(Duration::from_secs(600)),
         )
         .layer(ClientIpLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
 
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..GUESSES {
@@ -220,7 +206,7 @@ async fn block_for_duration_max_saturates() {
                 .block_for(Duration::MAX),
         )
         .layer(ClientIpLayer::new());
-    let addr = serve(app).await;
+    let addr = serve_router(app).await;
     assert_eq!(handshake(addr, "?token=bad").await.0, 401);
     let (status, retry_after) = handshake(addr, "?token=good").await;
     assert_eq!(status, 429);

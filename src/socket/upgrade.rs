@@ -83,10 +83,17 @@ pub struct GuardedUpgrade {
     /// `None` for HTTP/2 (extended `CONNECT`).
     key: Option<HeaderValue>,
     policy: SocketPolicy,
+    handoff: Handoff,
+}
+
+/// What the handshake's layers hand over to the socket.
+#[derive(Debug)]
+struct Handoff {
     permit: Option<ConnectionPermit>,
     principal: Option<Principal>,
     client_ip: Option<ClientIp>,
     signal: Option<CloseSignal>,
+    /// Held until the socket's task ends (or is aborted): the drain waits for it.
     drain: Option<DrainTicket>,
 }
 
@@ -96,11 +103,11 @@ impl fmt::Debug for GuardedUpgrade {
             .field("inner", &self.inner)
             .field("http2", &self.key.is_none())
             .field("policy", &self.policy)
-            .field("permit", &self.permit)
-            .field("principal", &self.principal)
-            .field("client_ip", &self.client_ip)
-            .field("signal", &self.signal)
-            .field("drain", &self.drain)
+            .field("permit", &self.handoff.permit)
+            .field("principal", &self.handoff.principal)
+            .field("client_ip", &self.handoff.client_ip)
+            .field("signal", &self.handoff.signal)
+            .field("drain", &self.handoff.drain)
             .finish()
     }
 }
@@ -152,11 +159,13 @@ where
             on_upgrade,
             key,
             policy,
-            permit: parts.extensions.remove::<ConnectionPermit>(),
-            principal: parts.extensions.get::<Principal>().cloned(),
-            client_ip: parts.extensions.get::<ClientIp>().copied(),
-            signal: parts.extensions.remove::<CloseSignal>(),
-            drain: parts.extensions.remove::<DrainTicket>(),
+            handoff: Handoff {
+                permit: parts.extensions.remove::<ConnectionPermit>(),
+                principal: parts.extensions.get::<Principal>().cloned(),
+                client_ip: parts.extensions.get::<ClientIp>().copied(),
+                signal: parts.extensions.remove::<CloseSignal>(),
+                drain: parts.extensions.remove::<DrainTicket>(),
+            },
         })
     }
 }
@@ -190,12 +199,12 @@ impl GuardedUpgrade {
 
     /// The authenticated principal of the handshake, if any.
     pub fn principal(&self) -> Option<&Principal> {
-        self.principal.as_ref()
+        self.handoff.principal.as_ref()
     }
 
     /// The client address, if the client-IP layer recorded it.
     pub fn client_ip(&self) -> Option<ClientIp> {
-        self.client_ip
+        self.handoff.client_ip
     }
 
     /// Finishes the upgrade and calls `callback` with the [`GuardedSocket`]; like axum's
@@ -212,11 +221,7 @@ impl GuardedUpgrade {
             on_upgrade,
             key,
             policy,
-            permit,
-            principal,
-            client_ip,
-            signal,
-            drain,
+            handoff,
         } = self;
         let cfg = policy.config();
         let mut config = WebSocketConfig::default();
@@ -229,20 +234,17 @@ impl GuardedUpgrade {
         }
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
-        if let (Some(drain), Some(permit)) = (&drain, &permit) {
+        if let (Some(drain), Some(permit)) = (&handoff.drain, &handoff.permit) {
             drain.wait_for(permit.releases());
         }
+        let drain = handoff.drain.clone();
         let socket = Setup {
             config,
             limits: cfg.wire(),
             drain_bytes: cfg.drain_bytes(),
             protocol,
             policy,
-            permit,
-            principal,
-            client_ip,
-            signal,
-            drain: drain.clone(),
+            handoff,
         };
         // Built from combinators rather than one `async` block: a block keeps everything it
         // captured for the socket's whole life, while each of these steps gives up its
@@ -258,7 +260,7 @@ impl GuardedUpgrade {
                 tracing::debug!(
                     name: "wsguard.socket.upgrade_failed",
                     target: "wsguard::socket",
-                    client_ip = socket.client_ip.map(|ip| ip.0.to_string()),
+                    client_ip = socket.handoff.client_ip.map(|ip| ip.0.to_string()),
                     error,
                     "WebSocket upgrade failed"
                 );
@@ -279,12 +281,7 @@ struct Setup {
     drain_bytes: u64,
     protocol: Option<HeaderValue>,
     policy: SocketPolicy,
-    permit: Option<ConnectionPermit>,
-    principal: Option<Principal>,
-    client_ip: Option<ClientIp>,
-    signal: Option<CloseSignal>,
-    /// Held until the task ends (or is aborted): the drain waits for it.
-    drain: Option<DrainTicket>,
+    handoff: Handoff,
 }
 
 impl Setup {
@@ -302,22 +299,25 @@ impl Setup {
             report.clone(),
         );
         WebSocketStream::from_raw_socket(io, Role::Server, Some(self.config)).then(move |ws| {
+            let Handoff {
+                permit,
+                principal,
+                client_ip,
+                signal,
+                drain,
+            } = self.handoff;
             let (socket, driver) = driver::start(
                 AxumMessages(ws),
                 Some(report),
                 self.protocol,
                 self.policy,
-                self.permit,
-                self.principal,
-                self.client_ip,
+                permit,
+                principal,
+                client_ip,
             );
-            if let Some(signal) = self.signal {
+            for signal in signal.iter().chain(drain.as_ref().map(DrainTicket::signal)) {
                 signal.attach(driver::Driver::shared(&driver));
             }
-            if let Some(drain) = &self.drain {
-                drain.signal().attach(driver::Driver::shared(&driver));
-            }
-            let drain = self.drain;
             Joined::new(driver, callback(socket)).map(move |()| drop(drain))
         })
     }

@@ -564,3 +564,29 @@ pub fn nz<N: TryFrom<std::num::NonZeroU64>>(n: impl TryInto<u64>) -> N {
         .and_then(|n| N::try_from(n).ok())
         .expect("nz: not a non-zero value of the target type")
 }
+
+/// Serves `app` on 127.0.0.1 (with `ConnectInfo`) in the background; its address.
+pub async fn serve_router(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// A handler echoing every message through the guarded socket.
+pub async fn echo(upgrade: wsguard::socket::GuardedUpgrade) -> axum::response::Response {
+    upgrade.on_upgrade(|mut socket| async move {
+        while let Some(Ok(message)) = socket.recv().await {
+            if socket.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
+}
