@@ -23,8 +23,11 @@ pub(crate) const BYTES: &str = "wsguard_bytes_total";
 pub(crate) const DROPPED: &str = "wsguard_dropped_messages_total";
 pub(crate) const SLOW_CONSUMER: &str = "wsguard_slow_consumer_actions_total";
 pub(crate) const QUOTA_ACTIVE: &str = "wsguard_quota_active";
+#[cfg(feature = "redis")]
 pub(crate) const FLEET_ERRORS: &str = "wsguard_fleet_errors_total";
+#[cfg(feature = "redis")]
 pub(crate) const FLEET_FALLBACKS: &str = "wsguard_fleet_fallbacks_total";
+#[cfg(feature = "redis")]
 pub(crate) const FLEET_AVAILABLE: &str = "wsguard_fleet_available";
 
 /// The `layer` and `cause` labels of a refusal.
