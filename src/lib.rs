@@ -29,6 +29,8 @@
 //!   keyed by the trusted client IP or the authenticated identity.
 //! - `fleet` (feature `redis`): the rate limits and quotas shared by every instance of a
 //!   service through Redis, and revocation that closes sockets on every instance.
+//! - Feature `metrics`: every layer's counters and gauges through the `metrics` facade (see
+//!   [Metrics](#metrics)).
 //!
 //! # One guard
 //!
@@ -190,6 +192,33 @@
 //! anything that implements [`IntoResponse`](axum::response::IntoResponse);
 //! `rejection.clone().into_response()` is the default response.
 //!
+//! # Metrics
+//!
+//! With the feature `metrics`, every layer records through the
+//! [`metrics`](https://docs.rs/metrics) facade, so any exporter works
+//! (`metrics-exporter-prometheus`, for one; the stock ticker example serves it on
+//! `/metrics`). Without a recorder installed the calls do nothing; without the feature they are
+//! not compiled in. The names are stable; every label takes one of a fixed, small set of
+//! values (never an address, identity, token, origin or message content):
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `wsguard_handshakes_total` | counter | `outcome="accepted"` | handshakes answered with an upgrade (`101`, or `200` for HTTP/2) |
+//! | `wsguard_handshakes_total` | counter | `outcome="refused"`, `layer`, `cause` | requests a layer refused, with or without an `on_rejection` hook: `layer` is `origin`, `client_ip`, `rate_limit`, `auth`, `revoke`, `drain` or `fleet`; `cause` is the cause's `as_str()` ([`origin::OriginError::as_str`], [`auth::AuthError::as_str`], [`revoke::RevokeError::as_str`], [`client_ip::ClientIpError::as_str`], `FleetError::as_str`, `draining`), for `rate_limit` one of `too_many_handshakes`, `too_many_failed_auth`, `auth_attempts_in_flight`, `client_ip_quota`, `identity_quota`, `global_quota`, `missing_client_ip` |
+//! | `wsguard_sockets_open` | gauge | | guarded sockets open now |
+//! | `wsguard_socket_closes_total` | counter | `cause` | sockets the policy, a close signal or a drain closed: [`socket::CloseCause::as_str`] |
+//! | `wsguard_messages_total` | counter | `direction="in"\|"out"` | text and binary messages handed to the application / written to the peer |
+//! | `wsguard_bytes_total` | counter | `direction="in"\|"out"` | their payload bytes |
+//! | `wsguard_dropped_messages_total` | counter | `cause` | received messages dropped: over a rate limit with `RateAction::Drop` (the rate scope's cause, e.g. `socket_message_rate`) or `receive_queue_full` |
+//! | `wsguard_slow_consumer_actions_total` | counter | `action="conflated"\|"dropped_oldest"\|"closed"` | the slow-consumer policy: queued messages replaced or dropped, sockets closed |
+//! | `wsguard_quota_active` | gauge | `backend="local"\|"fleet"` | socket quota slots held now |
+//! | `wsguard_fleet_errors_total` | counter | `op`, `error` | fleet Redis commands that failed: `op` one of `rate_limit`, `quota_count`, `quota_acquire`, `quota_renew`, `quota_release`, `is_revoked`, `revocation_check`, `revoke_token`, `revoke_before`, `ping`; `error` `unavailable` or `redis_error` |
+//! | `wsguard_fleet_fallbacks_total` | counter | `layer="rate_limit"\|"quota"\|"revocation"` | handshakes decided locally while Redis was unreachable |
+//! | `wsguard_fleet_available` | gauge | | `1` when the last fleet command reached Redis, `0` when it did not |
+//!
+//! The per-message counters are registered once per socket and then incremented through
+//! their handles (an atomic add each); install the recorder before serving.
+//!
 //! # Configuration
 //!
 //! Only settings that parse a value can fail, all with the one [`ConfigError`]: origins,
@@ -210,6 +239,7 @@ pub mod fleet;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-governor")))]
 pub mod governor;
 mod guard;
+mod metrics;
 pub mod origin;
 pub mod rate_limit;
 mod rejection;

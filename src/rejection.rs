@@ -312,6 +312,7 @@ impl fmt::Debug for OnRejection {
 /// added: a hook may answer with another status, where a challenge has no place.
 pub(crate) fn reject(hook: Option<&OnRejection>, cause: impl Into<Rejection>) -> Response {
     let rejection = cause.into();
+    crate::metrics::handshake_refused(&rejection);
     let Some(hook) = hook else {
         return rejection.into_response();
     };

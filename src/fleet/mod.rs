@@ -290,6 +290,7 @@ pub(crate) fn refuse_unavailable(
 
 /// Logs a handshake decided by the local fallback.
 pub(crate) fn note_fallback(layer: &'static str, client_ip: Option<std::net::IpAddr>) {
+    crate::metrics::fleet_fallback(layer);
     tracing::debug!(
         name: "wsguard.fleet.fallback",
         target: "wsguard::fleet",

@@ -196,7 +196,7 @@ where
 
 fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
     let releases = lease.fleet.releases().clone();
-    let mut permit = ConnectionPermit::holding(lease);
+    let mut permit = ConnectionPermit::holding((lease, crate::metrics::QuotaHeld::new("fleet")));
     // A drain waits for the release this permit's drop starts.
     permit.note_release(releases);
     crate::core::attach_permit(req.extensions_mut(), permit);

@@ -249,11 +249,15 @@ impl ConnectionQuotaLayer {
             *counts.by_identity.entry(Arc::clone(subject)).or_insert(0) += 1;
         }
         drop(counts);
-        Ok(ConnectionPermit::holding(Slot {
+        let slot = Slot {
             shared: Arc::clone(shared),
             ip: ip_key,
             identity,
-        }))
+        };
+        Ok(ConnectionPermit::holding((
+            slot,
+            crate::metrics::QuotaHeld::new("local"),
+        )))
     }
 }
 

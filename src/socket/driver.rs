@@ -93,6 +93,7 @@ pub(crate) struct Driver<W> {
     /// what came before (and queued its answers), and the latest time to send it.
     failed: Option<(u16, Instant)>,
     _permit: Option<ConnectionPermit>,
+    metrics: crate::metrics::SocketMetrics,
 }
 
 /// Builds the application's socket and the driver that serves it.
@@ -163,6 +164,7 @@ pub(crate) fn start<W>(
         drained: false,
         failed: None,
         _permit: permit,
+        metrics: crate::metrics::SocketMetrics::new(),
         policy,
     };
     (GuardedSocket::new(shared, protocol), driver)
@@ -395,6 +397,7 @@ where
     /// Closes with `cause`'s code and `reason`, or the cause's own reason.
     fn begin_close_with(&mut self, cause: CloseCause, reason: Option<String>, now: Instant) {
         let code = cause.close_code();
+        crate::metrics::socket_closed(cause);
         if cause == CloseCause::Shutdown {
             // One event per socket would flood the logs at every shutdown; the drain reports
             // its counts in one `wsguard.socket.drained` event.
@@ -521,6 +524,7 @@ where
                     let mut state = self.shared.lock();
                     match state.outbound.pop() {
                         Some(msg) => {
+                            self.metrics.message_out(&msg);
                             state.stats.sent += 1;
                             (msg, false)
                         }
@@ -636,6 +640,7 @@ where
                 state.stats.dropped_incoming += 1;
                 let dropped = state.stats.dropped_incoming;
                 drop(state);
+                crate::metrics::dropped(cause.as_str(), 1);
                 if dropped.is_power_of_two() {
                     tracing::warn!(
                         name: "wsguard.socket.dropped",
@@ -656,6 +661,7 @@ where
         {
             self.idle_at = now.checked_add(idle);
         }
+        self.metrics.message_in(&msg);
         self.deliver(Ok(msg));
     }
 
@@ -673,6 +679,7 @@ where
             state.stats.dropped_unread += 1;
             let dropped = state.stats.dropped_unread;
             drop(state);
+            crate::metrics::dropped("receive_queue_full", 1);
             if dropped.is_power_of_two() {
                 tracing::warn!(
                     name: "wsguard.socket.dropped",

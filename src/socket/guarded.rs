@@ -136,9 +136,13 @@ impl Shared {
         } else {
             match state.outbound.push(key, msg) {
                 Pushed::Queued => {}
-                Pushed::Conflated(n) => state.stats.conflated += n as u64,
+                Pushed::Conflated(n) => {
+                    state.stats.conflated += n as u64;
+                    crate::metrics::slow_consumer("conflated", n as u64);
+                }
                 Pushed::DroppedOldest(n) => {
                     state.stats.dropped_outgoing += n as u64;
+                    crate::metrics::slow_consumer("dropped_oldest", n as u64);
                     let dropped = state.stats.dropped_outgoing;
                     if dropped.is_power_of_two() || dropped == n as u64 {
                         tracing::warn!(
@@ -154,6 +158,7 @@ impl Shared {
                     }
                 }
                 Pushed::Overflow => {
+                    crate::metrics::slow_consumer("closed", 1);
                     state.send_closed = true;
                     state.cause = Some(CloseCause::SlowConsumer);
                     state.close_request = Some(CloseRequest::new(CloseCause::SlowConsumer));

@@ -234,6 +234,7 @@ impl GuardedUpgrade {
         }
         let protocol = inner.selected_protocol().cloned();
         let response = switching_protocols(key.as_ref(), protocol.as_ref());
+        crate::metrics::handshake_accepted();
         if let (Some(drain), Some(permit)) = (&handoff.drain, &handoff.permit) {
             drain.wait_for(permit.releases());
         }

@@ -144,6 +144,37 @@ pub(crate) struct Args {
     /// secret per process: tickets do not survive a restart].
     #[arg(long, value_name = "PATH")]
     pub(crate) ticket_secret_file: Option<PathBuf>,
+    /// Serve the Prometheus metrics, `GET /metrics`, on a listener of their own at this
+    /// address (keep it on loopback or a private network; port 0 picks a free port), and
+    /// not on the public one [default: off; without --metrics-token-file there is no
+    /// /metrics at all].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// File holding the bearer token `GET /metrics` asks for (`Authorization: Bearer
+    /// <token>`, compared in constant time; a trailing newline is ignored). Without
+    /// --metrics-addr, /metrics is then served on the public listener [default: off].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_token_file: Option<PathBuf>,
+}
+
+/// The bearer token of `--metrics-token-file`, if given: at least 16 bytes.
+pub(crate) fn metrics_token(args: &Args) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {
+    let Some(path) = &args.metrics_token_file else {
+        return Ok(None);
+    };
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("--metrics-token-file {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.len() < 16 {
+        return Err(format!(
+            "--metrics-token-file {}: the token must be at least 16 bytes",
+            path.display()
+        )
+        .into());
+    }
+    Ok(Some(bytes))
 }
 
 /// The environment variable that may hold the ticket secret instead of

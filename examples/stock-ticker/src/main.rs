@@ -57,7 +57,7 @@ use wsguard::{
 use crate::{db::Db, hub::Hub, metrics::Metrics};
 
 use crate::{
-    cli::{Args, ticket_key},
+    cli::{Args, metrics_token, ticket_key},
     routes::router,
 };
 
@@ -109,6 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let key = ticket_key(&args)?;
+    // Before anything records: wsguard's layers and the ticker's own metrics.
+    let metrics = Arc::new(Metrics::install(metrics_token(&args)?)?);
     let hub = Hub::new(db.snapshot()?);
     let fleet = match &args.redis {
         Some(url) => {
@@ -142,7 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = App {
         db,
         hub,
-        metrics: Arc::new(Metrics::default()),
+        metrics: metrics.clone(),
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
@@ -166,6 +168,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     println!("stock ticker listening on {scheme}://{addr}");
+    if let Some(metrics_addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(metrics_addr).await?;
+        let bound = listener.local_addr()?;
+        if !bound.ip().is_loopback() && args.metrics_token_file.is_none() {
+            tracing::warn!(%bound, "/metrics is served off loopback without --metrics-token-file");
+        }
+        println!("metrics on http://{bound}/metrics");
+        let router = axum::Router::new()
+            .route("/metrics", axum::routing::get(metrics::render))
+            .with_state(metrics);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
     let header_timeout = Duration::from_secs(args.header_timeout);
     server::serve(listener, router, tls, header_timeout, stop).await;
 

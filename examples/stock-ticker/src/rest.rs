@@ -1,4 +1,4 @@
-//! The REST handlers: `POST /login`, `POST /prices`, `POST /revoke` and `GET /metrics`.
+//! The REST handlers: `POST /login`, `POST /prices`, and `POST /revoke`.
 //!
 //! `/prices` and `/revoke` act for a caller: `routes` puts them behind wsguard's
 //! `HandshakeAuthLayer` (the bearer token, verified) and `RevocationLayer` (not revoked, in
@@ -202,15 +202,4 @@ pub(crate) async fn revoke(
             )
         }
     }
-}
-
-pub(crate) async fn metrics_text(State(app): State<App>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response()
 }

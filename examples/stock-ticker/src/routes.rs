@@ -150,7 +150,7 @@ pub(crate) fn router(
         .merge(login_route)
         .merge(caller_routes)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(rest::metrics_text))
+        .merge(public_metrics(args, &app))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
         .layer(middleware::from_fn_with_state(
             app.metrics.clone(),
@@ -166,6 +166,17 @@ pub(crate) fn router(
         }));
     }
     Ok(router.with_state(app))
+}
+
+/// `GET /metrics` on the public listener: only with `--metrics-token-file` (the bearer token)
+/// and without `--metrics-addr` (then it is on that listener alone).
+fn public_metrics(args: &Args, app: &App) -> Router<App> {
+    if args.metrics_token_file.is_none() || args.metrics_addr.is_some() {
+        return Router::new();
+    }
+    Router::new()
+        .route("/metrics", get(metrics::render))
+        .with_state(app.metrics.clone())
 }
 
 /// A tower_governor rate limit of one request every `every` with a burst of `burst` per

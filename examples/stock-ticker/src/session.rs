@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::Arc,
 };
 
 use axum::{
@@ -35,7 +35,7 @@ struct OpenGuard(Arc<Metrics>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Relaxed);
+        self.0.ended();
     }
 }
 
@@ -53,8 +53,6 @@ pub(crate) async fn session(app: App, version: Version, mut socket: GuardedSocke
         "socket opened"
     );
     app.metrics.opened(version);
-    app.metrics.connections_open.fetch_add(1, Relaxed);
-    app.metrics.connections_total.fetch_add(1, Relaxed);
     let _open = OpenGuard(app.metrics.clone());
 
     // Subscribe before the snapshot; updates already in the snapshot are skipped by `seq`.
@@ -81,7 +79,7 @@ pub(crate) async fn session(app: App, version: Version, mut socket: GuardedSocke
                     if sender.send_keyed(update.symbol, Message::Text(update.json)).is_err() {
                         break;
                     }
-                    app.metrics.messages_pushed.fetch_add(1, Relaxed);
+                    app.metrics.pushed();
                 }
                 Err(RecvError::Lagged(missed)) => {
                     // This task fell behind the hub: catch up with the latest prices.
@@ -104,7 +102,7 @@ pub(crate) async fn session(app: App, version: Version, mut socket: GuardedSocke
             },
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
-                    app.metrics.client_messages.fetch_add(1, Relaxed);
+                    app.metrics.client_message();
                     let reply = handle_client_message(&app, &text, &mut subs);
                     if let Some(reply) = reply
                         && sender.send(Message::text(reply)).is_err()

@@ -589,7 +589,10 @@ async fn expired_token_closes_the_socket_with_1008() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    let ticker = ticker(&[]).await;
+    let dir = common::TempDir::new("ticker-metrics-token");
+    let token_file = dir.file("metrics.token");
+    std::fs::write(&token_file, "health-and-metrics-token").expect("write metrics token");
+    let ticker = ticker(&["--metrics-token-file", &token_file]).await;
     let res = http(ticker.addr(), "GET", "/healthz", &[], "").await;
     assert_eq!(res.status, 200);
     let token = ticker.token().await;
@@ -603,7 +606,8 @@ async fn health_and_metrics() {
         "",
     )
     .await;
-    let res = http(ticker.addr(), "GET", "/metrics", &[], "").await;
+    let bearer = [("Authorization", "Bearer health-and-metrics-token")];
+    let res = http(ticker.addr(), "GET", "/metrics", &bearer, "").await;
     assert_eq!(res.status, 200);
     assert!(
         res.header("content-type")
@@ -615,7 +619,8 @@ async fn health_and_metrics() {
         "ticker_connections_open 1",
         "ticker_rejections_total{cause=\"origin_not_allowed\"} 1",
         "ticker_messages_pushed_total",
-        "ticker_slow_consumer_actions_total",
+        "wsguard_sockets_open 1",
+        "wsguard_handshakes_total{outcome=\"refused\",layer=\"origin\",cause=\"not_allowed\"} 1",
     ] {
         assert!(res.body.contains(needle), "{needle} in\n{}", res.body);
     }

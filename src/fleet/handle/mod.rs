@@ -180,6 +180,13 @@ impl Fleet {
             ))),
         };
         match &result {
+            Ok(_) => crate::metrics::fleet_available(true),
+            Err(e) => {
+                crate::metrics::fleet_available(!matches!(e, FleetError::Unavailable(_)));
+                crate::metrics::fleet_error(what, e);
+            }
+        }
+        match &result {
             Ok(_) => {
                 if !self.inner.available.swap(true, Ordering::Relaxed) {
                     tracing::info!(

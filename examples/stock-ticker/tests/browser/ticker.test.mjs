@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { createServer } from "node:http";
-import { mkdtempSync, mkdirSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, mkdirSync, rmSync, existsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -15,6 +15,9 @@ const ROOT = new URL("../../../..", import.meta.url).pathname;
 const BIN = process.env.TICKER_BIN || join(ROOT, "target/debug/stock-ticker");
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const SHOTS = join(ROOT, "target/browser");
+// The bearer token of `/metrics` (`--metrics-token-file`; without it there is no `/metrics`).
+const METRICS_TOKEN = "browser-test-metrics-token";
+const METRICS_HEADERS = { Authorization: `Bearer ${METRICS_TOKEN}` };
 
 let ticker, base, browser, dir;
 
@@ -22,8 +25,10 @@ let ticker, base, browser, dir;
 // its log lines (stderr, ANSI colours removed) are pushed there.
 function startTicker(dbDir, extra = [], logs = null) {
   assert.ok(existsSync(BIN), `${BIN} missing: run cargo test --workspace --all-features (or cargo build -p stock-ticker) first`);
+  const tokenFile = join(dbDir, "metrics.token");
+  writeFileSync(tokenFile, METRICS_TOKEN);
   const child = spawn(BIN, ["--addr", "127.0.0.1:0", "--db", join(dbDir, "t.db"), "--tick-hz", "20",
-    "--user", "alice:wonderland", ...extra], {
+    "--user", "alice:wonderland", "--metrics-token-file", tokenFile, ...extra], {
     stdio: ["ignore", "pipe", logs ? "pipe" : "ignore"],
     env: logs ? { ...process.env, RUST_LOG: "info" } : process.env,
   });
@@ -109,7 +114,7 @@ test("a page served from another origin cannot open the socket", async () => {
     await page.goto(`http://127.0.0.1:${evil.address().port}/`);
     await page.waitForFunction(() => document.title.length > 0, null, { timeout: 10000 });
     assert.match(await page.title(), /^refused/);
-    const metrics = await (await fetch(`${base}/metrics`)).text();
+    const metrics = await (await fetch(`${base}/metrics`, { headers: METRICS_HEADERS })).text();
     assert.match(metrics, /ticker_rejections_total\{cause="origin_not_allowed"\} [1-9]/);
   } finally {
     await page.close();
@@ -164,7 +169,7 @@ describe("over TLS, HTTP/2", () => {
   const hasKey = (h) => Object.keys(h.headers).some((name) => name.toLowerCase() === "sec-websocket-key");
 
   async function metrics(page) {
-    return page.evaluate(async () => (await fetch("/metrics")).text());
+    return page.evaluate(async (headers) => (await fetch("/metrics", { headers })).text(), METRICS_HEADERS);
   }
 
   function counter(text, line) {
