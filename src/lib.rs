@@ -227,7 +227,39 @@
 //! (`NonZeroU32`, `NonZeroUsize`, `Duration`, an enum) and returns the builder, never
 //! panicking: a `Duration` too short to make sense (zero, say) is raised to a documented
 //! minimum, and a rate finer than a limiter can count saturates to the finest it can.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//!
+//! # Features
+//!
+//! Every feature is off by default and only adds to the API; on docs.rs every gated item
+//! says which feature it needs.
+//!
+//! | Feature | What it adds |
+//! |---|---|
+//! | `jwt` | [`auth::JwtAuthenticator`]: JSON Web Token verification (HS256, RS256, ES256; audience required) |
+//! | `redis` | `fleet`: rate limits, quotas and revocation shared by every instance through Redis, and [`WsGuard::fleet`] |
+//! | `tower-governor` | `governor`: proxy-safe `KeyExtractor`s for tower_governor ([`ClientIpKey`](governor::ClientIpKey), [`IdentityKey`](governor::IdentityKey)) |
+//! | `metrics` | every enforcement also records a counter through the `metrics` facade |
+//! | `full` | all of the above |
+//!
+//! # Examples
+//!
+//! Runnable programs are workspace crates under `examples/` in the repository, each with a
+//! header saying how to run it and its integration tests beside it:
+//!
+//! - `examples/stock-ticker` (`cargo run -p stock-ticker`): the whole guard in a real
+//!   service: accounts, login tickets passed as a `Sec-WebSocket-Protocol` entry, quotas, a
+//!   socket policy, revocation, graceful drain, HTTP/2 over TLS and fleet mode (`--features
+//!   redis`), behind the tower-http layers an HTTP service wants (trace with credentials
+//!   redacted, body limit, timeout, security headers).
+//! - `examples/heroes` (`cargo run -p heroes`): Socket.IO (socketioxide) behind the origin
+//!   guard, client IP, handshake rate limit and connection quota.
+//! - `examples/echo` (`cargo run -p echo`): the origin guard alone; the Autobahn conformance
+//!   run uses it.
+//! - `examples/socket-ticker` (`cargo run -p socket-ticker`): the socket policy's send queue
+//!   and conflation for slow consumers.
+// `doc_cfg` (nightly, docs.rs): every feature-gated item says which feature it needs. Since
+// Rust 1.92 it also derives those notes from `#[cfg]` (the former `doc_auto_cfg`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod client_ip;

@@ -23,6 +23,12 @@
 //!   limit alone would not stop password guessing). The throttle is wsguard's
 //!   `FailureThrottle`, keyed like its layers.
 //!
+//! The page (`/`, `/script.js`, `/style.css`, `/socket.io.min.js`) is served with a
+//! Content-Security-Policy that allows nothing inline, `X-Frame-Options: DENY`,
+//! `X-Content-Type-Options: nosniff` and `Referrer-Policy: no-referrer`, and answers within a
+//! timeout (tower-http); the Engine.IO endpoint has no such timeout, a long-poll being long
+//! by design.
+//!
 //! Unknown heroes and malformed `get_name` payloads get an `error` event
 //! (`{"error": "unknown hero: ..."}`); the socket stays open.
 
@@ -38,7 +44,7 @@ use std::{
 use axum::{
     Router,
     body::Body,
-    http::{Request, header},
+    http::{HeaderValue, Request, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
@@ -53,6 +59,12 @@ use socketioxide::{
 };
 use subtle::ConstantTimeEq;
 use tower::{ServiceBuilder, ServiceExt};
+use tower_http::{
+    sensitive_headers::SetSensitiveHeadersLayer,
+    set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultMakeSpan, TraceLayer},
+};
 use wsguard::{
     client_ip::{ClientIp, ClientIpLayer},
     origin::OriginGuardLayer,
@@ -271,6 +283,14 @@ fn opens_session(req: &Request<Body>) -> bool {
         .any(|pair| pair.starts_with("sid="))
 }
 
+/// How long the page and its files may take to answer (`408` after).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The page's Content-Security-Policy: scripts, style and the Socket.IO connection from this
+/// origin only, nothing inline, no framing.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
+
 fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn std::error::Error>> {
     let max_payload = args.max_payload;
     let max_message = usize::try_from(max_payload)?;
@@ -345,7 +365,10 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
         .layer(client_ip)
         .service(socket_io);
 
-    Ok(Router::new()
+    // The page and its files: answered within the timeout, with security headers. Not the
+    // Engine.IO endpoint: a long-poll waits up to a ping interval by design, and its upgraded
+    // WebSocket is not an HTTP request at all.
+    let page = Router::new()
         .route("/", get(|| async { Html(include_str!("index.html")) }))
         .route(
             "/script.js",
@@ -355,7 +378,48 @@ fn app(args: &Args, addr: SocketAddr, users: Users) -> Result<Router, Box<dyn st
             "/socket.io.min.js",
             get(|| async { javascript(include_str!("socket.io.min.js")) }),
         )
-        .route_service("/socket.io/", socket_io))
+        .route(
+            "/style.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    include_str!("style.css"),
+                )
+            }),
+        )
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            PAGE_TIMEOUT,
+        ))
+        .route_layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        ))
+        .route_layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ));
+
+    Ok(Router::new()
+        .merge(page)
+        .route_service("/socket.io/", socket_io)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        // The request trace (debug level, with headers) sees credentials redacted.
+        .layer(
+            TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().include_headers(true)),
+        )
+        .layer(SetSensitiveHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::SET_COOKIE,
+        ])))
 }
 
 fn javascript(source: &'static str) -> Response {

@@ -43,6 +43,11 @@ async fn page_scripts_and_engine_io_endpoint() {
             contains: "get_name",
         },
         Case {
+            path: "/style.css",
+            content_type: "text/css",
+            contains: "#status.error",
+        },
+        Case {
             path: "/socket.io.min.js",
             content_type: "text/javascript",
             contains: "Socket.IO v4",
@@ -59,7 +64,40 @@ async fn page_scripts_and_engine_io_endpoint() {
             res.header("content-type")
         );
         assert!(res.body.contains(case.contains), "{}", case.path);
+        assert_eq!(
+            res.header("x-content-type-options"),
+            Some("nosniff"),
+            "{}",
+            case.path
+        );
+        assert_eq!(res.header("x-frame-options"), Some("DENY"), "{}", case.path);
+        assert_eq!(
+            res.header("referrer-policy"),
+            Some("no-referrer"),
+            "{}",
+            case.path
+        );
+        let csp = res.header("content-security-policy").unwrap_or_default();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(
+                csp.contains(directive),
+                "{}: {directive} missing in {csp:?}",
+                case.path
+            );
+        }
+        assert!(!csp.contains("unsafe-inline"), "{}: {csp}", case.path);
     }
+    let page = http(addr, "GET", "/", &[], "").await.body;
+    assert!(
+        !page.contains("<style") && !page.contains("<script>"),
+        "inline style or script left"
+    );
 
     // The open packet advertises socketioxide's payload limit (4 KiB by default).
     let res = http(addr, "GET", POLL, &[], "").await;

@@ -115,6 +115,11 @@ pub(crate) struct Args {
     /// Seconds a client may take to complete TLS and send its request headers.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout: u64,
+    /// Milliseconds an HTTP request (login, price, revoke, the page, health, metrics) may
+    /// take before it is answered `408 Request Timeout`; the socket route and its open
+    /// sockets are not subject to it.
+    #[arg(long, default_value_t = NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN))]
+    pub(crate) http_timeout_ms: NonZeroU64,
     /// A login token opens at most one socket (replayed tokens get 401); `POST /prices`
     /// still accepts it until it expires [default: off: a token opens sockets until it expires].
     #[arg(long)]

@@ -1,6 +1,10 @@
 //! The router: the socket route `/ws` with every wsguard layer in order, the REST routes
 //! (handlers in `rest`) with the auth and revocation layers where they act for a caller,
-//! `/healthz` and the page.
+//! `/healthz`, `/metrics` and the page (`/`, `/page.js`, `/page.css`).
+//!
+//! tower-http does the generic HTTP work: credentials marked sensitive before the request
+//! trace, a body limit on the JSON routes, a timeout on every HTTP route (not on the socket
+//! route, whose upgraded connection lives on), and security headers on the page.
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
@@ -9,11 +13,18 @@ use axum::{
     body::Body,
     http::{HeaderValue, Method, StatusCode, header, request::Parts},
     middleware,
-    response::{Html, Response},
+    response::{Html, IntoResponse, Response},
     routing::{any, get, post},
 };
 use tower_governor::{
     GovernorError, GovernorLayer, governor::GovernorConfigBuilder, key_extractor::KeyExtractor,
+};
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    sensitive_headers::SetSensitiveHeadersLayer,
+    set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultMakeSpan, TraceLayer},
 };
 use wsguard::{
     WsGuard,
@@ -44,6 +55,13 @@ const ONE_TIME_TOKENS: NonZeroUsize = NonZeroUsize::new(100_000).unwrap();
 /// Each socket's send queue: messages and bytes.
 const SEND_QUEUE_MESSAGES: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 const SEND_QUEUE_BYTES: NonZeroUsize = NonZeroUsize::new(256 * 1024).unwrap();
+/// The largest JSON body `/login`, `/prices` and `/revoke` read.
+const JSON_BODY_LIMIT: usize = 16 * 1024;
+/// The page's Content-Security-Policy: its script, style and socket come from this origin
+/// only, nothing inline, no plugins, no framing, forms post back here.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
 
 pub(crate) fn router(
     args: &Args,
@@ -128,34 +146,85 @@ pub(crate) fn router(
         Some(fleet) => guard.fleet(fleet.handle()),
         None => guard,
     };
-    let ws_route = Router::new().route("/ws", any(ws)).layer(guard);
+    // `route_layer` here and on the REST routes: a layer covers its routes only, not the
+    // router's fallback (with `layer`, an unknown path such as `/favicon.ico` would get an
+    // auth layer's 401 instead of 404).
+    let ws_route = Router::new().route("/ws", any(ws)).route_layer(guard);
     let login_slots = LoginSlots::new(args.max_concurrent_logins);
     let login_route = Router::new()
         .route("/login", post(rest::login))
-        .layer(Extension(login_slots))
-        .layer(login_rate)
-        .layer(client_ip);
+        .route_layer(Extension(login_slots))
+        .route_layer(login_rate)
+        .route_layer(client_ip)
+        .route_layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
     // The routes that act for a caller: its bearer token, verified as at the handshake (but
     // not used up: one-time tokens are for sockets) and not revoked (in fleet mode, on any
     // instance). Their refusals answer in the API's JSON shape.
     let caller_routes = Router::new()
         .route("/prices", post(rest::post_price).layer(publish_rate))
         .route("/revoke", post(rest::revoke))
-        .layer(RevocationLayer::new(app.revocations.clone()).on_rejection(json::refusal))
-        .layer(HandshakeAuthLayer::new(app.verifier.clone()).on_rejection(json::refusal));
-
-    let mut router = Router::new()
+        .route_layer(RevocationLayer::new(app.revocations.clone()).on_rejection(json::refusal))
+        .route_layer(HandshakeAuthLayer::new(app.verifier.clone()).on_rejection(json::refusal))
+        .route_layer(RequestBodyLimitLayer::new(JSON_BODY_LIMIT));
+    let page = Router::new()
         .route("/", get(|| async { Html(include_str!("page.html")) }))
-        .merge(ws_route)
+        .route(
+            "/page.js",
+            get(|| asset("text/javascript; charset=utf-8", include_str!("page.js"))),
+        )
+        .route(
+            "/page.css",
+            get(|| asset("text/css; charset=utf-8", include_str!("page.css"))),
+        )
+        .route_layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PAGE_CSP),
+        ))
+        .route_layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ));
+    // Every HTTP route answers within the timeout (`408` otherwise); `route_layer` keeps it
+    // off the fallback, and the socket route is merged in outside it: an upgraded socket is
+    // not an HTTP request and lives as long as its policy allows.
+    let http_routes = Router::new()
+        .merge(page)
         .merge(login_route)
         .merge(caller_routes)
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(public_metrics(args, &app))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(16 * 1024))
+        .route_layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(args.http_timeout_ms.get()),
+        ));
+
+    let mut router = Router::new()
+        .merge(ws_route)
+        .merge(http_routes)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
         .layer(middleware::from_fn_with_state(
             app.metrics.clone(),
             metrics::count_rejections,
-        ));
+        ))
+        // The request trace (debug level, with headers) sees the credentials redacted: the
+        // bearer token, cookies, and `Sec-WebSocket-Protocol`, which carries the page's
+        // ticket (`bearer.<token>`).
+        .layer(
+            TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().include_headers(true)),
+        )
+        .layer(SetSensitiveHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::SET_COOKIE,
+            header::SEC_WEBSOCKET_PROTOCOL,
+        ]));
     if tls {
         router = router.layer(middleware::map_response(|mut res: Response| async move {
             res.headers_mut().insert(
@@ -177,6 +246,11 @@ fn public_metrics(args: &Args, app: &App) -> Router<App> {
     Router::new()
         .route("/metrics", get(metrics::render))
         .with_state(app.metrics.clone())
+}
+
+/// A static file of the page, with its content type.
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// A tower_governor rate limit of one request every `every` with a burst of `burst` per

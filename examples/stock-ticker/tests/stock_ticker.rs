@@ -632,8 +632,11 @@ async fn page_is_served() {
     let res = http(ticker.addr(), "GET", "/", &[], "").await;
     assert_eq!(res.status, 200);
     assert!(res.body.contains("<title>wsguard stock ticker</title>"));
+    assert!(res.body.contains(r#"<script src="/page.js">"#));
+    let script = http(ticker.addr(), "GET", "/page.js", &[], "").await;
+    assert_eq!(script.status, 200);
     assert!(
-        res.body.contains("bearer."),
+        script.body.contains("bearer."),
         "the page authenticates with the subprotocol"
     );
 }

@@ -67,6 +67,36 @@ test("heroes page: sign in, press heroes, get their names", async () => {
   await page.close();
 });
 
+test("heroes page: works under its Content-Security-Policy, with no violation", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("console", (msg) => { if (msg.type() === "error") errors.push(msg.text()); });
+  page.on("pageerror", (err) => errors.push(String(err)));
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation",
+      (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  await signIn(page, "wonderland");
+  await page.waitForSelector("#heroes:not([hidden])", WAIT);
+  await page.click("button[data-hero=hulk]");
+  await page.waitForFunction(() => document.getElementById("name").textContent === "Bruce Banner", null, WAIT);
+  // style.css applied: the body's max-width comes from it.
+  assert.equal(await page.evaluate(() => getComputedStyle(document.body).maxWidth), "640px");
+  assert.deepEqual(await page.evaluate(() => window.__violations), []);
+  assert.deepEqual(errors, []);
+  // The listener does see a violation: an inline style injected now is blocked and reported.
+  await page.evaluate(() => {
+    const s = document.createElement("style");
+    s.textContent = "body { max-width: 1px; }";
+    document.head.append(s);
+  });
+  await page.waitForFunction(() => window.__violations.length > 0, null, WAIT);
+  assert.match((await page.evaluate(() => window.__violations))[0], /^style-src/);
+  assert.equal(await page.evaluate(() => getComputedStyle(document.body).maxWidth), "640px");
+  await page.close();
+});
+
 test("heroes page: a wrong password shows the server's refusal", async () => {
   const page = await browser.newPage();
   await signIn(page, "not-the-password");

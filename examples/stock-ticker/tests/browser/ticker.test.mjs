@@ -82,6 +82,42 @@ test("log in and watch prices change in the table", async () => {
   await page.close();
 });
 
+test("the page works under its Content-Security-Policy, with no violation", async () => {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("console", (msg) => { if (msg.type() === "error") errors.push(msg.text()); });
+  page.on("pageerror", (err) => errors.push(String(err)));
+  await page.addInitScript(() => {
+    window.__violations = [];
+    document.addEventListener("securitypolicyviolation",
+      (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));
+  });
+  const res = await page.goto(base);
+  const csp = res.headers()["content-security-policy"] || "";
+  assert.match(csp, /script-src 'self'/);
+  assert.doesNotMatch(csp, /unsafe-inline/);
+  await page.fill("#username", "alice");
+  await page.fill("#password", "wonderland");
+  await page.click("#login button[type=submit]");
+  await page.waitForSelector("#status.live", { timeout: 15000 });
+  await page.waitForFunction(() => document.querySelectorAll("#rows svg polyline").length >= 1, null, { timeout: 15000 });
+  // Style from page.css applied (the CSP would have blocked an inline one).
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.equal(bg, "rgb(15, 20, 25)");
+  assert.deepEqual(await page.evaluate(() => window.__violations), []);
+  assert.deepEqual(errors, []);
+  // The listener does see a violation: an inline script injected now is blocked and reported.
+  await page.evaluate(() => {
+    const s = document.createElement("script");
+    s.textContent = "window.__ran = true;";
+    document.head.append(s);
+  });
+  await page.waitForFunction(() => window.__violations.length > 0, null, { timeout: 5000 });
+  assert.match((await page.evaluate(() => window.__violations))[0], /^script-src/);
+  assert.equal(await page.evaluate(() => window.__ran), undefined);
+  await page.close();
+});
+
 test("wrong password is refused with a clear message", async () => {
   const page = await browser.newPage();
   await page.goto(base);
