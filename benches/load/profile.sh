@@ -2,7 +2,8 @@
 # Where the stock ticker's time goes per delivered fan-out message: runs the load harness's
 # fan-out scenario against the ticker alone (CLIENTS sockets, HZ updates/s), attaches to the
 # ticker process during the 10 updates/s window and prints, per delivered message, syscalls
-# (strace -c -f), context switches and CPU time (perf stat, software events).
+# (perf stat on the syscall tracepoints), context switches and CPU time, then the top symbols
+# of a sampling profile (perf record).
 #
 #   benches/load/profile.sh [TICKER_BINARY] [CLIENTS] [SECS]
 #
@@ -28,19 +29,26 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 [ -n "$pid" ] || { echo "no ticker"; kill "$harness"; exit 1; }
-sleep 1.5 # inside the warm-up + measured window of the 10 Hz run
-timeout -s INT "$secs" strace -c -f -p "$pid" -o "$out/strace.txt" || true
-sleep 0.5
-timeout -s INT "$secs" perf stat -e task-clock,context-switches,cpu-migrations,page-faults \
-  -p "$pid" -o "$out/perf.txt" || true
+sleep 1 # inside the warm-up + measured window of the 10 Hz run
+events=task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter
+for call in sendto writev write recvfrom epoll_wait futex sched_yield; do
+  events="$events,syscalls:sys_enter_$call"
+done
+# Allocations: a uprobe on libc's malloc (the ticker uses the system allocator), removed after.
+perf probe -q -x "$(ldd "$ticker" | awk '/libc.so/ { print $3 }')" malloc 2>/dev/null || true
+perf probe -l 2>/dev/null | grep -q probe_libc:malloc && events="$events,probe_libc:malloc"
+timeout -s INT "$secs" perf stat -e "$events" -p "$pid" -o "$out/perf-stat.txt" || true
+perf probe -q -d probe_libc:malloc 2>/dev/null || true
+timeout -s INT "$secs" perf record -F 499 -g -p "$pid" -o "$out/perf.data" >/dev/null 2>&1 || true
 wait "$harness" || true
 delivered=$((clients * 10 * secs))
 echo "delivered messages per window: $delivered ($clients clients x 10/s x $secs s)"
-awk -v d="$delivered" '/^ *[0-9.]+ +[0-9.]+ +[0-9]+ +[0-9]+/ && $NF != "total" {
-    printf "  %-16s %8d calls  %.4f per delivered message\n", $NF, $4, $4 / d }
-  $NF == "total" { printf "  %-16s %8d calls  %.4f per delivered message\n", "total", $3, $3 / d }' \
-  "$out/strace.txt" | sort -k2 -n -r | head -12
-awk -v d="$delivered" '/task-clock/ { gsub(",", "", $1); printf "  cpu %.2f us per delivered message\n", $1 * 1000 / d }
-  /context-switches/ { gsub(",", "", $1); printf "  context switches %.4f per delivered message\n", $1 / d }' \
-  "$out/perf.txt"
+awk -v d="$delivered" '$3 == "task-clock" { gsub(",", "", $1); $2 = "cpu-us"; $1 = $1 * 1000 }
+  $2 ~ /cpu-us|context-switches|cpu-migrations|sys_enter|malloc/ {
+    gsub(",", "", $1); v = $1
+    printf "  %-36s %12.0f  %.4f per delivered message\n", $2, v, v / d }' "$out/perf-stat.txt"
+perf report -i "$out/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
+  | grep -E '^ +[0-9.]+%' | head -25 >"$out/perf-top.txt" || true
+echo "top symbols (self time, perf record -F 499 -g):"
+cat "$out/perf-top.txt"
 grep -E "Hz:" "$out/harness.log" || true
