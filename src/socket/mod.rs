@@ -301,6 +301,7 @@
 mod drain;
 mod driver;
 mod error;
+mod fanout;
 mod guarded;
 mod joined;
 mod layer;
@@ -320,6 +321,7 @@ pub use self::{
     error::{
         CloseCause, RateAction, RateScope, RefreshError, SendError, SlowConsumer, SocketStats,
     },
+    fanout::{FanOut, Published},
     guarded::{GuardedSocket, Sender},
     layer::SocketPolicyLayer,
     policy::SocketPolicy,

@@ -109,7 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let key = ticket_key(&args)?;
-    let hub = Hub::new(db.snapshot()?);
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(db.snapshot()?, metrics.clone());
     let fleet = match &args.redis {
         Some(url) => {
             let fleet = fleet::TickerFleet::connect(&fleet::Options {
@@ -142,7 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = App {
         db,
         hub,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,
