@@ -56,7 +56,11 @@ struct Args {
     /// Fan-out client counts.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     clients: Vec<usize>,
-    /// Fan-out servers to measure (comma-separated): ticker, node, naive.
+    /// Another stock ticker binary, measured as the fan-out server `ticker-before` (say, a
+    /// build of the previous commit), to compare two builds in one run.
+    #[arg(long)]
+    ticker_before: Option<PathBuf>,
+    /// Fan-out servers to measure (comma-separated): ticker, node, naive, ticker-before.
     #[arg(long, value_delimiter = ',', default_value = "ticker,node,naive")]
     fanout_servers: Vec<FanoutServer>,
     /// Updates per second for the fan-out latency runs.
@@ -94,6 +98,7 @@ enum FanoutServer {
     Ticker,
     Node,
     Naive,
+    TickerBefore,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -529,6 +534,7 @@ struct FanoutRow {
 const TICKER: &str = "ticker";
 const NAIVE: &str = "naive";
 const NODE: &str = "node-ws";
+const BEFORE: &str = "ticker-before";
 /// Publishing connections per fan-out server.
 const PUBLISHERS: usize = 4;
 
@@ -537,6 +543,7 @@ fn fanout_label(variant: &str) -> &'static str {
     match variant {
         TICKER => "stock ticker (wsguard)",
         NODE => "Node ws 8.23",
+        BEFORE => "stock ticker, --ticker-before build",
         _ => "naive axum broadcast",
     }
 }
@@ -567,9 +574,21 @@ async fn start_node(script: &str) -> Result<Server, BoxError> {
     Server::spawn(cmd, None).await
 }
 
-async fn start_fanout_server(variant: &str, ticker: &Path, dir: &Path) -> Result<Server, BoxError> {
+async fn start_fanout_server(
+    variant: &str,
+    ticker: &Path,
+    before: Option<&Path>,
+    dir: &Path,
+) -> Result<Server, BoxError> {
     match variant {
         TICKER => start_ticker(ticker, dir).await,
+        BEFORE => {
+            start_ticker(
+                before.ok_or("ticker-before needs --ticker-before PATH")?,
+                dir,
+            )
+            .await
+        }
         NODE => start_node("ws-broadcast.mjs").await,
         _ => Server::start(server::Kind::Naive).await,
     }
@@ -593,6 +612,7 @@ async fn fanout_scenario(
             FanoutServer::Ticker => TICKER,
             FanoutServer::Node => NODE,
             FanoutServer::Naive => NAIVE,
+            FanoutServer::TickerBefore => BEFORE,
         })
         .collect();
     let mut rows: Vec<FanoutRow> = Vec::new();
@@ -604,7 +624,8 @@ async fn fanout_scenario(
             order.rotate_left(round % len);
         }
         for variant in order {
-            let server = start_fanout_server(variant, ticker, &dir).await?;
+            let server =
+                start_fanout_server(variant, ticker, args.ticker_before.as_deref(), &dir).await?;
             // Several publishing connections, so a slow answer does not throttle the updates.
             let mut publishers = Vec::new();
             for i in 0..PUBLISHERS {
