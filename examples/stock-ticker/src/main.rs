@@ -109,8 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let key = ticket_key(&args)?;
-    let metrics = Arc::new(Metrics::default());
-    let hub = Hub::new(db.snapshot()?, metrics.clone());
+    let hub = Hub::new(db.snapshot()?);
     let fleet = match &args.redis {
         Some(url) => {
             let fleet = fleet::TickerFleet::connect(&fleet::Options {
@@ -143,7 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = App {
         db,
         hub,
-        metrics,
+        metrics: Arc::new(Metrics::default()),
         issuer: TicketIssuer::new(key.clone()).ttl(Duration::from_secs(args.token_ttl)),
         verifier: TicketVerifier::new(key),
         token_ttl: args.token_ttl,

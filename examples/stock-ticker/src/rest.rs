@@ -143,10 +143,7 @@ pub(crate) async fn post_price(
     })
     .await;
     match result {
-        Ok(Ok(price)) => {
-            app.hub.flushed().await;
-            Json(price).into_response()
-        }
+        Ok(Ok(price)) => Json(price).into_response(),
         Ok(Err(db::PriceError::Database(e))) => {
             tracing::error!("database error: {e}");
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "database error")
