@@ -40,7 +40,7 @@ use wsguard::{
     client_ip::ClientIp,
     rate_limit::ConnectionPermit,
     socket::{
-        CloseCause, GuardedSocket, GuardedUpgrade, MessageRate, RateAction, SlowConsumer,
+        CloseCause, FanOut, GuardedSocket, GuardedUpgrade, MessageRate, RateAction, SlowConsumer,
         SocketPolicyLayer, SocketStats,
     },
 };
@@ -1245,4 +1245,171 @@ async fn answers_to_messages_before_a_protocol_error_go_out_before_the_close() {
         );
         assert_eq!(client.close_code().await, Some(case.code), "{}", case.name);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FanOut: publish once to the subscribers of a key, under each socket's policy.
+
+/// A route whose sockets obey `sub KEY` / `unsub KEY` (answered `ok KEY`) on `fanout`; each
+/// socket reports how it ended.
+fn fanout_app(
+    layer: SocketPolicyLayer,
+    fanout: FanOut<String>,
+) -> (Router, mpsc::UnboundedReceiver<Ended>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/ws",
+            any(move |up: GuardedUpgrade| {
+                let (tx, fanout) = (tx.clone(), fanout.clone());
+                async move {
+                    up.on_upgrade(move |mut socket: GuardedSocket| async move {
+                        let sender = socket.sender();
+                        while let Some(Ok(AxMessage::Text(text))) = socket.recv().await {
+                            match text.as_str().split_once(' ') {
+                                Some(("sub", key)) => {
+                                    fanout.subscribe(key.to_owned(), &sender);
+                                }
+                                Some(("unsub", key)) => {
+                                    fanout.unsubscribe(key, &sender);
+                                }
+                                _ => continue,
+                            }
+                            let _ = sender.send(AxMessage::text(format!("ok {text}")));
+                        }
+                        let _ = tx.send(Ended {
+                            cause: socket.close_cause(),
+                            stats: socket.stats(),
+                        });
+                    })
+                }
+            }),
+        )
+        .layer(layer);
+    (app, rx)
+}
+
+async fn next_text(client: &mut Client) -> String {
+    loop {
+        match timeout(LIMIT, client.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => return t.as_str().to_owned(),
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended: {other:?}"),
+        }
+    }
+}
+
+async fn command(client: &mut Client, text: &str) {
+    client.send(Message::text(text)).await.unwrap();
+    assert_eq!(next_text(client).await, format!("ok {text}"));
+}
+
+#[tokio::test]
+async fn fan_out_reaches_the_subscribers_of_a_key_only() {
+    let fanout = FanOut::<String>::new();
+    let (app, _rx) = fanout_app(quiet(), fanout.clone());
+    let addr = serve(app).await;
+    let (mut a, mut b) = (connect(addr).await, connect(addr).await);
+    command(&mut a, "sub prices").await;
+    command(&mut b, "sub news").await;
+    command(&mut b, "sub news").await; // once per key
+    assert_eq!(fanout.subscribers("prices"), 1);
+    assert_eq!(fanout.subscribers("news"), 1);
+
+    let published = fanout.publish("prices", AxMessage::text("p1"));
+    assert_eq!((published.queued, published.ended), (1, 0));
+    assert_eq!(
+        fanout
+            .publish_keyed("news", "n", AxMessage::text("n1"))
+            .queued,
+        1
+    );
+    assert_eq!(fanout.publish("nobody", AxMessage::text("x")).queued, 0);
+    assert_eq!(next_text(&mut a).await, "p1");
+    assert_eq!(next_text(&mut b).await, "n1");
+
+    // Unsubscribed: `a` gets nothing more on `prices`, and the key's next message is the
+    // one after its resubscription.
+    command(&mut a, "unsub prices").await;
+    assert_eq!(fanout.publish("prices", AxMessage::text("p2")).queued, 0);
+    command(&mut a, "sub prices").await;
+    fanout.publish("prices", AxMessage::text("p3"));
+    assert_eq!(next_text(&mut a).await, "p3");
+}
+
+#[tokio::test]
+async fn fan_out_subscriptions_end_with_the_socket() {
+    let fanout = FanOut::<String>::new();
+    let (app, mut rx) = fanout_app(quiet(), fanout.clone());
+    let addr = serve(app).await;
+    let mut a = connect(addr).await;
+    let mut b = connect(addr).await;
+    command(&mut a, "sub prices").await;
+    command(&mut b, "sub prices").await;
+    a.close(None).await.unwrap();
+    ended(&mut rx).await;
+    let published = fanout.publish("prices", AxMessage::text("p1"));
+    assert_eq!((published.queued, published.ended), (1, 1));
+    assert_eq!(fanout.subscribers("prices"), 1, "pruned at the publish");
+    assert_eq!(next_text(&mut b).await, "p1");
+}
+
+/// Subscribes a client that then stops reading (small windows both ways), and publishes
+/// 3000 messages on two conflation keys without ever waiting.
+async fn publish_to_a_stalled_client(policy: SlowConsumer) -> (Ended, Vec<String>, Option<u16>) {
+    let fanout = FanOut::<String>::new();
+    let (app, mut rx) = fanout_app(pushing(policy), fanout.clone());
+    let mut client = connect(serve_on(small_buffer_listener(), app)).await;
+    command(&mut client, "sub prices").await;
+    let mut ended_at_publish = 0;
+    for i in 0..3000 {
+        let key = ["btc", "eth"][i % 2];
+        let msg = AxMessage::text(format!("{key} {i:0>200}"));
+        ended_at_publish += fanout.publish_keyed("prices", key, msg).ended;
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    if policy == SlowConsumer::Close {
+        assert_eq!(ended_at_publish, 1, "the closed socket is removed once");
+        assert_eq!(fanout.subscribers("prices"), 0);
+    } else {
+        assert_eq!(ended_at_publish, 0);
+    }
+    // Unsubscribing ends the pushes; the handler ends when the client closes.
+    let (seen, code) = if policy == SlowConsumer::Close {
+        until_close(&mut client).await
+    } else {
+        // Drain what is queued, then close from the client.
+        let mut seen = Vec::new();
+        client.send(Message::text("unsub prices")).await.unwrap();
+        loop {
+            let text = next_text(&mut client).await;
+            if text == "ok unsub prices" {
+                break;
+            }
+            seen.push(text);
+        }
+        client.close(None).await.unwrap();
+        (seen, None)
+    };
+    (ended(&mut rx).await, seen, code)
+}
+
+#[tokio::test]
+async fn fan_out_closes_a_slow_consumer_with_1013_without_waiting_on_it() {
+    let (end, seen, code) = publish_to_a_stalled_client(SlowConsumer::Close).await;
+    assert_eq!(end.cause, Some(CloseCause::SlowConsumer));
+    assert_eq!(code, Some(1013));
+    assert!(seen.len() < 3000);
+}
+
+#[tokio::test]
+async fn fan_out_conflates_by_key_for_a_slow_consumer() {
+    let (end, seen, _) = publish_to_a_stalled_client(SlowConsumer::Conflate).await;
+    assert!(end.stats.conflated > 0);
+    assert!(seen.len() < 3000);
+    let last = |key: &str| seen.iter().rev().find(|m| m.starts_with(key)).cloned();
+    assert!(last("btc").unwrap().ends_with("2998"), "latest btc");
+    assert!(last("eth").unwrap().ends_with("2999"), "latest eth");
 }

@@ -42,7 +42,12 @@ pub(crate) fn fanout(
         v.dedup();
         v
     };
-    let colours = [RGBColor(0x1f, 0x77, 0xb4), RGBColor(0xd6, 0x27, 0x28)];
+    let colours = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x94, 0x67, 0xbd),
+    ];
     for (i, variant) in variants.iter().enumerate() {
         let colour = colours[i % colours.len()];
         let mut series: Vec<&FanoutPoint> = points.iter().filter(|p| p.0 == *variant).collect();

@@ -56,6 +56,13 @@ struct Args {
     /// Fan-out client counts.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     clients: Vec<usize>,
+    /// Another stock ticker binary, measured as the fan-out server `ticker-before` (say, a
+    /// build of the previous commit), to compare two builds in one run.
+    #[arg(long)]
+    ticker_before: Option<PathBuf>,
+    /// Fan-out servers to measure (comma-separated): ticker, node, naive, ticker-before.
+    #[arg(long, value_delimiter = ',', default_value = "ticker,node,naive")]
+    fanout_servers: Vec<FanoutServer>,
     /// Updates per second for the fan-out latency runs.
     #[arg(long, default_value_t = 10.0)]
     tick_hz: f64,
@@ -83,6 +90,15 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// A fan-out server: the stock ticker, the Node `ws` peer, the naive axum broadcast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FanoutServer {
+    Ticker,
+    Node,
+    Naive,
+    TickerBefore,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -517,8 +533,66 @@ struct FanoutRow {
 
 const TICKER: &str = "ticker";
 const NAIVE: &str = "naive";
+const NODE: &str = "node-ws";
+const BEFORE: &str = "ticker-before";
 /// Publishing connections per fan-out server.
 const PUBLISHERS: usize = 4;
+
+/// The chart's name of a fan-out server.
+fn fanout_label(variant: &str) -> &'static str {
+    match variant {
+        TICKER => "stock ticker (wsguard)",
+        NODE => "Node ws 8.23",
+        BEFORE => "stock ticker, --ticker-before build",
+        _ => "naive axum broadcast",
+    }
+}
+
+/// `benches/load/node`, with its pinned packages installed (`npm ci`, once).
+fn node_dir() -> Result<PathBuf, BoxError> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/load/node");
+    if !dir.join("node_modules/ws/package.json").exists()
+        || !dir.join("node_modules/socket.io/package.json").exists()
+    {
+        println!("installing the Node peers: npm ci (benches/load/node)");
+        let status = std::process::Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"])
+            .status()?;
+        if !status.success() {
+            return Err("npm ci in benches/load/node failed".into());
+        }
+    }
+    Ok(dir)
+}
+
+/// Starts `node SCRIPT` from `benches/load/node` and waits for its address.
+async fn start_node(script: &str) -> Result<Server, BoxError> {
+    let dir = node_dir()?;
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).arg(dir.join(script));
+    Server::spawn(cmd, None).await
+}
+
+async fn start_fanout_server(
+    variant: &str,
+    ticker: &Path,
+    before: Option<&Path>,
+    dir: &Path,
+) -> Result<Server, BoxError> {
+    match variant {
+        TICKER => start_ticker(ticker, dir).await,
+        BEFORE => {
+            start_ticker(
+                before.ok_or("ticker-before needs --ticker-before PATH")?,
+                dir,
+            )
+            .await
+        }
+        NODE => start_node("ws-broadcast.mjs").await,
+        _ => Server::start(server::Kind::Naive).await,
+    }
+}
 
 async fn fanout_scenario(
     report: &mut Report,
@@ -531,19 +605,27 @@ async fn fanout_scenario(
     let warm = if quick { 1.0 } else { 2.0 };
     let secs = if quick { 2.0 } else { 4.0 };
     let rates = [args.tick_hz, args.saturate_hz];
+    let variants: Vec<&'static str> = args
+        .fanout_servers
+        .iter()
+        .map(|s| match s {
+            FanoutServer::Ticker => TICKER,
+            FanoutServer::Node => NODE,
+            FanoutServer::Naive => NAIVE,
+            FanoutServer::TickerBefore => BEFORE,
+        })
+        .collect();
     let mut rows: Vec<FanoutRow> = Vec::new();
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [TICKER, NAIVE]
-        } else {
-            [NAIVE, TICKER]
-        };
+        // Each round starts with the next server in turn.
+        let mut order = variants.clone();
+        let len = order.len();
+        if len > 0 {
+            order.rotate_left(round % len);
+        }
         for variant in order {
-            let server = if variant == TICKER {
-                start_ticker(ticker, &dir).await?
-            } else {
-                Server::start(server::Kind::Naive).await?
-            };
+            let server =
+                start_fanout_server(variant, ticker, args.ticker_before.as_deref(), &dir).await?;
             // Several publishing connections, so a slow answer does not throttle the updates.
             let mut publishers = Vec::new();
             for i in 0..PUBLISHERS {
@@ -596,69 +678,111 @@ async fn fanout_scenario(
     }
 
     let mut points = Vec::new();
+    let find = |round: usize, variant: &str, n: usize, hz: f64| {
+        rows.iter()
+            .find(|r| r.round == round && r.variant == variant && r.clients == n && r.rate_hz == hz)
+    };
+    let has_peer = variants.contains(&TICKER) && variants.contains(&NODE);
     for (hz, what) in [(args.tick_hz, "latency"), (args.saturate_hz, "throughput")] {
         report.line(format!(
-            "## 3. fan-out at {hz} updates/s ({what}): stock ticker (guarded) vs naive axum broadcast"
+            "## 3. fan-out at {hz} updates/s ({what}): {}",
+            variants
+                .iter()
+                .map(|v| fanout_label(v))
+                .collect::<Vec<_>>()
+                .join(" vs ")
         ));
-        report.line("| round | clients | load | ticker deliveries/s | ticker p50/p99 ms | naive deliveries/s | naive p50/p99 ms | ticker/naive | offered t/n /s | lost sockets t/n |");
-        report.line("|---|---|---|---|---|---|---|---|---|---|");
-        let find = |round: usize, variant: &str, n: usize| {
-            rows.iter().find(|r| {
-                r.round == round && r.variant == variant && r.clients == n && r.rate_hz == hz
-            })
-        };
+        let mut head = String::from("| round | clients |");
+        let mut rule = String::from("|---|---|");
+        for v in &variants {
+            head.push_str(&format!(
+                " {v} load | {v} deliveries/s (offered) | {v} p50/p99 ms | {v} lost |"
+            ));
+            rule.push_str("---|---|---|---|");
+        }
+        if has_peer {
+            head.push_str(" ticker/node deliveries | ticker/node p50 | ticker/node p99 |");
+            rule.push_str("---|---|---|");
+        }
+        report.line(head);
+        report.line(rule);
         for round in 0..rounds {
             for &n in &args.clients {
-                if let (Some(t), Some(nv)) = (find(round, TICKER, n), find(round, NAIVE, n)) {
-                    report.line(format!(
-                        "| {} | {n} | {} | {:.0} | {:.1}/{:.1} | {:.0} | {:.1}/{:.1} | {:.2} | {:.0}/{:.0} | {}/{} |",
-                        round + 1,
-                        t.load,
-                        t.rate.per_second,
-                        t.rate.p50_ms,
-                        t.rate.p99_ms,
-                        nv.rate.per_second,
-                        nv.rate.p50_ms,
-                        nv.rate.p99_ms,
-                        t.rate.per_second / nv.rate.per_second,
-                        t.offered,
-                        nv.offered,
-                        t.rate.failed,
-                        nv.rate.failed
+                let mut line = format!("| {} | {n} |", round + 1);
+                for v in &variants {
+                    match find(round, v, n, hz) {
+                        Some(r) => line.push_str(&format!(
+                            " {} | {:.0} ({:.0}) | {:.1}/{:.1} | {} |",
+                            r.load,
+                            r.rate.per_second,
+                            r.offered,
+                            r.rate.p50_ms,
+                            r.rate.p99_ms,
+                            r.rate.failed
+                        )),
+                        None => line.push_str(" | | | |"),
+                    }
+                }
+                if has_peer
+                    && let (Some(t), Some(p)) =
+                        (find(round, TICKER, n, hz), find(round, NODE, n, hz))
+                {
+                    line.push_str(&format!(
+                        " {:.2} | {:.2} | {:.2} |",
+                        t.rate.per_second / p.rate.per_second,
+                        t.rate.p50_ms / p.rate.p50_ms,
+                        t.rate.p99_ms / p.rate.p99_ms
                     ));
                 }
+                report.line(line);
             }
         }
         for &n in &args.clients {
             let med = |variant: &str, f: fn(&Rate) -> f64| {
                 median(
                     &(0..rounds)
-                        .filter_map(|r| find(r, variant, n))
+                        .filter_map(|r| find(r, variant, n, hz))
                         .map(|r| f(&r.rate))
                         .collect::<Vec<_>>(),
                 )
             };
-            let ratios: Vec<f64> = (0..rounds)
-                .filter_map(|r| {
-                    Some(find(r, TICKER, n)?.rate.per_second / find(r, NAIVE, n)?.rate.per_second)
-                })
-                .collect();
-            let (tp50, tp99) = (med(TICKER, |r| r.p50_ms), med(TICKER, |r| r.p99_ms));
-            let (np50, np99) = (med(NAIVE, |r| r.p50_ms), med(NAIVE, |r| r.p99_ms));
-            report.line(format!(
-                "| **median** | {n} | | **{:.0}** | {tp50:.1}/{tp99:.1} | **{:.0}** | {np50:.1}/{np99:.1} | **{:.2}** | | |",
-                med(TICKER, |r| r.per_second),
-                med(NAIVE, |r| r.per_second),
-                median(&ratios),
-            ));
-            if what == "latency" {
-                points.push(("stock ticker (guarded)", n, tp50, tp99));
-                points.push(("naive broadcast", n, np50, np99));
+            let mut line = format!("| **median** | {n} |");
+            for v in &variants {
+                let (p50, p99) = (med(v, |r| r.p50_ms), med(v, |r| r.p99_ms));
+                line.push_str(&format!(
+                    " | **{:.0}** | {p50:.1}/{p99:.1} | |",
+                    med(v, |r| r.per_second)
+                ));
+                if what == "latency" {
+                    points.push((fanout_label(v), n, p50, p99));
+                }
             }
+            if has_peer {
+                // Ratios are taken within each round, then the median over rounds.
+                let ratio_of = |f: fn(&Rate) -> f64| {
+                    median(
+                        &(0..rounds)
+                            .filter_map(|r| {
+                                Some(
+                                    f(&find(r, TICKER, n, hz)?.rate)
+                                        / f(&find(r, NODE, n, hz)?.rate),
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                line.push_str(&format!(
+                    " **{:.2}** | **{:.2}** | **{:.2}** |",
+                    ratio_of(|r| r.per_second),
+                    ratio_of(|r| r.p50_ms),
+                    ratio_of(|r| r.p99_ms)
+                ));
+            }
+            report.line(line);
         }
         report.line("");
     }
-    report.line("Targets: ticker/naive deliveries ≥ 2 at 5000 clients; ticker p99 ≤ 50 ms at 5000 clients × 10 updates/s.");
+    report.line("Targets (issue 16): at 10 updates/s, ticker/node p50 and p99 ≤ 0.7 at 5000 clients, ≤ 0.8 at 10000; saturated at 5000 clients, ticker/node deliveries ≥ 2 with ticker p99 < 200 ms.");
     report.line("");
     Ok(points)
 }

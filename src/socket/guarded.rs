@@ -124,8 +124,13 @@ impl Shared {
         }
     }
 
+    /// Whether the socket still accepts messages.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.lock().send_closed
+    }
+
     /// Queues a message from the application, applying the slow-consumer policy.
-    fn enqueue(&self, key: Option<Arc<str>>, msg: Message) -> Result<(), SendError> {
+    pub(crate) fn enqueue(&self, key: Option<Arc<str>>, msg: Message) -> Result<(), SendError> {
         let mut state = self.lock();
         if state.send_closed {
             return Err(SendError::Closed { cause: state.cause });
@@ -428,7 +433,11 @@ impl Sender {
 
     /// Whether the socket still accepts messages.
     pub fn is_open(&self) -> bool {
-        !self.shared.lock().send_closed
+        self.shared.is_open()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// How many messages wait in the send queue.

@@ -151,6 +151,12 @@
 //! [`recv_queue`](SocketPolicyLayer::recv_queue)). Either way a peer cannot grow server
 //! memory without bound.
 //!
+//! **Fan-out**: a push service publishes through a [`FanOut`] (topics by key; subscribe and
+//! unsubscribe per socket). A publish queues one message, serialised once, straight into the
+//! send queue of every subscriber under that socket's [`SlowConsumer`] policy, and wakes only
+//! its driver: no task per subscriber, no per-socket broadcast receiver, and the publisher
+//! never waits on a slow socket. Subscriptions end with the socket.
+//!
 //! # Memory
 //!
 //! An idle guarded socket costs about 3.9 KiB of the server's memory (bare axum: about
@@ -301,6 +307,7 @@
 mod drain;
 mod driver;
 mod error;
+mod fanout;
 mod guarded;
 mod joined;
 mod layer;
@@ -320,6 +327,7 @@ pub use self::{
     error::{
         CloseCause, RateAction, RateScope, RefreshError, SendError, SlowConsumer, SocketStats,
     },
+    fanout::{FanOut, Published},
     guarded::{GuardedSocket, Sender},
     layer::SocketPolicyLayer,
     policy::SocketPolicy,
