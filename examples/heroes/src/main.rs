@@ -125,6 +125,10 @@ struct Args {
     /// Close a session that has not joined a namespace after this many seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout: u64,
+    /// Serve wsguard's metrics (Prometheus text, `GET /metrics`) on this address, a listener
+    /// of its own: keep it on loopback or behind your scraper's network [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Who may connect: name → password.
@@ -232,10 +236,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("no --user given: sign in as demo / demo");
     }
 
+    // Installed before serving, so that every layer's first record is kept.
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some((
+            tokio::net::TcpListener::bind(addr).await?,
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
+        )),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     let addr = listener.local_addr()?;
     let app = app(&args, addr, users)?;
     println!("heroes listening on http://{addr}");
+    if let Some((listener, handle)) = metrics {
+        println!("metrics on http://{}/metrics", listener.local_addr()?);
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(handle.render())),
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -113,6 +113,47 @@ async fn page_scripts_and_engine_io_endpoint() {
 }
 
 #[tokio::test]
+async fn wsguard_metrics_are_exported_on_their_own_listener() {
+    let mut heroes = start_example(
+        "heroes",
+        &["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"],
+    )
+    .await;
+    let line = heroes.line_starting_with("metrics on http://").await;
+    let metrics: std::net::SocketAddr = line
+        .trim_start_matches("metrics on http://")
+        .trim_end_matches("/metrics")
+        .parse()
+        .expect("metrics address");
+    let res = http(
+        heroes.addr,
+        "GET",
+        POLL,
+        &[("Origin", "https://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(res.status, 403);
+    let res = http(metrics, "GET", "/metrics", &[], "").await;
+    assert_eq!(res.status, 200);
+    let refused = res
+        .body
+        .lines()
+        .find(|l| {
+            l.starts_with("wsguard_handshakes_total{")
+                && l.contains("outcome=\"refused\"")
+                && l.contains("layer=\"origin\"")
+        })
+        .unwrap_or_else(|| panic!("no origin refusal in:\n{}", res.body));
+    assert!(refused.ends_with(" 1"), "{refused}");
+    // Not on the public listener.
+    assert_eq!(
+        http(heroes.addr, "GET", "/metrics", &[], "").await.status,
+        404
+    );
+}
+
+#[tokio::test]
 async fn origin_is_checked_on_long_polling_too() {
     let heroes = start_example("heroes", &["--addr", "127.0.0.1:0"]).await;
     let addr = heroes.addr;
