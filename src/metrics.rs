@@ -13,7 +13,7 @@ use axum::extract::ws::Message;
 
 #[cfg(feature = "redis")]
 use crate::fleet::FleetError;
-use crate::{Rejection, rate_limit::RateLimitError, socket::CloseCause};
+use crate::{Rejection, rate_limit::RateLimitError};
 
 pub(crate) const HANDSHAKES: &str = "wsguard_handshakes_total";
 pub(crate) const SOCKETS_OPEN: &str = "wsguard_sockets_open";
@@ -23,6 +23,7 @@ pub(crate) const BYTES: &str = "wsguard_bytes_total";
 pub(crate) const DROPPED: &str = "wsguard_dropped_messages_total";
 pub(crate) const SLOW_CONSUMER: &str = "wsguard_slow_consumer_actions_total";
 pub(crate) const QUOTA_ACTIVE: &str = "wsguard_quota_active";
+pub(crate) const RATE_LIMIT_KEYS: &str = "wsguard_rate_limit_keys";
 #[cfg(feature = "redis")]
 pub(crate) const FLEET_ERRORS: &str = "wsguard_fleet_errors_total";
 #[cfg(feature = "redis")]
@@ -75,12 +76,13 @@ pub(crate) fn handshake_accepted() {
     metrics::counter!(HANDSHAKES, "outcome" => "accepted").increment(1);
 }
 
-/// A socket closed by the policy (or a drain, or a close signal):
-/// `wsguard_socket_closes_total{cause}`.
+/// A guarded socket ended: `wsguard_socket_closes_total{cause}`, counted once per socket by
+/// what ended it first: a policy close's [`crate::socket::CloseCause::as_str`] (a drain or a close signal
+/// included), or `peer`, `application`, `protocol_error`, `connection_lost`.
 #[inline]
-pub(crate) fn socket_closed(cause: CloseCause) {
+pub(crate) fn socket_closed(cause: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(SOCKET_CLOSES, "cause" => cause.as_str()).increment(1);
+    metrics::counter!(SOCKET_CLOSES, "cause" => cause).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = cause;
 }
@@ -164,6 +166,55 @@ impl Drop for QuotaHeld {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
         self.gauge.decrement(1.0);
+    }
+}
+
+/// The keys one limiter holds, reported at each prune: `wsguard_rate_limit_keys{layer}` moves
+/// by the change since this limiter's last report, so the gauge is the sum over every
+/// limiter with that label; a dropped limiter takes its keys back out.
+#[derive(Debug)]
+pub(crate) struct TrackedKeys {
+    /// `rate_limit` or `throttle`.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    layer: &'static str,
+    #[cfg(feature = "metrics")]
+    reported: std::sync::atomic::AtomicUsize,
+}
+
+impl TrackedKeys {
+    pub(crate) fn new(layer: &'static str) -> Self {
+        Self {
+            layer,
+            #[cfg(feature = "metrics")]
+            reported: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// `keys` are held now.
+    #[inline]
+    pub(crate) fn report(&self, keys: usize) {
+        #[cfg(feature = "metrics")]
+        {
+            let before = self
+                .reported
+                .swap(keys, std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!(RATE_LIMIT_KEYS, "layer" => self.layer)
+                .increment(keys as f64 - before as f64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = keys;
+    }
+}
+
+impl Drop for TrackedKeys {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        {
+            let reported = *self.reported.get_mut();
+            if reported > 0 {
+                metrics::gauge!(RATE_LIMIT_KEYS, "layer" => self.layer).decrement(reported as f64);
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::nz;
+use common::{RawWs, nz};
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use axum::{Router, response::Response, routing::any};
@@ -244,4 +244,77 @@ async fn refusals_sockets_closes_and_messages_are_recorded_with_fixed_labels() {
             "unexpected series {series}"
         );
     }
+}
+
+/// Every socket's end is counted once, by what ended it first: the client's close frame, the
+/// application returning, the connection dropped, the client breaking the protocol.
+#[tokio::test]
+async fn every_socket_end_is_counted_once_by_what_ended_it() {
+    let recorder = DebuggingRecorder::new();
+    let mut recorded = Recorded {
+        snapshotter: recorder.snapshotter(),
+        totals: BTreeMap::new(),
+    };
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let app = Router::new()
+        .route("/ws", any(ws))
+        .route(
+            "/bye",
+            any(|upgrade: GuardedUpgrade| async move { upgrade.on_upgrade(|_| async {}) }),
+        )
+        .layer(SocketPolicyLayer::new());
+    let addr = common::serve_router(app).await;
+    let url = |path: &str| format!("ws://{addr}{path}");
+
+    let (mut peer, _) = tokio_tungstenite::connect_async(url("/ws"))
+        .await
+        .expect("socket");
+    peer.close(Some(tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .expect("close");
+    assert_eq!(close_code(&mut peer).await, Some(CloseCode::Normal));
+
+    let (mut left, _) = tokio_tungstenite::connect_async(url("/bye"))
+        .await
+        .expect("socket");
+    assert_eq!(close_code(&mut left).await, Some(CloseCode::Normal));
+
+    drop(RawWs::connect(addr, "/ws", &[]).await);
+
+    let mut broken = RawWs::connect(addr, "/ws", &[]).await;
+    broken
+        .send(true, 0x3, b"reserved opcode")
+        .await
+        .expect("send");
+    assert_eq!(broken.close_code().await, Some(1002));
+
+    for _ in 0..500 {
+        recorded.refresh();
+        if recorded.get("wsguard_handshakes_total{outcome=accepted}") == 4.0
+            && recorded.get("wsguard_sockets_open{}") == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(recorded.get("wsguard_sockets_open{}"), 0.0);
+    for cause in ["peer", "application", "connection_lost", "protocol_error"] {
+        let series = format!("wsguard_socket_closes_total{{cause={cause}}}");
+        assert_eq!(
+            recorded.get(&series),
+            1.0,
+            "{series} in {:#?}",
+            recorded.totals
+        );
+    }
+    let closes: f64 = recorded
+        .totals
+        .iter()
+        .filter(|(series, _)| series.starts_with("wsguard_socket_closes_total"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(closes, 4.0, "one close a socket: {:#?}", recorded.totals);
 }

@@ -35,6 +35,7 @@ pub(crate) type Limiter<C> =
 pub(crate) struct RateShared<C: Clock> {
     pub(crate) limiter: Limiter<C>,
     pub(crate) requests: AtomicU64,
+    pub(crate) keys: crate::metrics::TrackedKeys,
 }
 
 /// Layer that limits the handshake rate per client IP, per identity or globally. See the
@@ -114,6 +115,7 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
                 self.clock.clone(),
             ),
             requests: AtomicU64::new(0),
+            keys: crate::metrics::TrackedKeys::new("rate_limit"),
         })
     }
 
@@ -240,10 +242,12 @@ pub(crate) fn prune<C: Clock>(shared: &RateShared<C>) {
     let before = shared.limiter.len();
     shared.limiter.retain_recent();
     shared.limiter.shrink_to_fit();
+    let after = shared.limiter.len();
+    shared.keys.report(after);
     tracing::debug!(
         name: "wsguard.rate_limit.pruned",
         before,
-        after = shared.limiter.len(),
+        after,
         "pruned idle rate-limit keys"
     );
 }

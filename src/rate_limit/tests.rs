@@ -821,3 +821,59 @@ async fn attempts_in_flight_count_against_the_budget() {
         (StatusCode::TOO_MANY_REQUESTS, false)
     );
 }
+
+/// `wsguard_rate_limit_keys{layer}`: each prune reports the keys it left, two limiters add
+/// up, and a dropped limiter takes its keys back out.
+#[cfg(feature = "metrics")]
+#[test]
+fn tracked_keys_gauge_follows_the_prunes_of_every_limiter() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let mut gauge = 0.0;
+    let mut read = move || {
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let key = key.key();
+            if key.name() == crate::metrics::RATE_LIMIT_KEYS
+                && key.labels().any(|l| l.value() == "rate_limit")
+                && let DebugValue::Gauge(g) = value
+            {
+                gauge += g.into_inner();
+            }
+        }
+        gauge
+    };
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let clock = FakeRelativeClock::default();
+        let a = RateLimitLayer::new().prune_every(0).clock(clock.clone());
+        let b = RateLimitLayer::new().prune_every(0).clock(clock.clone());
+        let (svc_a, svc_b) = (a.layer(service_fn(ok)), b.layer(service_fn(ok)));
+        rt.block_on(async {
+            for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+                svc_a
+                    .clone()
+                    .oneshot(request(Some(ip), None))
+                    .await
+                    .unwrap();
+            }
+            svc_b
+                .clone()
+                .oneshot(request(Some("192.0.2.9"), None))
+                .await
+                .unwrap();
+        });
+        assert_eq!(read(), 0.0, "reported at prunes only");
+        a.prune();
+        b.prune();
+        assert_eq!(read(), 4.0);
+        clock.advance(Duration::from_secs(60));
+        a.prune();
+        assert_eq!(read(), 1.0, "a's keys went idle");
+        drop((svc_b, b));
+        assert_eq!(read(), 0.0, "b is gone");
+    });
+}

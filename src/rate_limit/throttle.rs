@@ -50,6 +50,7 @@ struct ThrottleShared<C: Clock> {
     block_for: Duration,
     entries: Mutex<HashMap<IpNet, Entry>>,
     requests: AtomicU64,
+    keys: crate::metrics::TrackedKeys,
 }
 
 impl<C: Clock> ThrottleShared<C> {
@@ -62,6 +63,7 @@ impl<C: Clock> ThrottleShared<C> {
             block_for,
             entries: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
+            keys: crate::metrics::TrackedKeys::new("throttle"),
         }
     }
 
@@ -164,6 +166,9 @@ impl<C: Clock> ThrottleShared<C> {
                 || now.saturating_sub(e.window_start) < window
         });
         entries.shrink_to_fit();
+        let held = entries.len();
+        drop(entries);
+        self.keys.report(held);
     }
 }
 

@@ -92,8 +92,19 @@ pub(crate) struct Driver<W> {
     /// The peer broke the protocol: the close code to send once the application has taken
     /// what came before (and queued its answers), and the latest time to send it.
     failed: Option<(u16, Instant)>,
+    /// What ended the socket first, counted once in `wsguard_socket_closes_total`.
+    ended: Option<Ended>,
     _permit: Option<ConnectionPermit>,
     metrics: crate::metrics::SocketMetrics,
+}
+
+/// What ended a socket first.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// A policy close, counted by its cause when it begins.
+    Policy,
+    /// The peer, the application or the connection: counted when the socket is done.
+    By(&'static str),
 }
 
 /// Builds the application's socket and the driver that serves it.
@@ -163,6 +174,7 @@ pub(crate) fn start<W>(
         ws_failed: false,
         drained: false,
         failed: None,
+        ended: None,
         _permit: permit,
         metrics: crate::metrics::SocketMetrics::new(),
         policy,
@@ -259,6 +271,7 @@ where
             state.inbound.clear();
             if self.phase == Phase::Open && !state.send_closed {
                 state.send_closed = true;
+                self.ended.get_or_insert(Ended::By("application"));
                 state
                     .outbound
                     .push_unbounded(Message::Close(Some(CloseFrame {
@@ -397,7 +410,10 @@ where
     /// Closes with `cause`'s code and `reason`, or the cause's own reason.
     fn begin_close_with(&mut self, cause: CloseCause, reason: Option<String>, now: Instant) {
         let code = cause.close_code();
-        crate::metrics::socket_closed(cause);
+        if self.ended.is_none() {
+            self.ended = Some(Ended::Policy);
+            crate::metrics::socket_closed(cause.as_str());
+        }
         if cause == CloseCause::Shutdown {
             // One event per socket would flood the logs at every shutdown; the drain reports
             // its counts in one `wsguard.socket.drained` event.
@@ -454,8 +470,18 @@ where
         }
     }
 
+    /// Notes what ended the socket, unless something did before.
+    fn ended_by(&mut self, by: &'static str) {
+        self.ended.get_or_insert(Ended::By(by));
+    }
+
     fn finish(&mut self) {
         self.phase = Phase::Done;
+        match self.ended {
+            Some(Ended::Policy) => {}
+            Some(Ended::By(by)) => crate::metrics::socket_closed(by),
+            None => crate::metrics::socket_closed("connection_lost"),
+        }
         let mut state = self.shared.lock();
         state.send_closed = true;
         state.recv_closed = true;
@@ -544,6 +570,9 @@ where
             self.unflushed = true;
             budget -= 1;
             if is_close && self.phase == Phase::Open {
+                if !ours {
+                    self.ended_by("application");
+                }
                 self.enter_closing(now);
             }
         }
@@ -569,6 +598,7 @@ where
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Pending => return Flow::Wait,
                 Poll::Ready(None) => {
+                    self.ended_by("connection_lost");
                     self.finish();
                     return Flow::Changed;
                 }
@@ -582,10 +612,12 @@ where
                     } else if let Some(code) = protocol_close_code(&err) {
                         // Strict: what the application answers to the messages before the
                         // error goes out before the close.
+                        self.ended_by("protocol_error");
                         self.deliver(Err(err));
                         let by = now.checked_add(self.cfg().close_timeout).unwrap_or(now);
                         self.failed = Some((code, by));
                     } else {
+                        self.ended_by("connection_lost");
                         self.deliver(Err(err));
                         self.finish();
                     }
@@ -618,6 +650,7 @@ where
             }
             Message::Close(_) => {
                 // The peer is closing; tungstenite answers. Deliver it as axum does.
+                self.ended_by("peer");
                 self.shared.lock().send_closed = true;
                 self.deliver(Ok(msg));
                 return;
