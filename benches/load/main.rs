@@ -10,13 +10,18 @@
 //! 3. fan-out through the stock ticker example (the real binary, SQLite and all) against a
 //!    naive axum broadcast, at 1k, 5k and 10k clients;
 //! 4. resident memory per idle socket at 10k sockets, bare axum and guarded, each in its
-//!    own process.
+//!    own process;
+//! 5. the soak, not in the default set: `--only soak --minutes N` churns thousands of
+//!    guarded sockets (readers, slow readers, abusers) against the stock ticker for N
+//!    minutes and reports RSS, descriptors, socket and quota counts and live tasks over time
+//!    and at the end (see `soak.rs`).
 //!
 //! Bare and guarded alternate within each round; the report gives medians over rounds.
 
 mod chart;
 mod client;
 mod server;
+mod soak;
 
 use std::{
     error::Error,
@@ -46,7 +51,8 @@ struct Args {
     /// Measured seconds per handshake/echo window; default 4, 2 with --quick.
     #[arg(long)]
     secs: Option<f64>,
-    /// Scenarios to run (comma-separated): handshake, echo, fanout, memory.
+    /// Scenarios to run (comma-separated): handshake, echo, fanout, memory, soak (the soak
+    /// is not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
@@ -70,6 +76,15 @@ struct Args {
     /// deliver at 5k clients (at 100/s the ticker still delivers everything it is offered).
     #[arg(long, default_value_t = 300.0)]
     saturate_hz: f64,
+    /// Minutes the soak runs.
+    #[arg(long, default_value_t = 5.0)]
+    minutes: f64,
+    /// Churning clients in the soak (at most this many sockets at once).
+    #[arg(long, default_value_t = 2000)]
+    soak_clients: usize,
+    /// Seconds between the soak's samples.
+    #[arg(long, default_value_t = 10.0)]
+    soak_sample_secs: f64,
     /// Idle sockets for the memory scenario.
     #[arg(long, default_value_t = 10_000)]
     idle_sockets: usize,
@@ -107,6 +122,7 @@ enum Scenario {
     Echo,
     Fanout,
     Memory,
+    Soak,
 }
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -233,6 +249,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
             args.guarded_read_buffer,
         )
         .await?;
+    }
+    if args.only.contains(&Scenario::Soak) {
+        let ticker = match &args.ticker {
+            Some(path) => path.clone(),
+            None => build_ticker()?,
+        };
+        let settings = soak::Settings {
+            minutes: args.minutes,
+            clients: args.soak_clients,
+            sample_secs: args.soak_sample_secs,
+            tick_hz: args.tick_hz,
+        };
+        soak::run(&mut report, &ticker, settings, &args.out).await?;
     }
     report.line(format!(
         "total {:.0} s; load average at end: {}",
@@ -456,6 +485,11 @@ fn build_ticker() -> Result<PathBuf, BoxError> {
 /// `POST /prices`), limits that do not fire, a fresh database in a
 /// temporary directory and a `bench` user, logs in and returns it with the token.
 async fn start_ticker(ticker: &Path, dir: &Path) -> Result<Server, BoxError> {
+    start_ticker_with(ticker, dir, &[]).await
+}
+
+/// [`start_ticker`] with `extra` arguments.
+async fn start_ticker_with(ticker: &Path, dir: &Path, extra: &[&str]) -> Result<Server, BoxError> {
     let db = dir.join(format!("ticker-{}.db", std::process::id()));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -489,6 +523,7 @@ async fn start_ticker(ticker: &Path, dir: &Path) -> Result<Server, BoxError> {
         "--idle-timeout",
         "86400",
     ]);
+    cmd.args(extra);
     let mut server = Server::spawn(cmd, None).await?;
     server.target.token = Some(login(server.target.addr).await?);
     Ok(server)

@@ -58,6 +58,10 @@ impl Metrics {
             "ticker_slow_consumer_actions_total",
             "Slow-consumer policy actions."
         );
+        describe_gauge!(
+            "ticker_tasks_alive",
+            "Tokio tasks alive in the runtime, as of this scrape."
+        );
         // Present from the start, at zero.
         gauge!("ticker_connections_open").set(0.0);
         counter!("ticker_connections_total").absolute(0);
@@ -129,6 +133,10 @@ pub(crate) async fn render(State(metrics): State<Arc<Metrics>>, headers: HeaderM
         )
             .into_response();
     }
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    gauge!("ticker_tasks_alive").set(tasks as f64);
     (
         [(
             header::CONTENT_TYPE,
