@@ -176,7 +176,7 @@ fn percentile_ms(sorted: &[u32], p: usize) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
-fn summarise(mut samples: Vec<u32>, secs: f64, failed: u64) -> Rate {
+pub(crate) fn summarise(mut samples: Vec<u32>, secs: f64, failed: u64) -> Rate {
     samples.sort_unstable();
     Rate {
         per_second: samples.len() as f64 / secs,

@@ -14,12 +14,15 @@
 //! 5. the soak, not in the default set: `--only soak --minutes N` churns thousands of
 //!    guarded sockets (readers, slow readers, abusers) against the stock ticker for N
 //!    minutes and reports RSS, descriptors, socket and quota counts and live tasks over time
-//!    and at the end (see `soak.rs`).
+//!    and at the end (see `soak.rs`);
+//! 6. heroes `get_name` round trips over Socket.IO: the heroes example (socketioxide behind
+//!    wsguard) against Node Socket.IO 4 and python-socketio, the same clients (`heroes.rs`).
 //!
 //! Bare and guarded alternate within each round; the report gives medians over rounds.
 
 mod chart;
 mod client;
+mod heroes;
 mod server;
 mod soak;
 
@@ -51,12 +54,12 @@ struct Args {
     /// Measured seconds per handshake/echo window; default 4, 2 with --quick.
     #[arg(long)]
     secs: Option<f64>,
-    /// Scenarios to run (comma-separated): handshake, echo, fanout, memory, soak (the soak
-    /// is not in the default set).
+    /// Scenarios to run (comma-separated): handshake, echo, fanout, memory, heroes, soak (the
+    /// soak is not in the default set).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "handshake,echo,fanout,memory"
+        default_value = "handshake,echo,fanout,memory,heroes"
     )]
     only: Vec<Scenario>,
     /// Fan-out client counts.
@@ -76,6 +79,12 @@ struct Args {
     /// deliver at 5k clients (at 100/s the ticker still delivers everything it is offered).
     #[arg(long, default_value_t = 300.0)]
     saturate_hz: f64,
+    /// The heroes example binary (default: built now with `cargo build --release -p heroes`).
+    #[arg(long)]
+    heroes: Option<PathBuf>,
+    /// Socket.IO connections in the heroes scenario.
+    #[arg(long, default_value_t = 100)]
+    heroes_connections: usize,
     /// Minutes the soak runs.
     #[arg(long, default_value_t = 5.0)]
     minutes: f64,
@@ -122,6 +131,7 @@ enum Scenario {
     Echo,
     Fanout,
     Memory,
+    Heroes,
     Soak,
 }
 
@@ -247,6 +257,16 @@ async fn run(args: Args) -> Result<(), BoxError> {
             args.idle_sockets,
             rounds,
             args.guarded_read_buffer,
+        )
+        .await?;
+    }
+    if args.only.contains(&Scenario::Heroes) {
+        heroes::run(
+            &mut report,
+            args.heroes.as_deref(),
+            rounds,
+            secs,
+            args.heroes_connections,
         )
         .await?;
     }
