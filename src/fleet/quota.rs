@@ -32,7 +32,8 @@ impl ConnectionQuotaLayer {
         self
     }
 
-    /// The name of these caps in Redis (`<prefix>:quota:<name>:…`), with a
+    /// The name of these caps in Redis (`{<prefix>:quota:<name>}:…`, one hash tag: all of a
+    /// quota's keys are in one Redis Cluster slot), with a
     /// [`fleet`](Self::fleet) backend. Replaces; default `"sockets"`. Give each fleet quota
     /// of a service its own name: two quotas with one name share counts.
     #[must_use]

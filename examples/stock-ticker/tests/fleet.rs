@@ -405,7 +405,7 @@ async fn an_instance_catches_up_with_the_prices_it_missed_when_it_resubscribes()
     let mut conn = redis.conn().await;
     let missed = json!({ "symbol": "AAPL", "price": 77.25, "ts": 1 });
     let _: i64 = redis::cmd("HSET")
-        .arg(format!("{p}:latest"))
+        .arg(format!("{{{p}:prices}}:latest"))
         .arg("AAPL")
         .arg(format!("{}|{missed}", seq + 5))
         .query_async(&mut conn)
