@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -137,10 +138,11 @@ def start_ticker(binary, redis_port, prefix, extra):
     for line in proc.stdout:
         m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         if m:
-            return proc, int(m.group(1))
+            return proc, int(m.group(1)), tmp
         if time.time() > deadline:
             break
     proc.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
     raise SystemExit("the ticker did not name its address")
 
 
@@ -155,7 +157,7 @@ async def main():
     ap.add_argument("--lease-ttl-ms", type=int, default=30_000)
     a = ap.parse_args()
     prefix = f"costs-{os.getpid()}"
-    proc, port = start_ticker(a.ticker, a.redis_port, prefix, ["--lease-ttl-ms", str(a.lease_ttl_ms)])
+    proc, port, tmp = start_ticker(a.ticker, a.redis_port, prefix, ["--lease-ttl-ms", str(a.lease_ttl_ms)])
     host = "127.0.0.1"
     try:
         token = await http_login(host, port, "alice", "wonderland")
@@ -200,6 +202,7 @@ async def main():
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
