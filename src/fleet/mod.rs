@@ -24,7 +24,7 @@
 //!   (pub/sub); every instance applies it to its own registry, closing the matching sockets
 //!   with `1008` (through [`CloseSignal`](crate::socket::CloseSignal), which
 //!   [`GuardedUpgrade`](crate::socket::GuardedUpgrade) attaches to the socket). Handshakes
-//!   check this instance's registry, then the markers (one `MGET`), so revocations made
+//!   check this instance's registry, then the markers (one pipelined round trip), so revocations made
 //!   before an instance started hold there too; revoked credentials get `401`.
 //!
 //! Switching from local to fleet limits is one call: [`WsGuard::fleet`](crate::WsGuard::fleet)
@@ -157,11 +157,25 @@
 //!
 //! # Redis
 //!
-//! One Redis (or a primary with replicas) shared by the instances; keys are
-//! `<prefix>:rate:*`, `<prefix>:quota:*`, `<prefix>:revoked:<token fingerprint>`,
-//! `<prefix>:revoked_sub:<subject>` and the channel `<prefix>:revocations`, all with TTLs
-//! (revocation markers: [`FleetBuilder::revocation_ttl`]). Redis Cluster is not supported (the scripts
-//! touch keys of different slots). Times come from the Redis server's clock, so instance
+//! One Redis (or a primary with replicas) shared by the instances. Keys, all with TTLs
+//! (revocation markers: [`FleetBuilder::revocation_ttl`]):
+//!
+//! | key | what | script |
+//! | --- | --- | --- |
+//! | `<prefix>:rate:<name>:<key>` (`ip:<net>`, `id:<subject>`, `global`) | a rate limit's GCRA time | one key |
+//! | `{<prefix>:quota:<name>}:ip:<net>`, `…:id:<subject>`, `…:global` | a quota's lease sets | all of a lease's sets in one call |
+//! | `{<prefix>:quota:<name>}:released:<lease>` | a released lease's marker | with its sets |
+//! | `<prefix>:revoked:<token fingerprint>` | a revoked token | one key |
+//! | `<prefix>:revoked_sub:<subject>` | a subject's "issued before" cutoff | one key |
+//!
+//! and the pub/sub channel `<prefix>:revocations`. Every key a script touches is declared to
+//! Redis, and the keys of one call share a hash tag (`{…}`, one Redis Cluster slot), so the
+//! scripts run on a Redis Cluster node as they do on one Redis (tested on a cluster-mode
+//! `redis-server`); a quota's keys share one slot, while rate limit keys and revocation
+//! markers spread over the slots. The fleet's connection is a plain one, so a multi-node
+//! cluster is not supported yet (a node answers `MOVED` for the keys of another). FLEET.md
+//! in the repository has the layout, the Redis cost of a handshake and of a live socket,
+//! and what one Redis sustains. Times come from the Redis server's clock, so instance
 //! clock skew does not matter.
 //!
 //! # Events

@@ -32,7 +32,8 @@ impl ConnectionQuotaLayer {
         self
     }
 
-    /// The name of these caps in Redis (`<prefix>:quota:<name>:…`), with a
+    /// The name of these caps in Redis (`{<prefix>:quota:<name>}:…`, one hash tag: all of a
+    /// quota's keys are in one Redis Cluster slot), with a
     /// [`fleet`](Self::fleet) backend. Replaces; default `"sockets"`. Give each fleet quota
     /// of a service its own name: two quotas with one name share counts.
     #[must_use]
@@ -68,20 +69,23 @@ impl ConnectionQuotaLayer {
         }
     }
 
+    /// The hash tag of every key of this quota, `{<prefix>:quota:<name>}`: the sets of one
+    /// lease (per IP, per identity, global) and its release marker share a Redis Cluster
+    /// slot, since one script touches them together.
+    fn tag(&self, fleet: &Fleet) -> String {
+        fleet.slot_tag(&format!("quota:{}", self.backend.name))
+    }
+
     fn identity_key(&self, fleet: &Fleet, subject: &str) -> String {
-        fleet.key(&format!("quota:{}:id:{subject}", self.backend.name))
+        format!("{}:id:{subject}", self.tag(fleet))
     }
 
     fn ip_key(&self, fleet: &Fleet, ip: IpAddr) -> String {
-        fleet.key(&format!(
-            "quota:{}:ip:{}",
-            self.backend.name,
-            self.prefix.key(ip)
-        ))
+        format!("{}:ip:{}", self.tag(fleet), self.prefix.key(ip))
     }
 
     fn global_key(&self, fleet: &Fleet) -> String {
-        fleet.key(&format!("quota:{}:global", self.backend.name))
+        format!("{}:global", self.tag(fleet))
     }
 
     /// The capped sets this handshake counts in, with their caps and the error for each.
@@ -161,7 +165,11 @@ where
     if sets.is_empty() {
         return svc.inner.call(req).await;
     }
-    let lease = FleetLease::new(&fleet, sets.iter().map(|s| s.0.clone()).collect());
+    let lease = FleetLease::new(
+        &fleet,
+        &layer.tag(&fleet),
+        sets.iter().map(|s| s.0.clone()).collect(),
+    );
     match lease.acquire(&sets).await {
         Ok(None) => {
             attach(&mut req, lease);
@@ -207,6 +215,8 @@ fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
 /// [`ConnectionPermit`] of the request.
 pub(crate) struct FleetLease {
     fleet: Fleet,
+    /// The release marker, then the capped sets: the `KEYS` of renewals and the release,
+    /// all of one hash tag.
     keys: Arc<[String]>,
     id: Arc<str>,
     renewer: Option<tokio::task::AbortHandle>,
@@ -217,13 +227,14 @@ impl fmt::Debug for FleetLease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FleetLease")
             .field("id", &self.id)
-            .field("sets", &self.keys.len())
+            .field("sets", &self.keys.len().saturating_sub(1))
             .finish()
     }
 }
 
 impl FleetLease {
-    fn new(fleet: &Fleet, keys: Vec<String>) -> Self {
+    /// A lease in the capped sets `sets`, all of the hash tag `tag`.
+    fn new(fleet: &Fleet, tag: &str, sets: Vec<String>) -> Self {
         let mut id = [0u8; 16];
         // A lease id only has to be unique; without the OS's randomness, the time will do.
         if getrandom::fill(&mut id).is_err() {
@@ -234,6 +245,9 @@ impl FleetLease {
             id = nanos.to_le_bytes();
         }
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let mut keys = Vec::with_capacity(sets.len() + 1);
+        keys.push(format!("{tag}:released:{id}"));
+        keys.extend(sets);
         let mut lease = Self {
             fleet: fleet.clone(),
             keys: keys.into(),
@@ -295,11 +309,7 @@ impl FleetLease {
                 for key in keys.iter() {
                     invocation.key(key);
                 }
-                invocation
-                    .arg("")
-                    .arg(millis(fleet.lease_ttl()))
-                    .arg(&*id)
-                    .arg(fleet.key(&format!("released:{id}")));
+                invocation.arg("").arg(millis(fleet.lease_ttl())).arg(&*id);
                 // A failure is logged by `run`; the next tick tries again.
                 let _ = fleet
                     .run("quota_renew", async move {
@@ -335,10 +345,7 @@ impl Drop for FleetLease {
             for key in keys.iter() {
                 invocation.key(key);
             }
-            invocation
-                .arg(&*id)
-                .arg(fleet.key(&format!("released:{id}")))
-                .arg(millis(fleet.lease_ttl()));
+            invocation.arg(&*id).arg(millis(fleet.lease_ttl()));
             let _ = fleet
                 .run("quota_release", async move {
                     invocation.invoke_async::<i64>(&mut conn).await

@@ -2,6 +2,11 @@
 //!
 //! Times are the Redis server's (`TIME`), so instances with skewed clocks agree; every
 //! script also takes an explicit "now" argument, used by the unit tests instead of sleeping.
+//!
+//! Redis Cluster: every key a script touches is declared in `KEYS`, and the keys of one
+//! call share a hash tag (one slot): a quota's sets and release markers are all
+//! `{<prefix>:quota:<name>}:…`. Channels are not keys (`PUBLISH` from a script is allowed
+//! in a cluster and reaches every node). See FLEET.md.
 
 use std::sync::LazyLock;
 
@@ -83,38 +88,36 @@ return 0
     ))
 });
 
-/// Renews (or re-creates, after Redis lost it) a lease in every set of `KEYS`, without a cap
-/// check: the socket is open. `ARGV` as for [`ACQUIRE`] without the caps, then `ARGV[4]`:
-/// the lease's release marker; a released lease is not brought back by a renewal that was
-/// already on its way. Returns 1 if the lease was released.
+/// Renews (or re-creates, after Redis lost it) a lease in every set of `KEYS[2..]`, without
+/// a cap check: the socket is open. `KEYS[1]`: the lease's release marker; a released lease
+/// is not brought back by a renewal that was already on its way. `ARGV` as for [`ACQUIRE`]
+/// without the caps. Returns 1 if the lease was released.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{LEASE_PRELUDE}
-if ARGV[4] ~= nil and redis.call('EXISTS', ARGV[4]) == 1 then
+if redis.call('EXISTS', KEYS[1]) == 1 then
   return 1
 end
 local ttl = tonumber(ARGV[2])
-for _, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  redis.call('ZADD', key, now + ttl, ARGV[3])
-  keep(key)
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  redis.call('ZADD', KEYS[i], now + ttl, ARGV[3])
+  keep(KEYS[i])
 end
 return 0
 "#
     ))
 });
 
-/// Releases a lease from every set of `KEYS`. `ARGV[1]`: lease id, `ARGV[2]`: its release
-/// marker, `ARGV[3]`: how long to keep the marker (ms; the lease TTL).
+/// Releases a lease from every set of `KEYS[2..]` and sets its release marker `KEYS[1]`.
+/// `ARGV[1]`: lease id, `ARGV[2]`: how long to keep the marker (ms; the lease TTL).
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-for _, key in ipairs(KEYS) do
-  redis.call('ZREM', key, ARGV[1])
+for i = 2, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
 end
-if ARGV[2] ~= nil then
-  redis.call('SET', ARGV[2], '1', 'PX', ARGV[3])
-end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
 return 0
 "#,
     )

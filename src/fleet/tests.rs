@@ -25,6 +25,8 @@ use crate::{
 pub(crate) struct RedisServer {
     child: Child,
     pub(crate) port: u16,
+    /// The cluster config directory of [`start_cluster`](Self::start_cluster), removed on drop.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -37,9 +39,66 @@ impl RedisServer {
     }
 
     pub(crate) fn start_on(port: u16) -> Self {
+        Self::spawn(port, &[], None)
+    }
+
+    /// A single `redis-server` in cluster mode that serves every slot: it checks scripts as
+    /// Redis Cluster does (every key declared in `KEYS`, all of one slot, else
+    /// `CROSSSLOT` or "Script attempted to access keys that do not hash to the same slot"),
+    /// while a plain connection still reaches every key (no `MOVED`: the node owns them all).
+    pub(crate) fn start_cluster() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir =
+            std::env::temp_dir().join(format!("wsguard-cluster-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let server = Self::spawn(
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--dir",
+                &dir_arg,
+            ],
+            Some(dir),
+        );
+        let mut c = redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .expect("a connection to the cluster node");
+        let () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query(&mut c)
+            .expect("CLUSTER ADDSLOTSRANGE 0 16383");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut c)
+                .expect("CLUSTER INFO");
+            if info.contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster node did not reach cluster_state:ok: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn spawn(port: u16, extra: &[&str], dir: Option<std::path::PathBuf>) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -49,7 +108,7 @@ impl RedisServer {
                      install it with `apt-get install -y redis-server` (.ci/run does)"
                 )
             });
-        let server = Self { child, port };
+        let server = Self { child, port, dir };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
             assert!(
@@ -70,6 +129,9 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -163,11 +225,12 @@ async fn gcra_script_allows_the_burst_then_paces() {
 
 #[tokio::test]
 async fn lease_scripts_cap_expire_renew_and_release() {
-    let redis = RedisServer::start();
+    // On a cluster node: the keys of one call share a hash tag, as the fleet's do.
+    let redis = RedisServer::start_cluster();
     let mut c = conn(&redis).await;
     let acquire = |now: u64, id: &'static str| {
-        let mut inv = scripts::ACQUIRE.key("t:a");
-        inv.key("t:b")
+        let mut inv = scripts::ACQUIRE.key("{t}:a");
+        inv.key("{t}:b")
             .arg(now)
             .arg(1000u64)
             .arg(id)
@@ -226,32 +289,37 @@ async fn lease_scripts_cap_expire_renew_and_release() {
         assert_eq!(full, case.full, "{}", case.name);
     }
     // a expires at 2_200 (taken again at 1_200), b expired at 2_100, c lives until 3_150.
-    let n: usize = count(2_160, "t:a").invoke_async(&mut c).await.unwrap();
+    let n: usize = count(2_160, "{t}:a").invoke_async(&mut c).await.unwrap();
     assert_eq!(n, 2, "a and c live at 2_160");
-    let mut renew = scripts::RENEW.key("t:a");
-    renew.key("t:b").arg(2_500u64).arg(1000u64).arg("b");
+    let mut renew = scripts::RENEW.key("{t}:released:b");
+    renew
+        .key("{t}:a")
+        .key("{t}:b")
+        .arg(2_500u64)
+        .arg(1000u64)
+        .arg("b");
     let _: i64 = renew.invoke_async(&mut c).await.unwrap();
-    let n: usize = count(3_200, "t:a").invoke_async(&mut c).await.unwrap();
+    let n: usize = count(3_200, "{t}:a").invoke_async(&mut c).await.unwrap();
     assert_eq!(n, 1, "only the renewed b lives at 3_200");
-    let mut release = scripts::RELEASE.key("t:a");
-    release.key("t:b").arg("b").arg("t:released:b").arg(1000u64);
+    let mut release = scripts::RELEASE.key("{t}:released:b");
+    release.key("{t}:a").key("{t}:b").arg("b").arg(1000u64);
     let _: i64 = release.invoke_async(&mut c).await.unwrap();
     // A renewal that was already on its way does not bring it back.
-    let mut late = scripts::RENEW.key("t:a");
-    late.key("t:b")
+    let mut late = scripts::RENEW.key("{t}:released:b");
+    late.key("{t}:a")
+        .key("{t}:b")
         .arg(2_150u64)
         .arg(1000u64)
-        .arg("b")
-        .arg("t:released:b");
+        .arg("b");
     let released: i64 = late.invoke_async(&mut c).await.unwrap();
     assert_eq!(released, 1);
-    let n: usize = count(2_160, "t:b").invoke_async(&mut c).await.unwrap();
+    let n: usize = count(2_160, "{t}:b").invoke_async(&mut c).await.unwrap();
     assert_eq!(
         n, 1,
         "b released and a dropped as expired by the renewal: c is left"
     );
     let ttl: i64 = redis::cmd("PTTL")
-        .arg("t:a")
+        .arg("{t}:a")
         .query_async(&mut c)
         .await
         .unwrap();
@@ -1309,7 +1377,7 @@ fn a_drain_releases_the_fleet_leases_before_it_returns() {
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
     const N: usize = 10;
-    const KEY: &str = "drain:quota:sockets:id:alice";
+    const KEY: &str = "{drain:quota:sockets}:id:alice";
     let redis = RedisServer::start();
     let url = redis.url();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1395,4 +1463,263 @@ fn a_drain_releases_the_fleet_leases_before_it_returns() {
             .unwrap()
     });
     assert_eq!(leases, 0, "the drain returned before releasing the leases");
+}
+
+/// The Redis keys matching `pattern`, sorted.
+async fn keys(c: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(c)
+        .await
+        .unwrap();
+    keys.sort();
+    keys
+}
+
+async fn slot(c: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(c)
+        .await
+        .unwrap()
+}
+
+/// The latest lease expiry (ms) in each quota set.
+async fn expiries(c: &mut redis::aio::MultiplexedConnection, sets: &[String]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for set in sets {
+        let top: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(set)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(c)
+            .await
+            .unwrap();
+        out.push(top.first().map_or(0.0, |t| t.1));
+    }
+    out
+}
+
+/// Every fleet operation on a Redis Cluster node (one node serving all 16384 slots, which
+/// checks scripts as a cluster does): the rate limit, a quota lease over the per-IP,
+/// per-identity and global sets (acquire, renew, release), revocation (announce, the marker
+/// check at handshakes, the listener's catch-up). Under `FailurePolicy::Refuse` a script
+/// that Redis refuses (`CROSSSLOT`, undeclared keys) shows as `503`, not as a local decision.
+#[tokio::test]
+async fn every_fleet_operation_works_on_a_redis_cluster_node() {
+    let redis = RedisServer::start_cluster();
+    let strict = |ttl_ms: u64| {
+        Fleet::builder(redis.url())
+            .timeout(Duration::from_secs(5))
+            .on_failure(FailurePolicy::Refuse)
+            .lease_ttl(Duration::from_millis(ttl_ms))
+            .build()
+            .unwrap()
+    };
+    // Renewals every second; a release marker lives 3 s.
+    let (a, b) = (strict(3_000), strict(3_000));
+    let mut c = conn(&redis).await;
+
+    // Rate limit: one key per script.
+    let mut rate = RateLimitLayer::new()
+        .fleet(&a)
+        .per_minute(nz(1))
+        .burst(nz(1))
+        .layer(service_fn(keep));
+    for status in [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS] {
+        let res = rate
+            .ready()
+            .await
+            .unwrap()
+            .call(handshake([203, 0, 113, 40], None, None))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "rate limit");
+    }
+
+    // Quota: one script over the IP, identity and global sets.
+    let quota = |f: &Fleet| {
+        ConnectionQuotaLayer::new()
+            .fleet(f)
+            .per_ip(nz(5))
+            .per_identity(nz(1))
+            .global(nz(100))
+    };
+    let (quota_a, quota_b) = (quota(&a), quota(&b));
+    let mut svc_a = quota_a.clone().layer(service_fn(keep));
+    let mut svc_b = quota_b.clone().layer(service_fn(keep));
+    let held = svc_a
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 40], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(held.status(), StatusCode::OK, "quota acquire");
+    let permit = held
+        .extensions()
+        .get::<ConnectionPermit>()
+        .cloned()
+        .expect("permit");
+    let refused = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 41], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(matches!(
+        refused.extensions().get::<RateLimitError>(),
+        Some(RateLimitError::IdentityQuota { limit: 1, .. })
+    ));
+    assert_eq!(quota_b.fleet_active_for_identity("alice").await, Ok(1));
+    assert_eq!(
+        quota_b
+            .fleet_active_for_ip(std::net::IpAddr::from([198, 51, 100, 40]))
+            .await,
+        Ok(1)
+    );
+    assert_eq!(quota_b.fleet_active().await, Ok(1));
+
+    // The quota's sets share one slot; the rate limit key is elsewhere.
+    let sets = keys(&mut c, "*quota*").await;
+    assert_eq!(sets.len(), 3, "{sets:?}");
+    let quota_slot = slot(&mut c, &sets[0]).await;
+    for set in &sets {
+        assert_eq!(slot(&mut c, set).await, quota_slot, "{set}");
+    }
+    let rate_keys = keys(&mut c, "*rate*").await;
+    assert_eq!(rate_keys.len(), 1, "{rate_keys:?}");
+    assert_ne!(slot(&mut c, &rate_keys[0]).await, quota_slot);
+
+    // Renewal: the lease's expiry moves on in every set.
+    let before = expiries(&mut c, &sets).await;
+    assert!(before.iter().all(|&e| e > 0.0), "{before:?}");
+    wait_for("a lease renewal", async || {
+        let now = expiries(&mut c, &sets).await;
+        now.iter().zip(&before).all(|(n, b)| n > b)
+    })
+    .await;
+
+    // Release: the lease leaves every set at once and leaves its marker, in the same slot.
+    drop(held);
+    drop(permit);
+    wait_for("the release marker", async || {
+        !keys(&mut c, "*released*").await.is_empty()
+    })
+    .await;
+    let markers = keys(&mut c, "*released*").await;
+    assert_eq!(slot(&mut c, &markers[0]).await, quota_slot);
+    assert_eq!(quota_b.fleet_active_for_identity("alice").await, Ok(0));
+    assert_eq!(quota_b.fleet_active().await, Ok(0));
+    let res = svc_b
+        .ready()
+        .await
+        .unwrap()
+        .call(handshake([198, 51, 100, 41], Some("alice"), None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "acquire after the release");
+    drop(res);
+
+    // Revocation: handshakes check the token's and the subject's markers.
+    let mut rev_b = RevocationLayer::new(&b).layer(service_fn(keep));
+    let issued = std::time::SystemTime::now() - Duration::from_secs(10);
+    let on_b = |subject: &str, token: &str| {
+        handshake_issued([192, 0, 2, 40], Some(subject), Some(token), issued)
+    };
+    let signal = |r: &Response| {
+        r.extensions()
+            .get::<CloseSignal>()
+            .cloned()
+            .expect("signal")
+    };
+    let probe = rev_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("probe", "probe-token"))
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), StatusCode::OK, "revocation check");
+    let probe = signal(&probe);
+    wait_for("b's listener", async || {
+        a.revoke_identity("probe").await.unwrap();
+        probe.is_revoked()
+    })
+    .await;
+    let erin = rev_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("erin", "erin-1"))
+        .await
+        .unwrap();
+    assert_eq!(erin.status(), StatusCode::OK);
+    let erin = signal(&erin);
+    a.revoke_token("erin-1").await.unwrap();
+    wait_for("erin-1 closed", async || erin.is_revoked()).await;
+    let late = strict(3_000);
+    let mut rev_late = RevocationLayer::new(&late).layer(service_fn(keep));
+    for (req, what) in [
+        (on_b("erin", "erin-1"), "a revoked token"),
+        (on_b("probe", "probe-2"), "a revoked subject"),
+    ] {
+        let res = rev_late.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{what}");
+    }
+
+    // The listener's catch-up after a lost subscription: markers stored without an
+    // announcement, for two sockets (two tokens, two subjects: keys of different slots).
+    let gina = rev_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("gina", "gina-1"))
+        .await
+        .unwrap();
+    let hana = rev_b
+        .ready()
+        .await
+        .unwrap()
+        .call(on_b("hana", "hana-1"))
+        .await
+        .unwrap();
+    let (gina, hana) = (signal(&gina), signal(&hana));
+    let cutoff = (issued + Duration::from_secs(1))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let _: () = redis::cmd("SET")
+        .arg("wsguard:revoked_sub:hana")
+        .arg(&cutoff)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let gina_marker = format!(
+        "wsguard:revoked:{}",
+        TokenFingerprint::of("gina-1").to_hex()
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&gina_marker)
+        .arg("1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    wait_for("the listener to resubscribe and catch up", async || {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gina.is_revoked() && hana.is_revoked()
+    })
+    .await;
 }

@@ -205,6 +205,13 @@ return 0
             self.fleet.key("prices")
         }
 
+        /// A key of the price data, `{<prefix>:prices}:<suffix>`: the seq counters and the
+        /// latest prices share one hash tag, so that the publish script, which touches a
+        /// counter and the hash together, runs on Redis Cluster too (one slot).
+        fn data_key(&self, suffix: &str) -> String {
+            format!("{{{}}}:{suffix}", self.fleet.key("prices"))
+        }
+
         /// One data operation, within the timeout.
         async fn bounded<T>(
             &self,
@@ -220,7 +227,7 @@ return 0
         async fn raise_seqs(&self, prices: &[Price]) -> Result<(), String> {
             for price in prices {
                 let mut conn = self.data.clone();
-                let key = self.fleet.key(&format!("seq:{}", price.symbol));
+                let key = self.data_key(&format!("seq:{}", price.symbol));
                 self.bounded(
                     RAISE_SEQ
                         .key(key)
@@ -239,9 +246,9 @@ return 0
             let body =
                 serde_json::json!({ "symbol": symbol, "price": price, "ts": ts }).to_string();
             let mut conn = self.data.clone();
-            let mut script = PUBLISH.key(self.fleet.key(&format!("seq:{symbol}")));
+            let mut script = PUBLISH.key(self.data_key(&format!("seq:{symbol}")));
             script
-                .key(self.fleet.key("latest"))
+                .key(self.data_key("latest"))
                 .arg(symbol)
                 .arg(body)
                 .arg(self.channel());
@@ -290,7 +297,7 @@ return 0
             let latest: Vec<String> = self
                 .bounded(
                     redis::cmd("HVALS")
-                        .arg(self.fleet.key("latest"))
+                        .arg(self.data_key("latest"))
                         .query_async(&mut conn),
                 )
                 .await?;

@@ -405,7 +405,7 @@ async fn an_instance_catches_up_with_the_prices_it_missed_when_it_resubscribes()
     let mut conn = redis.conn().await;
     let missed = json!({ "symbol": "AAPL", "price": 77.25, "ts": 1 });
     let _: i64 = redis::cmd("HSET")
-        .arg(format!("{p}:latest"))
+        .arg(format!("{{{p}:prices}}:latest"))
         .arg("AAPL")
         .arg(format!("{}|{missed}", seq + 5))
         .query_async(&mut conn)
@@ -529,7 +529,7 @@ async fn a_killed_instance_leaks_no_lease_beyond_its_ttl() {
     a.example.child.kill().await.expect("kill instance A");
     // Its lease expires no later than one TTL after its last renewal.
     let mut conn = redis.conn().await;
-    let key = format!("{p}:quota:sockets:id:alice");
+    let key = format!("{{{p}:quota:sockets}}:id:alice");
     let leases: Vec<(String, i64)> = redis::cmd("ZRANGE")
         .arg(&key)
         .arg(0)
@@ -781,7 +781,7 @@ async fn sigterm_drains_the_instance_and_leaves_no_lease_in_redis() {
     }
     let mut conn = redis.conn().await;
     let leases: usize = redis::cmd("ZCARD")
-        .arg(format!("{p}:quota:sockets:id:alice"))
+        .arg(format!("{{{p}:quota:sockets}}:id:alice"))
         .query_async(&mut conn)
         .await
         .expect("ZCARD");
@@ -797,12 +797,13 @@ async fn sigterm_drains_the_instance_and_leaves_no_lease_in_redis() {
         assert_eq!(reader.await.expect("reader"), Some(CloseCode::Away));
     }
     // Right after the exit, not after a TTL: the leases were released, not left to expire.
+    // The quota's sets (its release markers share the hash tag: `…:released:<lease>`).
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{p}:quota:*"))
+        .arg(format!("{{{p}:quota:*"))
         .query_async(&mut conn)
         .await
         .expect("KEYS");
-    for key in &keys {
+    for key in keys.iter().filter(|k| !k.contains(":released:")) {
         let leases: usize = redis::cmd("ZCARD")
             .arg(key)
             .query_async(&mut conn)

@@ -3,6 +3,7 @@
 //! subscribed.
 
 use super::{
+    registry::get_each,
     subscription::{Subscription, SubscriptionEvent},
     *,
 };
@@ -70,8 +71,8 @@ pub(super) async fn listen(
     }
 }
 
-/// Applies the revocation markers of the live sockets' tokens and subjects (in chunks of
-/// 256 keys per `MGET`).
+/// Applies the revocation markers of the live sockets' tokens and subjects (in pipelines of
+/// 256 `GET`s: the markers are in different Redis Cluster slots, so no `MGET`).
 async fn reconcile(client: &Client, prefix: &str, local: &Local) -> RedisResult<()> {
     let (subjects, tokens) = local.live_keys();
     if subjects.is_empty() && tokens.is_empty() {
@@ -83,8 +84,7 @@ async fn reconcile(client: &Client, prefix: &str, local: &Local) -> RedisResult<
             .iter()
             .map(|fp| format!("{prefix}:revoked:{}", hex(fp)))
             .collect();
-        let marks: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let marks: Vec<Option<String>> = get_each(&keys).query_async(&mut conn).await?;
         for (fp, mark) in chunk.iter().zip(marks) {
             if mark.is_some() {
                 local.revoke_token(*fp);
@@ -96,8 +96,7 @@ async fn reconcile(client: &Client, prefix: &str, local: &Local) -> RedisResult<
             .iter()
             .map(|s| format!("{prefix}:revoked_sub:{s}"))
             .collect();
-        let marks: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let marks: Vec<Option<String>> = get_each(&keys).query_async(&mut conn).await?;
         for (subject, mark) in chunk.iter().zip(marks) {
             if let Some(ms) = mark.and_then(|m| m.parse::<u64>().ok())
                 && let Some(before) = UNIX_EPOCH.checked_add(Duration::from_millis(ms))

@@ -110,6 +110,14 @@ impl Fleet {
         format!("{}:{suffix}", self.inner.prefix)
     }
 
+    /// `{<prefix>:<group>}`: the hash tag of a group of keys that one script touches
+    /// together, so that they share a Redis Cluster slot (see FLEET.md). The keys are this
+    /// tag, `:` and a suffix. The tag opens the key, so nothing in the suffix (a subject
+    /// with braces, say) can move a key out of its group's slot.
+    pub(crate) fn slot_tag(&self, group: &str) -> String {
+        format!("{{{}:{group}}}", self.inner.prefix)
+    }
+
     /// A clone of the reconnecting connection, for the fleet's own commands. Wrap calls in
     /// [`run`](Self::run) to get the fleet's timeout and health tracking.
     pub(crate) fn connection(&self) -> ConnectionManager {

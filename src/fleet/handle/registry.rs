@@ -121,7 +121,9 @@ impl Fleet {
     }
 
     /// Whether Redis holds a revocation of this credential: of its token, or of its
-    /// subject's credentials issued before its issue time. One round trip (`MGET`).
+    /// subject's credentials issued before its issue time. One round trip: a pipeline of
+    /// one `GET` per marker (not one `MGET`: the markers are in different Redis Cluster
+    /// slots).
     pub(crate) async fn remote_revoked(
         &self,
         principal: Option<&Principal>,
@@ -140,7 +142,7 @@ impl Fleet {
         let mut conn = self.connection();
         let values: Vec<Option<String>> = self
             .run("revocation_check", async move {
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
+                get_each(&keys).query_async(&mut conn).await
             })
             .await?;
         let mut values = values.into_iter();
@@ -155,6 +157,16 @@ impl Fleet {
             _ => false,
         })
     }
+}
+
+/// One `GET` per key, pipelined: one round trip on one Redis, and valid in a cluster, where
+/// an `MGET` of keys in different slots is refused (`CROSSSLOT`).
+pub(super) fn get_each(keys: &[String]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.get(key);
+    }
+    pipe
 }
 
 fn unshared(error: RevokeError) -> FleetError {

@@ -75,6 +75,16 @@ impl Subscription {
         client: Client,
         channel: impl Into<Arc<str>>,
     ) -> Self {
+        Self::spawn_pinging(runtime, client, channel, PING_EVERY)
+    }
+
+    /// [`spawn`](Self::spawn), pinging an idle connection every `ping_every`.
+    fn spawn_pinging(
+        runtime: &tokio::runtime::Handle,
+        client: Client,
+        channel: impl Into<Arc<str>>,
+        ping_every: Duration,
+    ) -> Self {
         let channel = channel.into();
         let (tx, events) = mpsc::channel(QUEUE);
         let resubscribe = Arc::new(Notify::new());
@@ -83,6 +93,7 @@ impl Subscription {
             Arc::clone(&channel),
             tx,
             Arc::clone(&resubscribe),
+            ping_every,
         ));
         Self {
             channel,
@@ -129,10 +140,11 @@ async fn pump(
     channel: Arc<str>,
     tx: mpsc::Sender<SubscriptionEvent>,
     resubscribe: Arc<Notify>,
+    ping_every: Duration,
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match serve(&client, &channel, &tx, &resubscribe).await {
+        match serve(&client, &channel, &tx, &resubscribe, ping_every).await {
             Ok(End::Closed) => return,
             Ok(End::Lost { healthy }) => {
                 backoff = if healthy {
@@ -165,6 +177,7 @@ async fn serve(
     channel: &str,
     tx: &mpsc::Sender<SubscriptionEvent>,
     resubscribe: &Notify,
+    ping_every: Duration,
 ) -> RedisResult<End> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
@@ -187,7 +200,7 @@ async fn serve(
         return Ok(End::Closed);
     }
     let mut healthy = false;
-    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
     loop {
         tokio::select! {
@@ -203,7 +216,9 @@ async fn serve(
                 None => return Ok(End::Lost { healthy }),
             },
             _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await {
+                // Subscribed (RESP2), Redis answers a `PING` with `["pong", ""]`, not a
+                // string: any reply shows the connection works.
+                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => healthy = true,
                     Ok(Err(e)) => return Err(e),
                     Err(_) => return Ok(End::Lost { healthy }),
@@ -212,5 +227,56 @@ async fn serve(
             () = resubscribe.notified() => return Ok(End::Lost { healthy }),
             () = tx.closed() => return Ok(End::Closed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::tests::RedisServer;
+
+    async fn calls(c: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(c)
+            .await
+            .unwrap();
+        let field = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&field))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The pings of an idle subscription keep its connection: it is not remade (with a
+    /// `Subscribed` event, so a catch-up, each time) after every ping.
+    #[tokio::test]
+    async fn an_idle_subscription_pings_without_resubscribing() {
+        let redis = RedisServer::start();
+        let client = Client::open(redis.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut sub = Subscription::spawn_pinging(
+            &tokio::runtime::Handle::current(),
+            client,
+            "idle",
+            Duration::from_millis(20),
+        );
+        let first = tokio::time::timeout(Duration::from_secs(20), sub.recv()).await;
+        assert_eq!(first, Ok(Some(SubscriptionEvent::Subscribed)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while calls(&mut c, "ping").await < 5 {
+            assert!(tokio::time::Instant::now() < deadline, "no pings");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            calls(&mut c, "subscribe").await,
+            1,
+            "one subscription, kept"
+        );
+        assert!(
+            sub.events.try_recv().is_err(),
+            "no resubscription announced"
+        );
     }
 }
