@@ -779,6 +779,46 @@ async fn recovers_when_redis_comes_back() {
     assert!(fleet.is_available());
 }
 
+/// A revocation made while Redis is down is in effect on its instance at once and fails
+/// with `Unavailable`; the fleet shares it once Redis is back, so another instance refuses
+/// the credentials then.
+#[tokio::test]
+async fn a_revocation_made_while_redis_is_down_is_shared_once_it_is_back() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = Fleet::builder(&url)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        a.revoke_identity("june").await,
+        Err(FleetError::Unavailable(_))
+    ));
+    assert!(matches!(
+        a.revoke_token("june-2").await,
+        Err(FleetError::Unavailable(_))
+    ));
+    let june = Principal::new("june", None)
+        .with_issued_at(std::time::SystemTime::now() - Duration::from_secs(5));
+    assert!(a.revocations().is_revoked(&june, None), "in effect here");
+
+    let _redis = RedisServer::start_on(port);
+    let b = fleet(&url);
+    let token = TokenFingerprint::of("june-2");
+    wait_for("the revocations to reach Redis", async || {
+        b.remote_revoked(Some(&june), None).await == Ok(true)
+            && b.is_revoked(&token).await == Ok(true)
+    })
+    .await;
+    // A credential issued afterwards is not revoked.
+    let later = Principal::new("june", None)
+        .with_issued_at(std::time::SystemTime::now() + Duration::from_secs(5));
+    assert_eq!(b.remote_revoked(Some(&later), None).await, Ok(false));
+}
+
 #[tokio::test]
 async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
     let redis = RedisServer::start();
