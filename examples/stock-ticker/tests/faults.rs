@@ -420,8 +420,7 @@ async fn redis_restart_under_load_falls_back_recovers_and_loses_no_lease() {
     let ttl = lease_ttl.as_millis().to_string();
     let flags = load_flags(&["--max-conns-per-user", "100000", "--lease-ttl-ms", &ttl]);
     let a = ticker(&redis.url(), &p, &flags).await;
-    let alice = a.token("alice", "wonderland").await;
-    let bob = a.token("bob", "builder").await;
+    let (alice, bob) = tokio::join!(a.token("alice", "wonderland"), a.token("bob", "builder"));
 
     let load = Load::new(CLIENTS + DURING_OUTAGE);
     let mut clients: Vec<_> = (0..CLIENTS)
@@ -488,12 +487,9 @@ async fn a_killed_instance_s_clients_reconnect_to_the_other_with_seq_in_order() 
     let p = prefix("faults-kill");
     let cap = CLIENTS.to_string();
     let flags = load_flags(&["--max-conns-per-user", &cap, "--lease-ttl-ms", "1500"]);
-    let (mut a, b) = (
-        ticker(&redis.url(), &p, &flags).await,
-        ticker(&redis.url(), &p, &flags).await,
-    );
-    let alice = a.token("alice", "wonderland").await;
-    let bob = b.token("bob", "builder").await;
+    let url = redis.url();
+    let (mut a, b) = tokio::join!(ticker(&url, &p, &flags), ticker(&url, &p, &flags));
+    let (alice, bob) = tokio::join!(a.token("alice", "wonderland"), b.token("bob", "builder"));
 
     let load = Load::new(CLIENTS);
     let half = CLIENTS / 2;
@@ -557,12 +553,9 @@ async fn a_revocation_while_redis_is_frozen_is_answered_and_reaches_the_fleet_af
     let redis = RedisServer::start_on(free_port());
     let p = prefix("faults-freeze");
     let flags = load_flags(&["--max-conns-per-user", "100000", "--lease-ttl-ms", "1500"]);
-    let (a, b) = (
-        ticker(&redis.url(), &p, &flags).await,
-        ticker(&redis.url(), &p, &flags).await,
-    );
-    let alice = a.token("alice", "wonderland").await;
-    let bob = b.token("bob", "builder").await;
+    let url = redis.url();
+    let (a, b) = tokio::join!(ticker(&url, &p, &flags), ticker(&url, &p, &flags));
+    let (alice, bob) = tokio::join!(a.token("alice", "wonderland"), b.token("bob", "builder"));
 
     // Bob's readers on both instances, then alice's: the first half on A.
     let load = Load::new(CLIENTS + ALICE);
