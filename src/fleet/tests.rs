@@ -27,13 +27,17 @@ pub(crate) struct RedisServer {
     pub(crate) port: u16,
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 impl RedisServer {
     pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     pub(crate) fn start_on(port: u16) -> Self {
@@ -479,10 +483,7 @@ async fn quota_spans_instances_and_releases_on_drop() {
 
 /// A loopback port with nothing listening.
 fn dead_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     format!("redis://127.0.0.1:{port}")
 }
 
@@ -760,10 +761,7 @@ async fn revoking_a_busy_subject_is_one_marker_and_binds_instances_started_later
 
 #[tokio::test]
 async fn recovers_when_redis_comes_back() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let fleet = Fleet::builder(&url)
         .timeout(Duration::from_millis(300))
@@ -784,10 +782,7 @@ async fn recovers_when_redis_comes_back() {
 /// the credentials then.
 #[tokio::test]
 async fn a_revocation_made_while_redis_is_down_is_shared_once_it_is_back() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let a = Fleet::builder(&url)
         .timeout(Duration::from_millis(100))
@@ -1313,10 +1308,7 @@ async fn a_subscription_delivers_in_order_and_says_when_it_has_resubscribed() {
 
 #[tokio::test]
 async fn a_subscription_made_while_redis_is_down_subscribes_once_it_is_up() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let fleet = fleet(&format!("redis://127.0.0.1:{port}"));
     let mut sub = fleet.subscribe("late");
     assert!(

@@ -393,6 +393,17 @@ fn alice_leases(prefix: &str) -> String {
     format!("{prefix}:quota:sockets:id:alice")
 }
 
+/// Waits until the [`CLIENTS`] first clients are open, and checks that each socket holds one
+/// lease in `key`.
+async fn wait_opened_and_leased(load: &Load, redis: &RedisServer, key: &str) {
+    load.wait_opened(CLIENTS).await;
+    assert_eq!(
+        redis.live_leases(key).await,
+        CLIENTS,
+        "one lease per socket"
+    );
+}
+
 /// Waits until the live leases of `key` number `n`.
 async fn wait_leases(redis: &RedisServer, key: &str, n: usize) {
     eventually(&format!("{n} leases in {key}"), async || {
@@ -426,13 +437,8 @@ async fn redis_restart_under_load_falls_back_recovers_and_loses_no_lease() {
     let mut clients: Vec<_> = (0..CLIENTS)
         .map(|id| spawn_client(&load, id, vec![a.addr()], &alice))
         .collect();
-    load.wait_opened(CLIENTS).await;
     let key = alice_leases(&p);
-    assert_eq!(
-        redis.live_leases(&key).await,
-        CLIENTS,
-        "one lease per socket"
-    );
+    wait_opened_and_leased(&load, &redis, &key).await;
     let publisher = spawn_publisher(&load, a.addr(), &bob);
     let seq = posted_seq(a.addr(), &bob).await;
     load.wait_prices(0..CLIENTS, seq).await;
@@ -503,13 +509,8 @@ async fn a_killed_instance_s_clients_reconnect_to_the_other_with_seq_in_order() 
             spawn_client(&load, id, targets, &alice)
         })
         .collect();
-    load.wait_opened(CLIENTS).await;
     let key = alice_leases(&p);
-    assert_eq!(
-        redis.live_leases(&key).await,
-        CLIENTS,
-        "one lease per socket"
-    );
+    wait_opened_and_leased(&load, &redis, &key).await;
     assert_eq!(
         b.try_connect(&alice).await.err(),
         Some(429),

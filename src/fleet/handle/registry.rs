@@ -227,44 +227,37 @@ pub(crate) enum Unshared {
 }
 
 impl Unshared {
-    fn log_shared(&self) {
+    /// The log fields: cause, identity, and the token's first 8 hex digits.
+    fn fields(&self) -> (&'static str, Option<&str>, Option<String>) {
         match self {
-            Self::Before { subject, .. } => tracing::info!(
-                name: "wsguard.revoke.shared",
-                target: "wsguard::revoke",
-                cause = "issued_before",
-                identity = subject.as_str(),
-                "a revocation Redis had not taken reached the fleet"
-            ),
-            Self::Token(fingerprint) => tracing::info!(
-                name: "wsguard.revoke.shared",
-                target: "wsguard::revoke",
-                cause = "token",
-                token = %&fingerprint.to_hex()[..8],
-                "a revocation Redis had not taken reached the fleet"
-            ),
+            Self::Before { subject, .. } => ("issued_before", Some(subject), None),
+            Self::Token(fingerprint) => ("token", None, Some(fingerprint.to_hex()[..8].into())),
         }
     }
 
+    fn log_shared(&self) {
+        let (cause, identity, token) = self.fields();
+        tracing::info!(
+            name: "wsguard.revoke.shared",
+            target: "wsguard::revoke",
+            cause,
+            identity,
+            token = token.as_deref(),
+            "a revocation Redis had not taken reached the fleet"
+        );
+    }
+
     fn log_unshared(&self, reason: &'static str) {
-        match self {
-            Self::Before { subject, .. } => tracing::warn!(
-                name: "wsguard.revoke.unshared",
-                target: "wsguard::revoke",
-                cause = "issued_before",
-                identity = subject.as_str(),
-                reason,
-                "a revocation stays on this instance: it was not shared with the fleet"
-            ),
-            Self::Token(fingerprint) => tracing::warn!(
-                name: "wsguard.revoke.unshared",
-                target: "wsguard::revoke",
-                cause = "token",
-                token = %&fingerprint.to_hex()[..8],
-                reason,
-                "a revocation stays on this instance: it was not shared with the fleet"
-            ),
-        }
+        let (cause, identity, token) = self.fields();
+        tracing::warn!(
+            name: "wsguard.revoke.unshared",
+            target: "wsguard::revoke",
+            cause,
+            identity,
+            token = token.as_deref(),
+            reason,
+            "a revocation stays on this instance: it was not shared with the fleet"
+        );
     }
 }
 
