@@ -146,8 +146,10 @@ const EXPIRY_GRACE: Duration = Duration::from_secs(300);
 pub enum RevokeError {
     /// The credential was revoked (`401` at a handshake).
     Revoked,
-    /// Fleet mode: Redis did not take the revocation (it was applied on this instance only),
-    /// or, for [`Revocations::check`] under the fleet's `Refuse` policy, could not be asked.
+    /// Fleet mode: Redis did not take the revocation in time (it is in effect on this
+    /// instance, and reaches the others once Redis answers: the fleet shares it again in the
+    /// background), or, for [`Revocations::check`] under the fleet's `Refuse` policy, could
+    /// not be asked.
     Unavailable(String),
 }
 
@@ -287,8 +289,9 @@ impl Revocations {
     /// Credentials issued afterwards work. Returns the number of sockets closed on this
     /// instance.
     ///
-    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it; it
-    /// was then applied on this instance only.
+    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it in
+    /// time: it is in effect on this instance, and the fleet shares it in the background
+    /// once Redis answers (see the [fleet docs](crate::fleet#when-redis-is-unreachable)).
     pub async fn revoke_identity(&self, subject: &str) -> Result<usize, RevokeError> {
         let now = self.local.clock.now();
         self.revoke_issued_before(subject, now).await
@@ -299,8 +302,9 @@ impl Revocations {
     /// closes the sockets they opened with `1008`. Returns the number of sockets closed on
     /// this instance. Repeated calls keep the latest time.
     ///
-    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it; it
-    /// was then applied on this instance only.
+    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it in
+    /// time: it is in effect on this instance, and the fleet shares it in the background
+    /// once Redis answers (see the [fleet docs](crate::fleet#when-redis-is-unreachable)).
     pub async fn revoke_issued_before(
         &self,
         subject: &str,
@@ -318,7 +322,10 @@ impl Revocations {
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
             fleet
-                .share_revoke_before(subject, before)
+                .share(crate::fleet::Unshared::Before {
+                    subject: subject.to_owned(),
+                    before,
+                })
                 .await
                 .map_err(|e| RevokeError::Unavailable(e.to_string()))?;
         }
@@ -328,8 +335,9 @@ impl Revocations {
     /// Revokes one token and closes the sockets it opened with `1008`: log out this device.
     /// Returns the number of sockets closed on this instance.
     ///
-    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it; it
-    /// was then applied on this instance only.
+    /// In fleet mode, fails with [`RevokeError::Unavailable`] if Redis did not take it in
+    /// time: it is in effect on this instance, and the fleet shares it in the background
+    /// once Redis answers (see the [fleet docs](crate::fleet#when-redis-is-unreachable)).
     pub async fn revoke_token(&self, token: &str) -> Result<usize, RevokeError> {
         self.revoke_fingerprint(TokenFingerprint::of(token)).await
     }
@@ -353,7 +361,7 @@ impl Revocations {
         #[cfg(feature = "redis")]
         if let Some(fleet) = &self.fleet {
             fleet
-                .share_revoke_token(&fingerprint)
+                .share(crate::fleet::Unshared::Token(fingerprint))
                 .await
                 .map_err(|e| RevokeError::Unavailable(e.to_string()))?;
         }

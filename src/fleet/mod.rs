@@ -48,8 +48,14 @@
 //!   and [`FleetError::Unavailable`] and the crate's [`Rejection::Fleet`](crate::Rejection::Fleet)
 //!   in the response extensions; the layer's `on_rejection` hook can replace the response.
 //!
-//! Revocations made while Redis is unreachable apply on the revoking instance only and fail
-//! with [`RevokeError::Unavailable`](crate::revoke::RevokeError::Unavailable).
+//! A revocation made while Redis is unreachable is in effect on the revoking instance at
+//! once and fails with [`RevokeError::Unavailable`](crate::revoke::RevokeError::Unavailable)
+//! ("not shared yet"); the fleet then shares it in the background, retrying with a growing
+//! delay (up to 2 s) until Redis takes it, so it reaches every instance when Redis is back
+//! (`wsguard.revoke.shared`). A command Redis received but did not answer in time may also
+//! take effect then; sharing twice is harmless. At most 1 024 revocations wait at once, each
+//! for at most the revocation TTL ([`FleetBuilder::revocation_ttl`]); one that cannot wait
+//! stays on its instance (`wsguard.revoke.unshared`, warn).
 //!
 //! Recovery is automatic: the connection is remade on the next use, the first success logs
 //! `wsguard.fleet.recovered`, the revocation listener resubscribes (and applies the markers
@@ -184,7 +190,9 @@
 //! `wsguard.fleet.refused` (warn) for each `503`; rejections reuse
 //! `wsguard.rate_limit.rejected` and `wsguard.rate_limit.quota_exceeded`; revocation logs the
 //! events of [`crate::revoke`] (`wsguard.revoke.revoked`, `wsguard.revoke.closing` on each
-//! instance that closes sockets, `wsguard.revoke.refused`); subscriptions log
+//! instance that closes sockets, `wsguard.revoke.refused`), and a revocation Redis did not
+//! take logs `wsguard.revoke.shared` (info) once the fleet has it, or
+//! `wsguard.revoke.unshared` (warn, `reason`) if it stays on its instance; subscriptions log
 //! `wsguard.fleet.listening` (debug, `channel`) on each subscription and
 //! `wsguard.fleet.listener_error` (debug, `channel`, `error`) when they lose Redis. Tokens
 //! are never logged (revocation events carry the first 8 hex digits of the token's SHA-256
@@ -202,6 +210,7 @@ use std::fmt;
 use axum::response::Response;
 use http::StatusCode;
 
+pub(crate) use self::handle::Unshared;
 pub use self::handle::{Fleet, FleetBuilder, Subscription, SubscriptionEvent};
 #[doc(no_inline)]
 pub use crate::rate_limit::{KeyBy, RateLimitError};

@@ -29,13 +29,17 @@ pub(crate) struct RedisServer {
     dir: Option<std::path::PathBuf>,
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 impl RedisServer {
     pub(crate) fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        Self::start_on(port)
+        Self::start_on(free_port())
     }
 
     pub(crate) fn start_on(port: u16) -> Self {
@@ -547,10 +551,7 @@ async fn quota_spans_instances_and_releases_on_drop() {
 
 /// A loopback port with nothing listening.
 fn dead_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     format!("redis://127.0.0.1:{port}")
 }
 
@@ -828,10 +829,7 @@ async fn revoking_a_busy_subject_is_one_marker_and_binds_instances_started_later
 
 #[tokio::test]
 async fn recovers_when_redis_comes_back() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let fleet = Fleet::builder(&url)
         .timeout(Duration::from_millis(300))
@@ -845,6 +843,43 @@ async fn recovers_when_redis_comes_back() {
     let _redis = RedisServer::start_on(port);
     wait_for("recovery", async || fleet.ping().await.is_ok()).await;
     assert!(fleet.is_available());
+}
+
+/// A revocation made while Redis is down is in effect on its instance at once and fails
+/// with `Unavailable`; the fleet shares it once Redis is back, so another instance refuses
+/// the credentials then.
+#[tokio::test]
+async fn a_revocation_made_while_redis_is_down_is_shared_once_it_is_back() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = Fleet::builder(&url)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        a.revoke_identity("june").await,
+        Err(FleetError::Unavailable(_))
+    ));
+    assert!(matches!(
+        a.revoke_token("june-2").await,
+        Err(FleetError::Unavailable(_))
+    ));
+    let june = Principal::new("june", None)
+        .with_issued_at(std::time::SystemTime::now() - Duration::from_secs(5));
+    assert!(a.revocations().is_revoked(&june, None), "in effect here");
+
+    let _redis = RedisServer::start_on(port);
+    let b = fleet(&url);
+    let token = TokenFingerprint::of("june-2");
+    wait_for("the revocations to reach Redis", async || {
+        b.remote_revoked(Some(&june), None).await == Ok(true)
+            && b.is_revoked(&token).await == Ok(true)
+    })
+    .await;
+    // A credential issued afterwards is not revoked.
+    let later = Principal::new("june", None)
+        .with_issued_at(std::time::SystemTime::now() + Duration::from_secs(5));
+    assert_eq!(b.remote_revoked(Some(&later), None).await, Ok(false));
 }
 
 #[tokio::test]
@@ -1341,10 +1376,7 @@ async fn a_subscription_delivers_in_order_and_says_when_it_has_resubscribed() {
 
 #[tokio::test]
 async fn a_subscription_made_while_redis_is_down_subscribes_once_it_is_up() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let fleet = fleet(&format!("redis://127.0.0.1:{port}"));
     let mut sub = fleet.subscribe("late");
     assert!(

@@ -195,10 +195,10 @@ pub(crate) async fn revoke(
     match result {
         Ok(closed) => Json(json!({ "revoked": scope, "closed_sockets": closed })).into_response(),
         Err(e) => {
-            tracing::error!("revocation not shared: {e}");
+            tracing::error!("revocation not shared yet: {e}");
             json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Redis is unavailable: revoked on this instance only",
+                "Redis is unavailable: revoked on this instance now, on the others once Redis is back",
             )
         }
     }

@@ -128,6 +128,7 @@ impl FleetBuilder {
                 local,
                 listener: listener.abort_handle(),
                 releases: crate::core::InFlight::default(),
+                unshared: AtomicUsize::new(0),
             }),
         })
     }

@@ -12,7 +12,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +23,7 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
+pub(crate) use self::registry::Unshared;
 pub use self::{
     builder::FleetBuilder,
     subscription::{Subscription, SubscriptionEvent},
@@ -50,6 +51,8 @@ struct Inner {
     listener: tokio::task::AbortHandle,
     /// The lease releases running now, for a drain to wait on.
     releases: crate::core::InFlight,
+    /// Revocations Redis did not take that are being shared again.
+    unshared: AtomicUsize,
 }
 
 impl Drop for Inner {

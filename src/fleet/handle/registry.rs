@@ -70,8 +70,66 @@ impl Fleet {
         .await
     }
 
+    /// Stores and announces `revocation`. If Redis does not take it, it is shared again in
+    /// the background until Redis does (or until the revocation TTL has passed), so a
+    /// revocation made during an outage reaches the fleet when Redis is back.
+    pub(crate) async fn share(&self, revocation: Unshared) -> Result<(), FleetError> {
+        let result = self.share_once(&revocation).await;
+        if matches!(result, Err(FleetError::Unavailable(_))) {
+            self.share_later(revocation);
+        }
+        result
+    }
+
+    async fn share_once(&self, revocation: &Unshared) -> Result<(), FleetError> {
+        match revocation {
+            Unshared::Before { subject, before } => {
+                self.share_revoke_before(subject, *before).await
+            }
+            Unshared::Token(fingerprint) => self.share_revoke_token(fingerprint).await,
+        }
+    }
+
+    /// Retries sharing `revocation`, with a growing delay, while the fleet lives. At most
+    /// [`MAX_UNSHARED`] wait at once; past that one stays on this instance (logged).
+    fn share_later(&self, revocation: Unshared) {
+        let inner = &self.inner;
+        if inner.unshared.fetch_add(1, Ordering::Relaxed) >= MAX_UNSHARED {
+            inner.unshared.fetch_sub(1, Ordering::Relaxed);
+            revocation.log_unshared("too_many_waiting");
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let give_up = tokio::time::Instant::now() + inner.revocation_ttl;
+        let mut delay = inner.timeout;
+        inner.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(delay).await;
+                // The fleet is gone: nothing on this instance counts on it any more.
+                let Some(inner) = weak.upgrade() else { return };
+                let fleet = Fleet { inner };
+                let result = fleet.share_once(&revocation).await;
+                let gave_up = match &result {
+                    Ok(()) => None,
+                    Err(FleetError::Unavailable(_)) if tokio::time::Instant::now() < give_up => {
+                        delay = (delay * 2).min(MAX_SHARE_DELAY);
+                        continue;
+                    }
+                    Err(FleetError::Unavailable(_)) => Some("expired"),
+                    Err(_) => Some("redis_error"),
+                };
+                fleet.inner.unshared.fetch_sub(1, Ordering::Relaxed);
+                match gave_up {
+                    None => revocation.log_shared(),
+                    Some(cause) => revocation.log_unshared(cause),
+                }
+                return;
+            }
+        });
+    }
+
     /// Stores and announces "credentials of `subject` issued before `before` are revoked".
-    pub(crate) async fn share_revoke_before(
+    async fn share_revoke_before(
         &self,
         subject: &str,
         before: SystemTime,
@@ -97,10 +155,7 @@ impl Fleet {
     }
 
     /// Stores and announces the revocation of one token.
-    pub(crate) async fn share_revoke_token(
-        &self,
-        fingerprint: &TokenFingerprint,
-    ) -> Result<(), FleetError> {
+    async fn share_revoke_token(&self, fingerprint: &TokenFingerprint) -> Result<(), FleetError> {
         let mut conn = self.connection();
         let hex = fingerprint.to_hex();
         let marker = self.key(&format!("revoked:{hex}"));
@@ -167,6 +222,55 @@ pub(super) fn get_each(keys: &[String]) -> redis::Pipeline {
         pipe.get(key);
     }
     pipe
+}
+
+/// Revocations Redis did not take that are shared again in the background, at most.
+const MAX_UNSHARED: usize = 1024;
+/// The longest wait between two tries at sharing a revocation.
+const MAX_SHARE_DELAY: Duration = Duration::from_secs(2);
+
+/// A revocation applied on this instance, for the fleet.
+#[derive(Debug)]
+pub(crate) enum Unshared {
+    /// Credentials of `subject` issued before `before`.
+    Before { subject: String, before: SystemTime },
+    /// One token.
+    Token(TokenFingerprint),
+}
+
+impl Unshared {
+    /// The log fields: cause, identity, and the token's first 8 hex digits.
+    fn fields(&self) -> (&'static str, Option<&str>, Option<String>) {
+        match self {
+            Self::Before { subject, .. } => ("issued_before", Some(subject), None),
+            Self::Token(fingerprint) => ("token", None, Some(fingerprint.to_hex()[..8].into())),
+        }
+    }
+
+    fn log_shared(&self) {
+        let (cause, identity, token) = self.fields();
+        tracing::info!(
+            name: "wsguard.revoke.shared",
+            target: "wsguard::revoke",
+            cause,
+            identity,
+            token = token.as_deref(),
+            "a revocation Redis had not taken reached the fleet"
+        );
+    }
+
+    fn log_unshared(&self, reason: &'static str) {
+        let (cause, identity, token) = self.fields();
+        tracing::warn!(
+            name: "wsguard.revoke.unshared",
+            target: "wsguard::revoke",
+            cause,
+            identity,
+            token = token.as_deref(),
+            reason,
+            "a revocation stays on this instance: it was not shared with the fleet"
+        );
+    }
 }
 
 fn unshared(error: RevokeError) -> FleetError {
