@@ -181,6 +181,8 @@ pub use self::{
 };
 /// The JSON types of ticket claims ([`Ticket::claims`], [`TicketIssuer::issue_with_claims`]),
 /// re-exported from `serde_json`.
+#[cfg(feature = "redis")]
+pub(crate) use self::ticket::MAX_UNIX_SECS;
 pub use serde_json::{Map, Value};
 
 #[cfg(feature = "jwt")]

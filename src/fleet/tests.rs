@@ -1396,3 +1396,227 @@ fn a_drain_releases_the_fleet_leases_before_it_returns() {
     });
     assert_eq!(leases, 0, "the drain returned before releasing the leases");
 }
+
+mod properties {
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::{SystemTime, UNIX_EPOCH},
+    };
+
+    use proptest::prelude::*;
+    use redis::Value;
+
+    use super::*;
+    use crate::rate_limit::RateLimitError;
+
+    /// Any reply a Redis connection can hand over, nested a little.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            (-3i64..8).prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+            "-?[0-9]{1,21}".prop_map(|s| Value::BulkString(s.into_bytes())),
+            "[ -~]{0,12}".prop_map(Value::SimpleString),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
+                proptest::collection::vec((inner.clone(), inner), 0..2).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    /// The integer a reply stands for under the scripts' contract: an integer reply (what
+    /// Redis makes of a Lua number), not a string or a double that looks like one.
+    fn int(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn is_unexpected(e: &redis::RedisError) -> bool {
+        e.kind() == redis::ErrorKind::UnexpectedReturnType && !e.is_unrecoverable_error()
+    }
+
+    fn sets(n: usize) -> Vec<(String, usize, RateLimitError)> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("set{i}"),
+                    i + 1,
+                    RateLimitError::GlobalQuota {
+                        limit: i + 1,
+                        retry_after: Duration::from_secs(1),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Any reply to the GCRA script: `{1, n}` allows with `n` remaining, `{0, n}` refuses
+        /// with a wait of `n` µs (negatives as 0); anything else is an error that the fleet
+        /// reports as `FleetError::Redis` (never `Unavailable`, never a decision). No panic.
+        #[test]
+        fn any_gcra_reply_maps_to_its_decision_or_an_error(
+            reply in prop_oneof![
+                value(),
+                (prop_oneof![Just(0i64), Just(1), -2i64..4], any::<i64>())
+                    .prop_map(|(a, b)| Value::Array(vec![Value::Int(a), Value::Int(b)])),
+            ],
+        ) {
+            let contract = match &reply {
+                Value::Array(items) if items.len() == 2 => int(&items[0]).zip(int(&items[1])),
+                _ => None,
+            };
+            let got = rate::gcra_decision(reply.clone());
+            match contract {
+                Some((1, n)) => prop_assert_eq!(got.ok(), Some(Ok(n.max(0) as u64))),
+                Some((0, n)) => prop_assert_eq!(got.ok(), Some(Err(Duration::from_micros(n.max(0) as u64)))),
+                _ => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+
+        /// Any reply to the acquire script, for one to three capped sets: `0` takes the
+        /// lease, `i` names the full set `i`, anything else (out of range, negative, not an
+        /// integer) is an error, never an admission. No panic.
+        #[test]
+        fn any_acquire_reply_maps_to_its_decision_or_an_error(
+            reply in prop_oneof![value(), (-2i64..6).prop_map(Value::Int)],
+            n in 1usize..4,
+        ) {
+            let sets = sets(n);
+            let got = quota::acquire_decision(reply.clone(), &sets);
+            match int(&reply) {
+                Some(0) => prop_assert_eq!(got.ok(), Some(None)),
+                Some(i) if (1..=n as i64).contains(&i) => {
+                    prop_assert_eq!(got.ok(), Some(Some(sets[i as usize - 1].2.clone())));
+                }
+                _ => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+    }
+
+    /// Found by `any_acquire_reply_maps_to_its_decision_or_an_error`: the reply was read as
+    /// "the i-th set is full" and an index past the sets as no set full, which admitted the
+    /// socket. A reply outside the script's contract now decides nothing.
+    #[test]
+    fn an_out_of_range_acquire_reply_admits_nobody() {
+        for reply in [Value::Int(2), Value::Int(4), Value::Int(i64::MAX)] {
+            let got = quota::acquire_decision(reply.clone(), &sets(1));
+            assert!(got.as_ref().is_err_and(is_unexpected), "{reply:?}: {got:?}");
+        }
+    }
+
+    /// The Redis for the tests against a real server (`WSGUARD_TEST_REDIS_URL`), or `None`
+    /// (the test is skipped, and says so).
+    fn test_redis(test: &str) -> Option<String> {
+        let url = std::env::var("WSGUARD_TEST_REDIS_URL").ok();
+        if url.is_none() {
+            eprintln!("{test}: skipped, WSGUARD_TEST_REDIS_URL is not set");
+        }
+        url
+    }
+
+    /// A key prefix of its own for each run, so that runs sharing a server never meet.
+    fn prefix(test: &str) -> String {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!("wsguard-prop:{test}:{nanos}:{}", RUN.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    fn fleets(url: &str, prefix: &str) -> (Fleet, Fleet) {
+        let build = || {
+            Fleet::builder(url)
+                .prefix(prefix)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("a fleet")
+        };
+        (build(), build())
+    }
+
+    /// Whether instance `b` holds `principal` revoked after instance `a` revoked its
+    /// subject's credentials issued before `before`.
+    async fn revoked_elsewhere(a: &Fleet, b: &Fleet, before: SystemTime, principal: &Principal) -> bool {
+        a.revoke_issued_before(principal.subject(), before)
+            .await
+            .expect("Redis takes the revocation");
+        b.remote_revoked(Some(principal), None).await.expect("Redis answers")
+    }
+
+    /// Found by `revocation_cutoffs_are_never_weakened`: a cutoff past 2^64 ms went through
+    /// the script's Lua number as `18446744073709551616`, which no instance could read back,
+    /// so the other instances let the subject's credentials in.
+    #[test]
+    fn a_far_future_cutoff_still_revokes_on_other_instances() {
+        let Some(url) = test_redis("a_far_future_cutoff_still_revokes_on_other_instances") else {
+            return;
+        };
+        let rt = runtime();
+        rt.block_on(async {
+            let (a, b) = fleets(&url, &prefix("far-future"));
+            let before = UNIX_EPOCH + Duration::from_millis(u64::MAX);
+            let principal = Principal::new("forever", None).with_issued_at(SystemTime::now());
+            assert!(revoked_elsewhere(&a, &b, before, &principal).await);
+        });
+    }
+
+    /// Invariant of the fleet revocation reply: whatever the cutoff (any millisecond from
+    /// the epoch to 2^64, around the 2^53 that Lua numbers hold exactly, and today), another
+    /// instance reads back a cutoff that revokes every credential issued before it (and
+    /// before now, as every credential is), and the credentials without an issue time.
+    #[test]
+    fn revocation_cutoffs_are_never_weakened() {
+        let Some(url) = test_redis("revocation_cutoffs_are_never_weakened") else {
+            return;
+        };
+        let rt = runtime();
+        let (a, b) = rt.block_on(async { fleets(&url, &prefix("cutoffs")) });
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let ms = prop_oneof![
+            any::<u64>(),
+            (1u64 << 53) - 4..(1u64 << 53) + 4,
+            u64::MAX - 4096..=u64::MAX,
+            now_ms - 10_000..now_ms + 10_000,
+            0u64..4,
+        ];
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(24)
+        });
+        let case = AtomicU64::new(0);
+        runner
+            .run(&(ms, any::<bool>()), |(ms, with_issue_time)| {
+                let before = UNIX_EPOCH + Duration::from_millis(ms);
+                let subject = format!("s{}", case.fetch_add(1, Ordering::Relaxed));
+                let principal = match (with_issue_time, ms.checked_sub(1)) {
+                    (true, Some(issued)) => {
+                        let issued = UNIX_EPOCH + Duration::from_millis(issued);
+                        Principal::new(subject, None).with_issued_at(issued.min(SystemTime::now()))
+                    }
+                    _ => Principal::new(subject, None),
+                };
+                let revoked = rt.block_on(revoked_elsewhere(&a, &b, before, &principal));
+                prop_assert!(revoked, "cutoff {} ms, {:?}", ms, principal.issued_at());
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -164,15 +164,21 @@ fn unshared(error: RevokeError) -> FleetError {
     }
 }
 
-/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict).
+/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict),
+/// and saturated at the last millisecond of the year 9999, as every date in the crate: the
+/// scripts hold it in a Lua number, exact only up to 2^53, and a later cutoff (say 2^64 ms)
+/// came back as digits no instance could read, which revoked nothing there. Credentials are
+/// never issued after now, so the saturated cutoff still covers all of them.
 pub(super) fn epoch_millis_ceil(t: SystemTime) -> u64 {
+    const MAX_MS: u64 = crate::auth::MAX_UNIX_SECS * 1000 + 999;
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if d.subsec_nanos().is_multiple_of(1_000_000) {
+    let ms = if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms.saturating_add(1)
-    }
+    };
+    ms.min(MAX_MS)
 }
 
 impl From<&Fleet> for Revocations {
