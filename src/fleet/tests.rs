@@ -1503,6 +1503,82 @@ mod properties {
         }
     }
 
+    /// A marker as `MGET` returns it, or something else.
+    fn marker() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Nil),
+            (0u64..4_000_000_000_000).prop_map(|ms| Value::BulkString(ms.to_string().into_bytes())),
+            any::<u64>().prop_map(|ms| Value::BulkString(ms.to_string().into_bytes())),
+            Just(Value::BulkString(b"1".to_vec())),
+            Just(Value::BulkString(b"18446744073709551616".to_vec())),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::BulkString),
+            value(),
+        ]
+    }
+
+    proptest! {
+        /// Any reply to the revocation check's `MGET`: a token marker revokes; a subject's
+        /// cutoff revokes credentials issued before it and those without an issue time; an
+        /// unreadable cutoff revokes (fail closed); a reply of the wrong shape is an error,
+        /// never "not revoked". No panic, whatever the dates.
+        #[test]
+        fn any_revocation_reply_maps_to_its_decision_or_an_error(
+            token in any::<bool>(),
+            subject in any::<bool>(),
+            issued_ms in proptest::option::of(0u64..4_000_000_000_000),
+            markers in proptest::collection::vec(marker(), 0..3),
+            other in value(),
+            shaped in any::<bool>(),
+        ) {
+            prop_assume!(token || subject);
+            let principal = subject.then(|| {
+                let p = Principal::new("alice", None);
+                match issued_ms {
+                    Some(ms) => p.with_issued_at(UNIX_EPOCH + Duration::from_millis(ms)),
+                    None => p,
+                }
+            });
+            let reply = if shaped { Value::Array(markers.clone()) } else { other };
+            let got = registry_decision(reply.clone(), principal.as_ref(), token);
+            // The model.
+            let expected: Option<bool> = (|| {
+                let Value::Array(items) = &reply else { return None };
+                if items.len() != usize::from(token) + usize::from(subject) {
+                    return None;
+                }
+                let read = |v: &Value| match v {
+                    Value::Nil => Some(None),
+                    Value::BulkString(b) => Some(Some(b.clone())),
+                    _ => None,
+                };
+                let mut items = items.iter();
+                if token {
+                    let mark = read(items.next()?)?;
+                    if mark.is_some() {
+                        return Some(true);
+                    }
+                }
+                if !subject {
+                    return Some(false);
+                }
+                let Some(cutoff) = read(items.next()?)? else { return Some(false) };
+                let cutoff = std::str::from_utf8(&cutoff).ok().and_then(|t| t.parse::<u64>().ok());
+                Some(match (cutoff, issued_ms) {
+                    (Some(cutoff), Some(issued)) => issued < cutoff,
+                    _ => true,
+                })
+            })();
+            match expected {
+                Some(revoked) => prop_assert_eq!(got.ok(), Some(revoked), "{:?}", reply),
+                None => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+    }
+
+    fn registry_decision(reply: Value, principal: Option<&Principal>, token: bool) -> redis::RedisResult<bool> {
+        super::super::handle::revocation_decision(reply, principal, token)
+    }
+
     /// Found by `any_acquire_reply_maps_to_its_decision_or_an_error`: the reply was read as
     /// "the i-th set is full" and an index past the sets as no set full, which admitted the
     /// socket. A reply outside the script's contract now decides nothing.

@@ -23,6 +23,8 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
+#[cfg(test)]
+pub(super) use self::registry::revocation_decision;
 pub use self::{
     builder::FleetBuilder,
     subscription::{Subscription, SubscriptionEvent},

@@ -138,23 +138,59 @@ impl Fleet {
             return Ok(false);
         }
         let mut conn = self.connection();
-        let values: Vec<Option<String>> = self
-            .run("revocation_check", async move {
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
-            })
-            .await?;
-        let mut values = values.into_iter();
-        if token.is_some() && values.next().flatten().is_some() {
-            return Ok(true);
-        }
-        let cutoff = values.next().flatten().and_then(|v| v.parse::<u64>().ok());
-        Ok(match (principal, cutoff) {
-            (Some(p), Some(ms)) => p
-                .issued_at()
-                .is_none_or(|t| t < UNIX_EPOCH + Duration::from_millis(ms)),
-            _ => false,
+        self.run("revocation_check", async move {
+            redis::cmd("MGET")
+                .arg(&keys)
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .and_then(|reply| revocation_decision(reply, principal, token.is_some()))
         })
+        .await
     }
+}
+
+/// What the `MGET` of [`Fleet::remote_revoked`] decides: its reply holds the token's marker
+/// (when `token`) and then the subject's cutoff (when `principal`), each a string or nil.
+/// A token marker revokes; a cutoff revokes the credentials issued before it and those
+/// without an issue time. A cutoff that cannot be read (not digits, or past what the clock
+/// holds) still stands for a revocation, of unknown extent: it revokes. Any other reply is
+/// an error.
+pub(crate) fn revocation_decision(
+    reply: redis::Value,
+    principal: Option<&Principal>,
+    token: bool,
+) -> RedisResult<bool> {
+    use redis::Value;
+    let unexpected = || scripts::unexpected_reply("revocation_check", &reply);
+    let Value::Array(items) = &reply else {
+        return Err(unexpected());
+    };
+    if items.len() != usize::from(token) + usize::from(principal.is_some()) {
+        return Err(unexpected());
+    }
+    let marker = |value: &Value| match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes.clone())),
+        _ => Err(unexpected()),
+    };
+    let mut items = items.iter();
+    if token && items.next().map(marker).transpose()?.flatten().is_some() {
+        return Ok(true);
+    }
+    let (Some(principal), Some(cutoff)) = (principal, items.next()) else {
+        return Ok(false);
+    };
+    let Some(cutoff) = marker(cutoff)? else {
+        return Ok(false);
+    };
+    let cutoff = std::str::from_utf8(&cutoff)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
+    Ok(match cutoff {
+        Some(cutoff) => principal.issued_at().is_none_or(|t| t < cutoff),
+        None => true,
+    })
 }
 
 fn unshared(error: RevokeError) -> FleetError {
