@@ -1805,7 +1805,6 @@ mod jwt {
 
 mod properties {
     use proptest::prelude::*;
-    use serde_json::json;
 
     use super::{super::credential::take_credential, *};
 
@@ -1827,8 +1826,18 @@ mod properties {
                 header_bytes(8),
                 proptest::sample::select(
                     &[
-                        "bearer.", "Bearer ", "session=", "access_token=", ", ", ";", "=", "\"",
-                        "%", "+", "&", "\u{e9}",
+                        "bearer.",
+                        "Bearer ",
+                        "session=",
+                        "access_token=",
+                        ", ",
+                        ";",
+                        "=",
+                        "\"",
+                        "%",
+                        "+",
+                        "&",
+                        "\u{e9}",
                     ][..]
                 )
                 .prop_map(|s| s.as_bytes().to_vec()),
@@ -2100,6 +2109,8 @@ mod properties {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
         /// Any string as a ticket: `Malformed` or `Invalid`, never a panic; also strings
         /// shaped like tickets, with the verifier's own key id.
         #[test]
@@ -2141,13 +2152,16 @@ mod properties {
     #[cfg(feature = "jwt")]
     mod jwt {
         use jsonwebtoken::{EncodingKey, Header};
+        use serde_json::json;
 
         use super::*;
 
         const SECRET: &[u8] = b"a shared secret of at least 32 bytes!!";
 
         fn authenticator() -> JwtAuthenticator {
-            JwtAuthenticator::hs256(SECRET).any_audience().clock(clock())
+            JwtAuthenticator::hs256(SECRET)
+                .any_audience()
+                .clock(clock())
         }
 
         fn sign(claims: &serde_json::Value) -> String {
@@ -2164,6 +2178,8 @@ mod properties {
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
             /// Any string, and any three base64url segments (of bytes or of JSON): `Malformed`
             /// or `Invalid`, never a panic.
             #[test]

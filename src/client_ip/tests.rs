@@ -426,10 +426,14 @@ mod properties {
     fn trusted_nets() -> impl Strategy<Value = Vec<IpNet>> {
         let net = prop_oneof![
             (any::<[u8; 4]>(), 8u8..=32).prop_map(|(o, len)| IpNet::V4(
-                ipnet::Ipv4Net::new(Ipv4Addr::from(o), len).expect("len <= 32").trunc()
+                ipnet::Ipv4Net::new(Ipv4Addr::from(o), len)
+                    .expect("len <= 32")
+                    .trunc()
             )),
             (any::<[u16; 8]>(), 16u8..=128).prop_map(|(s, len)| IpNet::V6(
-                ipnet::Ipv6Net::new(Ipv6Addr::from(s), len).expect("len <= 128").trunc()
+                ipnet::Ipv6Net::new(Ipv6Addr::from(s), len)
+                    .expect("len <= 128")
+                    .trunc()
             )),
         ];
         proptest::collection::vec(net, 1..4)

@@ -1575,7 +1575,11 @@ mod properties {
         }
     }
 
-    fn registry_decision(reply: Value, principal: Option<&Principal>, token: bool) -> redis::RedisResult<bool> {
+    fn registry_decision(
+        reply: Value,
+        principal: Option<&Principal>,
+        token: bool,
+    ) -> redis::RedisResult<bool> {
         super::super::handle::revocation_decision(reply, principal, token)
     }
 
@@ -1607,7 +1611,10 @@ mod properties {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        format!("wsguard-prop:{test}:{nanos}:{}", RUN.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "wsguard-prop:{test}:{nanos}:{}",
+            RUN.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -1630,11 +1637,18 @@ mod properties {
 
     /// Whether instance `b` holds `principal` revoked after instance `a` revoked its
     /// subject's credentials issued before `before`.
-    async fn revoked_elsewhere(a: &Fleet, b: &Fleet, before: SystemTime, principal: &Principal) -> bool {
+    async fn revoked_elsewhere(
+        a: &Fleet,
+        b: &Fleet,
+        before: SystemTime,
+        principal: &Principal,
+    ) -> bool {
         a.revoke_issued_before(principal.subject(), before)
             .await
             .expect("Redis takes the revocation");
-        b.remote_revoked(Some(principal), None).await.expect("Redis answers")
+        b.remote_revoked(Some(principal), None)
+            .await
+            .expect("Redis answers")
     }
 
     /// Found by `revocation_cutoffs_are_never_weakened`: a cutoff past 2^64 ms went through
@@ -1665,7 +1679,10 @@ mod properties {
         };
         let rt = runtime();
         let (a, b) = rt.block_on(async { fleets(&url, &prefix("cutoffs")) });
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         let ms = prop_oneof![
             any::<u64>(),
             (1u64 << 53) - 4..(1u64 << 53) + 4,
@@ -1693,6 +1710,146 @@ mod properties {
                 prop_assert!(revoked, "cutoff {} ms, {:?}", ms, principal.issued_at());
                 Ok(())
             })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[derive(Clone, Debug)]
+    enum QuotaOp {
+        /// A handshake on instance `on` (0 or 1) from address `ip` (an index) as `subject`.
+        Open {
+            on: usize,
+            ip: usize,
+            subject: Option<usize>,
+        },
+        /// Drops the held permit with this index, modulo their number.
+        Close(usize),
+    }
+
+    /// Invariant 4 with the fleet backend, against a real Redis: two instances share the
+    /// caps; under any interleaving of opens on either instance (some refused) and closes,
+    /// the fleet-wide counts are the model's after every step, and zero once every permit
+    /// is dropped in any order.
+    #[test]
+    fn fleet_quota_counts_return_to_zero() {
+        let Some(url) = test_redis("fleet_quota_counts_return_to_zero") else {
+            return;
+        };
+        let rt = runtime();
+        let op = prop_oneof![
+            3 => (0usize..2, 0usize..3, proptest::option::of(0usize..2))
+                .prop_map(|(on, ip, subject)| QuotaOp::Open { on, ip, subject }),
+            2 => any::<usize>().prop_map(QuotaOp::Close),
+        ];
+        let strategy = (
+            (1usize..3, 1usize..3, 1usize..5),
+            proptest::collection::vec(op, 0..16),
+            proptest::collection::vec(any::<usize>(), 0..16),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(12)
+        });
+        runner
+            .run(
+                &strategy,
+                |((per_ip, per_identity, global), ops, drop_order)| {
+                    rt.block_on(async {
+                        const IPS: [[u8; 4]; 3] =
+                            [[192, 0, 2, 1], [192, 0, 2, 2], [198, 51, 100, 7]];
+                        const SUBJECTS: [&str; 2] = ["alice", "bob"];
+                        let (a, b) = fleets(&url, &prefix("quota"));
+                        let layer = |fleet: &Fleet| {
+                            ConnectionQuotaLayer::new()
+                                .fleet(fleet)
+                                .per_ip(nz(per_ip))
+                                .per_identity(nz(per_identity))
+                                .global(nz(global))
+                        };
+                        let layers = [layer(&a), layer(&b)];
+                        let services = [
+                            layers[0].clone().layer(service_fn(keep)),
+                            layers[1].clone().layer(service_fn(keep)),
+                        ];
+                        let mut held: Vec<(ConnectionPermit, usize, Option<usize>)> = Vec::new();
+                        let settle = || async {
+                            a.releases().idle().await;
+                            b.releases().idle().await;
+                        };
+                        for op in ops {
+                            match op {
+                                QuotaOp::Open { on, ip, subject } => {
+                                    let by_ip = held.iter().filter(|h| h.1 == ip).count();
+                                    let by_subject = subject.map_or(0, |s| {
+                                        held.iter().filter(|h| h.2 == Some(s)).count()
+                                    });
+                                    let admit = by_ip < per_ip
+                                        && (subject.is_none() || by_subject < per_identity)
+                                        && held.len() < global;
+                                    let res = services[on]
+                                        .clone()
+                                        .oneshot(handshake(
+                                            IPS[ip],
+                                            subject.map(|s| SUBJECTS[s]),
+                                            None,
+                                        ))
+                                        .await
+                                        .expect("infallible");
+                                    prop_assert_eq!(
+                                        res.status() == StatusCode::OK,
+                                        admit,
+                                        "{:?}",
+                                        res.extensions().get::<RateLimitError>()
+                                    );
+                                    if admit {
+                                        let permit = res
+                                            .extensions()
+                                            .get::<ConnectionPermit>()
+                                            .cloned()
+                                            .expect("a permit");
+                                        held.push((permit, ip, subject));
+                                    }
+                                }
+                                QuotaOp::Close(i) if !held.is_empty() => {
+                                    held.remove(i % held.len());
+                                }
+                                QuotaOp::Close(_) => {}
+                            }
+                            settle().await;
+                            prop_assert_eq!(layers[1].fleet_active().await, Ok(held.len()));
+                            for (ip, addr) in IPS.iter().enumerate() {
+                                let n = held.iter().filter(|h| h.1 == ip).count();
+                                prop_assert_eq!(
+                                    layers[0].fleet_active_for_ip((*addr).into()).await,
+                                    Ok(n)
+                                );
+                            }
+                            for (s, subject) in SUBJECTS.iter().enumerate() {
+                                let n = held.iter().filter(|h| h.2 == Some(s)).count();
+                                prop_assert_eq!(
+                                    layers[1].fleet_active_for_identity(subject).await,
+                                    Ok(n)
+                                );
+                            }
+                        }
+                        for i in drop_order {
+                            if held.is_empty() {
+                                break;
+                            }
+                            held.remove(i % held.len());
+                        }
+                        held.clear();
+                        settle().await;
+                        prop_assert_eq!(layers[0].fleet_active().await, Ok(0));
+                        for subject in SUBJECTS {
+                            prop_assert_eq!(
+                                layers[0].fleet_active_for_identity(subject).await,
+                                Ok(0)
+                            );
+                        }
+                        Ok(())
+                    })
+                },
+            )
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }

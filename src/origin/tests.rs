@@ -1163,7 +1163,10 @@ mod properties {
     /// The layer's decision for a handshake carrying `origin` as its only `Origin`.
     fn decide(layer: &OriginGuardLayer, origin: &[u8]) -> Result<(), OriginError> {
         let (parts, _) = handshake("api.example.com", &[origin]).into_parts();
-        layer.config.check(&parts).map_err(|rejected| rejected.error)
+        layer
+            .config
+            .check(&parts)
+            .map_err(|rejected| rejected.error)
     }
 
     /// IDN labels with their punycode (A-label) forms, from IANA's test domains and RFC 3492's
@@ -1238,9 +1241,8 @@ mod properties {
     }
 
     fn ascii_label() -> impl Strategy<Value = String> {
-        "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?".prop_filter("not an A-label", |l| {
-            l.len() < 4 || &l[2..4] != "--"
-        })
+        "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+            .prop_filter("not an A-label", |l| l.len() < 4 || &l[2..4] != "--")
     }
 
     fn host() -> impl Strategy<Value = Host> {
@@ -1563,6 +1565,37 @@ mod properties {
             }
             // And through the whole layer, with every kind of rule configured.
             let _ = decide(&configured(), header.as_bytes());
+        }
+
+        /// Any `Host` bytes, with allowed hosts or the same-origin rule: a precise refusal
+        /// or an admission whose `Host` is the origin's own, never a panic.
+        #[test]
+        fn any_host_bytes_give_a_precise_answer(
+            raw in proptest::collection::vec(any::<u8>(), 0..32),
+            prefix in proptest::sample::select(&["", "app.example.com", "[::1]", "127.0.0.1:"][..]),
+            hosts in any::<bool>(),
+        ) {
+            let mut host = prefix.as_bytes().to_vec();
+            host.extend(raw.into_iter().filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+            let Ok(host) = HeaderValue::from_bytes(&host) else {
+                return Ok(());
+            };
+            let layer = if hosts {
+                OriginGuardLayer::new().allow_host("app.example.com").expect("a host")
+            } else {
+                OriginGuardLayer::new()
+            };
+            let mut req = handshake("placeholder", &[b"http://app.example.com"]);
+            req.headers_mut().insert(header::HOST, host.clone());
+            let (parts, _) = req.into_parts();
+            match layer.config.check(&parts).map_err(|r| r.error) {
+                Ok(()) => prop_assert!(
+                    host.as_bytes().eq_ignore_ascii_case(b"app.example.com")
+                        || host.as_bytes().eq_ignore_ascii_case(b"app.example.com:80"),
+                    "{:?} let through", host
+                ),
+                Err(e) => prop_assert!(matches!(e, OriginError::HostNotAllowed | OriginError::NotAllowed), "{:?}", e),
+            }
         }
     }
 }

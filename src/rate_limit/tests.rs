@@ -840,7 +840,10 @@ mod properties {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Open { ip: usize, subject: Option<usize> },
+        Open {
+            ip: usize,
+            subject: Option<usize>,
+        },
         /// Drops the held permit (or permit clone) with this index, modulo their number.
         Close(usize),
         /// Clones a held permit: its slots return only when every clone is gone.
@@ -896,12 +899,13 @@ mod properties {
                     Op::Open { ip, subject } => {
                         let (total, by_ip, by_subject) = model(&held, &slots);
                         let key = IPS[ip].1;
+                        // The first cap reached refuses, in this order.
                         let expected = if by_ip[key] >= per_ip {
-                            Some(StatusCode::TOO_MANY_REQUESTS)
+                            Some((StatusCode::TOO_MANY_REQUESTS, "ip"))
                         } else if subject.is_some_and(|s| by_subject[s] >= per_identity) {
-                            Some(StatusCode::TOO_MANY_REQUESTS)
+                            Some((StatusCode::TOO_MANY_REQUESTS, "identity"))
                         } else if total >= global {
-                            Some(StatusCode::SERVICE_UNAVAILABLE)
+                            Some((StatusCode::SERVICE_UNAVAILABLE, "global"))
                         } else {
                             None
                         };
@@ -909,8 +913,15 @@ mod properties {
                             .now_or_never()
                             .expect("the local quota answers at once");
                         match expected {
-                            Some(status) => {
+                            Some((status, cap)) => {
                                 prop_assert_eq!(res.status(), status);
+                                let error = res.extensions().get::<RateLimitError>();
+                                let named = match cap {
+                                    "ip" => matches!(error, Some(RateLimitError::ClientIpQuota { .. })),
+                                    "identity" => matches!(error, Some(RateLimitError::IdentityQuota { .. })),
+                                    _ => matches!(error, Some(RateLimitError::GlobalQuota { .. })),
+                                };
+                                prop_assert!(named, "{:?} for the {} cap", error, cap);
                                 prop_assert!(res.extensions().get::<ConnectionPermit>().is_none());
                             }
                             None => {

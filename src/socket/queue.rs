@@ -419,6 +419,8 @@ mod tests {
         }
 
         proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
             /// Invariant 5: under any sequence of sends and pops, with any count and byte
             /// bounds and any policy, the queue never holds more messages than its count
             /// bound nor more bytes than its byte bound (one message alone may be larger, or
