@@ -312,10 +312,19 @@ fn strip_subprotocol(parts: &mut Parts, prefix: &str) -> Found {
     if !headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
         return Ok(None);
     }
+    if headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .any(|value| value.to_str().is_err())
+    {
+        // A header we cannot read cannot be stripped entry by entry: drop it whole, so that
+        // no token in it goes on whichever source decides, and refuse if this one does.
+        headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        return Err(AuthError::Malformed);
+    }
     let mut kept: Vec<&str> = Vec::new();
     let mut tokens: Vec<&str> = Vec::new();
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        // A header we cannot read cannot be stripped either: refuse the handshake.
         let value = value.to_str().map_err(|_| AuthError::Malformed)?;
         for entry in value.split(',') {
             let entry = entry.trim_matches([' ', '\t']);

@@ -169,6 +169,10 @@ mod service;
 mod static_tokens;
 mod ticket;
 
+/// The latest date the crate computes with (the year 9999), for the fleet's revocation
+/// cutoffs.
+#[cfg(feature = "redis")]
+pub(crate) use self::ticket::MAX_UNIX_SECS;
 pub use self::{
     authenticator::{Authenticator, Verified},
     credential::{Credential, CredentialSource, SourceKind, TokenFingerprint},

@@ -440,6 +440,26 @@ async fn sources_are_tried_in_order_and_all_stripped() {
     .await;
 }
 
+/// Found by `credential_sources_give_a_precise_answer_and_strip_every_token`: a
+/// `Sec-WebSocket-Protocol` line with a non-ASCII byte could not be read, so its token entry
+/// was not stripped, and when an earlier source decided the handshake went on with it.
+#[tokio::test]
+async fn an_unreadable_subprotocol_header_never_reaches_the_service() {
+    let layer = HandshakeAuthLayer::new(static_tokens()).sources(all_sources());
+    let req = handshake("/ws")
+        .header(header::AUTHORIZATION, "Bearer tok-alice")
+        .header(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_bytes(b"bearer.tok-bob, chat\x80").unwrap(),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let outcome = run(layer, req).await;
+    assert_eq!(outcome.response.status(), StatusCode::OK);
+    let inner = outcome.inner.expect("alice is let through");
+    assert_eq!(inner.headers().get(header::SEC_WEBSOCKET_PROTOCOL), None);
+}
+
 #[tokio::test]
 async fn long_credentials_are_refused_before_the_authenticator() {
     let calls = Arc::new(AtomicU64::new(0));
@@ -1780,5 +1800,470 @@ mod jwt {
         let debug = format!("{ours:?}");
         assert!(debug.contains("ticker"), "{debug}");
         assert!(!debug.contains("shared secret"), "{debug}");
+    }
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::{super::credential::take_credential, *};
+
+    const MAX_LEN: usize = 64;
+
+    /// Bytes a header value can hold (no control bytes but tab), including obs-text.
+    fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(|v| {
+            v.into_iter()
+                .filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                .collect()
+        })
+    }
+
+    /// Bits of text with the separators and prefixes the sources look for.
+    fn with_markers(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(
+            prop_oneof![
+                header_bytes(8),
+                proptest::sample::select(
+                    &[
+                        "bearer.",
+                        "Bearer ",
+                        "session=",
+                        "access_token=",
+                        ", ",
+                        ";",
+                        "=",
+                        "\"",
+                        "%",
+                        "+",
+                        "&",
+                        "\u{e9}",
+                    ][..]
+                )
+                .prop_map(|s| s.as_bytes().to_vec()),
+            ],
+            0..max,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A URI query from characters a request line can carry.
+    fn query() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9%+=&._~-]{0,6}",
+                Just("access_token=".to_owned()),
+                Just("%61ccess_token=".to_owned()),
+                Just("&".to_owned()),
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// Strict `application/x-www-form-urlencoded` decoding, written out independently: `+`
+    /// is a space, `%` takes exactly two hex digits, the result must be UTF-8.
+    fn form_decode(raw: &str) -> Option<String> {
+        let bytes = raw.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' => {
+                    let hex = bytes.get(i + 1..i + 3)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                    out.push(digit(hex[0]) * 16 + digit(hex[1]));
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).ok()
+    }
+
+    fn parts_with(
+        authorization: Option<&[u8]>,
+        protocols: &[Vec<u8>],
+        cookie: Option<&[u8]>,
+        query: &str,
+    ) -> Option<Parts> {
+        let uri = if query.is_empty() {
+            "/ws".to_owned()
+        } else {
+            format!("/ws?{query}")
+        };
+        let mut req = handshake(&uri).body(()).ok()?;
+        let headers = req.headers_mut();
+        if let Some(value) = authorization {
+            headers.append(header::AUTHORIZATION, HeaderValue::from_bytes(value).ok()?);
+        }
+        for value in protocols {
+            headers.append(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_bytes(value).ok()?,
+            );
+        }
+        if let Some(value) = cookie {
+            headers.append(header::COOKIE, HeaderValue::from_bytes(value).ok()?);
+        }
+        Some(req.into_parts().0)
+    }
+
+    proptest! {
+        /// Whatever the handshake carries: a credential of visible ASCII within the length
+        /// limit, or `Missing`/`Malformed`; never a panic. And whichever source decided, no
+        /// `bearer.` subprotocol entry and no `access_token` parameter goes on.
+        #[test]
+        fn credential_sources_give_a_precise_answer_and_strip_every_token(
+            authorization in proptest::option::of(with_markers(6)),
+            protocols in proptest::collection::vec(with_markers(6), 0..3),
+            cookie in proptest::option::of(with_markers(6)),
+            query in query(),
+        ) {
+            let Some(mut parts) =
+                parts_with(authorization.as_deref(), &protocols, cookie.as_deref(), &query)
+            else {
+                return Ok(());
+            };
+            match take_credential(&mut parts, &all_sources(), MAX_LEN) {
+                Ok(credential) => {
+                    let token = credential.token();
+                    prop_assert!(!token.is_empty() && token.len() <= MAX_LEN);
+                    prop_assert!(token.bytes().all(|b| b.is_ascii_graphic()));
+                }
+                Err((error, _)) => {
+                    prop_assert!(matches!(error, AuthError::Missing | AuthError::Malformed), "{:?}", error);
+                }
+            }
+            for value in parts.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+                prop_assert!(
+                    !value
+                        .as_bytes()
+                        .split(|b| *b == b',')
+                        .any(|e| e.trim_ascii().starts_with(b"bearer.")),
+                    "a token entry went on: {:?}", value
+                );
+            }
+            for pair in parts.uri.query().unwrap_or("").split('&') {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let decoded = form_decode(key);
+                prop_assert_ne!(decoded.as_deref(), Some("access_token"), "{}", pair);
+            }
+        }
+
+        /// A query parameter's value is decoded exactly as the form encoding says: `%` with
+        /// two hex digits, `+` a space; anything else (`%+1`, `%4`, `%zz`) is malformed.
+        #[test]
+        fn query_values_decode_strictly(value in "[a-zA-Z0-9%+._~-]{0,12}") {
+            let mut parts = parts_with(None, &[], None, &format!("access_token={value}"))
+                .expect("a valid URI");
+            let sources = [CredentialSource::query("access_token").unwrap()];
+            let got = take_credential(&mut parts, &sources, MAX_LEN)
+                .map(|c| c.token().to_owned())
+                .map_err(|(e, _)| e);
+            let expected = match form_decode(&value) {
+                Some(token)
+                    if !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    Ok(token)
+                }
+                _ => Err(AuthError::Malformed),
+            };
+            prop_assert_eq!(got, expected, "{}", value);
+        }
+
+        /// Any visible-ASCII token placed in a source (in the encoding that source needs) is
+        /// found as itself, from that source.
+        #[test]
+        fn a_token_placed_in_any_source_is_found_as_itself(
+            token in "[!-~]{1,40}",
+            scheme_case in any::<u64>(),
+            source in 0usize..4,
+        ) {
+            let (parts, kind) = match source {
+                0 => {
+                    let scheme: String = "bearer"
+                        .chars()
+                        .enumerate()
+                        .map(|(i, c)| if scheme_case >> i & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                        .collect();
+                    (parts_with(Some(format!("{scheme} {token}").as_bytes()), &[], None, ""), SourceKind::Authorization)
+                }
+                1 => {
+                    let token = token.replace(',', "");
+                    prop_assume!(!token.is_empty());
+                    let value = format!("chat, bearer.{token}");
+                    return check_found(parts_with(None, &[value.into_bytes()], None, ""), &token, SourceKind::Subprotocol);
+                }
+                2 => {
+                    let encoded: String = token
+                        .bytes()
+                        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        })
+                        .collect();
+                    (parts_with(None, &[], None, &format!("a=1&access_token={encoded}&b")), SourceKind::Query)
+                }
+                _ => {
+                    let token = token.replace([';', '"'], "");
+                    prop_assume!(!token.is_empty());
+                    let cookie = format!("theme=dark; session={token}; x=y");
+                    return check_found(parts_with(None, &[], Some(cookie.as_bytes()), ""), &token, SourceKind::Cookie);
+                }
+            };
+            check_found(parts, &token, kind)?;
+        }
+    }
+
+    fn check_found(
+        parts: Option<Parts>,
+        token: &str,
+        kind: SourceKind,
+    ) -> Result<(), TestCaseError> {
+        let mut parts = parts.expect("valid request");
+        let credential = take_credential(&mut parts, &all_sources(), MAX_LEN)
+            .map_err(|(e, _)| TestCaseError::fail(format!("{e:?} for {token:?}")))?;
+        prop_assert_eq!(credential.token(), token);
+        prop_assert_eq!(credential.source(), kind);
+        Ok(())
+    }
+
+    fn clock() -> impl Fn() -> SystemTime + Send + Sync + 'static {
+        || UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    /// Claims of the kinds JSON round-trips exactly (no floats).
+    fn claims() -> impl Strategy<Value = serde_json::Map<String, serde_json::Value>> {
+        proptest::collection::btree_map(
+            "\\PC{0,8}",
+            prop_oneof![
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<bool>().prop_map(serde_json::Value::from),
+                "\\PC{0,12}".prop_map(serde_json::Value::from),
+                Just(serde_json::Value::Null),
+            ],
+            0..4,
+        )
+        .prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+
+        /// Invariant 3: a ticket round-trips (subject, claims, key, expiry), and every
+        /// single-bit change of the encoded ticket is refused, also by a verifier holding a
+        /// second key whose id is one bit away.
+        #[test]
+        fn a_ticket_round_trips_and_every_bit_flip_is_refused(
+            subject in "\\PC{0,24}",
+            claims in claims(),
+            ttl in 1u64..100_000,
+        ) {
+            let issuer = TicketIssuer::new(key("k1", 1))
+                .ttl(Duration::from_secs(ttl))
+                .clock(clock());
+            let verifier = TicketVerifier::new(key("k1", 1)).key(key("k0", 1)).clock(clock());
+            let ticket = issuer.issue_with_claims(&subject, claims.clone());
+            let verified = verifier.verify(&ticket).expect("a fresh ticket verifies");
+            prop_assert_eq!(verified.subject(), subject.as_str());
+            prop_assert_eq!(verified.claims(), &claims);
+            prop_assert_eq!(verified.key_id(), "k1");
+            prop_assert_eq!(verified.expires_at(), clock()() + Duration::from_secs(ttl));
+            let bytes = ticket.as_bytes();
+            for i in 0..bytes.len() {
+                for bit in 0..8 {
+                    let mut flipped = bytes.to_vec();
+                    flipped[i] ^= 1 << bit;
+                    match String::from_utf8(flipped) {
+                        Ok(text) => {
+                            let got = verifier.verify(&text);
+                            prop_assert!(
+                                matches!(got, Err(AuthError::Malformed | AuthError::Invalid)),
+                                "byte {} bit {}: {:?}", i, bit, got
+                            );
+                        }
+                        // Not text: the credential sources refuse it before any verifier.
+                        Err(e) => {
+                            let mut value = b"Bearer ".to_vec();
+                            value.extend(e.as_bytes());
+                            let mut parts = parts_with(Some(&value), &[], None, "").expect("valid header");
+                            let got = take_credential(&mut parts, &all_sources(), 4096).map_err(|(e, _)| e);
+                            prop_assert_eq!(got.map(|c| c.token().to_owned()), Err(AuthError::Malformed));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Any string as a ticket: `Malformed` or `Invalid`, never a panic; also strings
+        /// shaped like tickets, with the verifier's own key id.
+        #[test]
+        fn any_string_is_a_precisely_refused_ticket(
+            raw in "\\PC{0,80}",
+            payload in "[A-Za-z0-9_-]{0,60}",
+            tag in "[A-Za-z0-9_-]{42,44}",
+        ) {
+            let verifier = TicketVerifier::new(key("k1", 1)).clock(clock());
+            for token in [raw, format!("k1.{payload}.{tag}"), format!("k1.{payload}")] {
+                let got = verifier.verify(&token);
+                prop_assert!(matches!(got, Err(AuthError::Malformed | AuthError::Invalid)), "{:?}", got);
+            }
+        }
+
+        /// Correctly signed tickets whose payload is not the issuer's JSON: `Malformed`.
+        #[test]
+        fn authentic_garbage_payloads_are_malformed(payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let json_ok = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .is_some_and(|v| v.get("sub").is_some());
+            prop_assume!(!json_ok);
+            let k = key("k1", 1);
+            let payload_b64 = URL_SAFE_NO_PAD.encode(&payload);
+            prop_assume!(!payload_b64.is_empty());
+            let issuer_tag = {
+                use hmac::{KeyInit, Mac};
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&[1u8; 32]).unwrap();
+                mac.update(b"wsguard-ticket-v1\nk1.");
+                mac.update(payload_b64.as_bytes());
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            };
+            let verifier = TicketVerifier::new(k).clock(clock());
+            let got = verifier.verify(&format!("k1.{payload_b64}.{issuer_tag}"));
+            prop_assert_eq!(got.map(|t| t.subject().to_owned()), Err(AuthError::Malformed));
+        }
+    }
+
+    #[cfg(feature = "jwt")]
+    mod jwt {
+        use jsonwebtoken::{EncodingKey, Header};
+        use serde_json::json;
+
+        use super::*;
+
+        const SECRET: &[u8] = b"a shared secret of at least 32 bytes!!";
+
+        fn authenticator() -> JwtAuthenticator {
+            JwtAuthenticator::hs256(SECRET)
+                .any_audience()
+                .clock(clock())
+        }
+
+        fn sign(claims: &serde_json::Value) -> String {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                claims,
+                &EncodingKey::from_secret(SECRET),
+            )
+            .expect("serialisable claims")
+        }
+
+        fn b64(strategy: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = String> {
+            strategy.prop_map(|b| URL_SAFE_NO_PAD.encode(b))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
+            /// Any string, and any three base64url segments (of bytes or of JSON): `Malformed`
+            /// or `Invalid`, never a panic.
+            #[test]
+            fn any_string_is_a_precisely_refused_jwt(
+                raw in "\\PC{0,80}",
+                header in b64(proptest::collection::vec(any::<u8>(), 0..32)),
+                payload in b64(proptest::collection::vec(any::<u8>(), 0..48)),
+                signature in b64(proptest::collection::vec(any::<u8>(), 0..40)),
+                alg in proptest::sample::select(&["HS256", "none", "RS256", "ES256", "HS512", ""][..]),
+            ) {
+                let json_header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+                let json_payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"a","exp":99999999999}"#);
+                for token in [
+                    raw,
+                    format!("{header}.{payload}.{signature}"),
+                    format!("{json_header}.{json_payload}.{signature}"),
+                    format!("{json_header}.{json_payload}."),
+                    format!("{json_header}.{payload}"),
+                ] {
+                    let got = authenticator().verify(&token).map(|v| v.principal().subject().to_owned());
+                    prop_assert!(matches!(got, Err(AuthError::Malformed | AuthError::Invalid)), "{:?}: {:?}", token, got);
+                }
+            }
+
+            /// Correctly signed tokens with any `sub`, `exp`, `nbf` and `iat` values (numbers
+            /// of any size and sign, strings, null): a decision, never a panic.
+            #[test]
+            fn any_claim_values_give_a_decision(
+                sub in prop_oneof![Just(json!(null)), "\\PC{0,8}".prop_map(|s| json!(s)), any::<i64>().prop_map(|n| json!(n))],
+                exp in date(),
+                nbf in proptest::option::of(date()),
+                iat in proptest::option::of(date()),
+            ) {
+                let mut claims = json!({ "sub": sub, "exp": exp });
+                if let Some(nbf) = nbf {
+                    claims["nbf"] = nbf;
+                }
+                if let Some(iat) = iat {
+                    claims["iat"] = iat;
+                }
+                let got = authenticator().verify(&sign(&claims));
+                if let Err(e) = &got {
+                    prop_assert!(matches!(e, AuthError::Expired | AuthError::Invalid), "{:?}", e);
+                }
+                if let Ok(v) = got {
+                    prop_assert!(v.principal().expires_at().is_some());
+                    prop_assert!(v.principal().issued_at().is_none_or(|t| t <= clock()()));
+                }
+            }
+        }
+
+        fn date() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<u64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                (1_600_000_000i64..1_800_000_000).prop_map(|n| json!(n)),
+                Just(json!("1700000000")),
+                Just(json!(null)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4))]
+
+            /// Every single-bit change of a signed HS256 token is refused.
+            #[test]
+            fn every_bit_flip_of_a_jwt_is_refused(subject in "[a-z]{1,12}") {
+                let token = sign(&json!({ "sub": subject, "exp": 1_800_000_000 }));
+                prop_assert!(authenticator().verify(&token).is_ok());
+                let bytes = token.as_bytes();
+                for i in 0..bytes.len() {
+                    for bit in 0..7 {
+                        let mut flipped = bytes.to_vec();
+                        flipped[i] ^= 1 << bit;
+                        let text = String::from_utf8(flipped).expect("ASCII stays UTF-8");
+                        let got = authenticator().verify(&text).map(|v| v.principal().subject().to_owned());
+                        prop_assert!(
+                            matches!(got, Err(AuthError::Malformed | AuthError::Invalid)),
+                            "byte {} bit {}: {:?}", i, bit, got
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -39,7 +39,7 @@ const DEFAULT_PER_SUBJECT: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 /// The latest time a credential can expire, 9999-12-31T23:59:59Z, in seconds since the Unix
 /// epoch: later dates (a ticket TTL of `Duration::MAX`, a JWT `exp` of `1e300`) saturate to
 /// it, so that no date computation can overflow.
-pub(super) const MAX_UNIX_SECS: u64 = 253_402_300_799;
+pub(crate) const MAX_UNIX_SECS: u64 = 253_402_300_799;
 
 /// The wall-clock time source of [`TicketIssuer`] and [`TicketVerifier`] (and of the JWT
 /// authenticator and the revocation registry, which compare the same dates).

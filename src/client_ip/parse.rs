@@ -306,6 +306,50 @@ mod tests {
         }
     }
 
+    mod properties {
+        use std::net::{IpAddr, SocketAddr};
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// Any bytes: one hop per non-blank `X-Forwarded-For` element, and at most one
+            /// per `Forwarded` element, never a panic.
+            #[test]
+            fn any_bytes_give_one_hop_per_element(
+                values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..3),
+            ) {
+                let elements = values
+                    .iter()
+                    .flat_map(|v| v.split(|b| *b == b','))
+                    .filter(|e| !e.trim_ascii().is_empty())
+                    .count();
+                let xff = x_forwarded_for(values.iter().map(Vec::as_slice));
+                prop_assert_eq!(xff.len(), elements);
+                let fwd = forwarded(values.iter().map(Vec::as_slice));
+                prop_assert!(fwd.len() <= elements);
+                for v in &values {
+                    let _ = parse_addr(v);
+                }
+            }
+
+            /// Every address, with or without a port or brackets, reads back as itself.
+            #[test]
+            fn addresses_round_trip(ip in any::<IpAddr>(), port in any::<u16>()) {
+                let sock = SocketAddr::new(ip, port).to_string();
+                prop_assert_eq!(parse_addr(ip.to_string().as_bytes()), Hop::Ip(ip));
+                prop_assert_eq!(parse_addr(sock.as_bytes()), Hop::Ip(ip));
+                let node = match ip {
+                    IpAddr::V4(v4) => format!("for={v4}:{port}"),
+                    IpAddr::V6(v6) => format!("for=\"[{v6}]:{port}\""),
+                };
+                prop_assert_eq!(forwarded([node.as_bytes()]), vec![Hop::Ip(ip)]);
+                prop_assert_eq!(x_forwarded_for([format!(" {sock} ,").as_bytes()]), vec![Hop::Ip(ip)]);
+            }
+        }
+    }
+
     #[test]
     fn never_panics_on_odd_input() {
         let odd = [

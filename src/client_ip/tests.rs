@@ -422,6 +422,92 @@ mod properties {
         }
     }
 
+    /// A random set of trusted networks, IPv4 and IPv6, of any prefix length from /8.
+    fn trusted_nets() -> impl Strategy<Value = Vec<IpNet>> {
+        let net = prop_oneof![
+            (any::<[u8; 4]>(), 8u8..=32).prop_map(|(o, len)| IpNet::V4(
+                ipnet::Ipv4Net::new(Ipv4Addr::from(o), len)
+                    .expect("len <= 32")
+                    .trunc()
+            )),
+            (any::<[u16; 8]>(), 16u8..=128).prop_map(|(s, len)| IpNet::V6(
+                ipnet::Ipv6Net::new(Ipv6Addr::from(s), len)
+                    .expect("len <= 128")
+                    .trunc()
+            )),
+        ];
+        proptest::collection::vec(net, 1..4)
+    }
+
+    /// An address inside `net`: its network address with random host bits.
+    fn inside(net: &IpNet, bits: u128) -> IpAddr {
+        match net {
+            IpNet::V4(n) => {
+                let host = (bits as u32) & !u32::from(n.netmask());
+                IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) | host))
+            }
+            IpNet::V6(n) => {
+                let host = bits & !u128::from(n.netmask());
+                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | host))
+            }
+        }
+    }
+
+    /// One entry of a generated chain.
+    #[derive(Clone, Debug)]
+    enum Entry {
+        /// An address in the trusted network with this index (modulo their number).
+        Trusted(usize, u128),
+        /// Any address (trusted or not: the model decides).
+        Any(IpAddr),
+        /// An IPv4-mapped IPv6 spelling of an address in a trusted network.
+        Mapped(usize, u128),
+        /// Not an address.
+        Unusable(&'static str),
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        prop_oneof![
+            3 => (any::<usize>(), any::<u128>()).prop_map(|(i, b)| Entry::Trusted(i, b)),
+            3 => any::<IpAddr>().prop_map(Entry::Any),
+            1 => (any::<usize>(), any::<u128>()).prop_map(|(i, b)| Entry::Mapped(i, b)),
+            1 => proptest::sample::select(&["unknown", "_hidden", "garbage", "1.2.3", "[::1"][..])
+                .prop_map(Entry::Unusable),
+        ]
+    }
+
+    /// The address of an entry, or `None` for an unusable one.
+    fn address(entry: &Entry, nets: &[IpNet]) -> Option<IpAddr> {
+        match entry {
+            Entry::Trusted(i, bits) | Entry::Mapped(i, bits) => {
+                let ip = inside(&nets[i % nets.len()], *bits);
+                match (entry, ip) {
+                    (Entry::Mapped(..), IpAddr::V4(v4)) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+                    _ => Some(ip),
+                }
+            }
+            Entry::Any(ip) => Some(*ip),
+            Entry::Unusable(_) => None,
+        }
+    }
+
+    fn render(entry: &Entry, nets: &[IpNet], forwarded: bool) -> String {
+        match (address(entry, nets), forwarded) {
+            (Some(IpAddr::V4(v4)), false) => v4.to_string(),
+            (Some(IpAddr::V6(v6)), false) => format!("[{v6}]"),
+            (Some(IpAddr::V4(v4)), true) => format!("for={v4}:4711;proto=https"),
+            (Some(IpAddr::V6(v6)), true) => format!("for=\"[{v6}]\""),
+            (None, false) => match entry {
+                Entry::Unusable(text) => (*text).to_owned(),
+                _ => unreachable!(),
+            },
+            (None, true) => match entry {
+                Entry::Unusable(text) => format!("for={text}"),
+                _ => unreachable!(),
+            },
+        }
+    }
+
     proptest! {
         /// Whatever bytes the client sends as its own forwarding header, the address the
         /// trusted proxies appended is the one resolved.
@@ -471,6 +557,78 @@ mod properties {
             let mut map = HeaderMap::new();
             map.append(header.name(), HeaderValue::from_bytes(&value).unwrap());
             let _ = layer(header).resolve("10.0.0.1".parse().unwrap(), &map);
+        }
+
+        /// Invariant 2: with any set of trusted networks and any chain of trusted, untrusted
+        /// and unusable hops in `X-Forwarded-For` or `Forwarded` (on one line or several),
+        /// the chosen address is never a trusted proxy unless every hop is one, and never an
+        /// address left of an untrusted hop; a chain whose walk meets an unusable entry first
+        /// is refused. Checked against a model of the walk.
+        #[test]
+        fn the_client_is_the_rightmost_untrusted_hop(
+            nets in trusted_nets(),
+            chain in proptest::collection::vec(entry(), 0..6),
+            peer in entry().prop_filter("an address", |e| !matches!(e, Entry::Unusable(_))),
+            forwarded in any::<bool>(),
+            lines in 1usize..=3,
+        ) {
+            let (header, name) = if forwarded {
+                (ProxyHeader::Forwarded, "forwarded")
+            } else {
+                (ProxyHeader::XForwardedFor, "x-forwarded-for")
+            };
+            let layer = nets
+                .iter()
+                .fold(ClientIpLayer::new(), |l, net| l.trusted_proxy(*net))
+                .proxy_header(header);
+            let trusted = |ip: IpAddr| nets.iter().any(|n| n.contains(&ip.to_canonical()));
+            let peer = address(&peer, &nets).expect("filtered").to_canonical();
+            let rendered: Vec<String> = chain.iter().map(|e| render(e, &nets, forwarded)).collect();
+            let mut map = HeaderMap::new();
+            if !rendered.is_empty() {
+                for part in rendered.chunks(rendered.len().div_ceil(lines)) {
+                    map.append(name, HeaderValue::from_str(&part.join(", ")).unwrap());
+                }
+            }
+            let hops: Vec<Option<IpAddr>> = chain
+                .iter()
+                .map(|e| address(e, &nets).map(|ip| ip.to_canonical()))
+                .collect();
+            // The model: the peer unless trusted, else the walk from the right.
+            let expected = if !trusted(peer) {
+                Ok(peer)
+            } else {
+                let mut found = None;
+                for hop in hops.iter().rev() {
+                    match hop {
+                        Some(ip) if !trusted(*ip) => {
+                            found = Some(Ok(*ip));
+                            break;
+                        }
+                        Some(_) => {}
+                        None => {
+                            found = Some(Err(ClientIpError::NoUsableAddress));
+                            break;
+                        }
+                    }
+                }
+                found.unwrap_or_else(|| Ok(hops.first().copied().flatten().unwrap_or(peer)))
+            };
+            let got = layer.resolve(peer, &map);
+            prop_assert_eq!(&got, &expected);
+            if let Ok(client) = got {
+                if trusted(client) {
+                    // Only when nobody untrusted is anywhere in the chain.
+                    prop_assert!(hops.iter().all(|h| h.is_some_and(trusted)));
+                    prop_assert!(trusted(peer));
+                }
+                if trusted(peer) {
+                    // Nothing right of the client is untrusted or unusable.
+                    let at = hops.iter().rposition(|h| *h == Some(client));
+                    let right = at.map_or(&hops[..], |i| &hops[i + 1..]);
+                    prop_assert!(right.iter().all(|h| h.is_some_and(trusted)));
+                }
+            }
         }
     }
 }

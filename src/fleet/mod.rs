@@ -251,7 +251,8 @@ pub enum FleetError {
     /// Redis did not answer within the timeout, or the connection failed (`503` under
     /// [`FailurePolicy::Refuse`]).
     Unavailable(String),
-    /// Redis answered with an error (a bug or a misconfigured server).
+    /// Redis answered with an error, or with a reply outside the contract of a fleet script
+    /// (a bug or a misconfigured server).
     Redis(String),
     /// [`FleetBuilder::build`] was called outside a tokio runtime.
     NoRuntime,

@@ -5,6 +5,7 @@ use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::Request;
+use redis::{RedisResult, Value};
 use tower::Service;
 
 use super::{
@@ -210,6 +211,23 @@ fn attach<B>(req: &mut Request<B>, lease: FleetLease) {
     crate::core::attach_permit(req.extensions_mut(), permit);
 }
 
+/// What a reply of [`scripts::ACQUIRE`] decides for `sets`: `0` takes the lease (`None`),
+/// `i` in `1..=sets.len()` is the error of the `i`-th set, which is full. Any other reply is
+/// an error, never an admission.
+pub(crate) fn acquire_decision(
+    reply: Value,
+    sets: &[(String, usize, RateLimitError)],
+) -> RedisResult<Option<RateLimitError>> {
+    match scripts::int_reply(&reply) {
+        Some(0) => Ok(None),
+        full => full
+            .and_then(|full| usize::try_from(full).ok())
+            .and_then(|i| sets.get(i.checked_sub(1)?))
+            .map(|(_, _, error)| Some(error.clone()))
+            .ok_or_else(|| scripts::unexpected_reply("quota_acquire", &reply)),
+    }
+}
+
 /// One socket's place in the fleet quota: a member, with an expiry, of each capped Redis set.
 /// Renewed every third of the lease TTL while it lives, released when dropped. Held in the
 /// [`ConnectionPermit`] of the request.
@@ -276,16 +294,14 @@ impl FleetLease {
         for (_, limit, _) in sets {
             invocation.arg(*limit);
         }
-        let full: usize = self
-            .fleet
+        self.fleet
             .run("quota_acquire", async move {
-                invocation.invoke_async(&mut conn).await
+                invocation
+                    .invoke_async::<Value>(&mut conn)
+                    .await
+                    .and_then(|reply| acquire_decision(reply, sets))
             })
-            .await?;
-        Ok(full
-            .checked_sub(1)
-            .and_then(|i| sets.get(i))
-            .map(|(_, _, error)| error.clone()))
+            .await
     }
 
     /// Drops the lease without a release round trip (it was never taken).

@@ -4,6 +4,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::response::Response;
 use http::{HeaderValue, Request};
+use redis::{RedisResult, Value};
 use tower::Service;
 
 use super::{FailurePolicy, Fleet, FleetError, note_fallback, refuse_unavailable, scripts};
@@ -49,22 +50,38 @@ impl<C: Clock + Clone> RateLimitLayer<C> {
         let burst = self.burst_size();
         let mut conn = fleet.connection();
         let redis_key = fleet.key(&format!("rate:{}:{}", self.backend.name, fleet_key(key)));
-        let reply: (i64, i64) = fleet
+        fleet
             .run("rate_limit", async move {
                 scripts::GCRA
                     .key(redis_key)
                     .arg(interval_us)
                     .arg(burst)
                     .arg("")
-                    .invoke_async(&mut conn)
+                    .invoke_async::<Value>(&mut conn)
                     .await
+                    .and_then(gcra_decision)
             })
-            .await?;
-        Ok(match reply {
-            (1, remaining) => Ok(remaining.max(0) as u64),
-            (_, wait_us) => Err(Duration::from_micros(wait_us.max(0) as u64)),
-        })
+            .await
     }
+}
+
+/// What a reply of [`scripts::GCRA`] decides: `{1, remaining}` allows (`Ok(remaining)`),
+/// `{0, wait_us}` refuses (`Err(wait)`); a negative count is taken as 0. Any other reply is
+/// an error.
+pub(crate) fn gcra_decision(reply: Value) -> RedisResult<Result<u64, Duration>> {
+    let pair = match &reply {
+        Value::Array(items) => match items.as_slice() {
+            [allowed, n] => scripts::int_reply(allowed).zip(scripts::int_reply(n)),
+            _ => None,
+        },
+        _ => None,
+    };
+    let decision = match pair {
+        Some((1, remaining)) => Ok(u64::try_from(remaining).unwrap_or(0)),
+        Some((0, wait_us)) => Err(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0))),
+        _ => return Err(scripts::unexpected_reply("rate_limit", &reply)),
+    };
+    Ok(decision)
 }
 
 /// The key's part of the Redis key.

@@ -10,7 +10,37 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{ErrorKind, RedisError, Script, Value};
+
+/// The error for a reply outside a script's contract: it decides nothing, and the fleet
+/// reports it as [`FleetError::Redis`](super::FleetError::Redis) (a bug or a misconfigured
+/// server), so the failure policy applies. The detail names the script and the reply's
+/// shape, cut short.
+pub(crate) fn unexpected_reply(script: &'static str, reply: &Value) -> RedisError {
+    let mut shape = format!("{reply:?}");
+    if shape.len() > 64 {
+        let mut end = 64;
+        while !shape.is_char_boundary(end) {
+            end -= 1;
+        }
+        shape.truncate(end);
+        shape.push('…');
+    }
+    RedisError::from((
+        ErrorKind::UnexpectedReturnType,
+        "unexpected reply of a fleet script",
+        format!("{script}: {shape}"),
+    ))
+}
+
+/// An integer reply, the only kind of number the scripts return (Redis turns a Lua number
+/// into one).
+pub(crate) fn int_reply(reply: &Value) -> Option<i64> {
+    match reply {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
 
 /// GCRA (generic cell rate algorithm) in microseconds.
 ///

@@ -1755,3 +1755,460 @@ async fn every_fleet_operation_works_on_a_redis_cluster_node() {
     })
     .await;
 }
+
+mod properties {
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::{SystemTime, UNIX_EPOCH},
+    };
+
+    use proptest::prelude::*;
+    use redis::Value;
+
+    use super::*;
+    use crate::rate_limit::RateLimitError;
+
+    /// Any reply a Redis connection can hand over, nested a little.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            (-3i64..8).prop_map(Value::Int),
+            proptest::collection::vec(any::<u8>(), 0..12).prop_map(Value::BulkString),
+            "-?[0-9]{1,21}".prop_map(|s| Value::BulkString(s.into_bytes())),
+            "[ -~]{0,12}".prop_map(Value::SimpleString),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+        ];
+        leaf.prop_recursive(2, 12, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
+                proptest::collection::vec((inner.clone(), inner), 0..2).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    /// The integer a reply stands for under the scripts' contract: an integer reply (what
+    /// Redis makes of a Lua number), not a string or a double that looks like one.
+    fn int(v: &Value) -> Option<i64> {
+        match v {
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn is_unexpected(e: &redis::RedisError) -> bool {
+        e.kind() == redis::ErrorKind::UnexpectedReturnType && !e.is_unrecoverable_error()
+    }
+
+    fn sets(n: usize) -> Vec<(String, usize, RateLimitError)> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("set{i}"),
+                    i + 1,
+                    RateLimitError::GlobalQuota {
+                        limit: i + 1,
+                        retry_after: Duration::from_secs(1),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Any reply to the GCRA script: `{1, n}` allows with `n` remaining, `{0, n}` refuses
+        /// with a wait of `n` µs (negatives as 0); anything else is an error that the fleet
+        /// reports as `FleetError::Redis` (never `Unavailable`, never a decision). No panic.
+        #[test]
+        fn any_gcra_reply_maps_to_its_decision_or_an_error(
+            reply in prop_oneof![
+                value(),
+                (prop_oneof![Just(0i64), Just(1), -2i64..4], any::<i64>())
+                    .prop_map(|(a, b)| Value::Array(vec![Value::Int(a), Value::Int(b)])),
+            ],
+        ) {
+            let contract = match &reply {
+                Value::Array(items) if items.len() == 2 => int(&items[0]).zip(int(&items[1])),
+                _ => None,
+            };
+            let got = rate::gcra_decision(reply.clone());
+            match contract {
+                Some((1, n)) => prop_assert_eq!(got.ok(), Some(Ok(n.max(0) as u64))),
+                Some((0, n)) => prop_assert_eq!(got.ok(), Some(Err(Duration::from_micros(n.max(0) as u64)))),
+                _ => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+
+        /// Any reply to the acquire script, for one to three capped sets: `0` takes the
+        /// lease, `i` names the full set `i`, anything else (out of range, negative, not an
+        /// integer) is an error, never an admission. No panic.
+        #[test]
+        fn any_acquire_reply_maps_to_its_decision_or_an_error(
+            reply in prop_oneof![value(), (-2i64..6).prop_map(Value::Int)],
+            n in 1usize..4,
+        ) {
+            let sets = sets(n);
+            let got = quota::acquire_decision(reply.clone(), &sets);
+            match int(&reply) {
+                Some(0) => prop_assert_eq!(got.ok(), Some(None)),
+                Some(i) if (1..=n as i64).contains(&i) => {
+                    prop_assert_eq!(got.ok(), Some(Some(sets[i as usize - 1].2.clone())));
+                }
+                _ => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+    }
+
+    /// A marker as `MGET` returns it, or something else.
+    fn marker() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Nil),
+            (0u64..4_000_000_000_000).prop_map(|ms| Value::BulkString(ms.to_string().into_bytes())),
+            any::<u64>().prop_map(|ms| Value::BulkString(ms.to_string().into_bytes())),
+            Just(Value::BulkString(b"1".to_vec())),
+            Just(Value::BulkString(b"18446744073709551616".to_vec())),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::BulkString),
+            value(),
+        ]
+    }
+
+    proptest! {
+        /// Any reply to the revocation check's `MGET`: a token marker revokes; a subject's
+        /// cutoff revokes credentials issued before it and those without an issue time; an
+        /// unreadable cutoff revokes (fail closed); a reply of the wrong shape is an error,
+        /// never "not revoked". No panic, whatever the dates.
+        #[test]
+        fn any_revocation_reply_maps_to_its_decision_or_an_error(
+            token in any::<bool>(),
+            subject in any::<bool>(),
+            issued_ms in proptest::option::of(0u64..4_000_000_000_000),
+            markers in proptest::collection::vec(marker(), 0..3),
+            other in value(),
+            shaped in any::<bool>(),
+        ) {
+            prop_assume!(token || subject);
+            let principal = subject.then(|| {
+                let p = Principal::new("alice", None);
+                match issued_ms {
+                    Some(ms) => p.with_issued_at(UNIX_EPOCH + Duration::from_millis(ms)),
+                    None => p,
+                }
+            });
+            let reply = if shaped { Value::Array(markers.clone()) } else { other };
+            let got = registry_decision(reply.clone(), principal.as_ref(), token);
+            // The model.
+            let expected: Option<bool> = (|| {
+                let Value::Array(items) = &reply else { return None };
+                if items.len() != usize::from(token) + usize::from(subject) {
+                    return None;
+                }
+                let read = |v: &Value| match v {
+                    Value::Nil => Some(None),
+                    Value::BulkString(b) => Some(Some(b.clone())),
+                    _ => None,
+                };
+                let mut items = items.iter();
+                if token {
+                    let mark = read(items.next()?)?;
+                    if mark.is_some() {
+                        return Some(true);
+                    }
+                }
+                if !subject {
+                    return Some(false);
+                }
+                let Some(cutoff) = read(items.next()?)? else { return Some(false) };
+                let cutoff = std::str::from_utf8(&cutoff).ok().and_then(|t| t.parse::<u64>().ok());
+                Some(match (cutoff, issued_ms) {
+                    (Some(cutoff), Some(issued)) => issued < cutoff,
+                    _ => true,
+                })
+            })();
+            match expected {
+                Some(revoked) => prop_assert_eq!(got.ok(), Some(revoked), "{:?}", reply),
+                None => prop_assert!(got.as_ref().is_err_and(is_unexpected), "{:?} gave {:?}", reply, got),
+            }
+        }
+    }
+
+    fn registry_decision(
+        reply: Value,
+        principal: Option<&Principal>,
+        token: bool,
+    ) -> redis::RedisResult<bool> {
+        super::super::handle::revocation_decision(reply, principal, token)
+    }
+
+    /// Found by `any_acquire_reply_maps_to_its_decision_or_an_error`: the reply was read as
+    /// "the i-th set is full" and an index past the sets as no set full, which admitted the
+    /// socket. A reply outside the script's contract now decides nothing.
+    #[test]
+    fn an_out_of_range_acquire_reply_admits_nobody() {
+        for reply in [Value::Int(2), Value::Int(4), Value::Int(i64::MAX)] {
+            let got = quota::acquire_decision(reply.clone(), &sets(1));
+            assert!(got.as_ref().is_err_and(is_unexpected), "{reply:?}: {got:?}");
+        }
+    }
+
+    /// The Redis for the tests against a real server (`WSGUARD_TEST_REDIS_URL`), or `None`
+    /// (the test is skipped, and says so).
+    fn test_redis(test: &str) -> Option<String> {
+        let url = std::env::var("WSGUARD_TEST_REDIS_URL").ok();
+        if url.is_none() {
+            eprintln!("{test}: skipped, WSGUARD_TEST_REDIS_URL is not set");
+        }
+        url
+    }
+
+    /// A key prefix of its own for each run, so that runs sharing a server never meet.
+    fn prefix(test: &str) -> String {
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        format!(
+            "wsguard-prop:{test}:{nanos}:{}",
+            RUN.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    }
+
+    fn fleets(url: &str, prefix: &str) -> (Fleet, Fleet) {
+        let build = || {
+            Fleet::builder(url)
+                .prefix(prefix)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("a fleet")
+        };
+        (build(), build())
+    }
+
+    /// Whether instance `b` holds `principal` revoked after instance `a` revoked its
+    /// subject's credentials issued before `before`.
+    async fn revoked_elsewhere(
+        a: &Fleet,
+        b: &Fleet,
+        before: SystemTime,
+        principal: &Principal,
+    ) -> bool {
+        a.revoke_issued_before(principal.subject(), before)
+            .await
+            .expect("Redis takes the revocation");
+        b.remote_revoked(Some(principal), None)
+            .await
+            .expect("Redis answers")
+    }
+
+    /// Found by `revocation_cutoffs_are_never_weakened`: a cutoff past 2^64 ms went through
+    /// the script's Lua number as `18446744073709551616`, which no instance could read back,
+    /// so the other instances let the subject's credentials in.
+    #[test]
+    fn a_far_future_cutoff_still_revokes_on_other_instances() {
+        let Some(url) = test_redis("a_far_future_cutoff_still_revokes_on_other_instances") else {
+            return;
+        };
+        let rt = runtime();
+        rt.block_on(async {
+            let (a, b) = fleets(&url, &prefix("far-future"));
+            let before = UNIX_EPOCH + Duration::from_millis(u64::MAX);
+            let principal = Principal::new("forever", None).with_issued_at(SystemTime::now());
+            assert!(revoked_elsewhere(&a, &b, before, &principal).await);
+        });
+    }
+
+    /// Invariant of the fleet revocation reply: whatever the cutoff (any millisecond from
+    /// the epoch to 2^64, around the 2^53 that Lua numbers hold exactly, and today), another
+    /// instance reads back a cutoff that revokes every credential issued before it (and
+    /// before now, as every credential is), and the credentials without an issue time.
+    #[test]
+    fn revocation_cutoffs_are_never_weakened() {
+        let Some(url) = test_redis("revocation_cutoffs_are_never_weakened") else {
+            return;
+        };
+        let rt = runtime();
+        let (a, b) = rt.block_on(async { fleets(&url, &prefix("cutoffs")) });
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let ms = prop_oneof![
+            any::<u64>(),
+            (1u64 << 53) - 4..(1u64 << 53) + 4,
+            u64::MAX - 4096..=u64::MAX,
+            now_ms - 10_000..now_ms + 10_000,
+            0u64..4,
+        ];
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(24)
+        });
+        let case = AtomicU64::new(0);
+        runner
+            .run(&(ms, any::<bool>()), |(ms, with_issue_time)| {
+                let before = UNIX_EPOCH + Duration::from_millis(ms);
+                let subject = format!("s{}", case.fetch_add(1, Ordering::Relaxed));
+                let principal = match (with_issue_time, ms.checked_sub(1)) {
+                    (true, Some(issued)) => {
+                        let issued = UNIX_EPOCH + Duration::from_millis(issued);
+                        Principal::new(subject, None).with_issued_at(issued.min(SystemTime::now()))
+                    }
+                    _ => Principal::new(subject, None),
+                };
+                let revoked = rt.block_on(revoked_elsewhere(&a, &b, before, &principal));
+                prop_assert!(revoked, "cutoff {} ms, {:?}", ms, principal.issued_at());
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[derive(Clone, Debug)]
+    enum QuotaOp {
+        /// A handshake on instance `on` (0 or 1) from address `ip` (an index) as `subject`.
+        Open {
+            on: usize,
+            ip: usize,
+            subject: Option<usize>,
+        },
+        /// Drops the held permit with this index, modulo their number.
+        Close(usize),
+    }
+
+    /// Invariant 4 with the fleet backend, against a real Redis: two instances share the
+    /// caps; under any interleaving of opens on either instance (some refused) and closes,
+    /// the fleet-wide counts are the model's after every step, and zero once every permit
+    /// is dropped in any order.
+    #[test]
+    fn fleet_quota_counts_return_to_zero() {
+        let Some(url) = test_redis("fleet_quota_counts_return_to_zero") else {
+            return;
+        };
+        let rt = runtime();
+        let op = prop_oneof![
+            3 => (0usize..2, 0usize..3, proptest::option::of(0usize..2))
+                .prop_map(|(on, ip, subject)| QuotaOp::Open { on, ip, subject }),
+            2 => any::<usize>().prop_map(QuotaOp::Close),
+        ];
+        let strategy = (
+            (1usize..3, 1usize..3, 1usize..5),
+            proptest::collection::vec(op, 0..16),
+            proptest::collection::vec(any::<usize>(), 0..16),
+        );
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::with_cases(12)
+        });
+        runner
+            .run(
+                &strategy,
+                |((per_ip, per_identity, global), ops, drop_order)| {
+                    rt.block_on(async {
+                        const IPS: [[u8; 4]; 3] =
+                            [[192, 0, 2, 1], [192, 0, 2, 2], [198, 51, 100, 7]];
+                        const SUBJECTS: [&str; 2] = ["alice", "bob"];
+                        let (a, b) = fleets(&url, &prefix("quota"));
+                        let layer = |fleet: &Fleet| {
+                            ConnectionQuotaLayer::new()
+                                .fleet(fleet)
+                                .per_ip(nz(per_ip))
+                                .per_identity(nz(per_identity))
+                                .global(nz(global))
+                        };
+                        let layers = [layer(&a), layer(&b)];
+                        let services = [
+                            layers[0].clone().layer(service_fn(keep)),
+                            layers[1].clone().layer(service_fn(keep)),
+                        ];
+                        let mut held: Vec<(ConnectionPermit, usize, Option<usize>)> = Vec::new();
+                        let settle = || async {
+                            a.releases().idle().await;
+                            b.releases().idle().await;
+                        };
+                        for op in ops {
+                            match op {
+                                QuotaOp::Open { on, ip, subject } => {
+                                    let by_ip = held.iter().filter(|h| h.1 == ip).count();
+                                    let by_subject = subject.map_or(0, |s| {
+                                        held.iter().filter(|h| h.2 == Some(s)).count()
+                                    });
+                                    let admit = by_ip < per_ip
+                                        && (subject.is_none() || by_subject < per_identity)
+                                        && held.len() < global;
+                                    let res = services[on]
+                                        .clone()
+                                        .oneshot(handshake(
+                                            IPS[ip],
+                                            subject.map(|s| SUBJECTS[s]),
+                                            None,
+                                        ))
+                                        .await
+                                        .expect("infallible");
+                                    prop_assert_eq!(
+                                        res.status() == StatusCode::OK,
+                                        admit,
+                                        "{:?}",
+                                        res.extensions().get::<RateLimitError>()
+                                    );
+                                    if admit {
+                                        let permit = res
+                                            .extensions()
+                                            .get::<ConnectionPermit>()
+                                            .cloned()
+                                            .expect("a permit");
+                                        held.push((permit, ip, subject));
+                                    }
+                                }
+                                QuotaOp::Close(i) if !held.is_empty() => {
+                                    held.remove(i % held.len());
+                                }
+                                QuotaOp::Close(_) => {}
+                            }
+                            settle().await;
+                            prop_assert_eq!(layers[1].fleet_active().await, Ok(held.len()));
+                            for (ip, addr) in IPS.iter().enumerate() {
+                                let n = held.iter().filter(|h| h.1 == ip).count();
+                                prop_assert_eq!(
+                                    layers[0].fleet_active_for_ip((*addr).into()).await,
+                                    Ok(n)
+                                );
+                            }
+                            for (s, subject) in SUBJECTS.iter().enumerate() {
+                                let n = held.iter().filter(|h| h.2 == Some(s)).count();
+                                prop_assert_eq!(
+                                    layers[1].fleet_active_for_identity(subject).await,
+                                    Ok(n)
+                                );
+                            }
+                        }
+                        for i in drop_order {
+                            if held.is_empty() {
+                                break;
+                            }
+                            held.remove(i % held.len());
+                        }
+                        held.clear();
+                        settle().await;
+                        prop_assert_eq!(layers[0].fleet_active().await, Ok(0));
+                        for subject in SUBJECTS {
+                            prop_assert_eq!(
+                                layers[0].fleet_active_for_identity(subject).await,
+                                Ok(0)
+                            );
+                        }
+                        Ok(())
+                    })
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}

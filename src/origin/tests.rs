@@ -1152,3 +1152,450 @@ async fn http_origins_are_refused_over_tls() {
     let req = handshake("api.example.com", &[b"http://app.example.com"]);
     assert_eq!(outcome(&layer, req).await, ALLOWED);
 }
+
+mod properties {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The layer's decision for a handshake carrying `origin` as its only `Origin`.
+    fn decide(layer: &OriginGuardLayer, origin: &[u8]) -> Result<(), OriginError> {
+        let (parts, _) = handshake("api.example.com", &[origin]).into_parts();
+        layer
+            .config
+            .check(&parts)
+            .map_err(|rejected| rejected.error)
+    }
+
+    /// IDN labels with their punycode (A-label) forms, from IANA's test domains and RFC 3492's
+    /// examples; written out so that the test does not trust the parser it checks.
+    const IDN: &[(&str, &str)] = &[
+        ("bücher", "xn--bcher-kva"),
+        ("münchen", "xn--mnchen-3ya"),
+        ("пример", "xn--e1afmkfd"),
+        ("δοκιμή", "xn--jxalpdlp"),
+        ("例え", "xn--r8jz45g"),
+    ];
+
+    #[derive(Clone, Debug)]
+    enum Host {
+        /// Labels as (unicode, ascii) spellings; equal for plain labels.
+        Domain(Vec<(String, String)>),
+        V4(Ipv4Addr),
+        V6(Ipv6Addr),
+    }
+
+    #[derive(Clone, Debug)]
+    struct Site {
+        scheme: &'static str,
+        host: Host,
+        /// The port as configured: `None`, the scheme's default, or another one.
+        port: Option<u16>,
+    }
+
+    fn default_port(scheme: &str) -> u16 {
+        match scheme {
+            "http" | "ws" => 80,
+            _ => 443,
+        }
+    }
+
+    impl Site {
+        fn effective_port(&self) -> u16 {
+            self.port.unwrap_or_else(|| default_port(self.scheme))
+        }
+
+        fn ascii_host(&self) -> String {
+            match &self.host {
+                Host::Domain(labels) => labels
+                    .iter()
+                    .map(|(_, a)| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join("."),
+                Host::V4(ip) => ip.to_string(),
+                Host::V6(ip) => format!("[{ip}]"),
+            }
+        }
+
+        /// The canonical serialisation, computed without the URL parser.
+        fn canonical(&self) -> String {
+            let mut s = format!("{}://{}", self.scheme, self.ascii_host());
+            if self.effective_port() != default_port(self.scheme) {
+                s.push_str(&format!(":{}", self.effective_port()));
+            }
+            s
+        }
+
+        fn with_host(&self, host: String) -> String {
+            format!("{}://{host}{}", self.scheme, self.port_suffix())
+        }
+
+        fn port_suffix(&self) -> String {
+            match self.port {
+                Some(p) => format!(":{p}"),
+                None => String::new(),
+            }
+        }
+    }
+
+    fn ascii_label() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?"
+            .prop_filter("not an A-label", |l| l.len() < 4 || &l[2..4] != "--")
+    }
+
+    fn host() -> impl Strategy<Value = Host> {
+        let domain = (
+            proptest::option::of(proptest::sample::select(IDN)),
+            proptest::collection::vec(ascii_label(), 0..3),
+            proptest::sample::select(&["com", "org", "net", "example", "de"][..]),
+        )
+            .prop_map(|(idn, middle, tld)| {
+                let mut labels: Vec<(String, String)> = Vec::new();
+                if let Some((u, a)) = idn {
+                    labels.push(((*u).to_owned(), (*a).to_owned()));
+                }
+                labels.extend(middle.into_iter().map(|l| (l.clone(), l)));
+                if labels.is_empty() {
+                    labels.push(("app".to_owned(), "app".to_owned()));
+                }
+                labels.push(((*tld).to_owned(), (*tld).to_owned()));
+                Host::Domain(labels)
+            });
+        prop_oneof![
+            3 => domain,
+            1 => any::<[u8; 4]>().prop_map(|o| Host::V4(Ipv4Addr::from(o))),
+            1 => any::<[u16; 8]>().prop_map(|s| Host::V6(Ipv6Addr::from(s))),
+        ]
+    }
+
+    fn site() -> impl Strategy<Value = Site> {
+        (
+            proptest::sample::select(&["http", "https", "ws", "wss"][..]),
+            host(),
+            prop_oneof![Just(None), Just(Some(0)), (1u16..=65535).prop_map(Some)],
+        )
+            .prop_map(|(scheme, host, port)| Site {
+                scheme,
+                host,
+                // `Some(0)` stands for "the default port, spelled out".
+                port: port.map(|p| if p == 0 { default_port(scheme) } else { p }),
+            })
+    }
+
+    /// `s` with the ASCII letters upper-cased where `mask` has a bit set (cycling).
+    fn recase(s: &str, mask: u64) -> String {
+        s.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if mask >> (i % 64) & 1 == 1 {
+                    c.to_uppercase().next().unwrap_or(c)
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// How the site is spelled somewhere.
+    #[derive(Clone, Debug)]
+    struct Spelling {
+        scheme_case: u64,
+        host_case: u64,
+        explicit_port: bool,
+        /// Config only: Unicode labels instead of punycode; a trailing slash.
+        unicode: bool,
+        slash: bool,
+        /// IPv6 written out in full instead of compressed.
+        full_v6: bool,
+    }
+
+    fn spelling() -> impl Strategy<Value = Spelling> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(scheme_case, host_case, explicit_port, unicode, slash, full_v6)| Spelling {
+                    scheme_case,
+                    host_case,
+                    explicit_port,
+                    unicode,
+                    slash,
+                    full_v6,
+                },
+            )
+    }
+
+    /// `site` spelled by `how`; `config` allows Unicode hosts and a trailing slash, which a
+    /// browser's `Origin` never has.
+    fn spell(site: &Site, how: &Spelling, config: bool) -> String {
+        let host = match &site.host {
+            Host::Domain(labels) => labels
+                .iter()
+                .map(|(u, a)| if config && how.unicode { u } else { a }.as_str())
+                .collect::<Vec<_>>()
+                .join("."),
+            Host::V4(ip) => ip.to_string(),
+            Host::V6(ip) if how.full_v6 => {
+                let pieces: Vec<String> = ip.segments().iter().map(|s| format!("{s:x}")).collect();
+                format!("[{}]", pieces.join(":"))
+            }
+            Host::V6(ip) => format!("[{ip}]"),
+        };
+        let port = site.effective_port();
+        let port = if port != default_port(site.scheme) || how.explicit_port {
+            format!(":{port}")
+        } else {
+            String::new()
+        };
+        let slash = if config && how.slash { "/" } else { "" };
+        format!(
+            "{}://{}{port}{slash}",
+            recase(site.scheme, how.scheme_case),
+            recase(&host, how.host_case)
+        )
+    }
+
+    fn allowing(site: &Site, how: &Spelling) -> OriginGuardLayer {
+        let entry = spell(site, how, true);
+        OriginGuardLayer::new()
+            .allow_origin(&entry)
+            .unwrap_or_else(|e| panic!("{entry:?} is a valid origin: {e}"))
+    }
+
+    /// Origins that differ from `site` by one trick, each of them a different origin.
+    fn near_misses(site: &Site) -> Vec<String> {
+        let host = site.ascii_host();
+        let port = site.port_suffix();
+        let mut misses = vec![
+            format!("a.{host}"),
+            format!("evil{host}"),
+            format!("{host}.evil.net"),
+            format!("{host}evil"),
+            format!("{host}-"),
+        ]
+        .into_iter()
+        .map(|h| site.with_host(h))
+        .collect::<Vec<_>>();
+        for scheme in ["http", "https", "ws", "wss", "ftp", "chrome-extension"] {
+            if scheme != site.scheme {
+                misses.push(format!("{scheme}://{host}{port}"));
+            }
+        }
+        for other in [1, 80, 443, 8080, 65535] {
+            if other != site.effective_port() {
+                misses.push(format!("{}://{host}:{other}", site.scheme));
+            }
+        }
+        let authority = format!("{host}{port}");
+        misses.extend([
+            format!("{}://user@{authority}", site.scheme),
+            format!("{}://user:pw@{authority}", site.scheme),
+            format!("{}://{authority}@evil.net", site.scheme),
+            format!("{}://{authority}/", site.scheme),
+            format!("{}://{authority}/path", site.scheme),
+            format!("{}://{authority}?q", site.scheme),
+            format!("{}://{authority}#f", site.scheme),
+            format!("{}://{authority}\\", site.scheme),
+            format!("{}:// {authority}", site.scheme),
+            format!("{}://{authority} ", site.scheme),
+            format!("{}://%61{authority}", site.scheme),
+            format!("{}:{authority}", site.scheme),
+            format!("{}//{authority}", site.scheme),
+            authority.clone(),
+            "null".to_owned(),
+        ]);
+        match &site.host {
+            Host::Domain(labels) => {
+                // One label changed, one dropped.
+                let ascii: Vec<&str> = labels.iter().map(|(_, a)| a.as_str()).collect();
+                let mut changed: Vec<String> = ascii.iter().map(|s| (*s).to_owned()).collect();
+                let first = &mut changed[0];
+                let last = first.pop().unwrap_or('a');
+                first.push(if last == 'q' { 'z' } else { 'q' });
+                misses.push(site.with_host(changed.join(".")));
+                misses.push(site.with_host(ascii[1..].join(".")));
+                // A trailing dot names another host (for an IPv4 address the URL standard
+                // drops it: the same origin).
+                misses.push(site.with_host(format!("{host}.")));
+                // The Unicode spelling is for configuration only: browsers send punycode.
+                if labels.iter().any(|(u, a)| u != a) {
+                    let unicode: Vec<&str> = labels.iter().map(|(u, _)| u.as_str()).collect();
+                    misses.push(site.with_host(unicode.join(".")));
+                }
+            }
+            Host::V4(ip) => {
+                let mut octets = ip.octets();
+                octets[3] ^= 1;
+                misses.push(site.with_host(Ipv4Addr::from(octets).to_string()));
+                misses.push(site.with_host(format!("[::ffff:{ip}]")));
+            }
+            Host::V6(ip) => {
+                let mut segments = ip.segments();
+                segments[7] ^= 1;
+                misses.push(site.with_host(format!("[{}]", Ipv6Addr::from(segments))));
+                misses.push(site.with_host(ip.to_string()));
+            }
+        }
+        misses
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Invariant 1: a listed origin matches under any spelling of the entry and of the
+        /// header: case, explicit default port, Unicode or punycode, a trailing slash in
+        /// the configuration, IPv6 compressed or not.
+        #[test]
+        fn a_listed_origin_matches_under_any_spelling(
+            site in site(),
+            config in spelling(),
+            header in spelling(),
+        ) {
+            let layer = allowing(&site, &config);
+            let sent = spell(&site, &header, false);
+            prop_assert_eq!(decide(&layer, sent.as_bytes()), Ok(()), "{} for {}", sent, site.canonical());
+        }
+
+        /// Invariant 1, the other half: near misses (other host, prefix and suffix tricks,
+        /// other scheme or port, userinfo, trailing dots, paths, escapes, Unicode in the
+        /// header) are refused as not allowed or malformed.
+        #[test]
+        fn near_misses_of_a_listed_origin_are_refused(site in site(), config in spelling()) {
+            let layer = allowing(&site, &config);
+            for miss in near_misses(&site) {
+                let got = decide(&layer, miss.as_bytes());
+                prop_assert!(
+                    matches!(got, Err(OriginError::NotAllowed | OriginError::Malformed | OriginError::Null)),
+                    "{:?} was {:?} with {} allowed", miss, got, site.canonical()
+                );
+            }
+        }
+
+        /// Invariant 1 for any two sites: one is allowed for the other exactly when their
+        /// canonical serialisations are equal.
+        #[test]
+        fn only_the_same_canonical_origin_matches(
+            listed in site(),
+            other in site(),
+            config in spelling(),
+            header in spelling(),
+        ) {
+            let layer = allowing(&listed, &config);
+            let sent = spell(&other, &header, false);
+            let same = listed.canonical() == other.canonical();
+            prop_assert_eq!(decide(&layer, sent.as_bytes()).is_ok(), same, "{} vs {}", sent, listed.canonical());
+        }
+
+        /// A subdomain pattern matches one or more whole labels in front of its base, in any
+        /// case, and refuses the base itself, look-alikes, other schemes and ports.
+        #[test]
+        fn a_pattern_matches_whole_subdomains_only(
+            base in proptest::collection::vec(ascii_label(), 0..2),
+            name in ascii_label(),
+            tld in proptest::sample::select(&["com", "org", "net", "de"][..]),
+            sub in proptest::collection::vec(ascii_label(), 1..4),
+            port in proptest::option::of(1u16..=65535),
+            case in any::<u64>(),
+        ) {
+            // `site…`: no label of the public suffix list (`us.com`, `de.net`) by chance.
+            let mut base = base;
+            base.push(format!("site{name}"));
+            let base = format!("{}.{tld}", base.join("."));
+            let port = port.filter(|p| *p != 443).map(|p| format!(":{p}")).unwrap_or_default();
+            let layer = OriginGuardLayer::new()
+                .allow_origin_pattern(format!("https://*.{base}{port}"))
+                .expect("a registrable base");
+            let sub = sub.join(".");
+            let good = recase(&format!("https://{sub}.{base}{port}"), case);
+            prop_assert_eq!(decide(&layer, good.as_bytes()), Ok(()), "{}", good);
+            let other_port = if port == ":8443" { ":8444" } else { ":8443" };
+            for miss in [
+                format!("https://{base}{port}"),
+                format!("https://{sub}{base}{port}"),
+                format!("https://{sub}-{base}{port}"),
+                format!("https://{sub}.{base}.evil.net{port}"),
+                format!("https://{sub}.{base}.{port}"),
+                format!("https://.{base}{port}"),
+                format!("https://{sub}..{base}{port}"),
+                format!("http://{sub}.{base}{port}"),
+                format!("wss://{sub}.{base}{port}"),
+                format!("https://{sub}.{base}{other_port}"),
+                format!("https://user@{sub}.{base}{port}"),
+                format!("https://{sub}.{base}{port}/"),
+            ] {
+                let got = decide(&layer, miss.as_bytes());
+                prop_assert!(
+                    matches!(got, Err(OriginError::NotAllowed | OriginError::Malformed)),
+                    "{:?} was {:?}", miss, got
+                );
+            }
+        }
+
+        /// Any bytes a header can hold: a precise refusal or a canonical origin, never a
+        /// panic; an accepted value is exactly `scheme://host[:port]` and re-parses to itself.
+        #[test]
+        fn any_origin_bytes_give_a_precise_answer(
+            raw in proptest::collection::vec(any::<u8>(), 0..48),
+            prefix in proptest::sample::select(&["", "https://", "http://[", "wss://a.b:"][..]),
+        ) {
+            let mut value = prefix.as_bytes().to_vec();
+            value.extend(raw.into_iter().filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+            let Ok(header) = HeaderValue::from_bytes(&value) else {
+                return Ok(());
+            };
+            match super::super::Origin::from_header(header.as_bytes()) {
+                Ok(origin) => {
+                    let text = origin.to_string();
+                    let (scheme, authority) = text.split_once("://").expect("scheme://authority");
+                    prop_assert!(!scheme.is_empty() && !authority.is_empty(), "{}", text);
+                    prop_assert!(
+                        authority.bytes().all(|b| b.is_ascii_graphic() && !b"/@?#\\%".contains(&b)),
+                        "{}", text
+                    );
+                    prop_assert_eq!(super::super::Origin::from_header(text.as_bytes()), Ok(origin));
+                }
+                Err(e) => prop_assert!(matches!(e, OriginError::Malformed | OriginError::Null)),
+            }
+            // And through the whole layer, with every kind of rule configured.
+            let _ = decide(&configured(), header.as_bytes());
+        }
+
+        /// Any `Host` bytes, with allowed hosts or the same-origin rule: a precise refusal
+        /// or an admission whose `Host` is the origin's own, never a panic.
+        #[test]
+        fn any_host_bytes_give_a_precise_answer(
+            raw in proptest::collection::vec(any::<u8>(), 0..32),
+            prefix in proptest::sample::select(&["", "app.example.com", "[::1]", "127.0.0.1:"][..]),
+            hosts in any::<bool>(),
+        ) {
+            let mut host = prefix.as_bytes().to_vec();
+            host.extend(raw.into_iter().filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
+            let Ok(host) = HeaderValue::from_bytes(&host) else {
+                return Ok(());
+            };
+            let layer = if hosts {
+                OriginGuardLayer::new().allow_host("app.example.com").expect("a host")
+            } else {
+                OriginGuardLayer::new()
+            };
+            let mut req = handshake("placeholder", &[b"http://app.example.com"]);
+            req.headers_mut().insert(header::HOST, host.clone());
+            let (parts, _) = req.into_parts();
+            match layer.config.check(&parts).map_err(|r| r.error) {
+                Ok(()) => prop_assert!(
+                    host.as_bytes().eq_ignore_ascii_case(b"app.example.com")
+                        || host.as_bytes().eq_ignore_ascii_case(b"app.example.com:80"),
+                    "{:?} let through", host
+                ),
+                Err(e) => prop_assert!(matches!(e, OriginError::HostNotAllowed | OriginError::NotAllowed), "{:?}", e),
+            }
+        }
+    }
+}

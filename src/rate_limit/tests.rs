@@ -877,3 +877,150 @@ fn tracked_keys_gauge_follows_the_prunes_of_every_limiter() {
         assert_eq!(read(), 0.0, "b is gone");
     });
 }
+
+mod properties {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Client addresses by key: the two IPv6 addresses share a /64, so one key.
+    const IPS: [(&str, usize); 4] = [
+        ("192.0.2.1", 0),
+        ("192.0.2.2", 1),
+        ("2001:db8::1", 2),
+        ("2001:db8::2", 2),
+    ];
+    const SUBJECTS: [&str; 2] = ["alice", "bob"];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Open {
+            ip: usize,
+            subject: Option<usize>,
+        },
+        /// Drops the held permit (or permit clone) with this index, modulo their number.
+        Close(usize),
+        /// Clones a held permit: its slots return only when every clone is gone.
+        Clone(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..IPS.len(), proptest::option::of(0..SUBJECTS.len()))
+                .prop_map(|(ip, subject)| Op::Open { ip, subject }),
+            2 => any::<usize>().prop_map(Op::Close),
+            1 => any::<usize>().prop_map(Op::Clone),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Invariant 4 (local quota): under any interleaving of opens (some refused), permit
+        /// clones and closes, the counts are the model's at every step, never pass a cap,
+        /// and return to zero, with no key left, once every permit is dropped in any order.
+        #[test]
+        fn quota_counts_return_to_zero(
+            caps in (1usize..4, 1usize..4, 1usize..6),
+            ops in proptest::collection::vec(op(), 0..40),
+            drop_order in proptest::collection::vec(any::<usize>(), 0..40),
+        ) {
+            let (per_ip, per_identity, global) = caps;
+            let layer = ConnectionQuotaLayer::new()
+                .per_ip(nz(per_ip))
+                .per_identity(nz(per_identity))
+                .global(nz(global));
+            let svc = layer.layer(service_fn(ok));
+            // Held permits with the slot they stand for; slots by id: (ip key, subject).
+            let mut held: Vec<(ConnectionPermit, usize)> = Vec::new();
+            let mut slots: HashMap<usize, (usize, Option<usize>)> = HashMap::new();
+            let mut next_id = 0;
+            let model = |held: &[(ConnectionPermit, usize)], slots: &HashMap<usize, (usize, Option<usize>)>| {
+                let live: std::collections::HashSet<usize> = held.iter().map(|(_, id)| *id).collect();
+                let mut by_ip = [0usize; 3];
+                let mut by_subject = [0usize; 2];
+                for id in &live {
+                    let (ip, subject) = slots[id];
+                    by_ip[ip] += 1;
+                    if let Some(s) = subject {
+                        by_subject[s] += 1;
+                    }
+                }
+                (live.len(), by_ip, by_subject)
+            };
+            for op in ops {
+                match op {
+                    Op::Open { ip, subject } => {
+                        let (total, by_ip, by_subject) = model(&held, &slots);
+                        let key = IPS[ip].1;
+                        // The first cap reached refuses, in this order.
+                        let expected = if by_ip[key] >= per_ip {
+                            Some((StatusCode::TOO_MANY_REQUESTS, "ip"))
+                        } else if subject.is_some_and(|s| by_subject[s] >= per_identity) {
+                            Some((StatusCode::TOO_MANY_REQUESTS, "identity"))
+                        } else if total >= global {
+                            Some((StatusCode::SERVICE_UNAVAILABLE, "global"))
+                        } else {
+                            None
+                        };
+                        let res = open(&svc, Some(IPS[ip].0), subject.map(|s| SUBJECTS[s]))
+                            .now_or_never()
+                            .expect("the local quota answers at once");
+                        match expected {
+                            Some((status, cap)) => {
+                                prop_assert_eq!(res.status(), status);
+                                let error = res.extensions().get::<RateLimitError>();
+                                let named = match cap {
+                                    "ip" => matches!(error, Some(RateLimitError::ClientIpQuota { .. })),
+                                    "identity" => matches!(error, Some(RateLimitError::IdentityQuota { .. })),
+                                    _ => matches!(error, Some(RateLimitError::GlobalQuota { .. })),
+                                };
+                                prop_assert!(named, "{:?} for the {} cap", error, cap);
+                                prop_assert!(res.extensions().get::<ConnectionPermit>().is_none());
+                            }
+                            None => {
+                                prop_assert_eq!(res.status(), StatusCode::OK);
+                                let permit = res.extensions().get::<ConnectionPermit>().cloned().expect("a permit");
+                                slots.insert(next_id, (key, subject));
+                                held.push((permit, next_id));
+                                next_id += 1;
+                            }
+                        }
+                    }
+                    Op::Close(i) if !held.is_empty() => {
+                        held.remove(i % held.len());
+                    }
+                    Op::Clone(i) if !held.is_empty() => {
+                        let (permit, id) = &held[i % held.len()];
+                        let copy = (permit.clone(), *id);
+                        held.push(copy);
+                    }
+                    Op::Close(_) | Op::Clone(_) => {}
+                }
+                let (total, by_ip, by_subject) = model(&held, &slots);
+                prop_assert_eq!(layer.active(), total);
+                prop_assert!(total <= global);
+                for (ip, key) in IPS {
+                    prop_assert_eq!(layer.active_for_ip(ip.parse().unwrap()), by_ip[key]);
+                    prop_assert!(by_ip[key] <= per_ip);
+                }
+                for (s, subject) in SUBJECTS.iter().enumerate() {
+                    prop_assert_eq!(layer.active_for_identity(subject), by_subject[s]);
+                    prop_assert!(by_subject[s] <= per_identity);
+                }
+            }
+            for i in drop_order {
+                if held.is_empty() {
+                    break;
+                }
+                held.remove(i % held.len());
+                prop_assert_eq!(layer.active(), model(&held, &slots).0);
+            }
+            held.clear();
+            prop_assert_eq!(layer.active(), 0);
+            prop_assert_eq!(layer.tracked_keys(), 0);
+        }
+    }
+}

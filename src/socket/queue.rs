@@ -374,4 +374,129 @@ mod tests {
         assert_eq!(q.push(Some("a".into()), text("0123")), Pushed::Conflated(1));
         assert_eq!(q.bytes(), 14);
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// A message of this many bytes, text or binary, under one of three keys or none.
+            Push {
+                len: usize,
+                key: Option<u8>,
+                binary: bool,
+            },
+            Pop,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0usize..24, proptest::option::of(0u8..3), any::<bool>())
+                    .prop_map(|(len, key, binary)| Op::Push { len, key, binary }),
+                1 => Just(Op::Pop),
+            ]
+        }
+
+        fn policy() -> impl Strategy<Value = SlowConsumer> {
+            prop_oneof![
+                Just(SlowConsumer::Close),
+                Just(SlowConsumer::DropOldest),
+                Just(SlowConsumer::Conflate),
+            ]
+        }
+
+        /// A message of `len` bytes whose content names its push: `#<n>` then padding.
+        fn message(n: usize, len: usize, binary: bool) -> Message {
+            let mut body = format!("#{n}-").into_bytes();
+            body.resize(len.max(body.len()), b'.');
+            if binary {
+                Message::binary(body)
+            } else {
+                Message::text(String::from_utf8(body).expect("ASCII"))
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Invariant 5: under any sequence of sends and pops, with any count and byte
+            /// bounds and any policy, the queue never holds more messages than its count
+            /// bound nor more bytes than its byte bound (one message alone may be larger, or
+            /// it could never be sent), its byte count is the sum of what it holds, `Close`
+            /// never changes the queue when it overflows, and `DropOldest` always keeps the
+            /// new message.
+            #[test]
+            fn the_send_queue_never_exceeds_its_bounds(
+                max_len in 1usize..6,
+                max_bytes in 0usize..64,
+                policy in policy(),
+                ops in proptest::collection::vec(op(), 0..60),
+            ) {
+                let mut q = OutQueue::new(max_len, max_bytes, policy);
+                // The FIFO contents as the model sees them, for the `Close` policy.
+                let mut model: std::collections::VecDeque<Vec<u8>> = Default::default();
+                for (n, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Push { len, key, binary } => {
+                            let msg = message(n, len, binary);
+                            let data = msg.clone().into_data().to_vec();
+                            let before = q.len();
+                            let pushed = q.push(key.map(|k| Arc::from(format!("k{k}"))), msg);
+                            match (policy, pushed) {
+                                (SlowConsumer::Close, Pushed::Queued) => model.push_back(data),
+                                (SlowConsumer::Close, Pushed::Overflow) => {
+                                    prop_assert_eq!(q.len(), before);
+                                }
+                                (SlowConsumer::Close, other) => {
+                                    prop_assert!(false, "close policy answered {:?}", other);
+                                }
+                                (SlowConsumer::DropOldest, Pushed::Overflow) => {
+                                    prop_assert!(false, "drop-oldest never overflows");
+                                }
+                                (SlowConsumer::DropOldest, _) => {}
+                                (SlowConsumer::Conflate, Pushed::DroppedOldest(_)) => {
+                                    prop_assert!(false, "conflate never drops unkeyed messages");
+                                }
+                                (SlowConsumer::Conflate, _) => {}
+                            }
+                        }
+                        Op::Pop => {
+                            let popped = q.pop().map(|m| m.into_data().to_vec());
+                            if policy == SlowConsumer::Close {
+                                prop_assert_eq!(popped, model.pop_front());
+                            }
+                        }
+                    }
+                    prop_assert!(q.len() <= max_len, "{} messages, bound {}", q.len(), max_len);
+                    prop_assert!(
+                        q.bytes() <= max_bytes || q.len() == 1,
+                        "{} bytes in {} messages, bound {}", q.bytes(), q.len(), max_bytes
+                    );
+                }
+                let bytes = q.bytes();
+                let held: Vec<Message> = std::iter::from_fn(|| q.pop()).collect();
+                prop_assert_eq!(held.iter().map(message_len).sum::<usize>(), bytes);
+                prop_assert_eq!(q.bytes(), 0);
+                prop_assert!(q.is_empty());
+            }
+
+            /// `DropOldest` keeps the newest message at the back whatever it drops.
+            #[test]
+            fn drop_oldest_keeps_the_newest(
+                max_len in 1usize..6,
+                max_bytes in 0usize..64,
+                lens in proptest::collection::vec(0usize..24, 1..40),
+            ) {
+                let mut q = OutQueue::new(max_len, max_bytes, SlowConsumer::DropOldest);
+                for (n, len) in lens.iter().enumerate() {
+                    q.push(None, message(n, *len, false));
+                }
+                let last = std::iter::from_fn(|| q.pop()).last().map(|m| m.into_data().to_vec());
+                let newest = message(lens.len() - 1, lens[lens.len() - 1], false).into_data().to_vec();
+                prop_assert_eq!(last, Some(newest));
+            }
+        }
+    }
 }

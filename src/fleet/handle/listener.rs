@@ -8,9 +8,10 @@ use super::{
     *,
 };
 
-/// A fingerprint from its 64 hex digits.
+/// A fingerprint from its 64 hex digits (and nothing else: `u8::from_str_radix` alone would
+/// take `+f` for 0x0f).
 fn parse_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -119,6 +120,72 @@ fn hex(fp: &[u8; 32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::{super::registry::epoch_millis_ceil, *};
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Hex decoding written out: exactly 64 hex digits, two per byte.
+        fn reference_hex(text: &str) -> Option<[u8; 32]> {
+            let bytes = text.as_bytes();
+            if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = digit(bytes[2 * i]) * 16 + digit(bytes[2 * i + 1]);
+            }
+            Some(out)
+        }
+
+        proptest! {
+            /// A fingerprint is read from exactly 64 hex digits, in either case, and from
+            /// nothing else (no sign, no space, no other length).
+            #[test]
+            fn fingerprints_are_read_from_hex_only(
+                text in prop_oneof![
+                    "[0-9a-fA-F]{64}",
+                    "[0-9a-f+ -]{62,66}",
+                    "([0-9a-f]{2}|[+][0-9a-f]){32}",
+                    "\\PC{0,70}",
+                ],
+            ) {
+                prop_assert_eq!(parse_hex(&text), reference_hex(&text), "{:?}", text);
+            }
+
+            /// Any message on the revocation channel is applied or ignored, never a panic;
+            /// a subject is revoked only by a well-formed message naming it.
+            #[test]
+            fn any_revocation_message_is_applied_or_ignored(
+                message in prop_oneof![
+                    "\\PC{0,80}",
+                    "(tok|before|sub):\\PC{0,70}",
+                    "before:[0-9+-]{0,22}:(alice|bob|)",
+                    "tok:[0-9a-fA-F+]{60,68}",
+                ],
+            ) {
+                let r = crate::revoke::Revocations::new();
+                apply(r.local(), &message);
+                let alice = Principal::new("alice", None);
+                let names_alice = message == "sub:alice"
+                    || message
+                        .strip_prefix("before:")
+                        .and_then(|rest| rest.split_once(':'))
+                        .is_some_and(|(ms, subject)| subject == "alice" && ms.parse::<u64>().is_ok());
+                prop_assert_eq!(r.is_revoked(&alice, None), names_alice, "{:?}", message);
+            }
+        }
+
+        /// Found by `fingerprints_are_read_from_hex_only`: `u8::from_str_radix` takes a
+        /// leading `+`, so `+f` was read as the byte 0x0f.
+        #[test]
+        fn a_signed_digit_is_no_hex() {
+            assert_eq!(parse_hex(&"+f".repeat(32)), None);
+            assert_eq!(parse_hex(&"0f".repeat(32)), Some([0x0f; 32]));
+        }
+    }
 
     #[tokio::test]
     async fn revocation_messages_reach_the_matching_sockets_only() {

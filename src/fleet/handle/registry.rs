@@ -195,22 +195,13 @@ impl Fleet {
             return Ok(false);
         }
         let mut conn = self.connection();
-        let values: Vec<Option<String>> = self
-            .run("revocation_check", async move {
-                get_each(&keys).query_async(&mut conn).await
-            })
-            .await?;
-        let mut values = values.into_iter();
-        if token.is_some() && values.next().flatten().is_some() {
-            return Ok(true);
-        }
-        let cutoff = values.next().flatten().and_then(|v| v.parse::<u64>().ok());
-        Ok(match (principal, cutoff) {
-            (Some(p), Some(ms)) => p
-                .issued_at()
-                .is_none_or(|t| t < UNIX_EPOCH + Duration::from_millis(ms)),
-            _ => false,
+        self.run("revocation_check", async move {
+            get_each(&keys)
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .and_then(|reply| revocation_decision(reply, principal, token.is_some()))
         })
+        .await
     }
 }
 
@@ -273,6 +264,50 @@ impl Unshared {
     }
 }
 
+/// What the `GET`s of [`Fleet::remote_revoked`] decide: their replies hold the token's marker
+/// (when `token`) and then the subject's cutoff (when `principal`), each a string or nil.
+/// A token marker revokes; a cutoff revokes the credentials issued before it and those
+/// without an issue time. A cutoff that cannot be read (not digits, or past what the clock
+/// holds) still stands for a revocation, of unknown extent: it revokes. Any other reply is
+/// an error.
+pub(crate) fn revocation_decision(
+    reply: redis::Value,
+    principal: Option<&Principal>,
+    token: bool,
+) -> RedisResult<bool> {
+    use redis::Value;
+    let unexpected = || scripts::unexpected_reply("revocation_check", &reply);
+    let Value::Array(items) = &reply else {
+        return Err(unexpected());
+    };
+    if items.len() != usize::from(token) + usize::from(principal.is_some()) {
+        return Err(unexpected());
+    }
+    let marker = |value: &Value| match value {
+        Value::Nil => Ok(None),
+        Value::BulkString(bytes) => Ok(Some(bytes.clone())),
+        _ => Err(unexpected()),
+    };
+    let mut items = items.iter();
+    if token && items.next().map(marker).transpose()?.flatten().is_some() {
+        return Ok(true);
+    }
+    let (Some(principal), Some(cutoff)) = (principal, items.next()) else {
+        return Ok(false);
+    };
+    let Some(cutoff) = marker(cutoff)? else {
+        return Ok(false);
+    };
+    let cutoff = std::str::from_utf8(&cutoff)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
+    Ok(match cutoff {
+        Some(cutoff) => principal.issued_at().is_none_or(|t| t < cutoff),
+        None => true,
+    })
+}
+
 fn unshared(error: RevokeError) -> FleetError {
     match error {
         RevokeError::Unavailable(e) => FleetError::Unavailable(e),
@@ -280,15 +315,21 @@ fn unshared(error: RevokeError) -> FleetError {
     }
 }
 
-/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict).
+/// `t` in whole milliseconds since the epoch, rounded up (so that "before" stays strict),
+/// and saturated at the last millisecond of the year 9999, as every date in the crate: the
+/// scripts hold it in a Lua number, exact only up to 2^53, and a later cutoff (say 2^64 ms)
+/// came back as digits no instance could read, which revoked nothing there. Credentials are
+/// never issued after now, so the saturated cutoff still covers all of them.
 pub(super) fn epoch_millis_ceil(t: SystemTime) -> u64 {
+    const MAX_MS: u64 = crate::auth::MAX_UNIX_SECS * 1000 + 999;
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    if d.subsec_nanos().is_multiple_of(1_000_000) {
+    let ms = if d.subsec_nanos().is_multiple_of(1_000_000) {
         ms
     } else {
         ms.saturating_add(1)
-    }
+    };
+    ms.min(MAX_MS)
 }
 
 impl From<&Fleet> for Revocations {
