@@ -814,6 +814,36 @@ async fn the_fragment_limit_is_configurable() {
     );
 }
 
+/// Found by the `socket` fuzz target: frames passed up before a violation, then the peer's
+/// close frame in the same read, made the server end the connection without its close frame.
+#[tokio::test]
+async fn a_close_frame_right_behind_a_fragment_violation_still_gets_the_close_frame() {
+    let limit = std::num::NonZeroU32::new(2).unwrap();
+    // The same with a well-formed close and with a broken one (not final, RSV bits set).
+    for close_b0 in [0x80 | opcode::CLOSE, 0x70 | opcode::CLOSE] {
+        let (app, mut rx) = echo_app(quiet().max_fragments(limit));
+        let mut client = raw(serve(app).await).await;
+        // One write: a whole message (passed up), three fragments (one too many), a close.
+        let mut bytes = client.frame(true, opcode::TEXT, b"ok");
+        bytes.extend(client.frame(false, opcode::TEXT, b"a"));
+        bytes.extend(client.frame(false, opcode::CONTINUATION, b"b"));
+        bytes.extend(client.frame(false, opcode::CONTINUATION, b"c"));
+        let mut close = client.frame(true, opcode::CLOSE, &1000u16.to_be_bytes());
+        close[0] = close_b0;
+        bytes.extend(close);
+        client.stream.write_all(&bytes).await.unwrap();
+        assert_eq!(
+            client.close_code().await,
+            Some(1008),
+            "close byte {close_b0:#x}"
+        );
+        assert_eq!(
+            ended(&mut rx).await.cause,
+            Some(CloseCause::TooManyFragments)
+        );
+    }
+}
+
 #[tokio::test]
 async fn frame_flood_of_tiny_messages_is_closed_with_1008() {
     // No message or byte rate: only the frame rate stands in the way.

@@ -114,6 +114,8 @@ pub(crate) async fn run(
 ) -> Result<(), BoxError> {
     let metrics_addr = free_loopback_port()?;
     let metrics = metrics_addr.to_string();
+    // The readers' login outlives the soak (the ticker's default is 15 minutes).
+    let token_ttl = (settings.minutes * 60.0 + 600.0).ceil().to_string();
     let server = crate::start_ticker_with(
         ticker,
         &std::env::temp_dir(),
@@ -124,6 +126,8 @@ pub(crate) async fn run(
             "2",
             "--metrics-addr",
             &metrics,
+            "--token-ttl",
+            &token_ttl,
         ],
     )
     .await?;
@@ -487,7 +491,12 @@ async fn expect_close(
     let auth = format!("Bearer {}", target.token.as_deref().unwrap_or(""));
     let got = handshake(&mut tcp, target, &auth, crate::server::ORIGIN).await?;
     if got != 101 {
-        return Err(format!("upgrade answered {got}").into());
+        let mut body = [0u8; 200];
+        let n = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut body))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        let body = String::from_utf8_lossy(&body[..n]);
+        return Err(format!("upgrade answered {got}: {:?}", body.trim()).into());
     }
     for f in frames {
         if tcp.write_all(f).await.is_err() {

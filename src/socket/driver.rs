@@ -296,13 +296,13 @@ where
         if self.lifetime_at.is_some_and(|t| t <= now) {
             return Some(CloseCause::LifetimeElapsed);
         }
-        if let Some(wire) = &self.wire {
-            if let Some(cause) = wire.violation() {
-                return Some(cause);
-            }
-            if self.message_due(wire).is_some_and(|t| t <= now) {
-                return Some(CloseCause::MessageDeadline);
-            }
+        if let Some(cause) = self.violation() {
+            return Some(cause);
+        }
+        if let Some(wire) = &self.wire
+            && self.message_due(wire).is_some_and(|t| t <= now)
+        {
+            return Some(CloseCause::MessageDeadline);
         }
         if self.pong_due.is_some_and(|t| t <= now) {
             return Some(CloseCause::HeartbeatTimeout);
@@ -364,6 +364,11 @@ where
         self.full_since = None;
         self.dropping = true;
         false
+    }
+
+    /// The limit the peer broke on the wire, if it did.
+    fn violation(&self) -> Option<CloseCause> {
+        self.wire.as_ref().and_then(|wire| wire.violation())
     }
 
     /// When the message in progress on the wire must be finished.
@@ -604,8 +609,7 @@ where
                 }
                 Poll::Ready(Some(Err(err))) => {
                     self.ws_failed = true;
-                    let violation = self.wire.as_ref().and_then(|wire| wire.violation());
-                    if let Some(cause) = violation {
+                    if let Some(cause) = self.violation() {
                         self.begin_close(cause, now);
                     } else if is_too_big(&err) {
                         self.begin_close(CloseCause::MessageTooBig, now);
@@ -802,6 +806,12 @@ where
                     // The lingering close: read until the peer's close (or end of stream),
                     // discarding data, so the connection is not reset with unread bytes
                     // while our close frame is in flight.
+                    if this.violation().is_some() {
+                        // The wire passes nothing up after a violation: the drain below the
+                        // protocol is all the reading left.
+                        this.read_ended = true;
+                        this.ws_failed = true;
+                    }
                     let mut budget = BUDGET;
                     while !this.read_ended {
                         match Pin::new(&mut this.ws).poll_next(cx) {

@@ -436,9 +436,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireIo<T> {
             return Poll::Ready(Ok(()));
         }
         if this.violated {
-            // Nothing more goes up: the connection is drained, then ends for the protocol.
-            ready!(this.poll_drain(cx));
-            return Poll::Ready(Ok(()));
+            // Nothing more goes up, not even the end of the stream (the protocol would take
+            // it for the peer's going away and write no close frame): the driver, woken at
+            // the violation, writes its close and drains the connection below the protocol.
+            return Poll::Pending;
         }
         let before = buf.filled().len();
         if this.unread.is_none() && buf.remaining() >= LEND {

@@ -390,7 +390,7 @@ async fn posted_seq(addr: SocketAddr, token: &str) -> u64 {
 
 /// The Redis key of alice's quota leases.
 fn alice_leases(prefix: &str) -> String {
-    format!("{prefix}:quota:sockets:id:alice")
+    format!("{{{prefix}:quota:sockets}}:id:alice")
 }
 
 /// Waits until the [`CLIENTS`] first clients are open, and checks that each socket holds one
@@ -622,7 +622,7 @@ async fn a_revocation_while_redis_is_frozen_is_answered_and_reaches_the_fleet_af
     );
     assert_eq!(b.try_connect(&alice).await.err(), Some(401));
     // Bob's sockets are all leased again.
-    wait_leases(&redis, &format!("{p}:quota:sockets:id:bob"), CLIENTS).await;
+    wait_leases(&redis, &format!("{{{p}:quota:sockets}}:id:bob"), CLIENTS).await;
 
     stop_publisher(publisher).await;
     load.finish(readers).await;
