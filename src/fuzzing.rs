@@ -5,9 +5,7 @@
 /// The decision of the fleet's GCRA script reply (`gcra_decision` in `fleet/rate.rs`):
 /// `Ok(Ok(remaining))`, `Ok(Err(wait))`, or an error for a reply outside the contract.
 #[cfg(feature = "redis")]
-pub fn gcra_decision(
-    reply: redis::Value,
-) -> redis::RedisResult<Result<u64, std::time::Duration>> {
+pub fn gcra_decision(reply: redis::Value) -> redis::RedisResult<Result<u64, std::time::Duration>> {
     crate::fleet::rate::gcra_decision(reply)
 }
 

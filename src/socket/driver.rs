@@ -81,6 +81,9 @@ pub(crate) struct Driver<W> {
     /// the application takes one.
     dropping: bool,
     unflushed: bool,
+    /// A ping was read since the last flush: tungstenite may still hold the pong it owes,
+    /// which it writes after the next frame it is given.
+    pong_owed: bool,
     app_close_queued: bool,
     /// The socket's stream has ended (closing phase).
     read_ended: bool,
@@ -169,6 +172,7 @@ pub(crate) fn start<W>(
         full_since: None,
         dropping: false,
         unflushed: false,
+        pong_owed: false,
         app_close_queued: false,
         read_ended: false,
         ws_failed: false,
@@ -549,6 +553,15 @@ where
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
+            // A pong tungstenite still owes would go out behind the close frame: out with it
+            // first, so that the close is the last frame.
+            if self.pong_owed && self.close_is_next() {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Ready(Ok(())) => self.pong_owed = false,
+                }
+            }
             let (msg, ours) = match self.pending.take() {
                 Some(msg) => (msg, true),
                 None => {
@@ -583,7 +596,10 @@ where
         }
         if self.unflushed {
             match Pin::new(&mut self.ws).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.pong_owed = false;
+                }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
             }
@@ -638,7 +654,19 @@ where
         }
     }
 
+    /// Whether the next frame [`write`](Self::write) sends is a close frame.
+    fn close_is_next(&self) -> bool {
+        match &self.pending {
+            Some(msg) => matches!(msg, Message::Close(_)),
+            None => self.shared.lock().outbound.front_is_close(),
+        }
+    }
+
     fn on_message(&mut self, msg: Message, now: Instant) {
+        if matches!(msg, Message::Ping(_)) {
+            // tungstenite queued the pong (whatever becomes of the ping here).
+            self.pong_owed = true;
+        }
         match &msg {
             // Only the pong of the ping last written answers the heartbeat; any other pong
             // (a guess by a peer that does not read) is an ordinary frame.
