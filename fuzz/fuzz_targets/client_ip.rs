@@ -96,7 +96,8 @@ const APPENDED: [(IpAddr, &str, &str); 3] = [
 ];
 
 /// Trusted hops appended after that, as each header writes them.
-const TRUSTED_HOPS: [(&str, &str); 2] = [("10.9.9.9", "for=10.9.9.9"), ("192.0.2.1", "for=192.0.2.1")];
+const TRUSTED_HOPS: [(&str, &str); 2] =
+    [("10.9.9.9", "for=10.9.9.9"), ("192.0.2.1", "for=192.0.2.1")];
 
 fn trusted_nets() -> Vec<IpNet> {
     ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]
@@ -184,25 +185,22 @@ fuzz_target!(|data: &[u8]| {
         .map(|l| l.to_vec())
         .collect();
     // The appended entry (not for X-Real-Ip, whose one line is the proxy's alone).
-    let appended = input
-        .append
-        .filter(|_| which != 2)
-        .map(|(entry, trusted)| {
-            let (ip, xff, fwd) = APPENDED[usize::from(entry) % APPENDED.len()];
-            let mut tail = if which == 0 { xff } else { fwd }.to_owned();
-            for (xff, fwd) in TRUSTED_HOPS.iter().take(usize::from(trusted % 3)) {
-                tail.push_str(", ");
-                tail.push_str(if which == 0 { xff } else { fwd });
+    let appended = input.append.filter(|_| which != 2).map(|(entry, trusted)| {
+        let (ip, xff, fwd) = APPENDED[usize::from(entry) % APPENDED.len()];
+        let mut tail = if which == 0 { xff } else { fwd }.to_owned();
+        for (xff, fwd) in TRUSTED_HOPS.iter().take(usize::from(trusted % 3)) {
+            tail.push_str(", ");
+            tail.push_str(if which == 0 { xff } else { fwd });
+        }
+        match lines.last_mut() {
+            Some(last) => {
+                last.extend_from_slice(b", ");
+                last.extend_from_slice(tail.as_bytes());
             }
-            match lines.last_mut() {
-                Some(last) => {
-                    last.extend_from_slice(b", ");
-                    last.extend_from_slice(tail.as_bytes());
-                }
-                None => lines.push(tail.into_bytes()),
-            }
-            ip
-        });
+            None => lines.push(tail.into_bytes()),
+        }
+        ip
+    });
 
     let mut req = Request::new(Body::empty());
     for line in &lines {
@@ -217,7 +215,11 @@ fuzz_target!(|data: &[u8]| {
         .block_on(service.oneshot(req))
         .unwrap_or_else(|never| match never {});
     let got = match res.status() {
-        StatusCode::OK => Ok(res.extensions().get::<ClientIp>().expect("the inner service saw a ClientIp").0),
+        StatusCode::OK => Ok(res
+            .extensions()
+            .get::<ClientIp>()
+            .expect("the inner service saw a ClientIp")
+            .0),
         StatusCode::BAD_REQUEST => {
             assert_eq!(
                 res.extensions().get::<ClientIpError>(),
@@ -230,11 +232,19 @@ fuzz_target!(|data: &[u8]| {
 
     let peer_canonical = peer.to_canonical();
     if !is_trusted(peer_canonical) {
-        assert_eq!(got, Ok(peer_canonical), "an untrusted peer's headers were read");
+        assert_eq!(
+            got,
+            Ok(peer_canonical),
+            "an untrusted peer's headers were read"
+        );
         return;
     }
     if let Some(ip) = appended {
-        assert_eq!(got, Ok(ip), "the address the proxy appended was not chosen: {lines:?}");
+        assert_eq!(
+            got,
+            Ok(ip),
+            "the address the proxy appended was not chosen: {lines:?}"
+        );
     }
     let model = match which {
         0 => {

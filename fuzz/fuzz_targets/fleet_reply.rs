@@ -32,7 +32,11 @@ fn value(u: &mut Unstructured<'_>, depth: u32) -> Result<Value> {
             format: VerbatimFormat::Text,
             text: u.arbitrary()?,
         },
-        10 => Value::BulkString(u.int_in_range(0u64..=4_000_000_000_000)?.to_string().into_bytes()),
+        10 => Value::BulkString(
+            u.int_in_range(0u64..=4_000_000_000_000)?
+                .to_string()
+                .into_bytes(),
+        ),
         11 => Value::Array(values(u, depth - 1)?),
         12 => Value::Set(values(u, depth - 1)?),
         13 => Value::Map(
@@ -58,7 +62,10 @@ fn values(u: &mut Unstructured<'_>, depth: u32) -> Result<Vec<Value>> {
 }
 
 /// The reply: any, or one of the shape the script promises (so its values get explored).
-fn reply(u: &mut Unstructured<'_>, shaped: impl FnOnce(&mut Unstructured<'_>) -> Result<Value>) -> Result<Value> {
+fn reply(
+    u: &mut Unstructured<'_>,
+    shaped: impl FnOnce(&mut Unstructured<'_>) -> Result<Value>,
+) -> Result<Value> {
     if u.arbitrary()? {
         shaped(u)
     } else {
@@ -77,8 +84,9 @@ fn int(v: &Value) -> Option<i64> {
 
 fn assert_unexpected<T: std::fmt::Debug>(got: &redis::RedisResult<T>, reply: &Value) {
     assert!(
-        got.as_ref().is_err_and(|e| e.kind() == redis::ErrorKind::UnexpectedReturnType
-            && !e.is_unrecoverable_error()),
+        got.as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::UnexpectedReturnType
+                && !e.is_unrecoverable_error()),
         "{reply:?} gave {got:?}"
     );
 }
@@ -101,7 +109,10 @@ fn sets(n: usize) -> Vec<(String, usize, RateLimitError)> {
 fn gcra(u: &mut Unstructured<'_>) -> Result<()> {
     let reply = reply(u, |u| {
         let allowed = u.int_in_range(-2..=3)?;
-        Ok(Value::Array(vec![Value::Int(allowed), Value::Int(u.arbitrary()?)]))
+        Ok(Value::Array(vec![
+            Value::Int(allowed),
+            Value::Int(u.arbitrary()?),
+        ]))
     })?;
     let contract = match &reply {
         Value::Array(items) if items.len() == 2 => int(&items[0]).zip(int(&items[1])),
@@ -161,7 +172,9 @@ fn revocation(u: &mut Unstructured<'_>) -> Result<()> {
                 Ok(match u.choose_index(3)? {
                     0 => Value::Nil,
                     1 => Value::BulkString(
-                        u.int_in_range(0u64..=4_000_000_000_000)?.to_string().into_bytes(),
+                        u.int_in_range(0u64..=4_000_000_000_000)?
+                            .to_string()
+                            .into_bytes(),
                     ),
                     _ => value(u, 1)?,
                 })

@@ -224,14 +224,20 @@ fuzz_target!(|input: Input<'_>| {
         match (&got, expected) {
             (Ok(verified), Some(true) | None) => {
                 let principal = verified.principal();
-                assert_eq!(Some(principal.subject()), claims.get("sub").and_then(Value::as_str));
+                assert_eq!(
+                    Some(principal.subject()),
+                    claims.get("sub").and_then(Value::as_str)
+                );
                 let exp = date(claims.get("exp")).expect("a numeric exp");
                 let at = principal
                     .expires_at()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_secs_f64())
                     .expect("an expiry");
-                assert!((at - exp.min(253_402_300_799.0)).abs() < 1e-3, "expiry {at} for exp {exp}");
+                assert!(
+                    (at - exp.min(253_402_300_799.0)).abs() < 1e-3,
+                    "expiry {at} for exp {exp}"
+                );
                 assert_eq!(verified.identity(), &Value::Object(claims.clone()));
             }
             (Err(_), Some(false) | None) => {}

@@ -126,10 +126,7 @@ fn below(host: &str, base: &str) -> bool {
 /// What an allowed origin of the exact list or the wildcard looks like.
 fn listed_origin(origin: &(String, String, Option<u16>)) -> bool {
     let (scheme, host, port) = origin;
-    let exact = EXACT
-        .iter()
-        .filter_map(|e| parsed(e))
-        .any(|e| &e == origin);
+    let exact = EXACT.iter().filter_map(|e| parsed(e)).any(|e| &e == origin);
     exact || (scheme == "https" && *port == Some(443) && below(host, "example.org"))
 }
 
@@ -234,7 +231,9 @@ fuzz_target!(|data: &[u8]| {
             _ => None,
         },
     };
-    let own = authority.as_deref().and_then(|a| parsed(&format!("http://{a}")));
+    let own = authority
+        .as_deref()
+        .and_then(|a| parsed(&format!("http://{a}")));
     if which == 1 {
         let (_, host, _) = own.as_ref().expect("an allowed host was checked");
         assert!(
@@ -262,8 +261,14 @@ fuzz_target!(|data: &[u8]| {
             let ip_or_local = host.starts_with('[')
                 || host.parse::<std::net::Ipv4Addr>().is_ok()
                 || at_or_below(host, "localhost");
-            assert!(ip_or_local, "same origin trusted a rebindable host: {origin:?}");
-            assert!(same_host, "{origin:?} is not the request's host {authority:?}");
+            assert!(
+                ip_or_local,
+                "same origin trusted a rebindable host: {origin:?}"
+            );
+            assert!(
+                same_host,
+                "{origin:?} is not the request's host {authority:?}"
+            );
         }
         _ => {
             assert_ne!(origin.0, "http", "an http origin passed over TLS");

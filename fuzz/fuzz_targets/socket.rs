@@ -42,15 +42,14 @@ fn app() -> Router {
         .message_deadline(Duration::from_secs(2))
         .heartbeat(Duration::from_secs(5), Duration::from_secs(3))
         .close_timeout(Duration::from_secs(1));
-    Router::new()
-        .route("/ws", any(echo))
-        .layer(policy)
+    Router::new().route("/ws", any(echo)).layer(policy)
 }
 
 async fn echo(upgrade: GuardedUpgrade) -> Response {
     upgrade.on_upgrade(|mut socket: GuardedSocket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
-            if matches!(msg, Message::Text(_) | Message::Binary(_)) && socket.send(msg).await.is_err()
+            if matches!(msg, Message::Text(_) | Message::Binary(_))
+                && socket.send(msg).await.is_err()
             {
                 break;
             }
@@ -60,7 +59,10 @@ async fn echo(upgrade: GuardedUpgrade) -> Response {
 
 /// One server frame: `(fin, opcode, payload)` and the bytes it took, or why it is not one.
 fn frame(buf: &[u8]) -> Result<((bool, u8, &[u8]), usize), String> {
-    let (&b0, &b1) = (buf.first().ok_or("empty")?, buf.get(1).ok_or("a cut header")?);
+    let (&b0, &b1) = (
+        buf.first().ok_or("empty")?,
+        buf.get(1).ok_or("a cut header")?,
+    );
     if b0 & 0x70 != 0 {
         return Err(format!("reserved bits {b0:#04x}"));
     }
@@ -78,17 +80,27 @@ fn frame(buf: &[u8]) -> Result<((bool, u8, &[u8]), usize), String> {
                 .ok_or("a cut length")?
                 .try_into()
                 .map_err(|_| "a cut length")?;
-            (usize::try_from(u64::from_be_bytes(ext)).map_err(|_| "a huge length")?, 10)
+            (
+                usize::try_from(u64::from_be_bytes(ext)).map_err(|_| "a huge length")?,
+                10,
+            )
         }
         n => (usize::from(n), 2),
     };
     let payload = buf
         .get(at..at.checked_add(len).ok_or("a huge length")?)
-        .ok_or_else(|| format!("a cut payload: {len} bytes announced, {} there", buf.len() - at))?;
+        .ok_or_else(|| {
+            format!(
+                "a cut payload: {len} bytes announced, {} there",
+                buf.len() - at
+            )
+        })?;
     let (fin, op) = (b0 & 0x80 != 0, b0 & 0x0F);
     match op {
         0x0..=0x2 => {}
-        0x8..=0xA if !fin || len > 125 => return Err(format!("control frame {op:#x}: fin {fin}, {len} bytes")),
+        0x8..=0xA if !fin || len > 125 => {
+            return Err(format!("control frame {op:#x}: fin {fin}, {len} bytes"));
+        }
         0x8..=0xA => {}
         _ => return Err(format!("reserved opcode {op:#x}")),
     }
@@ -147,7 +159,9 @@ async fn run(input: &[u8]) -> Vec<u8> {
             .await;
     });
     let (mut rd, mut wr) = tokio::io::split(client);
-    wr.write_all(HANDSHAKE).await.expect("the handshake is written");
+    wr.write_all(HANDSHAKE)
+        .await
+        .expect("the handshake is written");
     let mut out = Vec::new();
     let head_end = loop {
         if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {

@@ -64,7 +64,10 @@ fn refused(verifier: &TicketVerifier, token: &str, what: &str) {
         matches!(got, Err(AuthError::Malformed | AuthError::Invalid)),
         "{what} {token:?}: {got:?}"
     );
-    assert!(verifier.check(token).is_err(), "{what} {token:?} passed check");
+    assert!(
+        verifier.check(token).is_err(),
+        "{what} {token:?} passed check"
+    );
 }
 
 fuzz_target!(|input: Input<'_>| {
@@ -81,7 +84,10 @@ fuzz_target!(|input: Input<'_>| {
     let late = u64::from(input.late);
     match verifier(ISSUED + late).verify(&ticket) {
         Ok(verified) => {
-            assert!(late < TTL, "accepted {late} s after issue, past the {TTL} s TTL");
+            assert!(
+                late < TTL,
+                "accepted {late} s after issue, past the {TTL} s TTL"
+            );
             assert_eq!(verified.subject(), input.subject);
             assert_eq!(verified.claims(), &claims);
             assert_eq!(verified.key_id(), "k1");
