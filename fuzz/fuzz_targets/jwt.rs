@@ -93,7 +93,7 @@ impl Claim {
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {
     garbage: &'a str,
-    /// 0..=2: HS256, HS384, HS512 with the secret; else ES256.
+    /// Modulo 4: HS256, HS384, HS512 with the secret, ES256.
     alg: u8,
     sub: Option<Claim>,
     exp: Option<Claim>,
@@ -203,7 +203,7 @@ fuzz_target!(|input: Input<'_>| {
             claims.insert(name.to_owned(), claim.value());
         }
     }
-    let (alg, key) = match input.alg {
+    let (alg, key) = match input.alg % 4 {
         0 => (Algorithm::HS256, &*HS_KEY),
         1 => (Algorithm::HS384, &*HS_KEY),
         2 => (Algorithm::HS512, &*HS_KEY),
@@ -211,6 +211,7 @@ fuzz_target!(|input: Input<'_>| {
     };
     let token = jsonwebtoken::encode(&Header::new(alg), &claims, key).expect("signed");
 
+    let mut verifies = false;
     for (auth, configured, issuer) in [
         (&*HS256, Algorithm::HS256, true),
         (&*ES256, Algorithm::ES256, false),
@@ -223,6 +224,7 @@ fuzz_target!(|input: Input<'_>| {
         };
         match (&got, expected) {
             (Ok(verified), Some(true) | None) => {
+                verifies = true;
                 let principal = verified.principal();
                 assert_eq!(
                     Some(principal.subject()),
@@ -257,7 +259,6 @@ fuzz_target!(|input: Input<'_>| {
     refused(signed, "no signature");
 
     // One changed character of a token that verifies.
-    let verifies = HS256.verify(&token).is_ok() || ES256.verify(&token).is_ok();
     if verifies {
         let mut changed = token.clone().into_bytes();
         let i = usize::from(input.at) % changed.len();
