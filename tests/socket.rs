@@ -844,6 +844,27 @@ async fn a_close_frame_right_behind_a_fragment_violation_still_gets_the_close_fr
     }
 }
 
+/// Found by the `socket` fuzz target: a message and the peer's close that fill the receive
+/// queue, then a wire violation (too many fragments) in the same read. The policy close that
+/// followed could not be sent after the peer's close (tungstenite takes no second close), and
+/// the connection was dropped with tungstenite's answer to the peer's close still unsent.
+#[tokio::test]
+async fn a_wire_violation_right_behind_the_peers_close_still_gets_the_close_answer() {
+    let limit = std::num::NonZeroU32::new(2).unwrap();
+    let (app, mut rx) = echo_app(quiet().max_fragments(limit).recv_queue(nz(2)));
+    let mut client = raw(serve(app).await).await;
+    let mut bytes = client.frame(true, opcode::TEXT, b"ok");
+    bytes.extend(client.frame(true, opcode::CLOSE, &1000u16.to_be_bytes()));
+    bytes.extend(client.frame(false, opcode::TEXT, b"a"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"b"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"c"));
+    client.stream.write_all(&bytes).await.unwrap();
+    // tungstenite's answer: the peer's own code.
+    assert_eq!(client.close_code().await, Some(1000));
+    // The peer closed first: no policy close, whatever came after its close frame.
+    assert_eq!(ended(&mut rx).await.cause, None);
+}
+
 /// Found by the `socket` fuzz target: when the receive queue filled up on pings and a wire
 /// violation followed in the same read, the pong owed to the last ping was still queued in
 /// tungstenite and went out after the 1008 close frame, so the close was not the server's

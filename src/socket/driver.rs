@@ -81,6 +81,9 @@ pub(crate) struct Driver<W> {
     /// the application takes one.
     dropping: bool,
     unflushed: bool,
+    /// The peer's close frame was read: tungstenite has answered it (or holds the answer until
+    /// the next flush) and takes no close of ours after it.
+    peer_closed: bool,
     /// A ping was read since the last flush: tungstenite may still hold the pong it owes,
     /// which it writes after the next frame it is given.
     pong_owed: bool,
@@ -173,6 +176,7 @@ pub(crate) fn start<W>(
         dropping: false,
         unflushed: false,
         pong_owed: false,
+        peer_closed: false,
         app_close_queued: false,
         read_ended: false,
         ws_failed: false,
@@ -418,6 +422,15 @@ where
 
     /// Closes with `cause`'s code and `reason`, or the cause's own reason.
     fn begin_close_with(&mut self, cause: CloseCause, reason: Option<String>, now: Instant) {
+        if self.peer_closed {
+            // The peer closed first, and tungstenite's answer is the close frame: no policy
+            // close follows it (tungstenite would refuse ours, and the error would drop the
+            // connection with the answer unsent), whatever the peer sent after its close.
+            // The closing phase flushes the answer and lingers as usual.
+            self.unflushed = true;
+            self.enter_closing(now);
+            return;
+        }
         let code = cause.close_code();
         if self.ended.is_none() {
             self.ended = Some(Ended::Policy);
@@ -645,7 +658,15 @@ where
                 }
                 Poll::Ready(Some(Ok(msg))) => {
                     budget -= 1;
+                    let close = matches!(msg, Message::Close(_));
                     self.on_message(msg, now);
+                    if close {
+                        // Answer the peer's close at once, even if reading pauses here.
+                        match Pin::new(&mut self.ws).poll_flush(cx) {
+                            Poll::Ready(_) => self.pong_owed = false,
+                            Poll::Pending => self.unflushed = true,
+                        }
+                    }
                     if self.phase != Phase::Open {
                         return Flow::Changed;
                     }
@@ -682,6 +703,7 @@ where
             }
             Message::Close(_) => {
                 // The peer is closing; tungstenite answers. Deliver it as axum does.
+                self.peer_closed = true;
                 self.ended_by("peer");
                 self.shared.lock().send_closed = true;
                 self.deliver(Ok(msg));
