@@ -57,8 +57,11 @@ async fn echo(upgrade: GuardedUpgrade) -> Response {
     })
 }
 
-/// One server frame: `(fin, opcode, payload)` and the bytes it took, or why it is not one.
-fn frame(buf: &[u8]) -> Result<((bool, u8, &[u8]), usize), String> {
+/// A server frame: `(fin, opcode, payload)`.
+type Frame<'a> = (bool, u8, &'a [u8]);
+
+/// One server frame and the bytes it took, or why it is not one.
+fn frame(buf: &[u8]) -> Result<(Frame<'_>, usize), String> {
     let (&b0, &b1) = (
         buf.first().ok_or("empty")?,
         buf.get(1).ok_or("a cut header")?,
