@@ -268,6 +268,9 @@ mod core;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod fleet;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(feature = "tower-governor")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower-governor")))]
 pub mod governor;

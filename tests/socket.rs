@@ -844,6 +844,75 @@ async fn a_close_frame_right_behind_a_fragment_violation_still_gets_the_close_fr
     }
 }
 
+/// Found by the `socket` fuzz target: a message and the peer's close that fill the receive
+/// queue, then a wire violation (too many fragments) in the same read. The policy close that
+/// followed could not be sent after the peer's close (tungstenite takes no second close), and
+/// the connection was dropped with tungstenite's answer to the peer's close still unsent.
+#[tokio::test]
+async fn a_wire_violation_right_behind_the_peers_close_still_gets_the_close_answer() {
+    let limit = std::num::NonZeroU32::new(2).unwrap();
+    let (app, mut rx) = echo_app(quiet().max_fragments(limit).recv_queue(nz(2)));
+    let mut client = raw(serve(app).await).await;
+    let mut bytes = client.frame(true, opcode::TEXT, b"ok");
+    bytes.extend(client.frame(true, opcode::CLOSE, &1000u16.to_be_bytes()));
+    bytes.extend(client.frame(false, opcode::TEXT, b"a"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"b"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"c"));
+    client.stream.write_all(&bytes).await.unwrap();
+    // tungstenite's answer: the peer's own code.
+    assert_eq!(client.close_code().await, Some(1000));
+    // The peer closed first: no policy close, whatever came after its close frame.
+    assert_eq!(ended(&mut rx).await.cause, None);
+}
+
+/// Found by the `socket` fuzz target: when the receive queue filled up on pings and a wire
+/// violation followed in the same read, the pong owed to the last ping was still queued in
+/// tungstenite and went out after the 1008 close frame, so the close was not the server's
+/// last frame.
+#[tokio::test]
+async fn a_pong_owed_at_a_policy_close_goes_out_before_the_close_frame() {
+    let limit = std::num::NonZeroU32::new(2).unwrap();
+    let (app, mut rx) = echo_app(quiet().max_fragments(limit).recv_queue(nz(2)));
+    let mut client = raw(serve(app).await).await;
+    // One write: pings that fill the receive queue, then three fragments (one too many).
+    let mut bytes = Vec::new();
+    for i in 0..4u8 {
+        bytes.extend(client.frame(true, opcode::PING, &[i]));
+    }
+    bytes.extend(client.frame(false, opcode::TEXT, b"a"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"b"));
+    bytes.extend(client.frame(false, opcode::CONTINUATION, b"c"));
+    client.stream.write_all(&bytes).await.unwrap();
+    let mut frames = Vec::new();
+    while let Some(frame) = timeout(LIMIT, client.next_frame()).await.unwrap() {
+        if frame.1 == opcode::CLOSE {
+            // Answer it, so the server ends the connection; read on to the end.
+            let close = client.frame(true, opcode::CLOSE, &1000u16.to_be_bytes());
+            let _ = client.stream.write_all(&close).await;
+        }
+        frames.push(frame);
+    }
+    let ops: Vec<u8> = frames.iter().map(|(_, op, _)| *op).collect();
+    assert_eq!(ops.last(), Some(&opcode::CLOSE), "frames: {ops:?}");
+    assert_eq!(ops.iter().filter(|op| **op == opcode::CLOSE).count(), 1);
+    assert_eq!(frames.last().unwrap().2[..2], 1008u16.to_be_bytes());
+    // The pongs answer the pings read before the violation, in order (what came after the
+    // first full queue is never read).
+    let pongs: Vec<u8> = frames
+        .iter()
+        .filter(|(_, op, _)| *op == opcode::PONG)
+        .flat_map(|(_, _, payload)| payload.clone())
+        .collect();
+    assert!(
+        !pongs.is_empty() && [0, 1, 2, 3].starts_with(&pongs),
+        "pongs {pongs:?}"
+    );
+    assert_eq!(
+        ended(&mut rx).await.cause,
+        Some(CloseCause::TooManyFragments)
+    );
+}
+
 #[tokio::test]
 async fn frame_flood_of_tiny_messages_is_closed_with_1008() {
     // No message or byte rate: only the frame rate stands in the way.

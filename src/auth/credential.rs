@@ -204,7 +204,10 @@ impl CredentialSource {
     }
 
     /// A `Sec-WebSocket-Protocol` entry starting with `prefix`, e.g. `"bearer."` for
-    /// `bearer.<token>`. The entry is removed from the header before the request goes on.
+    /// `bearer.<token>`. The entry is removed from the header before the request goes on
+    /// (whichever source decides). A malformed entry with spaces in it counts each of its
+    /// words that starts with `prefix` as such an entry; a line that cannot be read (bytes
+    /// other than visible ASCII, space and tab) is removed whole.
     ///
     /// Fails unless `prefix` is a non-empty HTTP token (subprotocol names are tokens).
     pub fn subprotocol(prefix: impl AsRef<str>) -> Result<Self, ConfigError> {
@@ -328,8 +331,19 @@ fn strip_subprotocol(parts: &mut Parts, prefix: &str) -> Found {
         let value = value.to_str().map_err(|_| AuthError::Malformed)?;
         for entry in value.split(',') {
             let entry = entry.trim_matches([' ', '\t']);
+            let words = || entry.split([' ', '\t']).filter(|word| !word.is_empty());
             if let Some(token) = entry.strip_prefix(prefix) {
                 tokens.push(token);
+            } else if words().skip(1).any(|word| word.starts_with(prefix)) {
+                // An entry with a space in it is no subprotocol name (those are tokens), but
+                // a credential in one of its words is one all the same: it counts, and goes
+                // no further. The entry's other words go on as entries.
+                for word in words() {
+                    match word.strip_prefix(prefix) {
+                        Some(token) => tokens.push(token),
+                        None => kept.push(word),
+                    }
+                }
             } else if !entry.is_empty() {
                 kept.push(entry);
             }

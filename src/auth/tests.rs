@@ -460,6 +460,51 @@ async fn an_unreadable_subprotocol_header_never_reaches_the_service() {
     assert_eq!(inner.headers().get(header::SEC_WEBSOCKET_PROTOCOL), None);
 }
 
+/// Found by the `credential` fuzz target: an entry with a space in it (`u bearer.tok-bob`)
+/// is no subprotocol name, and the token in its second word was neither counted nor
+/// stripped: a second credential went on to the service, where two token entries are
+/// refused as malformed.
+#[tokio::test]
+async fn a_token_in_a_word_of_a_subprotocol_entry_is_counted_and_stripped() {
+    let protocols = |value: &'static str| {
+        handshake("/ws")
+            .header(header::SEC_WEBSOCKET_PROTOCOL, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let seen = |outcome: Outcome| {
+        assert_eq!(outcome.response.status(), StatusCode::OK);
+        let inner = outcome.inner.expect("the handshake is let through");
+        inner
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let sub = || {
+        HandshakeAuthLayer::new(static_tokens())
+            .sources([CredentialSource::subprotocol("bearer.").unwrap()])
+    };
+    // Two tokens, one in a word: malformed, as two token entries are.
+    let outcome = run(sub(), protocols("chat, u bearer.tok-bob, bearer.tok-alice")).await;
+    assert_eq!(outcome.response.status(), StatusCode::BAD_REQUEST);
+    assert!(outcome.inner.is_none());
+    // One token, in a word: found, and stripped; the entry's other words and the other
+    // entries go on.
+    let outcome = run(sub(), protocols("chat, v2 bearer.tok-alice")).await;
+    assert_eq!(seen(outcome).as_deref(), Some("chat, v2"));
+    // Another source decides: the token word is stripped all the same.
+    let layer = HandshakeAuthLayer::new(static_tokens()).sources(all_sources());
+    let req = handshake("/ws")
+        .header(header::AUTHORIZATION, "Bearer tok-alice")
+        .header(header::SEC_WEBSOCKET_PROTOCOL, "chat,u\tbearer.tok-bob")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(seen(run(layer, req).await).as_deref(), Some("chat, u"));
+    // Entries without a token are left as they are, spaces and all.
+    let outcome = run(sub(), protocols("chat v2, bearer.tok-alice")).await;
+    assert_eq!(seen(outcome).as_deref(), Some("chat v2"));
+}
+
 #[tokio::test]
 async fn long_credentials_are_refused_before_the_authenticator() {
     let calls = Arc::new(AtomicU64::new(0));
@@ -1922,7 +1967,8 @@ mod properties {
     proptest! {
         /// Whatever the handshake carries: a credential of visible ASCII within the length
         /// limit, or `Missing`/`Malformed`; never a panic. And whichever source decided, no
-        /// `bearer.` subprotocol entry and no `access_token` parameter goes on.
+        /// `bearer.` subprotocol entry (nor word of an entry) and no `access_token` parameter
+        /// goes on.
         #[test]
         fn credential_sources_give_a_precise_answer_and_strip_every_token(
             authorization in proptest::option::of(with_markers(6)),
@@ -1949,8 +1995,8 @@ mod properties {
                 prop_assert!(
                     !value
                         .as_bytes()
-                        .split(|b| *b == b',')
-                        .any(|e| e.trim_ascii().starts_with(b"bearer.")),
+                        .split(|b| matches!(b, b',' | b' ' | b'\t'))
+                        .any(|word| word.starts_with(b"bearer.")),
                     "a token entry went on: {:?}", value
                 );
             }

@@ -211,6 +211,8 @@ use axum::response::Response;
 use http::StatusCode;
 
 pub(crate) use self::handle::Unshared;
+#[cfg(fuzzing)]
+pub(crate) use self::handle::revocation_decision;
 pub use self::handle::{Fleet, FleetBuilder, Subscription, SubscriptionEvent};
 #[doc(no_inline)]
 pub use crate::rate_limit::{KeyBy, RateLimitError};

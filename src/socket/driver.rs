@@ -81,6 +81,12 @@ pub(crate) struct Driver<W> {
     /// the application takes one.
     dropping: bool,
     unflushed: bool,
+    /// The peer's close frame was read: tungstenite has answered it (or holds the answer until
+    /// the next flush) and takes no close of ours after it.
+    peer_closed: bool,
+    /// A ping was read since the last flush: tungstenite may still hold the pong it owes,
+    /// which it writes after the next frame it is given.
+    pong_owed: bool,
     app_close_queued: bool,
     /// The socket's stream has ended (closing phase).
     read_ended: bool,
@@ -169,6 +175,8 @@ pub(crate) fn start<W>(
         full_since: None,
         dropping: false,
         unflushed: false,
+        pong_owed: false,
+        peer_closed: false,
         app_close_queued: false,
         read_ended: false,
         ws_failed: false,
@@ -414,6 +422,15 @@ where
 
     /// Closes with `cause`'s code and `reason`, or the cause's own reason.
     fn begin_close_with(&mut self, cause: CloseCause, reason: Option<String>, now: Instant) {
+        if self.peer_closed {
+            // The peer closed first, and tungstenite's answer is the close frame: no policy
+            // close follows it (tungstenite would refuse ours, and the error would drop the
+            // connection with the answer unsent), whatever the peer sent after its close.
+            // The closing phase flushes the answer and lingers as usual.
+            self.unflushed = true;
+            self.enter_closing(now);
+            return;
+        }
         let code = cause.close_code();
         if self.ended.is_none() {
             self.ended = Some(Ended::Policy);
@@ -549,6 +566,15 @@ where
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Ready(Ok(())) => {}
             }
+            // A pong tungstenite still owes would go out behind the close frame: out with it
+            // first, so that the close is the last frame.
+            if self.pong_owed && self.close_is_next() {
+                match Pin::new(&mut self.ws).poll_flush(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Ready(Ok(())) => self.pong_owed = false,
+                }
+            }
             let (msg, ours) = match self.pending.take() {
                 Some(msg) => (msg, true),
                 None => {
@@ -583,7 +609,10 @@ where
         }
         if self.unflushed {
             match Pin::new(&mut self.ws).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.pong_owed = false;
+                }
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
             }
@@ -629,7 +658,15 @@ where
                 }
                 Poll::Ready(Some(Ok(msg))) => {
                     budget -= 1;
+                    let close = matches!(msg, Message::Close(_));
                     self.on_message(msg, now);
+                    if close {
+                        // Answer the peer's close at once, even if reading pauses here.
+                        match Pin::new(&mut self.ws).poll_flush(cx) {
+                            Poll::Ready(_) => self.pong_owed = false,
+                            Poll::Pending => self.unflushed = true,
+                        }
+                    }
                     if self.phase != Phase::Open {
                         return Flow::Changed;
                     }
@@ -638,7 +675,19 @@ where
         }
     }
 
+    /// Whether the next frame [`write`](Self::write) sends is a close frame.
+    fn close_is_next(&self) -> bool {
+        match &self.pending {
+            Some(msg) => matches!(msg, Message::Close(_)),
+            None => self.shared.lock().outbound.front_is_close(),
+        }
+    }
+
     fn on_message(&mut self, msg: Message, now: Instant) {
+        if matches!(msg, Message::Ping(_)) {
+            // tungstenite queued the pong (whatever becomes of the ping here).
+            self.pong_owed = true;
+        }
         match &msg {
             // Only the pong of the ping last written answers the heartbeat; any other pong
             // (a guess by a peer that does not read) is an ordinary frame.
@@ -654,6 +703,7 @@ where
             }
             Message::Close(_) => {
                 // The peer is closing; tungstenite answers. Deliver it as axum does.
+                self.peer_closed = true;
                 self.ended_by("peer");
                 self.shared.lock().send_closed = true;
                 self.deliver(Ok(msg));

@@ -176,6 +176,13 @@ impl OutQueue {
         before - self.items.len()
     }
 
+    /// Whether the message [`pop`](Self::pop) would give is a close frame.
+    pub(crate) fn front_is_close(&self) -> bool {
+        self.items
+            .front()
+            .is_some_and(|entry| matches!(entry.msg, Message::Close(_)))
+    }
+
     pub(crate) fn pop(&mut self) -> Option<Message> {
         let entry = self.items.pop_front()?;
         let seq = self.head;

@@ -24,8 +24,8 @@ use redis::{
 };
 
 pub(crate) use self::registry::Unshared;
-#[cfg(test)]
-pub(super) use self::registry::revocation_decision;
+#[cfg(any(test, fuzzing))]
+pub(crate) use self::registry::revocation_decision;
 pub use self::{
     builder::FleetBuilder,
     subscription::{Subscription, SubscriptionEvent},
