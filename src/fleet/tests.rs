@@ -920,6 +920,21 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
     let mut c = conn(&redis).await;
     // Revocation markers without the announcement (as if published while b's listener was
     // disconnected), then b's subscription is cut: a token's, and a subject's cutoff.
+    store_unannounced_revocations(&mut c, issued).await;
+    assert!(!signal.is_revoked());
+    wait_for("the listener to resubscribe and reconcile", async || {
+        cut_pubsub(&mut c).await;
+        signal.is_revoked() && hana.is_revoked()
+    })
+    .await;
+}
+
+/// Revocation markers stored without their announcement (as if published while a listener
+/// was away): gina's token `gina-1`, and hana's cutoff one second after `issued`.
+async fn store_unannounced_revocations(
+    c: &mut redis::aio::MultiplexedConnection,
+    issued: std::time::SystemTime,
+) {
     let cutoff = (issued + Duration::from_secs(1))
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -928,7 +943,7 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
     let _: () = redis::cmd("SET")
         .arg("wsguard:revoked_sub:hana")
         .arg(&cutoff)
-        .query_async(&mut c)
+        .query_async(&mut *c)
         .await
         .unwrap();
     let marker = format!(
@@ -938,22 +953,21 @@ async fn a_resubscribing_listener_closes_sockets_revoked_while_it_was_away() {
     let _: () = redis::cmd("SET")
         .arg(&marker)
         .arg("1")
-        .query_async(&mut c)
+        .query_async(c)
         .await
         .unwrap();
-    assert!(!signal.is_revoked());
-    wait_for("the listener to resubscribe and reconcile", async || {
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        signal.is_revoked() && hana.is_revoked()
-    })
-    .await;
+}
+
+/// Cuts every pub/sub connection (the listeners resubscribe and catch up), then waits 100 ms.
+async fn cut_pubsub(c: &mut redis::aio::MultiplexedConnection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(c)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 #[tokio::test]
@@ -1721,36 +1735,9 @@ async fn every_fleet_operation_works_on_a_redis_cluster_node() {
         .await
         .unwrap();
     let (gina, hana) = (signal(&gina), signal(&hana));
-    let cutoff = (issued + Duration::from_secs(1))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
-    let _: () = redis::cmd("SET")
-        .arg("wsguard:revoked_sub:hana")
-        .arg(&cutoff)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let gina_marker = format!(
-        "wsguard:revoked:{}",
-        TokenFingerprint::of("gina-1").to_hex()
-    );
-    let _: () = redis::cmd("SET")
-        .arg(&gina_marker)
-        .arg("1")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    store_unannounced_revocations(&mut c, issued).await;
     wait_for("the listener to resubscribe and catch up", async || {
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        cut_pubsub(&mut c).await;
         gina.is_revoked() && hana.is_revoked()
     })
     .await;
